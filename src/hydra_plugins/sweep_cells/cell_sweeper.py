@@ -1,0 +1,135 @@
+"""`hydra/sweeper=cells`: Hydra's grid sweep, made resumable and exactly-once.
+
+Before launching, every grid point becomes a cell with an identity (`sweep.plan`):
+points a model cannot run (a layer it lacks, a readout it lacks) are skipped with a
+line each, cells with a complete record are skipped, and the rest go to whatever
+launcher is configured (basic, submitit_local, submitit_slurm). A failing cell does not
+stop the others; the sweep ends with a summary read from the records on disk.
+"""
+
+# No `from __future__ import annotations`: Hydra executes plugin modules without
+# registering them in sys.modules, and dataclasses then cannot resolve string annotations.
+import logging
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.plugins import Plugins
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, RunMode, TaskFunction
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+from sweep.errors import SweepError
+from sweep.plan import Dimension, GroupComposer, Plan, describe, derive_sweep_id, make_plan
+from sweep.status import summarise_cells, write_plan
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CellSweeperConf:
+    _target_: str = "hydra_plugins.sweep_cells.cell_sweeper.CellSweeper"
+    max_batch_size: Optional[int] = None
+    params: Optional[Dict[str, str]] = None
+
+
+ConfigStore.instance().store(group="hydra/sweeper", name="cells", node=CellSweeperConf, provider="sweep")
+
+
+class CellSweeper(Sweeper):
+    def __init__(self, max_batch_size: Optional[int] = None, params: Optional[Dict[str, str]] = None) -> None:
+        super().__init__()
+        self.max_batch_size = max_batch_size
+        self.params = dict(params or {})
+        self.config: Optional[DictConfig] = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.hydra_context, self.task_function, self.config = hydra_context, task_function, config
+
+    def sweep(self, arguments: List[str]) -> Any:
+        try:
+            return self._sweep(arguments)
+        except SweepError as error:
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(2)
+
+    # -- the grid ---------------------------------------------------------------------
+    def _dimensions(self, arguments: List[str]) -> List[Dimension]:
+        loader = self.hydra_context.config_loader
+        parser = OverridesParser.create(config_loader=loader)
+        by_key: dict[str, Dimension] = {}
+        for override in parser.parse_overrides([f"{k}={v}" for k, v in self.params.items()] + arguments):
+            key = override.get_key_element()
+            is_group = loader.repository.group_exists(override.key_or_group)
+            if override.is_sweep_override():
+                strings = tuple(f"{key}={v}" for v in override.sweep_string_iterator())
+                values = tuple(override.sweep_iterator())
+            else:
+                strings, values = (f"{key}={override.get_value_element_as_str()}",), (override.value(),)
+            by_key[key.lstrip("+~")] = Dimension(key, is_group, strings, values)  # later ones win
+        return list(by_key.values())
+
+    def _compose(self, groups: tuple) -> Dict[str, Any]:
+        """The resolved config (without Hydra's node) for one set of group choices."""
+        cfg = self.hydra_context.config_loader.load_configuration(
+            config_name=self.config.hydra.job.config_name,
+            overrides=list(self.config.hydra.overrides.hydra) + list(groups), run_mode=RunMode.RUN)
+        with open_dict(cfg):
+            del cfg["hydra"]
+        return OmegaConf.to_container(cfg, resolve=True)
+
+    def _plan(self, arguments: List[str]) -> Plan:
+        dimensions = self._dimensions(arguments)
+        experiment = self.config.hydra.runtime.choices.get("experiment")
+        sweep_id = derive_sweep_id(self.config.sweep.name, experiment,
+                                   [s for d in dimensions for s in d.strings])
+        with read_write(self.config), open_dict(self.config):
+            self.config.sweep.id = sweep_id
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        return make_plan(dimensions, GroupComposer(self._compose), sweep_id, sweep_dir, list(self.config.sweep.results_from))
+
+    # -- running it -------------------------------------------------------------------
+    def _sweep(self, arguments: List[str]) -> Any:
+        plan = self._plan(arguments)
+        dry_run = bool(self.config.sweep.dry_run)
+        print(describe(plan, dry_run=dry_run), flush=True)
+        if dry_run or not plan.pending:
+            return []
+        self._check_launcher()
+        plan.sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, plan.sweep_dir / "multirun.yaml")
+        write_plan(plan)
+        launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=self.hydra_context, task_function=self.task_function, config=self.config)
+        jobs = [cell.overrides + [f"sweep.id={plan.sweep_id}"] for cell in plan.pending]
+        size = self.max_batch_size or len(jobs)
+        returns: List[Any] = []
+        for start in range(0, len(jobs), size):
+            try:
+                returns.extend(launcher.launch(jobs[start:start + size], initial_job_idx=start))
+            except Exception as error:  # a launcher failure (e.g. sbatch refusing) must not hide the rest
+                if _is_submission_error(error):
+                    raise SweepError(f"the launcher could not submit the cells: {error}") from error
+                log.error("launcher reported: %s: %s", type(error).__name__, error)
+        summary = summarise_cells([(c.spec, plan.sweep_dir / c.spec.subdir) for c in plan.pending if c.spec])
+        print(summary.text(), flush=True)
+        if summary.failed or summary.missing:
+            sys.exit(1)
+        return returns
+
+    def _check_launcher(self) -> None:
+        target = str(self.config.hydra.launcher.get("_target_", ""))
+        if "Slurm" in target and shutil.which("sbatch") is None:
+            raise SweepError(
+                "hydra/launcher=slurm submits to SLURM, but `sbatch` is not on this machine's PATH. Run where SLURM "
+                "is installed, start the local test cluster (launchers/local-slurm/start.sh), or run locally with "
+                "hydra/launcher=basic or hydra/launcher=submitit_local")
+
+
+def _is_submission_error(error: Exception) -> bool:
+    text = f"{type(error).__name__} {error}"
+    return "sbatch" in text or "Submission" in text

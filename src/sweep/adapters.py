@@ -1,0 +1,344 @@
+"""Model adapters: where each architecture keeps its blocks, tokens, norms and heads.
+
+The science code (features, interventions, cells) talks only to `Adapter`. Every
+difference between ViT, DeiT, BEiT, DINOv2 and CLIP lives here, or in
+`conf/model/*.yaml` (which adapter, which readouts exist, which heads are fitted).
+
+Layer indexing follows DESIGN.md: hidden state L = 0 is the embedding output (the
+input of block 1), L = k is the output of block k. `module_producing(L)` is the module
+whose forward output *is* hidden state L, so a forward hook there (registered with
+``prepend=True``) edits the tensor that HF records as ``hidden_states[L]`` and that
+block L + 1 consumes.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from sweep.probes import LinearHead
+
+HeadFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+class ReadoutUnavailable(ValueError):
+    """Raised when a model has no readout of the requested kind (e.g. CLS-only on CLIP)."""
+
+
+class Adapter(ABC):
+    """Uniform view of one HF image classifier.
+
+    Subclasses name the submodules; the shared code runs blocks one by one so that a
+    cell can start from a cached hidden state and skip the unmodified prefix.
+    """
+
+    #: readouts this architecture can express; conf/model/*.yaml picks among them
+    supported_readouts: tuple[str, ...] = ("native", "cls")
+    #: tokens before the patch tokens (CLS, plus DeiT's distillation token)
+    n_prefix_tokens: int = 1
+    cls_index: int = 0
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model.eval()
+        self._fitted: dict[str, nn.Linear] = {}
+
+    # -- structure -------------------------------------------------------------
+    @property
+    @abstractmethod
+    def stem(self) -> nn.Module:
+        """Module whose output is hidden state 0."""
+
+    @property
+    @abstractmethod
+    def blocks(self) -> nn.ModuleList:
+        """The transformer blocks, block k + 1 at index k."""
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.config.hidden_size if hasattr(self.model.config, "hidden_size")
+                   else self.model.config.vision_config.hidden_size)
+
+    def module_producing(self, layer: int) -> nn.Module:
+        return self.stem if layer == 0 else self.blocks[layer - 1]
+
+    # -- forward, piece by piece ----------------------------------------------
+    @abstractmethod
+    def embed(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Hidden state 0 from normalised pixels (through `stem`, so hooks fire)."""
+
+    def run_block(self, index: int, hidden: torch.Tensor) -> torch.Tensor:
+        return self.blocks[index](hidden)
+
+    def run_blocks(self, hidden: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        """Take hidden state `start` to hidden state `stop`."""
+        for index in range(start, stop):
+            hidden = self.run_block(index, hidden)
+        return hidden
+
+    def hidden_states(self, pixels: torch.Tensor) -> Iterator[torch.Tensor]:
+        """Yield hidden states 0..N of the (possibly hooked) model."""
+        hidden = self.embed(pixels)
+        yield hidden
+        for index in range(self.n_layers):
+            hidden = self.run_block(index, hidden)
+            yield hidden
+
+    # -- readouts --------------------------------------------------------------
+    @abstractmethod
+    def readout_features(self, last_hidden: torch.Tensor, readout: str) -> torch.Tensor:
+        """What the head of `readout` sees, from hidden state N (before the final norm)."""
+
+    @abstractmethod
+    def native_head(self, readout: str) -> HeadFn:
+        """The model's own head for `readout` (used when the head is not fitted here)."""
+
+    @abstractmethod
+    def projection_features(self, cls: torch.Tensor) -> torch.Tensor:
+        """Final norm applied to a lone CLS vector, for the class-embedding projection."""
+
+    def check_readout(self, readout: str) -> None:
+        if readout not in self.supported_readouts:
+            raise ReadoutUnavailable(
+                f"{type(self).__name__} has no '{readout}' readout; it supports "
+                f"{', '.join(self.supported_readouts)}")
+
+    def head(self, readout: str) -> HeadFn:
+        self.check_readout(readout)
+        return self._fitted[readout] if readout in self._fitted else self.native_head(readout)
+
+    def logits(self, last_hidden: torch.Tensor, readout: str) -> torch.Tensor:
+        return self.head(readout)(self.readout_features(last_hidden, readout))
+
+    def install_head(self, readout: str, head: LinearHead) -> None:
+        """Use a head fitted here for `readout`; the native readout's goes into the HF
+        classifier itself so that the HF model's own forward uses it too."""
+        self.check_readout(readout)
+        linear = self._fitted_slot(readout, head.weight.shape[1], head.weight.shape[0])
+        with torch.no_grad():
+            linear.weight.copy_(head.weight)
+            linear.bias.copy_(head.bias)
+        self._fitted[readout] = linear
+
+    def _fitted_slot(self, readout: str, in_features: int, n_classes: int) -> nn.Linear:
+        slot = self._hf_classifier() if readout == "native" else None
+        if slot is None or slot.in_features != in_features or slot.out_features != n_classes:
+            param = next(self.model.parameters())
+            slot = nn.Linear(in_features, n_classes).to(param.device, param.dtype)
+            if readout == "native":
+                self._set_hf_classifier(slot)
+        return slot
+
+    def _hf_classifier(self) -> nn.Linear | None:
+        return getattr(self.model, "classifier", None)
+
+    def _set_hf_classifier(self, linear: nn.Linear) -> None:
+        self.model.classifier = linear
+
+    # -- interventions ---------------------------------------------------------
+    @contextmanager
+    def cls_edit(self, layer: int, edit: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
+        """Replace the CLS token of hidden state `layer` by ``edit(cls)`` while inside.
+
+        The hook is prepended so that HF's own recording of ``hidden_states`` (also
+        forward hooks) sees the edited tensor.
+        """
+        def hook(_module: nn.Module, _args: object, output: torch.Tensor) -> torch.Tensor:
+            return self.with_cls(output, edit(output[:, self.cls_index]))
+
+        handle = self.module_producing(layer).register_forward_hook(hook, prepend=True)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+    def with_cls(self, hidden: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
+        edited = hidden.clone()
+        edited[:, self.cls_index] = cls.to(hidden.dtype)
+        return edited
+
+
+class ViTAdapter(Adapter):
+    """`ViTForImageClassification`: CLS readout through `vit.layernorm` and `classifier`."""
+
+    @property
+    def _base(self) -> nn.Module:
+        return self.model.vit
+
+    @property
+    def stem(self) -> nn.Module:
+        return self._base.embeddings
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return self._base.layers
+
+    def embed(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.stem(pixels)
+
+    def readout_features(self, last_hidden: torch.Tensor, readout: str) -> torch.Tensor:
+        self.check_readout(readout)
+        return self._base.layernorm(last_hidden)[:, 0]
+
+    def native_head(self, readout: str) -> HeadFn:
+        return self.model.classifier
+
+    def projection_features(self, cls: torch.Tensor) -> torch.Tensor:
+        return self._base.layernorm(cls)
+
+
+class DeiTAdapter(ViTAdapter):
+    """`DeiTForImageClassificationWithTeacher`: native logits average the CLS head and
+    the distillation head; the CLS-only readout drops the distillation head."""
+
+    n_prefix_tokens = 2
+
+    @property
+    def _base(self) -> nn.Module:
+        return self.model.deit
+
+    def readout_features(self, last_hidden: torch.Tensor, readout: str) -> torch.Tensor:
+        self.check_readout(readout)
+        normed = self._base.layernorm(last_hidden)
+        return normed[:, :2] if readout == "native" else normed[:, 0]
+
+    def native_head(self, readout: str) -> HeadFn:
+        if readout == "cls":
+            return self.model.cls_classifier
+
+        def cls_and_distillation(features: torch.Tensor) -> torch.Tensor:
+            return (self.model.cls_classifier(features[:, 0])
+                    + self.model.distillation_classifier(features[:, 1])) / 2
+        return cls_and_distillation
+
+    def projection_features(self, cls: torch.Tensor) -> torch.Tensor:
+        return self._base.layernorm(cls)
+
+    def _hf_classifier(self) -> nn.Linear | None:
+        return None
+
+
+class BeitAdapter(ViTAdapter):
+    """`BeitForImageClassification`: native readout is the pooler (mean of patch tokens
+    through its own norm when `use_mean_pooling`); the CLS readout takes CLS through
+    the same norm. Blocks need the image resolution for relative position bias."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__(model)
+        size = model.config.image_size
+        self._resolution = (size, size) if isinstance(size, int) else tuple(size)
+
+    @property
+    def _base(self) -> nn.Module:
+        return self.model.beit
+
+    def run_block(self, index: int, hidden: torch.Tensor) -> torch.Tensor:
+        return self.blocks[index](hidden, resolution=self._resolution)
+
+    def _cls_norm(self, cls: torch.Tensor) -> torch.Tensor:
+        pool_norm = self._base.pooler.layernorm if self._base.pooler is not None else None
+        return pool_norm(cls) if pool_norm is not None else cls
+
+    def readout_features(self, last_hidden: torch.Tensor, readout: str) -> torch.Tensor:
+        self.check_readout(readout)
+        normed = self._base.layernorm(last_hidden)
+        if readout == "native":
+            return self._base.pooler(normed)
+        return self._cls_norm(normed[:, 0])
+
+    def native_head(self, readout: str) -> HeadFn:
+        if readout == "cls":
+            raise ReadoutUnavailable("BEiT has no native CLS head: set readouts.cls.head: fitted")
+        return self.model.classifier
+
+    def projection_features(self, cls: torch.Tensor) -> torch.Tensor:
+        return self._cls_norm(self._base.layernorm(cls))
+
+
+class Dinov2Adapter(ViTAdapter):
+    """`Dinov2ForImageClassification`: native head on CLS ‖ mean of patch tokens; the
+    CLS-only readout needs a head of its own."""
+
+    @property
+    def _base(self) -> nn.Module:
+        return self.model.dinov2
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return self._base.encoder.layer
+
+    def readout_features(self, last_hidden: torch.Tensor, readout: str) -> torch.Tensor:
+        self.check_readout(readout)
+        normed = self._base.layernorm(last_hidden)
+        if readout == "native":
+            return torch.cat([normed[:, 0], normed[:, 1:].mean(dim=1)], dim=1)
+        return normed[:, 0]
+
+    def native_head(self, readout: str) -> HeadFn:
+        if readout == "cls":
+            raise ReadoutUnavailable("DINOv2 has no native CLS-only head: set readouts.cls.head: fitted")
+        return self.model.classifier
+
+
+class ClipAdapter(Adapter):
+    """`CLIPForImageClassification` (vision tower): hidden state 0 is taken after
+    `pre_layrnorm`; the native readout is the mean of the patch tokens of hidden state N
+    (no final norm), so there is no CLS-only readout."""
+
+    supported_readouts = ("native",)
+
+    @property
+    def _vision(self) -> nn.Module:
+        return self.model.vision_model
+
+    @property
+    def stem(self) -> nn.Module:
+        return self._vision.pre_layrnorm
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return self._vision.encoder.layers
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.config.vision_config.hidden_size)
+
+    def embed(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.stem(self._vision.embeddings(pixels))
+
+    def run_block(self, index: int, hidden: torch.Tensor) -> torch.Tensor:
+        return self.blocks[index](hidden, None)
+
+    def readout_features(self, last_hidden: torch.Tensor, readout: str) -> torch.Tensor:
+        self.check_readout(readout)
+        return last_hidden[:, 1:].mean(dim=1)
+
+    def native_head(self, readout: str) -> HeadFn:
+        return self.model.classifier
+
+    def projection_features(self, cls: torch.Tensor) -> torch.Tensor:
+        # The native readout applies no norm before the head, so neither does the projection.
+        return cls
+
+
+ADAPTERS: Mapping[str, type[Adapter]] = {
+    "vit": ViTAdapter,
+    "deit": DeiTAdapter,
+    "beit": BeitAdapter,
+    "dinov2": Dinov2Adapter,
+    "clip": ClipAdapter,
+}
+
+
+def make_adapter(kind: str, model: nn.Module) -> Adapter:
+    try:
+        return ADAPTERS[kind](model)
+    except KeyError:
+        raise ValueError(f"unknown adapter '{kind}'; choose one of {', '.join(ADAPTERS)}") from None

@@ -1,0 +1,236 @@
+"""The expensive things cells share, each computed once and kept in the artifact cache.
+
+* ``images``   — the data subset, decoded, resized and cropped to uint8 (per preprocessing).
+* ``toy_model``— a toy trained on digits, as a `save_pretrained` folder.
+* ``features`` — one unmodified pass over train + val: the CLS token at every layer, every
+  readout's features, and (when `compute.hidden_cache_budget_gb` allows) the validation
+  hidden states at every layer, so intervention cells start at layer L.
+* ``head``     — a head fitted here on the train readout features (BEiT-22k, DINOv2, CLIP).
+* ``probes``   — per-layer CLS probes, with their validation scores.
+
+Every spec names what produced the artifact (upstream artifacts by key), so a change
+anywhere upstream gives a new key.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from sweep.cache import ArtifactCache, content_key
+from sweep.data import SPLITS, batches, load_split, normalise, preprocess_split
+from sweep.metrics import rank_metrics
+from sweep.models import LoadedModel, load_model
+from sweep.probes import LinearHead, fit_probes
+from sweep.progress import progress_bar
+from sweep.toy import train_toy
+
+
+@dataclass
+class ComputeLedger:
+    """Transformer-block applications and wall time spent by this process, by purpose."""
+
+    block_calls: dict[str, int] = field(default_factory=dict)
+
+    def add(self, purpose: str, calls: int) -> None:
+        self.block_calls[purpose] = self.block_calls.get(purpose, 0) + calls
+
+    @property
+    def total(self) -> int:
+        return sum(self.block_calls.values())
+
+
+@dataclass(frozen=True)
+class Split:
+    images: torch.Tensor  # (n, 3, H, W) uint8
+    labels: torch.Tensor  # (n,)
+
+
+@dataclass(frozen=True)
+class Features:
+    """The unmodified model's view of the data; hidden states load lazily per layer."""
+
+    key: str
+    cls: dict[str, torch.Tensor]               # split -> (N + 1, n, D)
+    readout: dict[str, dict[str, torch.Tensor]]  # split -> readout -> (n, ...)
+    labels: dict[str, torch.Tensor]
+    directory: Path
+    has_hidden: bool
+
+    def hidden(self, layer: int) -> torch.Tensor:
+        """Validation hidden state `layer`, (n, T, D), memory-mapped from the cache."""
+        # Copy-on-write mapping: pages load lazily and the cache entry itself is never written.
+        return torch.from_numpy(np.load(self.directory / "hidden" / f"layer_{layer:03d}.npy", mmap_mode="c"))
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+class Artifacts:
+    """Gets (or computes, once, under the cache's lock) what one cell needs."""
+
+    def __init__(self, cfg: Mapping[str, Any], cache: ArtifactCache, device: torch.device, ledger: ComputeLedger):
+        self.cfg, self.cache, self.device, self.ledger = cfg, cache, device, ledger
+        self.compute = cfg["compute"]
+
+    # -- images ---------------------------------------------------------------------
+    def images(self, data: Mapping[str, Any], preprocess: Mapping[str, Any]) -> tuple[str, dict[str, Split]]:
+        spec = {"data": dict(data), "preprocess": dict(preprocess)}
+
+        def compute(out: Path) -> None:
+            for split in SPLITS:
+                images, labels = preprocess_split(load_split(data, split), preprocess)
+                save_file({"images": images, "labels": labels}, out / f"{split}.safetensors")
+
+        folder = self.cache.get_or_compute("images", spec, compute, description=f"{data['name']} images")
+        splits = {}
+        for split in SPLITS:
+            tensors = load_file(folder / f"{split}.safetensors")
+            splits[split] = Split(tensors["images"], tensors["labels"])
+        return content_key("images", spec), splits
+
+    # -- model ----------------------------------------------------------------------
+    def model(self) -> tuple[dict[str, Any], LoadedModel]:
+        """Load the configured model; returns its identity (for artifact specs) too."""
+        model_cfg = self.cfg["model"]
+        weights: str | Path = str(model_cfg["source"])
+        identity = {k: model_cfg[k] for k in ("hf_class", "adapter", "source", "revision", "load_kwargs")}
+        if model_cfg.get("toy") is not None:
+            weights, identity["toy"] = self._toy_weights(model_cfg)
+        loaded = load_model(model_cfg, weights, device=self.device,
+                            attn_implementation=str(self.compute["attn_implementation"]))
+        identity["revision"] = loaded.revision if model_cfg.get("toy") is None else identity["toy"]
+        return identity, loaded
+
+    def _toy_weights(self, model_cfg: Mapping[str, Any]) -> tuple[Path, str]:
+        training = self.cfg["toy_training"]
+        images_key, splits = self.images(training["data"], model_cfg["preprocess"])
+        spec = {"hf_class": model_cfg["hf_class"], "toy": dict(model_cfg["toy"]),
+                "training": dict(training), "images": images_key}
+
+        def compute(out: Path) -> None:
+            train = splits["train"]
+            train_toy(model_cfg, training, train.images, train.labels, out)
+
+        folder = self.cache.get_or_compute("toy_model", spec, compute, description=f"train {model_cfg['name']}")
+        return folder, content_key("toy_model", spec)
+
+    # -- features -------------------------------------------------------------------
+    def features(self, model_identity: Mapping[str, Any], loaded: LoadedModel, images_key: str,
+                 splits: Mapping[str, Split]) -> Features:
+        adapter = loaded.adapter
+        readouts = sorted(self.cfg["model"]["readouts"])
+        n_val = len(splits["val"].labels)
+        tokens = self._n_tokens(loaded, splits["val"])
+        hidden_bytes = n_val * (adapter.n_layers + 1) * tokens * adapter.hidden_size * 4
+        keep_hidden = hidden_bytes <= float(self.compute["hidden_cache_budget_gb"]) * 2**30
+        spec = {"model": dict(model_identity), "images": images_key, "readouts": readouts,
+                "batch_size": int(self.compute["batch_size"]), "dtype": str(self.compute["dtype"]),
+                "device": self.device.type, "attn": str(self.compute["attn_implementation"]),
+                "hidden_states": keep_hidden}
+
+        def compute(out: Path) -> None:
+            started = time.perf_counter()
+            for split in SPLITS:
+                self._unmodified_pass(loaded, splits[split], readouts, out, split,
+                                      keep_hidden=keep_hidden and split == "val")
+            (out / "meta.json").write_text(json.dumps({"seconds": time.perf_counter() - started}))
+
+        key = content_key("features", spec)
+        folder = self.cache.get_or_compute("features", spec, compute, description=f"{self.cfg['model']['name']} unmodified pass")
+        cls, readout, labels = {}, {}, {}
+        for split in SPLITS:
+            tensors = load_file(folder / f"{split}.safetensors")
+            cls[split], labels[split] = tensors["cls"], tensors["labels"]
+            readout[split] = {r: tensors[f"readout.{r}"] for r in readouts}
+        return Features(key, cls, readout, labels, folder, keep_hidden)
+
+    def _n_tokens(self, loaded: LoadedModel, split: Split) -> int:
+        with torch.no_grad():
+            return int(loaded.adapter.embed(self.pixels(split.images[:1])).shape[1])
+
+    def pixels(self, images: torch.Tensor) -> torch.Tensor:
+        return normalise(images.to(self.device, non_blocking=True), self.cfg["model"]["preprocess"])
+
+    def autocast(self) -> torch.autocast:
+        dtype = str(self.compute["dtype"])
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
+
+    def _unmodified_pass(self, loaded: LoadedModel, split: Split, readouts: list[str], out: Path,
+                         name: str, *, keep_hidden: bool) -> None:
+        adapter, n = loaded.adapter, len(split.labels)
+        cls = torch.empty(adapter.n_layers + 1, n, adapter.hidden_size)
+        features: dict[str, list[torch.Tensor]] = {r: [] for r in readouts}
+        hidden_files: list[np.memmap] = []
+        bar = progress_bar(total=n, desc=f"features {self.cfg['model']['name']} {name}", unit="img")
+        with torch.inference_mode(), self.autocast():
+            for part in batches(n, int(self.compute["batch_size"])):
+                hidden = None
+                for layer, hidden in enumerate(adapter.hidden_states(self.pixels(split.images[part]))):
+                    cls[layer, part] = hidden[:, adapter.cls_index].float().cpu()
+                    if keep_hidden:
+                        if not hidden_files or len(hidden_files) <= layer:
+                            (out / "hidden").mkdir(exist_ok=True)
+                            hidden_files.append(np.lib.format.open_memmap(
+                                out / "hidden" / f"layer_{layer:03d}.npy", mode="w+", dtype=np.float32,
+                                shape=(n, *hidden.shape[1:])))
+                        hidden_files[layer][part] = hidden.float().cpu().numpy()
+                for readout in readouts:
+                    features[readout].append(adapter.readout_features(hidden, readout).float().cpu())
+                self.ledger.add("features", adapter.n_layers * (part.stop - part.start))
+                bar.update(part.stop - part.start)
+        bar.close()
+        for memmap in hidden_files:
+            memmap.flush()
+        tensors = {"cls": cls, "labels": split.labels}
+        tensors.update({f"readout.{r}": torch.cat(v) for r, v in features.items()})
+        save_file(tensors, out / f"{name}.safetensors")
+
+    # -- heads and probes -----------------------------------------------------------
+    def fitted_head(self, features: Features, readout: str) -> LinearHead:
+        probe = self.cfg["probe"]
+        n_classes = int(self.cfg["data"]["n_classes"])
+        spec = {"features": features.key, "readout": readout, "probe": dict(probe), "n_classes": n_classes}
+
+        def compute(out: Path) -> None:
+            train = features.readout["train"][readout]
+            (head,) = fit_probes(train.flatten(1), features.labels["train"], n_classes,
+                                 method=str(probe["method"]), settings=probe["settings"], device=str(self.device.type))
+            save_file(head.state_dict(), out / "head.safetensors")
+
+        folder = self.cache.get_or_compute("head", spec, compute, description=f"{readout} head")
+        return LinearHead.from_state_dict(load_file(folder / "head.safetensors"))
+
+    def probes(self, features: Features) -> tuple[list[LinearHead], list[dict[str, float]]]:
+        """Per-layer CLS probes and, per layer, the validation scores of that layer's probe
+        and of the last layer's probe applied to that layer."""
+        probe = self.cfg["probe"]
+        n_classes = int(self.cfg["data"]["n_classes"])
+        spec = {"features": features.key, "probe": dict(probe), "n_classes": n_classes}
+
+        def compute(out: Path) -> None:
+            heads = fit_probes(features.cls["train"], features.labels["train"], n_classes,
+                               method=str(probe["method"]), settings=probe["settings"], device=str(self.device.type))
+            val_cls, labels = features.cls["val"], features.labels["val"]
+            scores = [{**rank_metrics(head.logits(val_cls[layer]), labels, "probe_"),
+                       **rank_metrics(heads[-1].logits(val_cls[layer]), labels, "last_probe_")}
+                      for layer, head in enumerate(heads)]
+            save_file({f"{layer}.{k}": v for layer, head in enumerate(heads) for k, v in head.state_dict().items()},
+                      out / "probes.safetensors")
+            (out / "scores.json").write_text(json.dumps(scores, indent=1))
+
+        folder = self.cache.get_or_compute("probes", spec, compute, description="per-layer CLS probes")
+        tensors = load_file(folder / "probes.safetensors")
+        heads = [LinearHead.from_state_dict({k.split(".", 1)[1]: v for k, v in tensors.items()
+                                             if k.split(".", 1)[0] == str(layer)})
+                 for layer in range(features.cls["train"].shape[0])]
+        return heads, _read_json(folder / "scores.json")

@@ -1,0 +1,193 @@
+"""Image sources and preprocessing: class-balanced seeded subsets as uint8 tensors.
+
+Three sources share one path from PIL images to tensors: ImageNet-1k from the hub
+(`datasets` streaming), a local folder in ImageNet layout (`datasets`' imagefolder
+builder), and scikit-learn's bundled digits (the offline default). Decoding and resizing
+happen once per (data, preprocessing) and are cached as uint8; normalisation happens on
+the compute device (`normalise`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+SPLITS = ("train", "val")
+
+
+class DataUnavailable(RuntimeError):
+    """The configured data cannot be read; the message says how to get it."""
+
+
+@dataclass(frozen=True)
+class LabelledImages:
+    """One split: PIL images with their labels in the head's class index order."""
+
+    images: list[Image.Image]
+    labels: list[int]
+
+
+def imagenet_wnids() -> list[str]:
+    """The 1000 ImageNet-1k synsets; their sorted order is the standard class index."""
+    text = resources.files("sweep").joinpath("resources/imagenet1k_wnids.txt").read_text()
+    return text.split()
+
+
+def balanced_subset(labels: Iterable[int], per_class: int, n_classes: int, seed: int,
+                    exclude: set[int] = frozenset()) -> list[int]:
+    """Indices of `per_class` examples of each class, drawn with `seed`, in a seeded order."""
+    labels = np.asarray(list(labels))
+    rng = np.random.default_rng(seed)
+    chosen: list[int] = []
+    for cls in range(n_classes):
+        pool = [i for i in np.flatnonzero(labels == cls) if i not in exclude]
+        if len(pool) < per_class:
+            raise DataUnavailable(
+                f"class {cls} has only {len(pool)} images available, {per_class} per class were asked; "
+                "lower data.train_per_class / data.val_per_class")
+        chosen.extend(rng.choice(pool, size=per_class, replace=False).tolist())
+    return [int(i) for i in rng.permutation(chosen)]
+
+
+# -- sources ------------------------------------------------------------------------
+
+def load_split(data: Mapping[str, Any], split: str) -> LabelledImages:
+    """Read one split of the configured source (`data.source`)."""
+    loaders = {"sklearn_digits": _digits, "imagefolder": _imagefolder, "hub": _hub}
+    try:
+        loader = loaders[data["source"]]
+    except KeyError:
+        raise ValueError(f"unknown data.source '{data['source']}'; choose one of {', '.join(loaders)}") from None
+    return loader(data, split)
+
+
+def check_available(data: Mapping[str, Any]) -> None:
+    """Cheap checks that run before any model is loaded."""
+    if data["source"] == "imagefolder":
+        root = Path(str(data["root"])).expanduser()
+        for split in SPLITS:
+            folder = root / str(data[f"{split}_dir"])
+            if not folder.is_dir():
+                raise DataUnavailable(
+                    f"data folder {folder} does not exist; set data.root to a folder in ImageNet layout "
+                    f"({data['train_dir']}/<wnid>/*.JPEG and {data['val_dir']}/<wnid>/*.JPEG)")
+
+
+def _digits(data: Mapping[str, Any], split: str) -> LabelledImages:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    pixels = (bunch.images * (255.0 / 16.0)).round().astype(np.uint8)
+    n_classes = int(data["n_classes"])
+    train = balanced_subset(bunch.target, int(data["train_per_class"]), n_classes, int(data["seed"]))
+    indices = train if split == "train" else balanced_subset(
+        bunch.target, int(data["val_per_class"]), n_classes, int(data["seed"]) + 1, exclude=set(train))
+    return LabelledImages([Image.fromarray(pixels[i]) for i in indices],
+                          [int(bunch.target[i]) for i in indices])
+
+
+def _imagefolder(data: Mapping[str, Any], split: str) -> LabelledImages:
+    import datasets
+
+    check_available(data)
+    folder = Path(str(data["root"])).expanduser() / str(data[f"{split}_dir"])
+    standard = {wnid: index for index, wnid in enumerate(imagenet_wnids())}
+    unknown = sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name not in standard)
+    if unknown:
+        raise DataUnavailable(f"{folder} has folders that are not ImageNet-1k synsets: {unknown[:5]}; "
+                              "each class folder must be named by its wnid (e.g. n01440764)")
+    dataset = datasets.load_dataset("imagefolder", data_dir=str(folder), split="train")
+    names = dataset.features["label"].names
+    to_standard = [standard[name] for name in names]
+    labels = [to_standard[label] for label in dataset["label"]]
+    return _take_balanced(dataset, labels, data, split)
+
+
+def _hub(data: Mapping[str, Any], split: str) -> LabelledImages:
+    import datasets
+
+    hub_split = str(data[f"{split}_split"])
+    token = os.environ.get(str(data["token_env"])) or None
+    try:
+        stream = datasets.load_dataset(str(data["hub_id"]), split=hub_split, streaming=True, token=token)
+        stream = stream.shuffle(seed=int(data["seed"]), buffer_size=int(data["shuffle_buffer"]))
+        return _stream_balanced(stream, data, split)
+    except DataUnavailable:
+        raise
+    except Exception as error:  # the hub raises many types: offline, gated, not found
+        raise DataUnavailable(
+            f"could not read {data['hub_id']} ({hub_split}) from the hub: {type(error).__name__}: {error}. "
+            f"It is gated: accept its terms on the hub and export {data['token_env']}=<token>, or use local "
+            "data: data=imagefolder data.root=/path/to/imagenet (train/<wnid>/*.JPEG, val/<wnid>/*.JPEG)"
+        ) from error
+
+
+def _take_balanced(dataset: Any, labels: list[int], data: Mapping[str, Any], split: str) -> LabelledImages:
+    per_class = int(data[f"{split}_per_class"])
+    indices = balanced_subset(labels, per_class, int(data["n_classes"]), int(data["seed"]))
+    return LabelledImages([dataset[i]["image"] for i in indices], [labels[i] for i in indices])
+
+
+def _stream_balanced(stream: Iterable[Mapping[str, Any]], data: Mapping[str, Any], split: str) -> LabelledImages:
+    per_class, n_classes = int(data[f"{split}_per_class"]), int(data["n_classes"])
+    counts = [0] * n_classes
+    images, labels = [], []
+    for example in stream:
+        label = int(example["label"])
+        if counts[label] < per_class:
+            counts[label] += 1
+            images.append(example["image"])
+            labels.append(label)
+            if len(labels) == per_class * n_classes:
+                return LabelledImages(images, labels)
+    raise DataUnavailable(f"the stream ended with {len(labels)} of {per_class * n_classes} images; "
+                          "lower the per-class counts")
+
+
+# -- preprocessing --------------------------------------------------------------------
+
+_RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
+             "nearest": Image.Resampling.NEAREST}
+
+
+def to_uint8(image: Image.Image, preprocess: Mapping[str, Any]) -> np.ndarray:
+    """Resize (exactly, or the shortest edge) and centre-crop as the model's image
+    processor does; return a (3, H, W) uint8 array."""
+    image = image.convert("RGB")
+    resample = _RESAMPLE[str(preprocess["interpolation"])]
+    size, crop = int(preprocess["resize"]), int(preprocess["crop"])
+    if preprocess["resize_exact"]:
+        image = image.resize((size, size), resample)
+    else:
+        width, height = image.size
+        scale = size / min(width, height)
+        image = image.resize((max(size, round(width * scale)), max(size, round(height * scale))), resample)
+    width, height = image.size
+    left, top = (width - crop) // 2, (height - crop) // 2
+    image = image.crop((left, top, left + crop, top + crop))
+    return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).copy()
+
+
+def preprocess_split(split: LabelledImages, preprocess: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    images = torch.from_numpy(np.stack([to_uint8(image, preprocess) for image in split.images]))
+    return images, torch.tensor(split.labels, dtype=torch.long)
+
+
+def normalise(images: torch.Tensor, preprocess: Mapping[str, Any], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """uint8 (n, 3, H, W) on the device → normalised float pixels."""
+    mean = torch.tensor(list(preprocess["mean"]), device=images.device, dtype=dtype).view(1, 3, 1, 1)
+    std = torch.tensor(list(preprocess["std"]), device=images.device, dtype=dtype).view(1, 3, 1, 1)
+    return (images.to(dtype) / 255.0 - mean) / std
+
+
+def batches(n: int, batch_size: int) -> Iterator[slice]:
+    for start in range(0, n, batch_size):
+        yield slice(start, min(start + batch_size, n))

@@ -1,0 +1,97 @@
+"""`sweep-run`: the Hydra app that runs exactly one cell and writes its record.
+
+With `-m`, Hydra's multirun hands the grid to the cell sweeper (hydra_plugins/), which
+skips finished cells and fans the rest out through the configured launcher.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import to_absolute_path
+from omegaconf import DictConfig, OmegaConf
+
+from sweep import record as rec
+from sweep.cellspec import cell_spec
+from sweep.conf_path import CONF_DIR
+from sweep.errors import SweepError
+
+log = logging.getLogger("sweep.run")
+
+
+def _cell_resolver(what: str, *, _root_: DictConfig) -> str:
+    """`${cell:subdir}` / `${cell:id}` — folders keyed by cell so a re-run lands in place."""
+    try:
+        spec = cell_spec(_root_)
+    except (SweepError, KeyError, TypeError, ValueError):
+        return f"invalid/{_root_.model.name}-L{_root_.layer}"
+    return {"subdir": spec.subdir, "id": spec.cell_id, "name": spec.name}[what]
+
+
+OmegaConf.register_new_resolver("cell", _cell_resolver, replace=True)
+
+
+def run_cell(cfg: DictConfig) -> dict[str, Any]:
+    """Run one cell (or skip it when its record is complete) and return its record."""
+    started = time.perf_counter()
+    spec = cell_spec(cfg)
+    cell_dir = Path(HydraConfig.get().runtime.output_dir)
+    sweep_id = cfg.sweep.id
+    if rec.is_complete(cell_dir, spec.cell_id) and not cfg.sweep.force:
+        log.info("%s is already done (%s); skipping — sweep.force=true recomputes it", spec.name, cell_dir)
+        return rec.read_record(cell_dir)
+
+    from sweep.cache import ArtifactCache  # heavy imports only once there is work to do
+    from sweep.cell import measure
+    from sweep.tracking import tracker
+
+    cache = ArtifactCache(to_absolute_path(str(cfg.cache.dir)), enabled=bool(cfg.cache.enabled),
+                          verify=str(cfg.cache.verify))
+    base = rec.cell_fields(spec, cfg, sweep_id)
+    rec.mark_started(cell_dir)
+    with tracker(cfg, spec, sweep_id, cell_dir) as track:
+        try:
+            result = measure(cfg, spec, cache)
+        except Exception as error:
+            rec.write_record(cell_dir, {**base, "status": "failed", "error": f"{type(error).__name__}: {error}",
+                                        "traceback": traceback.format_exc(), "versions": rec.versions()})
+            raise
+        if cfg.outcomes.save:
+            rec.write_outcomes(cell_dir, result.outcomes)
+        record = {**base, "status": "complete", "metrics": result.metrics, "counts": result.counts,
+                  "compute": result.compute,
+                  "timings": {**result.timings, "total_s": time.perf_counter() - started},
+                  "artifacts": result.artifacts,
+                  "versions": {**rec.versions(), "model_revision": result.model_revision},
+                  "outcomes_file": rec.OUTCOMES_FILE if cfg.outcomes.save else None}
+        track.log_record(record, cell_dir / rec.OUTCOMES_FILE if cfg.outcomes.save else None)
+        rec.write_record(cell_dir, record)
+    log.info("%s: %s", spec.name, ", ".join(f"{k}={v:.4f}" for k, v in result.metrics.items()))
+    return record
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
+def _hydra_main(cfg: DictConfig) -> dict[str, Any]:
+    try:
+        return run_cell(cfg)
+    except SweepError as error:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # the cell sweeper collects and reports failures
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+def main() -> None:
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""`sweep-status`: what state each cell of a sweep is in, read from its folder alone.
+
+done     — result.json with status "complete"
+failed   — result.json with status "failed" (error and traceback inside)
+running  — started.json but no record, and (on this host) its process is alive
+killed   — started.json but no record, and its process is gone (this host only)
+pending  — nothing yet
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sweep.record import STARTED_FILE, read_record
+
+PLAN_FILE = "plan.json"
+
+
+def cell_state(cell_dir: Path, cell_id: str | None = None) -> str:
+    record = read_record(cell_dir)
+    if record is not None and (cell_id is None or record.get("cell_id") == cell_id):
+        return "done" if record.get("status") == "complete" else "failed"
+    try:
+        started = json.loads((cell_dir / STARTED_FILE).read_text())
+    except (OSError, ValueError):
+        return "pending"
+    if started.get("host") == socket.gethostname() and not _alive(int(started.get("pid", -1))):
+        return "killed"
+    return "running"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return pid > 0
+
+
+def log_files(cell_dir: Path) -> list[Path]:
+    return sorted(cell_dir.glob("*.log"))
+
+
+@dataclass
+class Summary:
+    counts: Counter = field(default_factory=Counter)
+    failed: list[tuple[str, Path, str]] = field(default_factory=list)
+    missing: list[tuple[str, Path, str]] = field(default_factory=list)
+
+    def text(self) -> str:
+        total = sum(self.counts.values())
+        lines = [f"{total} cells: " + ", ".join(f"{n} {state}" for state, n in sorted(self.counts.items()))]
+        for name, folder, why in self.failed:
+            logs = ", ".join(str(p) for p in log_files(folder)) or "no log file"
+            lines.append(f"  FAILED  {name}: {why}\n          folder {folder}\n          log    {logs}")
+        for name, folder, state in self.missing:
+            lines.append(f"  {state.upper():<7} {name}: no record — re-launch the same command to run it ({folder})")
+        if self.failed or self.missing:
+            lines.append("re-launching the same command runs only the cells that are not done")
+        return "\n".join(lines)
+
+
+def summarise_cells(cells: Iterable[tuple[object, Path]]) -> Summary:
+    """`cells`: (spec with .name and .cell_id, folder) pairs."""
+    summary = Summary()
+    for spec, folder in cells:
+        state = cell_state(folder, getattr(spec, "cell_id", None))
+        summary.counts[state] += 1
+        if state == "failed":
+            summary.failed.append((spec.name, folder, str(read_record(folder).get("error"))))
+        elif state != "done":
+            summary.missing.append((spec.name, folder, state))
+    return summary
+
+
+@dataclass(frozen=True)
+class _Named:
+    name: str
+    cell_id: str
+
+
+def sweep_cells(sweep_dir: Path) -> list[tuple[_Named, Path]]:
+    """The sweep's planned cells (from plan.json), else every cell folder found."""
+    plan_path = sweep_dir / PLAN_FILE
+    if plan_path.exists():
+        plan = json.loads(plan_path.read_text())
+        return [(_Named(c["name"], c["cell_id"]), sweep_dir / c["subdir"]) for c in plan["cells"]]
+    folders = {p.parent for pattern in ("*/*/result.json", "*/*/started.json") for p in sweep_dir.glob(pattern)}
+    return [(_Named(f.name, None), f) for f in sorted(folders)]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="sweep-status", description="Cells of a sweep: done / failed / running / pending.")
+    parser.add_argument("sweep_dir", type=Path, help="the sweep's folder, e.g. multirun/<sweep id>")
+    parser.add_argument("--cells", action="store_true", help="list every cell with its state")
+    args = parser.parse_args(argv)
+    if not args.sweep_dir.is_dir():
+        parser.error(f"{args.sweep_dir} is not a folder; sweeps live in multirun/<sweep id>")
+    cells = sweep_cells(args.sweep_dir)
+    if args.cells:
+        for spec, folder in cells:
+            print(f"{cell_state(folder, spec.cell_id):<8} {spec.name}  {folder}")
+    summary = summarise_cells(cells)
+    print(summary.text())
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
+
+
+def write_plan(plan: "Plan") -> None:  # noqa: F821 - sweep.plan imports this module's neighbours
+    """Record every runnable cell of the sweep, so status can tell pending from unknown."""
+    from sweep.cache import atomic_write_json
+
+    cells = [{"name": c.spec.name, "cell_id": c.spec.cell_id, "subdir": c.spec.subdir} for c in plan.runnable]
+    atomic_write_json(plan.sweep_dir / PLAN_FILE, {"sweep_id": plan.sweep_id, "cells": cells})

@@ -1,0 +1,67 @@
+"""Toy models: the real HF classes at a small size, trained on digits on first use.
+
+They stand in for the hub checkpoints on machines without hub access. Architecture
+(`model.toy`) and training recipe (`toy_training`) come from the config; the result is a
+`save_pretrained` folder, loaded afterwards exactly like a downloaded model.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import transformers
+from torch.nn import functional as F
+
+from sweep.data import batches, normalise
+from sweep.models import hf_class
+from sweep.progress import progress_bar
+
+
+def build_toy(model_cfg: Mapping[str, Any], seed: int) -> torch.nn.Module:
+    """A freshly initialised toy of `model.hf_class` from `model.toy.config`."""
+    toy = model_cfg["toy"]
+    config = getattr(transformers, str(toy["config_class"]))(**dict(toy["config"]))
+    torch.manual_seed(seed)
+    return hf_class(model_cfg)(config)
+
+
+def train_toy(model_cfg: Mapping[str, Any], training: Mapping[str, Any], images: torch.Tensor,
+              labels: torch.Tensor, out_dir: Path) -> dict[str, Any]:
+    """Train with cross-entropy on the model's own logits (for DeiT, the average of its
+    two heads, which trains both) and `save_pretrained` into `out_dir`."""
+    started = time.perf_counter()
+    seed = int(training["seed"])
+    model = build_toy(model_cfg, seed).train()
+    optimiser = torch.optim.AdamW(model.parameters(), lr=float(training["lr"]),
+                                  weight_decay=float(training["weight_decay"]))
+    epochs, batch_size = int(training["epochs"]), int(training["batch_size"])
+    steps = epochs * -(-len(labels) // batch_size)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=float(training["lr"]), total_steps=steps)
+    pixels = normalise(images, model_cfg["preprocess"])
+    generator = torch.Generator().manual_seed(seed)
+    bar = progress_bar(total=epochs, desc=f"training {model_cfg['name']}", unit="epoch")
+    for _ in range(epochs):
+        order = torch.randperm(len(labels), generator=generator)
+        for part in batches(len(labels), batch_size):
+            index = order[part]
+            loss = F.cross_entropy(model(pixel_values=pixels[index]).logits, labels[index])
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            schedule.step()
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+        bar.update()
+    bar.close()
+    model.eval()
+    with torch.no_grad():
+        train_accuracy = float((model(pixel_values=pixels).logits.argmax(1) == labels).float().mean())
+    model.save_pretrained(out_dir)
+    log = {"train_accuracy": train_accuracy, "train_seconds": time.perf_counter() - started,
+           "epochs": epochs, "n_train": len(labels)}
+    (out_dir / "training.json").write_text(json.dumps(log, indent=2))
+    return log

@@ -1,0 +1,104 @@
+"""Every adapter on a tiny random config of its real HF class."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sweep.adapters import ReadoutUnavailable
+from sweep.probes import LinearHead
+from tiny_models import KINDS, N_CLASSES, pixels, tiny_adapter
+
+
+def last_hidden(adapter, x):
+    *_, hidden = adapter.hidden_states(x)
+    return hidden
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_native_readout_reproduces_the_hf_models_own_logits(kind):
+    adapter, x = tiny_adapter(kind), pixels()
+    assert not adapter.model.training
+    with torch.no_grad():
+        ours = adapter.logits(last_hidden(adapter, x), "native")
+        theirs = adapter.model(pixel_values=x).logits
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("layer", [0, 1, 3])
+def test_an_identity_permutation_leaves_outputs_bit_for_bit_unchanged(kind, layer):
+    adapter, x = tiny_adapter(kind), pixels()
+    with torch.no_grad():
+        plain = adapter.model(pixel_values=x).logits
+        with adapter.cls_edit(layer, lambda cls: cls[torch.arange(len(cls))]):
+            edited = adapter.model(pixel_values=x).logits
+    assert torch.equal(plain, edited)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("layer", [0, 2, 3])
+def test_a_hook_edit_at_layer_L_shows_in_hf_hidden_states_L(kind, layer):
+    adapter, x = tiny_adapter(kind), pixels()
+    with torch.no_grad():
+        plain = adapter.model(pixel_values=x, output_hidden_states=True).hidden_states
+        # A constant, not zeros: DeiT's and BEiT's embedding-layer CLS start as zeros.
+        with adapter.cls_edit(layer, lambda cls: torch.full_like(cls, 3.0)):
+            edited = adapter.model(pixel_values=x, output_hidden_states=True).hidden_states
+    assert bool((edited[layer][:, adapter.cls_index] == 3.0).all())
+    assert torch.equal(edited[layer][:, adapter.cls_index + 1:], plain[layer][:, adapter.cls_index + 1:])
+    for earlier in range(layer):
+        assert torch.equal(edited[earlier], plain[earlier])
+    if layer < adapter.n_layers:
+        assert not torch.equal(edited[layer + 1], plain[layer + 1])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_block_by_block_hidden_states_match_hf(kind):
+    adapter, x = tiny_adapter(kind), pixels()
+    with torch.no_grad():
+        theirs = adapter.model(pixel_values=x, output_hidden_states=True).hidden_states
+        ours = list(adapter.hidden_states(x))
+    assert len(ours) == len(theirs) == adapter.n_layers + 1
+    for a, b in zip(ours, theirs):
+        assert torch.equal(a, b)
+
+
+def test_deit_cls_readout_is_its_cls_head():
+    adapter, x = tiny_adapter("deit"), pixels()
+    with torch.no_grad():
+        out = adapter.model(pixel_values=x)
+        ours = adapter.logits(last_hidden(adapter, x), "cls")
+    torch.testing.assert_close(ours, out.cls_logits, rtol=0, atol=1e-6)
+    assert not torch.allclose(ours, out.logits)
+
+
+def test_clip_has_no_cls_readout():
+    adapter = tiny_adapter("clip")
+    with pytest.raises(ReadoutUnavailable, match="no 'cls' readout"):
+        adapter.head("cls")
+
+
+@pytest.mark.parametrize("kind", ["beit", "dinov2", "clip"])
+def test_a_head_fitted_here_is_what_the_hf_forward_uses(kind):
+    adapter, x = tiny_adapter(kind), pixels()
+    features_dim = adapter.readout_features(last_hidden(adapter, x), "native").shape[1]
+    head = LinearHead(torch.randn(11, features_dim), torch.randn(11))
+    adapter.install_head("native", head)
+    with torch.no_grad():
+        hidden = last_hidden(adapter, x)
+        expected = head.logits(adapter.readout_features(hidden, "native"))
+        torch.testing.assert_close(adapter.logits(hidden, "native"), expected, rtol=0, atol=1e-5)
+        torch.testing.assert_close(adapter.model(pixel_values=x).logits, expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["beit", "dinov2"])
+def test_a_fitted_cls_head_reads_the_cls_token_alone(kind):
+    adapter, x = tiny_adapter(kind), pixels()
+    head = LinearHead(torch.randn(N_CLASSES, adapter.hidden_size), torch.zeros(N_CLASSES))
+    adapter.install_head("cls", head)
+    with torch.no_grad():
+        hidden = last_hidden(adapter, x)
+        scrambled = hidden.clone()
+        scrambled[:, 1:] = torch.randn_like(scrambled[:, 1:])
+        torch.testing.assert_close(adapter.logits(hidden, "cls"), adapter.logits(scrambled, "cls"))

@@ -1,0 +1,40 @@
+"""A cell's identity: layer indexing, validation before any weights load, stable ids."""
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from sweep.cellspec import LayerOutOfRange, cell_spec, resolve_layer
+from sweep.conf_path import CONF_DIR
+from sweep.errors import ConfigError
+
+
+def config(*overrides):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+def test_negative_layers_count_from_the_end():
+    assert resolve_layer(-1, 12) == 12
+    assert resolve_layer(-13, 12) == 0
+    assert resolve_layer(0, 12) == 0
+
+
+def test_an_out_of_range_layer_names_the_valid_range():
+    with pytest.raises(LayerOutOfRange, match=r"valid layers are 0\.\.6"):
+        cell_spec(config("model=toy_vit", "layer=7"))
+
+
+def test_cls_readout_on_clip_is_refused_with_the_reason():
+    with pytest.raises(ConfigError, match="token average"):
+        cell_spec(config("model=clip", "readout=cls"))
+
+
+def test_identity_depends_on_science_not_on_where_or_how_fast_it_runs():
+    base = cell_spec(config("model=toy_vit", "layer=3", "intervention=shuffle"))
+    assert base.layer == 3 and base.name == "toy_vit-L03-shuffle-native-s0"
+    same = cell_spec(config("model=toy_vit", "layer=-4", "intervention=shuffle", "compute.batch_size=7",
+                            "cache.dir=/elsewhere", "sweep.name=x"))
+    assert same.cell_id == base.cell_id
+    for change in ("seed=1", "readout=cls", "intervention.permutation=randperm", "data.val_per_class=50"):
+        other = cell_spec(config("model=toy_vit", "layer=3", "intervention=shuffle", change))
+        assert other.cell_id != base.cell_id, change

@@ -1,0 +1,62 @@
+"""The shuffle's groups and permutations, and the other CLS replacements."""
+
+import pytest
+import torch
+
+from sweep.interventions import replacement_cls, shuffle_donors
+
+
+def test_derangement_moves_every_cls_and_stays_within_groups_of_128():
+    n = 700
+    donors = shuffle_donors(n, group_size=128, permutation="derangement", seed=3)
+    assert not bool((donors == torch.arange(n)).any())
+    assert sorted(donors.tolist()) == list(range(n))  # a permutation
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(3))
+    group_of = torch.empty(n, dtype=torch.long)
+    group_of[order] = torch.arange(n) // 128
+    assert torch.equal(group_of[donors], group_of)
+
+
+def test_groups_mix_labels_because_the_order_is_shuffled_first():
+    labels = torch.arange(700) // 70  # sorted by class, as a naive loader would give them
+    donors = shuffle_donors(700, group_size=128, permutation="derangement", seed=0)
+    assert (labels[donors] != labels).float().mean() > 0.8
+
+
+def test_the_permutation_is_seeded_and_randperm_and_identity_are_available():
+    a = shuffle_donors(300, group_size=128, permutation="derangement", seed=1)
+    assert torch.equal(a, shuffle_donors(300, group_size=128, permutation="derangement", seed=1))
+    assert not torch.equal(a, shuffle_donors(300, group_size=128, permutation="derangement", seed=2))
+    assert torch.equal(shuffle_donors(300, group_size=128, permutation="identity", seed=1), torch.arange(300))
+    assert sorted(shuffle_donors(300, group_size=128, permutation="randperm", seed=1).tolist()) == list(range(300))
+
+
+def test_a_trailing_group_of_one_is_merged_so_it_can_be_deranged():
+    donors = shuffle_donors(129, group_size=128, permutation="derangement", seed=0)
+    assert not bool((donors == torch.arange(129)).any())
+
+
+def test_unknown_permutation_is_a_clear_error():
+    with pytest.raises(ValueError, match="derangement, randperm, identity"):
+        shuffle_donors(10, group_size=4, permutation="cyclic", seed=0)
+
+
+@pytest.fixture
+def cls():
+    generator = torch.Generator().manual_seed(0)
+    return torch.randn(300, 8, generator=generator) * 3 + 1, torch.randn(300, 8, generator=generator)
+
+
+def test_replacements(cls):
+    at_layer, at_embedding = cls
+    make = lambda name, **s: replacement_cls(name, s, cls_at_layer=at_layer, cls_at_embedding=at_embedding, seed=0)  # noqa: E731
+    assert make("none") is None
+    assert torch.count_nonzero(make("zero")) == 0
+    assert torch.allclose(make("mean"), at_layer.mean(0).expand(300, 8))
+    assert torch.equal(make("reset"), at_embedding)
+    noise = make("noise", center="mean")
+    assert torch.allclose(noise.std(0), at_layer.std(0), rtol=0.25)
+    assert torch.allclose(noise.mean(0), at_layer.mean(0), atol=0.6)
+    assert torch.equal(noise, make("noise", center="mean"))  # seeded
+    shuffled = make("shuffle", group_size=128, permutation="derangement")
+    assert sorted(map(tuple, shuffled.tolist())) == sorted(map(tuple, at_layer.tolist()))

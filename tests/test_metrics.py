@@ -1,0 +1,47 @@
+"""Accuracy, top-k and identifiability against hand-computed cases."""
+
+import pytest
+import torch
+
+from sweep.metrics import identifiability, identifiability_exact, rank_metrics, top_k_accuracy, true_class_ranks
+
+
+def test_ranks_count_the_classes_above_the_true_one_with_ties_broken_like_argmax():
+    logits = torch.tensor([[0.1, 0.9, 0.5, 0.2],    # true 1: best                   -> 0
+                           [0.1, 0.9, 0.5, 0.2],    # true 2: second                 -> 1
+                           [0.1, 0.9, 0.5, 0.2],    # true 0: worst                  -> 3
+                           [0.5, 0.5, 0.1, 0.1],    # true 1: tied with class 0      -> 1
+                           [0.5, 0.5, 0.1, 0.1]])   # true 0: tied, lower index wins -> 0
+    ranks = true_class_ranks(logits, torch.tensor([1, 2, 0, 1, 0]))
+    assert ranks.tolist() == [0, 1, 3, 1, 0]
+    assert ((ranks == 0) == (logits.argmax(1) == torch.tensor([1, 2, 0, 1, 0]))).all()
+
+
+def test_a_constant_predictor_scores_at_chance():
+    labels = torch.arange(10).repeat(7)
+    metrics = rank_metrics(torch.zeros(70, 10), labels)
+    assert metrics["accuracy"] == pytest.approx(0.1)
+    assert metrics["identifiability"] == pytest.approx(1 - 4.5 / 10)  # the mean rank is (C - 1) / 2
+
+
+def test_identifiability_by_hand():
+    ranks, n_classes = torch.tensor([0, 1, 3]), 4
+    # Vilas' formula: mean(1 - r / C) = mean(1, 0.75, 0.25) = 2/3
+    assert identifiability(ranks, n_classes) == pytest.approx(2 / 3)
+    # exact variant: mean(1 - r / (C - 1)) = mean(1, 2/3, 0) = 5/9
+    assert identifiability_exact(ranks, n_classes) == pytest.approx(5 / 9)
+
+
+def test_identifiability_is_one_at_top1_and_the_exact_variant_spans_zero_to_one():
+    assert identifiability(torch.zeros(5, dtype=torch.long), 10) == 1.0
+    worst = torch.full((5,), 9)
+    assert identifiability(worst, 10) == pytest.approx(0.1)
+    assert identifiability_exact(worst, 10) == 0.0
+
+
+def test_top_k_and_rank_metrics_with_prefix():
+    logits = torch.eye(6)[[0, 1, 2]] + torch.arange(6) * 0.01  # rows prefer 0, 1, 2 (and then higher classes)
+    metrics = rank_metrics(logits, torch.tensor([0, 5, 3]), prefix="projection_")
+    assert metrics["projection_accuracy"] == pytest.approx(1 / 3)
+    assert top_k_accuracy(true_class_ranks(logits, torch.tensor([0, 5, 3])), 2) == pytest.approx(2 / 3)
+    assert metrics["projection_top5"] == 1.0
