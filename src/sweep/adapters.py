@@ -20,12 +20,13 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from sweep.errors import SweepError
 from sweep.probes import LinearHead
 
 HeadFn = Callable[[torch.Tensor], torch.Tensor]
 
 
-class ReadoutUnavailable(ValueError):
+class ReadoutUnavailable(SweepError):
     """Raised when a model has no readout of the requested kind (e.g. CLS-only on CLIP)."""
 
 

@@ -20,10 +20,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from sweep.errors import SweepError
+
 SPLITS = ("train", "val")
 
 
-class DataUnavailable(RuntimeError):
+class DataUnavailable(SweepError):
     """The configured data cannot be read; the message says how to get it."""
 
 

@@ -15,11 +15,12 @@ import torch
 import transformers
 
 from sweep.adapters import Adapter, make_adapter
+from sweep.errors import SweepError
 
 transformers.utils.logging.disable_progress_bar()  # our own bars report progress
 
 
-class ModelUnavailable(RuntimeError):
+class ModelUnavailable(SweepError):
     """The model's weights cannot be read; the message says how to provide them."""
 
 

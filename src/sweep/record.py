@@ -84,6 +84,10 @@ def mark_started(cell_dir: Path) -> None:
                                                  "slurm_job_id": os.environ.get("SLURM_JOB_ID")})
 
 
+def clear_started(cell_dir: Path) -> None:
+    (cell_dir / STARTED_FILE).unlink(missing_ok=True)
+
+
 def write_outcomes(cell_dir: Path, outcomes: Mapping[str, Any]) -> None:
     columns = list(outcomes)
     rows = zip(*(outcomes[c].tolist() for c in columns))

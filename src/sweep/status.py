@@ -70,14 +70,18 @@ class Summary:
         return "\n".join(lines)
 
 
-def summarise_cells(cells: Iterable[tuple[object, Path]]) -> Summary:
-    """`cells`: (spec with .name and .cell_id, folder) pairs."""
+def summarise_cells(cells: Iterable[tuple[object, Path]], *, finished: bool = False) -> Summary:
+    """`cells`: (spec with .name and .cell_id, folder) pairs. `finished`: the launcher has
+    returned, so a cell without a record crashed rather than still runs."""
     summary = Summary()
     for spec, folder in cells:
         state = cell_state(folder, getattr(spec, "cell_id", None))
+        if finished and state in ("running", "killed"):
+            state = "crashed"
         summary.counts[state] += 1
         if state == "failed":
-            summary.failed.append((spec.name, folder, str(read_record(folder).get("error"))))
+            error = str(read_record(folder).get("error")).strip().splitlines() or ["?"]
+            summary.failed.append((spec.name, folder, error[0][:300]))
         elif state != "done":
             summary.missing.append((spec.name, folder, state))
     return summary

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 import transformers
+from omegaconf import DictConfig, OmegaConf
 from torch.nn import functional as F
 
 from sweep.data import batches, normalise
@@ -25,7 +26,8 @@ from sweep.progress import progress_bar
 def build_toy(model_cfg: Mapping[str, Any], seed: int) -> torch.nn.Module:
     """A freshly initialised toy of `model.hf_class` from `model.toy.config`."""
     toy = model_cfg["toy"]
-    config = getattr(transformers, str(toy["config_class"]))(**dict(toy["config"]))
+    settings = OmegaConf.to_container(toy["config"]) if isinstance(toy["config"], DictConfig) else dict(toy["config"])
+    config = getattr(transformers, str(toy["config_class"]))(**settings)
     torch.manual_seed(seed)
     return hf_class(model_cfg)(config)
 

@@ -115,7 +115,8 @@ class CellSweeper(Sweeper):
                 if _is_submission_error(error):
                     raise SweepError(f"the launcher could not submit the cells: {error}") from error
                 log.error("launcher reported: %s: %s", type(error).__name__, error)
-        summary = summarise_cells([(c.spec, plan.sweep_dir / c.spec.subdir) for c in plan.pending if c.spec])
+        summary = summarise_cells([(c.spec, plan.sweep_dir / c.spec.subdir) for c in plan.pending if c.spec],
+                                   finished=True)
         print(summary.text(), flush=True)
         if summary.failed or summary.missing:
             sys.exit(1)

@@ -1,0 +1,94 @@
+"""One cell on trained toy models: the controls that make the numbers trustworthy."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import compose_cell
+from sweep.cache import ArtifactCache
+from sweep.cell import measure
+from sweep.cellspec import cell_spec
+
+
+def run(cache_dir, *overrides):
+    cfg = compose_cell(*overrides)
+    return measure(cfg, cell_spec(cfg), ArtifactCache(cache_dir))
+
+
+@pytest.fixture(scope="module")
+def plain_vit(cache_dir):
+    return run(cache_dir, "model=toy_vit", "intervention=none", "layer=-1")
+
+
+def test_no_intervention_reproduces_the_plain_models_accuracy(cache_dir, plain_vit):
+    """The cached-features path gives the accuracy of a bare HF forward on the same images."""
+    from sweep.artifacts import Artifacts, ComputeLedger
+    cfg = compose_cell("model=toy_vit")
+    artifacts = Artifacts(cfg, ArtifactCache(cache_dir), torch.device("cpu"), ComputeLedger())
+    _, splits = artifacts.images(cfg.data, cfg.model.preprocess)
+    _, loaded = artifacts.model()
+    with torch.no_grad():
+        logits = loaded.adapter.model(pixel_values=artifacts.pixels(splits["val"].images)).logits
+    bare = float((logits.argmax(1) == splits["val"].labels).double().mean())
+    assert plain_vit.metrics["accuracy"] == pytest.approx(bare, abs=1e-9)
+    assert plain_vit.metrics["accuracy"] > 0.8, "the toy must be trained for the controls to mean anything"
+
+
+def test_shuffling_at_the_last_layer_with_the_cls_readout_gives_chance(cache_dir, plain_vit):
+    result = run(cache_dir, "model=toy_vit", "intervention=shuffle", "readout=cls", "layer=-1")
+    n = result.counts["n_val"]
+    sampling_error = 3 * (0.1 * 0.9 / n) ** 0.5
+    assert result.metrics["chance"] == 0.1
+    assert abs(result.metrics["accuracy"] - 0.1) < sampling_error
+
+
+def test_an_identity_permutation_changes_nothing_bit_for_bit(cache_dir, plain_vit):
+    for resume in ("true", "false"):  # from cached hidden states, and a full pass with a hook
+        result = run(cache_dir, "model=toy_vit", "intervention=shuffle", "intervention.permutation=identity",
+                     "layer=2", f"compute.resume_from_hidden={resume}")
+        assert result.compute["resumed_from_hidden"] is (resume == "true")
+        for key in ("predicted", "rank"):
+            assert torch.equal(result.outcomes[key], plain_vit.outcomes[key])
+        assert result.metrics["accuracy"] == plain_vit.metrics["accuracy"]
+
+
+def test_resuming_from_cached_hidden_states_equals_a_full_pass(cache_dir):
+    resumed = run(cache_dir, "model=toy_deit", "intervention=shuffle", "layer=3")
+    full = run(cache_dir, "model=toy_deit", "intervention=shuffle", "layer=3", "compute.resume_from_hidden=false")
+    assert torch.equal(resumed.outcomes["rank"], full.outcomes["rank"])
+    assert resumed.compute["block_calls_by_purpose"]["cell"] < full.compute["block_calls_by_purpose"]["cell"]
+
+
+def test_beit_mean_readout_ignores_a_last_layer_cls_shuffle(cache_dir):
+    plain = run(cache_dir, "model=toy_beit", "intervention=none", "layer=-1")
+    shuffled = run(cache_dir, "model=toy_beit", "intervention=shuffle", "readout=native", "layer=-1")
+    assert torch.equal(plain.outcomes["predicted"], shuffled.outcomes["predicted"])
+    cls_only = run(cache_dir, "model=toy_beit", "intervention=shuffle", "readout=cls", "layer=-1")
+    assert cls_only.metrics["accuracy"] < plain.metrics["accuracy"] - 0.3
+
+
+@pytest.mark.parametrize("model", ["toy_deit", "toy_dinov2", "toy_clip"])
+def test_every_architecture_runs_every_intervention(cache_dir, model):
+    for intervention in ("zero", "mean", "noise", "reset"):
+        result = run(cache_dir, f"model={model}", f"intervention={intervention}", "layer=1")
+        assert 0.0 <= result.metrics["accuracy"] <= 1.0
+        assert result.counts["n_val"] == 400
+
+
+def test_none_cells_score_the_probe_and_the_class_embedding_projection(cache_dir, plain_vit):
+    first = run(cache_dir, "model=toy_vit", "intervention=none", "layer=0")
+    # Layer 0's CLS is the same for every image: nothing can be decoded from it.
+    assert first.metrics["probe_accuracy"] == pytest.approx(0.1)
+    assert first.metrics["projection_accuracy"] == pytest.approx(0.1)
+    last = plain_vit.metrics
+    # At the last layer, the projection *is* the model's own head on its own CLS.
+    assert last["projection_accuracy"] == last["accuracy"]
+    assert last["last_probe_accuracy"] == last["probe_accuracy"]
+    assert 0.9 < last["identifiability"] <= 1.0 and last["identifiability_exact"] <= last["identifiability"]
+
+
+def test_a_second_cell_does_not_rerun_the_unmodified_pass(cache_dir, plain_vit):
+    again = run(cache_dir, "model=toy_vit", "intervention=none", "layer=4")
+    assert again.compute["block_calls"] == 0
+    assert again.artifacts["features"] == plain_vit.artifacts["features"]

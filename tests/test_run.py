@@ -1,0 +1,75 @@
+"""`sweep-run` as a user meets it: one cell, its record, and clear errors on bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import FAST
+
+
+def sweep_run(args, env, cwd, timeout=300):
+    flags = [a for a in args if a.startswith("--") or a in ("job", "hydra", "all")]  # Hydra wants flags first
+    overrides = [a for a in args if a not in flags]
+    return subprocess.run([sys.executable, "-m", "sweep.run", *flags, *FAST, *overrides], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def no_records(folder: Path) -> bool:
+    return not list(folder.rglob("result.json")) and not list(folder.rglob("started.json"))
+
+
+def test_one_cell_writes_its_record_and_a_second_run_skips_it(cli_env, tmp_path):
+    first = sweep_run(["model=toy_vit", "layer=3", "intervention=shuffle", "readout=native", "seed=0"],
+                      cli_env, tmp_path)
+    assert first.returncode == 0, first.stderr
+    (record_path,) = tmp_path.glob("runs/toy_vit/toy_vit-L03-shuffle-native-s0-*/result.json")
+    record = json.loads(record_path.read_text())
+    assert record["status"] == "complete" and record["layer"] == 3 and record["n_layers"] == 6
+    assert set(record["metrics"]) == {"accuracy", "top5", "chance"}
+    assert record["versions"]["transformers"] and record["versions"]["model_revision"]
+    outcomes = (record_path.parent / "outcomes.csv").read_text().splitlines()
+    assert outcomes[0] == "example,label,predicted,rank" and len(outcomes) == 1 + record["counts"]["n_val"]
+    again = sweep_run(["model=toy_vit", "layer=-4", "intervention=shuffle"], cli_env, tmp_path)
+    assert "already done" in again.stdout + again.stderr
+    assert json.loads(record_path.read_text()) == record
+
+
+@pytest.mark.parametrize("args, message", [
+    (["model=resnet"], "Could not find 'model/resnet'"),
+    (["intervention=dropout"], "Could not find 'intervention/dropout'"),
+    (["model=toy_vit", "layer=9"], "valid layers are 0..6"),
+    (["model=clip", "readout=cls"], "no 'cls' readout"),
+    (["data=imagefolder", "data.root=/no/such/imagenet", "model=toy_vit"], "/no/such/imagenet/train does not exist"),
+])
+def test_bad_input_is_a_clear_error_before_any_work(cli_env, tmp_path, args, message):
+    started = time.perf_counter()
+    result = sweep_run(args, cli_env, tmp_path)
+    assert result.returncode != 0
+    assert message in result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    assert no_records(tmp_path)
+    assert time.perf_counter() - started < 60  # generous: no weights were loaded, nothing trained
+
+
+def test_a_gated_hub_dataset_without_access_says_how_to_use_local_data(cli_env, tmp_path):
+    env = {**cli_env, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    result = sweep_run(["model=toy_vit", "data=imagenet", "data.n_classes=10"], env, tmp_path)
+    assert result.returncode == 2
+    assert "data=imagefolder data.root=" in result.stderr and "HF_TOKEN" in result.stderr
+    assert no_records(tmp_path)
+    cache = Path(cli_env["SWEEP_CACHE_DIR"])
+    assert not list((cache / "tmp").glob("*")) if (cache / "tmp").exists() else True
+
+
+def test_cfg_job_shows_every_setting(cli_env, tmp_path):
+    result = sweep_run(["--cfg", "job", "model=deit", "layer=7"], cli_env, tmp_path)
+    assert result.returncode == 0
+    for key in ("hf_class: DeiTForImageClassificationWithTeacher", "layer: 7", "probe:",
+                "hidden_cache_budget_gb", "cache:", "wandb:"):
+        assert key in result.stdout
