@@ -34,33 +34,6 @@ pytestmark = pytest.mark.slurm
 
 
 @pytest.fixture(scope="session")
-def local_slurm(tmp_path_factory):
-    """A fresh local SLURM cluster for the session; yields its state dir.
-
-    SLURM_CONF is set in os.environ for the session (submitit runs sbatch,
-    squeue, sacct, scancel as subprocesses that inherit it) and restored after.
-    """
-    reason = local_slurm_unavailable()
-    if reason:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true and the local SLURM cluster cannot run: {reason}", pytrace=False)
-        pytest.skip(reason)
-    state_dir = tmp_path_factory.mktemp("local-slurm")
-    env = start_local_slurm(state_dir)
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        yield state_dir
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        stop_local_slurm(state_dir)
-
-
-@pytest.fixture(scope="session")
 def submitit_root(tmp_path_factory):
     # Fresh per session: job ids restart at 1 with every new cluster state,
     # so a reused folder would mix up submitit's %j-named files.

@@ -45,8 +45,8 @@ def measure(cfg: Mapping[str, Any], spec: CellSpec, cache: ArtifactCache) -> Cel
     device = pick_device(str(cfg["compute"]["device"]))
     ledger = ComputeLedger()
     artifacts = Artifacts(cfg, cache, device, ledger)
+    identity, loaded = artifacts.model()  # first: a model that cannot load fails before any data work
     images_key, splits = artifacts.images(cfg["data"], cfg["model"]["preprocess"])
-    identity, loaded = artifacts.model()
     features = artifacts.features(identity, loaded, images_key, splits)
     for readout, settings in cfg["model"]["readouts"].items():
         if settings["head"] == "fitted":

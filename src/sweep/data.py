@@ -126,7 +126,8 @@ def _hub(data: Mapping[str, Any], split: str) -> LabelledImages:
         raise
     except Exception as error:  # the hub raises many types: offline, gated, not found
         raise DataUnavailable(
-            f"could not read {data['hub_id']} ({hub_split}) from the hub: {type(error).__name__}: {error}. "
+            f"could not read {data['hub_id']} ({hub_split}) from the hub ({type(error).__name__}: "
+            f"{' '.join(str(error).split())[:200]}). "
             f"It is gated: accept its terms on the hub and export {data['token_env']}=<token>, or use local "
             "data: data=imagefolder data.root=/path/to/imagenet (train/<wnid>/*.JPEG, val/<wnid>/*.JPEG)"
         ) from error

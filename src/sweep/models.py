@@ -49,7 +49,8 @@ def load_model(model_cfg: Mapping[str, Any], weights: str | Path, *, device: tor
                                     attn_implementation=attn_implementation, **kwargs)
     except OSError as error:
         raise ModelUnavailable(
-            f"could not load {model_cfg['name']} from '{weights}': {error}. Without hub access, download it "
+            f"could not load {model_cfg['name']} from '{weights}' ({' '.join(str(error).split())[:120]}). "
+            "Without hub access, download it "
             "elsewhere (`hf download <id> --local-dir DIR`) and set model.source=DIR") from error
     model = model.to(device).eval()
     adapter = make_adapter(str(model_cfg["adapter"]), model)

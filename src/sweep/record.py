@@ -81,7 +81,8 @@ def cell_fields(spec: CellSpec, cfg: Mapping[str, Any], sweep_id: str | None) ->
 def mark_started(cell_dir: Path) -> None:
     atomic_write_json(cell_dir / STARTED_FILE, {"host": socket.gethostname(), "pid": os.getpid(),
                                                  "started": time.time(),
-                                                 "slurm_job_id": os.environ.get("SLURM_JOB_ID")})
+                                                 "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+                                                 "slurm_restart_count": os.environ.get("SLURM_RESTART_COUNT")})
 
 
 def clear_started(cell_dir: Path) -> None:

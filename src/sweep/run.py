@@ -7,6 +7,7 @@ skips finished cells and fans the rest out through the configured launcher.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 import traceback
@@ -39,6 +40,15 @@ def _cell_resolver(what: str, *, _root_: DictConfig) -> str:
 OmegaConf.register_new_resolver("cell", _cell_resolver, replace=True)
 
 
+def _pause_for_crash_tests(name: str) -> None:
+    """SWEEP_TEST_PAUSE="<part of a cell name>=<seconds>" holds matching cells just before
+    their record is written, so tests can kill or preempt a cell mid-run deterministically."""
+    pattern, _, seconds = os.environ.get("SWEEP_TEST_PAUSE", "").partition("=")
+    if pattern and pattern in name:
+        log.info("SWEEP_TEST_PAUSE: holding %s for %s s", name, seconds)
+        time.sleep(float(seconds))
+
+
 def run_cell(cfg: DictConfig) -> dict[str, Any]:
     """Run one cell (or skip it when its record is complete) and return its record."""
     started = time.perf_counter()
@@ -69,6 +79,7 @@ def run_cell(cfg: DictConfig) -> dict[str, Any]:
                       "versions": {**rec.versions(), "model_revision": result.model_revision},
                       "outcomes_file": rec.OUTCOMES_FILE if cfg.outcomes.save else None}
             track.log_record(record, cell_dir / rec.OUTCOMES_FILE if cfg.outcomes.save else None)
+            _pause_for_crash_tests(spec.name)
             rec.write_record(cell_dir, record)
     except SweepError:
         rec.clear_started(cell_dir)  # bad input, not a failed measurement: leave the cell pending

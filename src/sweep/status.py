@@ -70,16 +70,21 @@ class Summary:
         return "\n".join(lines)
 
 
-def summarise_cells(cells: Iterable[tuple[object, Path]], *, finished: bool = False) -> Summary:
+def summarise_cells(cells: Iterable[tuple[object, Path]], *, finished: bool = False,
+                    errors: dict[str, str] | None = None) -> Summary:
     """`cells`: (spec with .name and .cell_id, folder) pairs. `finished`: the launcher has
-    returned, so a cell without a record crashed rather than still runs."""
+    returned, so a cell without a record crashed rather than still runs. `errors`: what
+    the launcher reported per cell name (e.g. bad input, which leaves no record)."""
     summary = Summary()
+    errors = errors or {}
     for spec, folder in cells:
         state = cell_state(folder, getattr(spec, "cell_id", None))
-        if finished and state in ("running", "killed"):
-            state = "crashed"
+        if finished and state in ("running", "killed", "pending"):
+            state = "failed" if spec.name in errors else "crashed"
         summary.counts[state] += 1
-        if state == "failed":
+        if state == "failed" and read_record(folder) is None:
+            summary.failed.append((spec.name, folder, errors[spec.name]))
+        elif state == "failed":
             error = str(read_record(folder).get("error")).strip().splitlines() or ["?"]
             summary.failed.append((spec.name, folder, error[0][:300]))
         elif state != "done":

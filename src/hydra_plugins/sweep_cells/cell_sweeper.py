@@ -20,6 +20,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.plugins import Plugins
 from hydra.plugins.sweeper import Sweeper
+from hydra.core.utils import JobStatus
 from hydra.types import HydraContext, RunMode, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
@@ -115,8 +116,10 @@ class CellSweeper(Sweeper):
                 if _is_submission_error(error):
                     raise SweepError(f"the launcher could not submit the cells: {error}") from error
                 log.error("launcher reported: %s: %s", type(error).__name__, error)
+        errors = {cell.spec.name: _first_line(ret._return_value) for cell, ret in zip(plan.pending, returns)
+                  if ret.status == JobStatus.FAILED}
         summary = summarise_cells([(c.spec, plan.sweep_dir / c.spec.subdir) for c in plan.pending if c.spec],
-                                   finished=True)
+                                  finished=True, errors=errors)
         print(summary.text(), flush=True)
         if summary.failed or summary.missing:
             sys.exit(1)
@@ -129,6 +132,11 @@ class CellSweeper(Sweeper):
                 "hydra/launcher=slurm submits to SLURM, but `sbatch` is not on this machine's PATH. Run where SLURM "
                 "is installed, start the local test cluster (launchers/local-slurm/start.sh), or run locally with "
                 "hydra/launcher=basic or hydra/launcher=submitit_local")
+
+
+def _first_line(error: object) -> str:
+    lines = str(error).strip().splitlines() or ["?"]
+    return f"{type(error).__name__}: {lines[0][:600]}"
 
 
 def _is_submission_error(error: Exception) -> bool:

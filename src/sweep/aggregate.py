@@ -1,0 +1,573 @@
+"""`sweep-aggregate`: a sweep's cell records as one table, and the study's figures.
+
+Two sources give the same table: the cell folders on disk (`result.json`, and
+`outcomes.csv` for per-example bootstrap bands) and the W&B runs of the sweep, whose
+summary holds exactly `record_row(record)` (the tracker logs it). Both paths go through
+`record_row` and `_frame`, so the columns, their order and their dtypes cannot drift apart.
+
+Torch-free on purpose: aggregation runs on login nodes and laptops that only have the
+records.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from sweep.cache import atomic_write_bytes, atomic_write_text
+from sweep.cellspec import INTERVENTIONS
+from sweep.errors import SweepError
+from sweep.record import OUTCOMES_FILE, RESULT_FILE, STARTED_FILE
+from sweep.status import PLAN_FILE, log_files
+
+METRICS = ("accuracy", "top5", "chance", "probe_accuracy", "last_probe_accuracy", "projection_accuracy",
+           "projection_top5", "identifiability", "identifiability_exact")
+
+# Column -> kind. One definition for both sources: the kind fixes the pandas dtype, so a
+# column that happens to be all-missing in one source still compares equal to the other.
+COLUMN_KINDS: dict[str, str] = {
+    "cell_id": "str", "name": "str", "sweep_id": "str", "status": "str",
+    "model": "str", "layer": "int", "n_layers": "int", "intervention": "str", "readout": "str", "seed": "int",
+    "permutation": "str", "probe_method": "str",
+    **{metric: "float" for metric in METRICS},
+    "n_train": "int", "n_val": "int", "n_classes": "int",
+    "block_calls": "int", "resumed_from_hidden": "bool", "device": "str", "dtype": "str", "total_s": "float",
+    "git_commit": "str", "model_revision": "str", "error": "str",
+}
+COLUMNS: tuple[str, ...] = tuple(COLUMN_KINDS)
+_DTYPES = {"str": "string", "int": "Int64", "float": "float64", "bool": "boolean"}
+DTYPES: dict[str, str] = {column: _DTYPES[kind] for column, kind in COLUMN_KINDS.items()}
+
+SORT_KEYS = ["model", "intervention", "readout", "seed", "layer", "cell_id"]
+REQUIRED_FIELDS = ("cell_id", "name", "status", "model", "layer", "intervention", "readout", "seed")
+RESULT_FILES = ("results.csv", "results.parquet")
+FIGURES_DIR = "figures"
+SHOWN_PROBLEMS = 20  # failed/missing lines printed before "... and N more"
+
+
+class UsageError(SweepError):
+    """The command line cannot be acted on; main() prints it with the usage and exits 2."""
+
+
+class SourceError(SweepError):
+    """The records could not be read (W&B unreachable, nothing recorded yet); exit 1."""
+
+
+# --------------------------------------------------------------------------- one row per cell
+
+
+def record_row(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The flat row of one cell, in COLUMNS order, with JSON-scalar values only.
+
+    It is both the local table's row and what the W&B tracker logs as the run summary, so
+    the W&B path rebuilds rows identical to the local ones. Failed records have no
+    metrics, counts or compute: those columns are None.
+    """
+    absent = [key for key in REQUIRED_FIELDS if key not in record]
+    if absent:
+        raise ValueError(f"not a cell record (see docs/results.md): it lacks {', '.join(absent)}")
+    config = record.get("config") or {}
+    metrics = record.get("metrics") or {}
+    counts = record.get("counts") or {}
+    compute = record.get("compute") or {}
+    versions = record.get("versions") or {}
+    row = {
+        **{key: record.get(key) for key in ("cell_id", "name", "sweep_id", "status", "model", "layer", "n_layers",
+                                            "intervention", "readout", "seed")},
+        "permutation": (config.get("intervention") or {}).get("permutation"),
+        "probe_method": (config.get("probe") or {}).get("method"),
+        **{metric: metrics.get(metric) for metric in METRICS},
+        **{key: counts.get(key) for key in ("n_train", "n_val", "n_classes")},
+        **{key: compute.get(key) for key in ("block_calls", "resumed_from_hidden", "device", "dtype")},
+        "total_s": (record.get("timings") or {}).get("total_s"),
+        "git_commit": versions.get("git_commit"),
+        "model_revision": versions.get("model_revision"),
+        "error": record.get("error"),
+    }
+    return {column: _scalar(column, row[column]) for column in COLUMNS}
+
+
+def _scalar(column: str, value: Any) -> str | int | float | bool | None:
+    """Plain Python scalars only: W&B summaries and CSV cells hold nothing else, and the
+    tracker hands in-memory values (numpy/torch scalars have .item())."""
+    if value is not None and not isinstance(value, (str, int, float, bool)) and hasattr(value, "item"):
+        value = value.item()
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    raise TypeError(f"column {column!r} must hold a str, int, float, bool or None, not {type(value).__name__}: "
+                    f"{value!r}")
+
+
+def _frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """Rows -> the table: COLUMNS in order, fixed dtypes, a canonical row order (ties
+    broken by cell_id, so the order does not depend on file system or API order)."""
+    frame = pd.DataFrame(list(rows), columns=list(COLUMNS))
+    frame = frame.astype(DTYPES)
+    return frame.sort_values(SORT_KEYS, na_position="last", kind="mergesort").reset_index(drop=True)
+
+
+def _problems(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> pd.DataFrame:
+    return pd.DataFrame(list(rows), columns=list(columns)).astype("string")
+
+
+# --------------------------------------------------------------------------- the table
+
+
+class Outcomes(Mapping[str, pd.DataFrame]):
+    """Per-example outcomes by cell_id, read from outcomes.csv on each access and not
+    kept: a full sweep's outcomes (hundreds of cells x 50k examples) can exceed memory,
+    and a figure reads each cell once."""
+
+    def __init__(self, files: Mapping[str, Path]) -> None:
+        self.files = dict(files)
+
+    def __getitem__(self, cell_id: str) -> pd.DataFrame:
+        path = self.files[cell_id]
+        try:
+            return pd.read_csv(path)
+        except (OSError, ValueError) as error:
+            raise SourceError(f"cannot read the outcomes of cell {cell_id} at {path}: {error}") from error
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.files)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+
+@dataclass
+class SweepTable:
+    """A sweep as data.
+
+    frame    — one row per cell with a record (complete or failed), columns COLUMNS
+    failed   — name, error, folder of cells whose record says "failed" (or, from W&B, whose
+               run ended without logging one); folder is a W&B run path for W&B sources
+    missing  — name, folder of cells that were planned or started but have no record
+    outcomes — per-example outcomes by cell_id, or None where the source has none (W&B)
+    """
+
+    sweep_id: str | None
+    source: str
+    frame: pd.DataFrame
+    failed: pd.DataFrame
+    missing: pd.DataFrame
+    outcomes: Outcomes | None
+
+    @property
+    def complete(self) -> pd.DataFrame:
+        return self.frame[self.frame["status"] == "complete"]
+
+
+def load_local(sweep_dir: Path) -> SweepTable:
+    """Read every `<sweep_dir>/<model>/<cell>/result.json`. plan.json (written at launch)
+    lists the planned cells, so cells that never wrote a record show up as missing;
+    without it, only folders where a cell started (started.json) can be reported."""
+    sweep_dir = Path(sweep_dir)
+    rows, failed, outcome_files = [], [], {}
+    recorded: set[str] = set()
+    for path in sorted(sweep_dir.glob(f"*/*/{RESULT_FILE}")):
+        folder = path.parent
+        try:
+            record = json.loads(path.read_text())
+            row = record_row(record)
+        except (OSError, ValueError, TypeError) as error:
+            failed.append({"name": folder.name, "error": f"unreadable {RESULT_FILE}: {error}", "folder": str(folder)})
+            continue
+        rows.append(row)
+        recorded.add(row["cell_id"])
+        if row["status"] == "failed":
+            failed.append({"name": row["name"], "error": row["error"], "folder": str(folder)})
+        outcomes = folder / str(record.get("outcomes_file") or OUTCOMES_FILE)
+        if outcomes.is_file():
+            outcome_files[row["cell_id"]] = outcomes
+    plan = _read_plan(sweep_dir)
+    missing = _missing_local(sweep_dir, plan, recorded, reported={Path(f["folder"]) for f in failed})
+    frame = _frame(rows)
+    sweep_id = plan.get("sweep_id") if plan else None
+    if sweep_id is None:
+        ids = frame["sweep_id"].dropna().unique()
+        sweep_id = str(ids[0]) if len(ids) == 1 else sweep_dir.name
+    return SweepTable(sweep_id=sweep_id, source=str(sweep_dir), frame=frame,
+                      failed=_problems(failed, ("name", "error", "folder")),
+                      missing=_problems(missing, ("name", "folder")), outcomes=Outcomes(outcome_files))
+
+
+def _read_plan(sweep_dir: Path) -> dict[str, Any] | None:
+    path = sweep_dir / PLAN_FILE
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise SourceError(f"cannot read {path}: {error}") from error
+
+
+def _missing_local(sweep_dir: Path, plan: Mapping[str, Any] | None, recorded: set[str], *,
+                   reported: set[Path]) -> list[dict[str, str]]:
+    """Planned cells without a record, then started cells the plan does not know (a
+    sweep launched before plan.json existed). `reported`: folders already listed as failed."""
+    missing, seen = [], set(reported)
+    for cell in (plan or {}).get("cells", []):
+        folder = sweep_dir / cell["subdir"]
+        seen.add(folder)
+        if cell["cell_id"] not in recorded and folder not in reported:
+            missing.append({"name": cell["name"], "folder": str(folder)})
+    for started in sorted(sweep_dir.glob(f"*/*/{STARTED_FILE}")):
+        folder = started.parent
+        if folder not in seen and not (folder / RESULT_FILE).exists():
+            missing.append({"name": folder.name, "folder": str(folder)})
+    return missing
+
+
+def load_wandb(runs: Iterable[Any], sweep_id: str) -> SweepTable:
+    """The same table from W&B runs (objects with .summary, .config, .name, .id, .state,
+    .group, as `wandb.Api().runs` yields). Runs of other groups are ignored. W&B's own
+    summary keys (_runtime, _step, _wandb, ...) are ignored: only COLUMNS are read."""
+    rows, failed, missing = [], [], []
+    for run in runs:
+        if run.group != sweep_id:
+            continue
+        summary = run.summary
+        where = _run_path(run)
+        if summary.get("cell_id") is None:
+            if run.state in ("failed", "crashed", "killed"):
+                failed.append({"name": run.name, "error": f"W&B run {run.state} without logging a record",
+                               "folder": where})
+            else:
+                missing.append({"name": run.name, "folder": where})
+            continue
+        row = {column: _scalar(column, summary.get(column)) for column in COLUMNS}
+        rows.append(row)
+        if row["status"] == "failed":
+            failed.append({"name": row["name"], "error": row["error"], "folder": where})
+    return SweepTable(sweep_id=sweep_id, source="wandb", frame=_frame(rows),
+                      failed=_problems(failed, ("name", "error", "folder")),
+                      missing=_problems(missing, ("name", "folder")), outcomes=None)
+
+
+def _run_path(run: Any) -> str:
+    """Where a user finds the run: its URL when the API gave one."""
+    return str(getattr(run, "url", None) or f"W&B run {run.id}")
+
+
+def fetch_wandb_runs(project: str, entity: str | None, sweep_id: str) -> list[Any]:
+    """The sweep's runs (one per cell, grouped by sweep id). Needs a reachable W&B server."""
+    import wandb
+
+    path = f"{entity}/{project}" if entity else project
+    return list(wandb.Api().runs(path, filters={"group": sweep_id}))
+
+
+# --------------------------------------------------------------------------- files
+
+
+def write_results(table: SweepTable, out_dir: Path) -> list[Path]:
+    """results.csv and results.parquet, each written atomically so a reader (or a
+    concurrent aggregation) never sees half a table."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    csv_path, parquet_path = (out_dir / name for name in RESULT_FILES)
+    atomic_write_text(csv_path, table.frame.to_csv(index=False))
+    buffer = io.BytesIO()
+    table.frame.to_parquet(buffer, index=False)
+    atomic_write_bytes(parquet_path, buffer.getvalue())
+    return [csv_path, parquet_path]
+
+
+# pandas < 3.1 reads floats from CSV with a converter that can differ from the written value
+# in the last bit unless asked for "round_trip"; 3.1 always round-trips and deprecates the option.
+_ROUND_TRIP = {} if tuple(int(part) for part in pd.__version__.split(".")[:2]) >= (3, 1) else {
+    "float_precision": "round_trip"}
+
+
+def read_results(path: Path) -> pd.DataFrame:
+    """A written results.csv or results.parquet with the table's dtypes. CSV cells are
+    read literally (only empty means missing): pandas would otherwise turn strings such as
+    "None" or "NA" into missing values."""
+    path = Path(path)
+    if path.suffix == ".parquet":
+        return pd.read_parquet(path).astype(DTYPES)
+    if path.suffix == ".csv":
+        return pd.read_csv(path, dtype=DTYPES, keep_default_na=False, na_values=[""], **_ROUND_TRIP)
+    raise ValueError(f"{path}: expected a results.csv or results.parquet")
+
+
+# --------------------------------------------------------------------------- summary text
+
+
+def summary_text(table: SweepTable) -> str:
+    """What a user checks first: how many cells, and accuracy (%) by layer per model and
+    series, compact enough for a 100-column terminal."""
+    frame = table.frame
+    n_complete = int((frame["status"] == "complete").sum())
+    lines = [f"sweep {table.sweep_id} ({table.source}): {len(frame)} cells with a record — {n_complete} complete, "
+             f"{len(table.failed)} failed; {len(table.missing)} missing"]
+    pivot = accuracy_pivot(table.complete)
+    if not pivot.empty:
+        lines += ["", "accuracy in % by layer, mean over seeds (probe: the layer-L CLS probe of the none cells)",
+                  *_format_pivot(pivot)]
+    return "\n".join(lines)
+
+
+def accuracy_pivot(complete: pd.DataFrame) -> pd.DataFrame:
+    """(model, series) x layer -> mean accuracy over seeds, plus a `cells` count. Series are
+    `<intervention>/<readout>`, and `probe` for the none cells' probe accuracy."""
+    parts = []
+    shown = complete.assign(series=complete["intervention"] + "/" + complete["readout"], value=complete["accuracy"])
+    parts.append(shown[["model", "series", "layer", "seed", "cell_id", "value"]])
+    probe = complete[(complete["intervention"] == "none") & complete["probe_accuracy"].notna()]
+    probe = probe.drop_duplicates(["model", "layer", "seed"])  # the probe does not depend on the readout
+    parts.append(probe.assign(series="probe", value=probe["probe_accuracy"])[list(parts[0].columns)])
+    long = pd.concat(parts, ignore_index=True)
+    if long.empty:
+        return pd.DataFrame()
+    means = long.groupby(["model", "series", "layer"])["value"].mean().unstack("layer")
+    means.insert(0, "cells", long.groupby(["model", "series"])["cell_id"].count())
+    order = sorted(means.index, key=lambda key: (key[0], *_series_rank(key[1])))
+    return means.loc[order]
+
+
+def _series_rank(series: str) -> tuple[int, str]:
+    """probe first, then interventions in the order the study lists them, then readouts."""
+    if series == "probe":
+        return -1, ""
+    intervention, _, readout = series.partition("/")
+    known = INTERVENTIONS.index(intervention) if intervention in INTERVENTIONS else len(INTERVENTIONS)
+    return known, f"{intervention}/{readout}"
+
+
+def _format_pivot(pivot: pd.DataFrame) -> list[str]:
+    layers = [column for column in pivot.columns if column != "cells"]
+    model_width = max(5, *(len(model) for model, _ in pivot.index))
+    series_width = max(6, *(len(series) for _, series in pivot.index))
+    head = f"{'model':<{model_width}}  {'series':<{series_width}}  cells " + "".join(f"{f'L{l}':>4}" for l in layers)
+    lines = [head]
+    for (model, series), values in pivot.iterrows():
+        cells = "".join("   -" if pd.isna(values[l]) else f"{100 * values[l]:4.0f}" for l in layers)
+        lines.append(f"{model:<{model_width}}  {series:<{series_width}}  {int(values['cells']):>5} {cells}")
+    return lines
+
+
+def problems_text(table: SweepTable) -> list[str]:
+    """One line per missing or failed cell (the first SHOWN_PROBLEMS of each), pointing at
+    where to look: the cell's log file, else its folder."""
+    lines = []
+    for _, cell in table.missing.head(SHOWN_PROBLEMS).iterrows():
+        lines.append(f"missing: {cell['name']} (no record; {cell['folder']})")
+    lines += _more(len(table.missing), "missing")
+    for _, cell in table.failed.head(SHOWN_PROBLEMS).iterrows():
+        error = (str(cell["error"]).strip().splitlines() or ["?"])[0][:200]
+        lines.append(f"failed: {cell['name']} ({error}) log: {_log_of(cell['folder'])}")
+    lines += _more(len(table.failed), "failed")
+    if len(table.missing) or len(table.failed):
+        lines.append("re-launching the sweep's command runs only the cells that are not done")
+    return lines
+
+
+def _more(count: int, what: str) -> list[str]:
+    if count <= SHOWN_PROBLEMS:
+        return []
+    return [f"... and {count - SHOWN_PROBLEMS} more {what} (sweep-status <sweep folder> --cells lists every cell)"]
+
+
+def _log_of(folder: str) -> str:
+    path = Path(folder)
+    logs = log_files(path) if path.is_dir() else []
+    return ", ".join(str(log) for log in logs) or folder
+
+
+# --------------------------------------------------------------------------- command line
+
+USAGE = """\
+usage: sweep-aggregate <sweep folder> [key=value ...]
+       sweep-aggregate source=wandb wandb.project=<project> sweep.name=<sweep id> [key=value ...]
+
+Reads a sweep's cell records into results.csv and results.parquet, prints accuracy by
+layer, lists missing and failed cells, and draws the study's figures into <out>/figures.
+Sweeps live in multirun/<sweep id> (the `sweep.root` setting of sweep-run).
+
+keys (default in brackets):
+  source=local|wandb   where the records come from [local]
+  out=<folder>         where tables and figures go [the sweep folder; aggregate/<sweep id> for wandb]
+  figures=true|false   draw the figures [true]
+  bootstrap=<n>        bootstrap resamples for the figures' 95% bands; 0 = no bands [1000]
+  bootstrap.seed=<n>   seed of the bootstrap's random numbers [0]
+  wandb.project=<p>    W&B project (source=wandb) [no default]
+  wandb.entity=<e>     W&B entity (source=wandb) [your W&B default entity]
+  sweep.name=<id>      the sweep id, i.e. the runs' W&B group (source=wandb) [no default]"""
+
+DEFAULTS = {"source": "local", "figures": "true", "bootstrap": "1000", "bootstrap.seed": "0"}
+KEYS = ("source", "out", "figures", "bootstrap", "bootstrap.seed", "wandb.project", "wandb.entity", "sweep.name")
+SOURCES = ("local", "wandb")
+_TRUE, _FALSE = ("true", "yes", "1", "on"), ("false", "no", "0", "off")
+
+
+@dataclass(frozen=True)
+class Options:
+    source: str
+    sweep_dir: Path | None
+    sweep_name: str | None
+    project: str | None
+    entity: str | None
+    out: Path | None
+    figures: bool
+    n_boot: int
+    boot_seed: int
+
+
+def parse_args(argv: Sequence[str]) -> Options | None:
+    """`<folder>` and key=value tokens (Hydra-like, without Hydra: nothing here is a config
+    to compose). None means help was asked for."""
+    given: dict[str, str] = {}
+    folders: list[str] = []
+    for token in argv:
+        if token in ("-h", "--help", "help"):
+            return None
+        if token.startswith("-"):
+            raise UsageError(f"unknown option {token!r}: options are key=value ({', '.join(KEYS)})")
+        key, equals, value = token.partition("=")
+        if not equals:
+            folders.append(token)
+        elif key not in KEYS:
+            raise UsageError(f"unknown key {key!r}; valid keys: {', '.join(KEYS)}")
+        elif key in given:
+            raise UsageError(f"{key} is given twice")
+        else:
+            given[key] = value
+    settings = {**DEFAULTS, **given}
+    source = settings["source"]
+    if source not in SOURCES:
+        raise UsageError(f"source={source!r}: choose one of {', '.join(SOURCES)}")
+    if len(folders) > 1:
+        raise UsageError(f"give one sweep folder, not {len(folders)}: {' '.join(folders)}")
+    options = Options(source=source, sweep_dir=Path(folders[0]) if folders else None,
+                      sweep_name=settings.get("sweep.name") or None, project=settings.get("wandb.project") or None,
+                      entity=settings.get("wandb.entity") or None,
+                      out=Path(settings["out"]) if settings.get("out") else None,
+                      figures=_boolean("figures", settings["figures"]),
+                      n_boot=_count("bootstrap", settings["bootstrap"]),
+                      boot_seed=_count("bootstrap.seed", settings["bootstrap.seed"]))
+    _check_source(options)
+    return options
+
+
+def _check_source(options: Options) -> None:
+    if options.source == "local":
+        wandb_keys = [k for k, v in (("sweep.name", options.sweep_name), ("wandb.project", options.project),
+                                     ("wandb.entity", options.entity)) if v]
+        if wandb_keys:
+            raise UsageError(f"{', '.join(wandb_keys)} only apply to source=wandb; a local sweep is named by its "
+                             f"folder: sweep-aggregate multirun/<sweep id>")
+        if options.sweep_dir is None:
+            raise UsageError("which sweep? give its folder: sweep-aggregate multirun/<sweep id>")
+        if not options.sweep_dir.is_dir():
+            raise UsageError(f"{options.sweep_dir} does not exist or is not a folder; sweeps live in "
+                             f"multirun/<sweep id> (the sweep.root setting of sweep-run)")
+    else:
+        if options.sweep_dir is not None:
+            raise UsageError(f"source=wandb reads runs from W&B, not a folder ({options.sweep_dir}); "
+                             f"name the sweep with sweep.name=<sweep id>")
+        absent = [k for k, v in (("wandb.project", options.project), ("sweep.name", options.sweep_name)) if not v]
+        if absent:
+            raise UsageError(f"source=wandb needs {' and '.join(absent)}")
+
+
+def _boolean(key: str, value: str) -> bool:
+    if value.lower() in _TRUE:
+        return True
+    if value.lower() in _FALSE:
+        return False
+    raise UsageError(f"{key}={value!r}: use true or false")
+
+
+def _count(key: str, value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = -1
+    if number < 0:
+        raise UsageError(f"{key}={value!r}: expected a whole number >= 0")
+    return number
+
+
+def _not_a_sweep(folder: Path) -> str | None:
+    """Why `folder` holds no sweep, with the likely intended folder, or None."""
+    if list(folder.glob(f"*/*/{RESULT_FILE}")) or (folder / PLAN_FILE).exists() or list(folder.glob(f"*/*/{STARTED_FILE}")):
+        return None
+    if (folder / RESULT_FILE).exists():
+        return f"{folder} is one cell's folder; give its sweep folder (two levels up: {folder.parent.parent})"
+    if list(folder.glob(f"*/{RESULT_FILE}")):
+        return f"{folder} holds one model's cells; give the sweep folder (one level up: {folder.parent})"
+    inner = sorted({p.parents[2] for p in folder.glob(f"*/*/*/{RESULT_FILE}")})
+    if inner:
+        return f"{folder} holds several sweeps; give one of: {', '.join(str(p) for p in inner[:5])}"
+    return f"{folder} has no cell records (<model>/<cell>/{RESULT_FILE}) and no {PLAN_FILE}; sweeps live in " \
+           f"multirun/<sweep id>"
+
+
+def load(options: Options) -> tuple[SweepTable, Path]:
+    """The table, and the folder its outputs go to."""
+    if options.source == "local":
+        why = _not_a_sweep(options.sweep_dir)
+        if why:
+            raise UsageError(why)
+        table = load_local(options.sweep_dir)
+        return table, options.out or options.sweep_dir
+    try:
+        runs = fetch_wandb_runs(options.project, options.entity, options.sweep_name)
+    except Exception as error:  # wandb raises its own types for auth, network and missing projects
+        raise SourceError(f"could not read the runs of group {options.sweep_name} in W&B project "
+                          f"{options.project}: {type(error).__name__}: {error}") from error
+    table = load_wandb(runs, options.sweep_name)
+    return table, options.out or Path("aggregate") / options.sweep_name
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Exit 0 when a table was written (even with missing or failed cells: it draws what
+    it has), 1 when there was nothing to read, 2 on usage errors."""
+    try:
+        options = parse_args(sys.argv[1:] if argv is None else argv)
+        if options is None:
+            print(USAGE)
+            return 0
+        table, out_dir = load(options)
+    except UsageError as error:
+        print(f"sweep-aggregate: error: {error}\n\n{USAGE}", file=sys.stderr)
+        return 2
+    except SourceError as error:
+        print(f"sweep-aggregate: error: {error}", file=sys.stderr)
+        return 1
+    print(summary_text(table))
+    for line in problems_text(table):
+        print(line)
+    if table.frame.empty:
+        print(f"sweep-aggregate: no cell has a record yet; nothing written (sweep-status shows their state)",
+              file=sys.stderr)
+        return 1
+    written = write_results(table, out_dir)
+    print(f"wrote {', '.join(str(p) for p in written)}")
+    if options.figures:
+        _draw(table, out_dir / FIGURES_DIR, n_boot=options.n_boot, seed=options.boot_seed)
+    return 0
+
+
+def _draw(table: SweepTable, figures_dir: Path, *, n_boot: int, seed: int) -> None:
+    from sweep.plotting import draw_figures  # matplotlib is slow to import; only when drawing
+
+    for name, figure in draw_figures(table, figures_dir, n_boot=n_boot, seed=seed).items():
+        if figure.skipped:
+            print(f"figure {name}: skipped ({figure.skipped})")
+            continue
+        print(f"figure {name}: {', '.join(str(p) for p in figure.paths)}")
+        for note in figure.notes:
+            print(f"  note: {note}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,446 @@
+"""The study's figures, one panel per model, from a sweep table (see sweep.aggregate).
+
+main_result      accuracy vs layer: probe (blue), shuffle with the native readout (orange),
+                 shuffle with the CLS-only readout (green), chance (dashed), mean over seeds
+                 with 95% bootstrap bands
+identifiability  the class-embedding view: per-layer probe, last-layer head applied to
+                 layer L's CLS (projection), identifiability, last-layer probe
+controls         accuracy vs layer for every intervention present, native readout
+
+Every figure is written as PNG and PDF, and figures.json lists each figure's panels
+(titles = model names) and series labels, so tests and users can check what was drawn
+without reading images. Figures are built with matplotlib's object API (no pyplot), so
+drawing leaves no global state behind and needs no display.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import math
+import textwrap
+import zlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from sweep.cache import atomic_write_bytes, atomic_write_text
+
+if TYPE_CHECKING:
+    from sweep.aggregate import SweepTable
+
+FORMATS = ("png", "pdf")
+FIGURES_FILE = "figures.json"
+CI_LEVEL = 0.95
+PANEL_SIZE = (3.4, 2.9)   # inches per panel
+MAX_COLUMNS = 5           # the study's five models fit in one row
+PNG_DPI = 150
+TITLE_CHARS_PER_INCH = 11  # at fontsize 10
+LEGEND_CHAR_IN, LEGEND_ENTRY_IN = 0.075, 0.6  # legend text width per character and handle + padding, fontsize 9
+
+PROBE, SHUFFLE_NATIVE, SHUFFLE_CLS, CHANCE = "probe", "shuffle (native readout)", "shuffle (CLS-only readout)", "chance"
+PROJECTION, IDENTIFIABILITY, LAST_PROBE = "last-layer head (projection)", "identifiability", "last-layer probe"
+CHANCE_STYLE = {"color": "grey", "linestyle": "--", "linewidth": 1.0}
+# Controls: fixed colours per intervention, so a colour means the same thing in every panel
+# (shuffle keeps main_result's orange).
+INTERVENTION_ORDER = ("none", "shuffle", "zero", "mean", "noise", "reset")
+INTERVENTION_COLORS = {"none": "k", "shuffle": "C1", "zero": "C3", "mean": "C4", "noise": "C5", "reset": "C6"}
+SPARE_COLORS = ("C7", "C8", "C9")
+
+
+@dataclass(frozen=True)
+class Panel:
+    title: str
+    series: list[str]
+    missing: list[str]  # expected series this model has no data for
+    xlabel: str
+    ylabel: str         # only the first panel of a row shows it (shared y axis)
+
+
+@dataclass(frozen=True)
+class FigureResult:
+    """What happened to one figure: written files, or why it was skipped, plus notes a
+    reader needs (which bands fell back to seeds only, which series are absent)."""
+
+    name: str
+    paths: list[Path]
+    skipped: str | None
+    panels: list[Panel]
+    notes: list[str]
+
+
+# --------------------------------------------------------------------------- bootstrap
+
+
+def hierarchical_interval(per_seed: Sequence[np.ndarray], *, n_boot: int,
+                          rng: np.random.Generator) -> tuple[float, float]:
+    """CI_LEVEL interval of the mean over seeds of per-seed accuracy, resampling seeds with
+    replacement, then examples within each drawn seed: the band covers both the seed's
+    effect and the finite validation set.
+
+    Outcomes are 0/1, so resampling a seed's n examples with replacement is exactly a
+    Binomial(n, that seed's accuracy) draw: drawing it directly keeps 1000 resamples of
+    50k examples cheap.
+    """
+    if not per_seed or any(len(correct) == 0 for correct in per_seed):
+        raise ValueError("every seed needs at least one outcome to bootstrap over")
+    sizes = np.array([len(correct) for correct in per_seed])
+    accuracy = np.array([np.mean(correct) for correct in per_seed])
+    picks = rng.integers(0, len(per_seed), size=(n_boot, len(per_seed)))
+    resampled = rng.binomial(sizes[picks], accuracy[picks]) / sizes[picks]
+    return _interval(resampled.mean(axis=1))
+
+
+def seed_interval(values: Sequence[float], *, n_boot: int, rng: np.random.Generator) -> tuple[float, float]:
+    """CI_LEVEL interval of the mean over seeds, resampling seeds only: what is left when
+    per-example outcomes are not available (W&B source). One seed gives a zero-width band."""
+    values = np.asarray(values, dtype=float)
+    picks = rng.integers(0, len(values), size=(n_boot, len(values)))
+    return _interval(values[picks].mean(axis=1))
+
+
+def _interval(replicates: np.ndarray) -> tuple[float, float]:
+    tail = (1 - CI_LEVEL) / 2
+    low, high = np.quantile(replicates, [tail, 1 - tail])
+    return float(low), float(high)
+
+
+def _point_rng(seed: int, *parts: object) -> np.random.Generator:
+    """One generator per (model, series, layer): a band does not change when another
+    model or series is added to the sweep."""
+    return np.random.default_rng([seed, zlib.crc32("/".join(map(str, parts)).encode())])
+
+
+# --------------------------------------------------------------------------- series
+
+
+@dataclass(frozen=True)
+class Line:
+    label: str
+    layers: np.ndarray
+    mean: np.ndarray
+    low: np.ndarray | None = None
+    high: np.ndarray | None = None
+    band: str | None = None  # "examples", "seeds", "mixed": what the band resamples
+
+
+@dataclass(frozen=True)
+class SeriesSpec:
+    """How a main_result series is read from the table: which rows, which metric, and how
+    each example's 0/1 outcome is read from outcomes.csv."""
+
+    label: str
+    color: str
+    select: Callable[[pd.DataFrame], pd.DataFrame]
+    metric: str
+    correct: Callable[[pd.DataFrame], np.ndarray]
+
+
+def _probe_rows(rows: pd.DataFrame) -> pd.DataFrame:
+    # none cells of every readout carry the same probe: keep one per (layer, seed)
+    none = rows[(rows["intervention"] == "none") & rows["probe_accuracy"].notna()]
+    return none.drop_duplicates(["layer", "seed"])
+
+
+MAIN_SERIES = (
+    SeriesSpec(PROBE, "C0", _probe_rows, "probe_accuracy",
+               lambda o: (o["probe_predicted"] == o["label"]).to_numpy()),
+    SeriesSpec(SHUFFLE_NATIVE, "C1", lambda r: r[(r["intervention"] == "shuffle") & (r["readout"] == "native")],
+               "accuracy", lambda o: (o["rank"] == 0).to_numpy()),
+    SeriesSpec(SHUFFLE_CLS, "C2", lambda r: r[(r["intervention"] == "shuffle") & (r["readout"] == "cls")],
+               "accuracy", lambda o: (o["rank"] == 0).to_numpy()),
+)
+
+
+def mean_line(rows: pd.DataFrame, metric: str, label: str) -> Line:
+    """Mean of `metric` over the rows of each layer (seeds, and readouts where the metric
+    does not depend on them)."""
+    means = rows.dropna(subset=[metric]).groupby("layer")[metric].mean().sort_index()
+    return Line(label, means.index.to_numpy(dtype=int), means.to_numpy(dtype=float))
+
+
+def banded_line(rows: pd.DataFrame, spec: SeriesSpec, outcomes: Mapping[str, pd.DataFrame] | None, *,
+                n_boot: int, seed: int, model: str) -> Line:
+    """Mean over seeds per layer with a bootstrap band: over seeds and examples where every
+    seed's outcomes are at hand, over seeds only otherwise."""
+    rows = rows.dropna(subset=[spec.metric])
+    layers, means, lows, highs, kinds = [], [], [], [], set()
+    for layer, at_layer in rows.groupby("layer", sort=True):
+        layers.append(int(layer))
+        means.append(float(at_layer[spec.metric].mean()))
+        if n_boot == 0:
+            continue
+        rng = _point_rng(seed, model, spec.label, layer)
+        per_seed = _seed_outcomes(at_layer, spec, outcomes)
+        if per_seed is None:
+            low, high = seed_interval(at_layer[spec.metric].to_numpy(dtype=float), n_boot=n_boot, rng=rng)
+            kinds.add("seeds")
+        else:
+            low, high = hierarchical_interval(per_seed, n_boot=n_boot, rng=rng)
+            kinds.add("examples")
+        lows.append(low)
+        highs.append(high)
+    if n_boot == 0:
+        return Line(spec.label, np.array(layers), np.array(means))
+    band = kinds.pop() if len(kinds) == 1 else "mixed"
+    return Line(spec.label, np.array(layers), np.array(means), np.array(lows), np.array(highs), band)
+
+
+def _seed_outcomes(at_layer: pd.DataFrame, spec: SeriesSpec,
+                   outcomes: Mapping[str, pd.DataFrame] | None) -> list[np.ndarray] | None:
+    """Each seed's 0/1 outcomes, or None when any cell of this layer lacks them."""
+    if outcomes is None or not all(cell_id in outcomes for cell_id in at_layer["cell_id"]):
+        return None
+    per_seed = []
+    for cell_id in at_layer["cell_id"]:
+        table = outcomes[cell_id]
+        try:
+            per_seed.append(spec.correct(table))
+        except KeyError as error:
+            raise ValueError(f"outcomes of cell {cell_id} lack column {error}, needed for the "
+                             f"{spec.label!r} band (docs/results.md lists the columns)") from error
+    return per_seed
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def draw_figures(table: SweepTable, out_dir: Path, *, n_boot: int, seed: int) -> dict[str, FigureResult]:
+    """Draw every figure the table has data for into `out_dir` (PNG + PDF each) and write
+    figures.json. A skipped figure's old files are removed, so the folder always matches
+    figures.json."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    complete = table.frame[table.frame["status"] == "complete"]
+    results = [
+        main_result(complete, table.outcomes, out_dir, n_boot=n_boot, seed=seed),
+        identifiability(complete, out_dir),
+        controls(complete, out_dir),
+    ]
+    for result in results:
+        if result.skipped:
+            for fmt in FORMATS:
+                (out_dir / f"{result.name}.{fmt}").unlink(missing_ok=True)
+    _write_index(out_dir, results, n_boot=n_boot, seed=seed)
+    return {result.name: result for result in results}
+
+
+def main_result(complete: pd.DataFrame, outcomes: Mapping[str, pd.DataFrame] | None, out_dir: Path, *,
+                n_boot: int, seed: int) -> FigureResult:
+    """Decodable (probe) vs used (accuracy after the CLS shuffle), per layer and model."""
+    name = "main_result"
+    relevant = complete[complete["intervention"].isin(["none", "shuffle"])]
+    if relevant.empty:
+        return _skipped(name, "no complete intervention=none or intervention=shuffle cells")
+    models = list(dict.fromkeys(relevant["model"]))
+    fig, axes = _panels(len(models))
+    panels, notes, bands = [], [], set()
+    for ax, model in zip(axes, models):
+        rows = complete[complete["model"] == model]
+        missing = []
+        for spec in MAIN_SERIES:
+            selected = spec.select(rows)
+            if selected.empty:
+                missing.append(spec.label)
+                continue
+            line = banded_line(selected, spec, outcomes, n_boot=n_boot, seed=seed, model=model)
+            _plot(ax, line, color=spec.color)
+            bands.add(line.band)
+        _chance(ax, rows)
+        _style(ax, model, rows, ylabel="accuracy")
+        panels.append(_panel(ax, missing))
+        if missing:
+            notes.append(f"{model}: no cells for {', '.join(missing)}")
+    band_text = _band_text(bands - {None}, n_boot)
+    notes.insert(0, band_text)
+    _suptitle(fig, f"Label information in CLS: decodable vs used. Mean over seeds; {band_text}")
+    return _finish(fig, axes, name, panels, notes, out_dir)
+
+
+def _band_text(kinds: set[str], n_boot: int) -> str:
+    if n_boot == 0 or not kinds:
+        return "no bands (bootstrap=0)"
+    if kinds == {"examples"}:
+        return f"bands: {CI_LEVEL:.0%} bootstrap CI over seeds and examples"
+    if kinds == {"seeds"}:
+        return f"bands: {CI_LEVEL:.0%} bootstrap CI over seeds only (no per-example outcomes)"
+    return (f"bands: {CI_LEVEL:.0%} bootstrap CI over seeds and examples, over seeds only where "
+            f"per-example outcomes are missing")
+
+
+def identifiability(complete: pd.DataFrame, out_dir: Path) -> FigureResult:
+    """The class-embedding view (Vilas et al. 2023): what layer L's CLS says through the
+    model's own final norm and head, beside the per-layer and last-layer probes."""
+    name = "identifiability"
+    none = complete[(complete["intervention"] == "none")
+                    & complete[["probe_accuracy", "projection_accuracy", "identifiability"]].notna().any(axis=1)]
+    if none.empty:
+        return _skipped(name, "no complete intervention=none cells (they carry the probe and projection metrics)")
+    series = ((PROBE, "probe_accuracy", {"color": "C0"}),
+              (LAST_PROBE, "last_probe_accuracy", {"color": "C0", "linestyle": ":"}),
+              (PROJECTION, "projection_accuracy", {"color": "C3"}),
+              (IDENTIFIABILITY, "identifiability", {"color": "C4", "linestyle": "--"}))
+    models = list(dict.fromkeys(none["model"]))
+    fig, axes = _panels(len(models))
+    panels, notes = [], []
+    for ax, model in zip(axes, models):
+        rows = none[none["model"] == model]
+        missing = []
+        for label, metric, style in series:
+            line = mean_line(rows, metric, label)
+            if len(line.layers) == 0:
+                missing.append(label)
+                continue
+            _plot(ax, line, **style)
+        _style(ax, model, rows, ylabel="accuracy / identifiability")
+        panels.append(_panel(ax, missing))
+        if missing:
+            notes.append(f"{model}: no values for {', '.join(missing)}")
+    _suptitle(fig, "Class-embedding projection of layer L's CLS (mean over seeds)")
+    return _finish(fig, axes, name, panels, notes, out_dir)
+
+
+def controls(complete: pd.DataFrame, out_dir: Path) -> FigureResult:
+    """Every intervention side by side (native readout): the other ways to destroy what
+    CLS carries should bracket the shuffle."""
+    name = "controls"
+    native = complete[complete["readout"] == "native"]
+    if native.empty:
+        return _skipped(name, "no complete cells with the native readout")
+    present = set(native["intervention"])
+    order = [i for i in INTERVENTION_ORDER if i in present] + sorted(present - set(INTERVENTION_ORDER))
+    spare = iter(SPARE_COLORS * len(order))
+    colors = {i: INTERVENTION_COLORS.get(i) or next(spare) for i in order}
+    models = list(dict.fromkeys(native["model"]))
+    fig, axes = _panels(len(models))
+    panels, notes = [], []
+    for ax, model in zip(axes, models):
+        rows = native[native["model"] == model]
+        missing = []
+        for intervention in order:
+            line = mean_line(rows[rows["intervention"] == intervention], "accuracy", intervention)
+            if len(line.layers) == 0:
+                missing.append(intervention)
+                continue
+            _plot(ax, line, color=colors[intervention])
+        _chance(ax, rows)
+        _style(ax, model, rows, ylabel="accuracy")
+        panels.append(_panel(ax, missing))
+        if missing:
+            notes.append(f"{model}: no cells for {', '.join(missing)}")
+    _suptitle(fig, "Interventions on CLS at layer L, native readout (mean over seeds)")
+    return _finish(fig, axes, name, panels, notes, out_dir)
+
+
+# --------------------------------------------------------------------------- drawing helpers
+
+
+def _panels(n: int) -> tuple[Figure, list[Any]]:
+    columns = min(n, MAX_COLUMNS)
+    rows = math.ceil(n / columns)
+    fig = Figure(figsize=(PANEL_SIZE[0] * columns, PANEL_SIZE[1] * rows + 0.8), layout="constrained")
+    FigureCanvasAgg(fig)
+    grid = fig.subplots(rows, columns, sharey=True, squeeze=False)
+    axes = list(grid.flat)
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    return fig, axes[:n]
+
+
+def _suptitle(fig: Figure, text: str) -> None:
+    """Wrapped to the figure's width: a one-panel figure must not cut its title off."""
+    width = max(20, int(fig.get_figwidth() * TITLE_CHARS_PER_INCH))
+    fig.suptitle(textwrap.fill(text, width), fontsize=10)
+
+
+def _plot(ax: Any, line: Line, **style: Any) -> None:
+    ax.plot(line.layers, line.mean, marker="o", markersize=3, linewidth=1.5, label=line.label, **style)
+    if line.low is not None and line.high is not None:
+        ax.fill_between(line.layers, line.low, line.high, color=style.get("color"), alpha=0.2, linewidth=0)
+
+
+def _chance(ax: Any, rows: pd.DataFrame) -> None:
+    chance = rows["chance"].dropna()
+    if not chance.empty:
+        ax.axhline(float(chance.mean()), label=CHANCE, **CHANCE_STYLE)
+
+
+def _style(ax: Any, model: str, rows: pd.DataFrame, *, ylabel: str) -> None:
+    ax.set_title(model)
+    ax.set_xlabel("layer")
+    if ax.get_subplotspec().is_first_col():
+        ax.set_ylabel(ylabel)
+    n_layers = rows["n_layers"].dropna()
+    if not n_layers.empty:
+        ax.set_xlim(-0.3, int(n_layers.max()) + 0.3)
+    ax.set_ylim(0, 1.02)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3, linewidth=0.5)
+
+
+def _panel(ax: Any, missing: list[str]) -> Panel:
+    """The panel as drawn: series labels are read back from the Axes, not from our intent."""
+    _, labels = ax.get_legend_handles_labels()
+    return Panel(title=ax.get_title(), series=labels, missing=missing, xlabel=ax.get_xlabel(),
+                 ylabel=ax.get_ylabel())
+
+
+def _finish(fig: Figure, axes: list[Any], name: str, panels: list[Panel], notes: list[str],
+            out_dir: Path) -> FigureResult:
+    """One legend for the whole figure (every label once, in first-drawn order), then save."""
+    handles: dict[str, Any] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    fig.legend(list(handles.values()), list(handles), loc="outside lower center", frameon=False, fontsize=9,
+               ncol=_legend_columns(list(handles), fig.get_figwidth()))
+    paths = _save(fig, out_dir, name)
+    return FigureResult(name=name, paths=paths, skipped=None, panels=panels, notes=notes)
+
+
+def _legend_columns(labels: list[str], width_in: float) -> int:
+    """As many legend columns as fit the figure's width (a one-panel figure would otherwise
+    cut its legend off), judged by the widest labels."""
+    widths = sorted((LEGEND_ENTRY_IN + LEGEND_CHAR_IN * len(label) for label in labels), reverse=True)
+    columns = len(labels)
+    while columns > 1 and sum(widths[:columns]) > width_in:
+        columns -= 1
+    return max(columns, 1)
+
+
+def _save(fig: Figure, out_dir: Path, name: str) -> list[Path]:
+    paths = []
+    for fmt in FORMATS:
+        buffer = io.BytesIO()
+        options = {"dpi": PNG_DPI} if fmt == "png" else {"metadata": {"CreationDate": None}}  # reproducible PDF
+        fig.savefig(buffer, format=fmt, **options)
+        path = out_dir / f"{name}.{fmt}"
+        atomic_write_bytes(path, buffer.getvalue())
+        paths.append(path)
+    return paths
+
+
+def _skipped(name: str, reason: str) -> FigureResult:
+    return FigureResult(name=name, paths=[], skipped=reason, panels=[], notes=[])
+
+
+def _write_index(out_dir: Path, results: Sequence[FigureResult], *, n_boot: int, seed: int) -> None:
+    figures: dict[str, Any] = {}
+    for result in results:
+        if result.skipped:
+            figures[result.name] = {"skipped": result.skipped}
+            continue
+        figures[result.name] = {
+            "files": [path.name for path in result.paths],
+            "panels": [dataclasses.asdict(panel) for panel in result.panels],
+            "notes": result.notes,
+        }
+    index = {"bootstrap": {"resamples": n_boot, "seed": seed, "level": CI_LEVEL}, "figures": figures}
+    atomic_write_text(out_dir / FIGURES_FILE, json.dumps(index, indent=2) + "\n")

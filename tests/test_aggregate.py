@@ -1,0 +1,157 @@
+"""sweep.aggregate: a sweep's records as one table, from the cell folders or from W&B."""
+
+from __future__ import annotations
+
+import json
+import re
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+from fake_sweep import make_sweep
+
+from sweep.aggregate import COLUMNS, load_local, load_wandb, main, read_results, record_row, write_results
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    return make_sweep(tmp_path_factory.mktemp("sweeps"))
+
+
+@pytest.fixture(scope="module")
+def table(sweep):
+    return load_local(sweep.sweep_dir)
+
+
+def test_record_row_is_flat_json_scalars_in_column_order(sweep):
+    shuffle = next(r for r in sweep.records if r["intervention"] == "shuffle")
+    row = record_row(shuffle)
+    assert list(row) == list(COLUMNS)
+    assert json.loads(json.dumps(row)) == row  # what a W&B summary can hold
+    assert row["permutation"] == "derangement" and row["probe_method"] == "ridge"
+    assert row["accuracy"] == shuffle["metrics"]["accuracy"]
+    assert row["probe_accuracy"] is None  # only none cells carry the probe
+    assert row["git_commit"] == "abc123" and row["error"] is None
+
+
+def test_record_row_of_a_failed_record_keeps_the_error_and_leaves_metrics_empty(sweep):
+    failed = next(r for r in sweep.records if r["status"] == "failed")
+    row = record_row(failed)
+    assert row["status"] == "failed" and row["error"] == "RuntimeError: CUDA out of memory"
+    assert row["accuracy"] is None and row["n_val"] is None
+
+
+def test_record_row_rejects_what_is_not_a_record():
+    with pytest.raises(ValueError, match="not a cell record.*cell_id"):
+        record_row({"metrics": {"accuracy": 1.0}})
+
+
+def test_local_table_has_one_row_per_record_in_canonical_order(sweep, table):
+    frame = table.frame
+    assert list(frame.columns) == list(COLUMNS)
+    assert len(frame) == len(sweep.records)
+    assert set(frame["name"]) == sweep.names
+    keys = frame[["model", "intervention", "readout", "seed", "layer"]].astype(str).agg("|".join, axis=1)
+    sorted_frame = frame.sort_values(["model", "intervention", "readout", "seed", "layer"], kind="mergesort")
+    assert list(frame.index) == list(sorted_frame.index), "rows are sorted by model, intervention, readout, seed, layer"
+    assert keys.is_unique
+    assert table.sweep_id == sweep.sweep_id
+
+
+def test_failed_and_missing_cells_are_reported(sweep, table):
+    assert list(table.failed["name"]) == [sweep.failed_name]
+    assert table.failed["error"].iloc[0] == "RuntimeError: CUDA out of memory"
+    assert sweep.failed_name in table.failed["folder"].iloc[0]
+    assert list(table.missing["name"]) == [sweep.missing_name]
+
+
+def test_outcomes_are_per_cell_and_read_on_demand(sweep, table):
+    none = table.complete[table.complete["intervention"] == "none"].iloc[0]
+    outcomes = table.outcomes[none["cell_id"]]
+    assert len(outcomes) == none["n_val"]
+    assert (outcomes["rank"] == 0).mean() == pytest.approx(none["accuracy"])
+    assert (outcomes["probe_predicted"] == outcomes["label"]).mean() == pytest.approx(none["probe_accuracy"])
+    failed_id = table.frame.loc[table.frame["status"] == "failed", "cell_id"].iloc[0]
+    assert failed_id not in table.outcomes
+
+
+def test_results_files_hold_the_frame(table, tmp_path):
+    written = write_results(table, tmp_path / "out")
+    assert [p.name for p in written] == ["results.csv", "results.parquet"]
+    for path in written:
+        pd.testing.assert_frame_equal(read_results(path), table.frame)
+    assert not list((tmp_path / "out").glob(".*tmp")), "written through a temporary name, then renamed"
+
+
+# No W&B server can run here, so these stand in for the Run objects of `wandb.Api().runs`
+# with the attributes aggregation reads: summary, config, name, id, state, group.
+def wandb_run(record, *, sweep_id, state="finished"):
+    summary = {**record_row(record), "_runtime": 12.5, "_timestamp": 1.7e9, "_step": 0, "_wandb": {"runtime": 12}}
+    return SimpleNamespace(summary=summary, config={"layer": record["layer"], "seed": record["seed"]},
+                           name=record["name"], id=record["cell_id"][:8], state=state, group=sweep_id)
+
+
+def test_wandb_runs_give_the_same_table_as_the_folders(sweep, table):
+    runs = [wandb_run(r, sweep_id=sweep.sweep_id, state="failed" if r["status"] == "failed" else "finished")
+            for r in reversed(sweep.records)]  # API order is not folder order
+    runs.append(SimpleNamespace(summary={"_runtime": 3}, config={}, name="tiny_b-L00-noise-native-s1", id="r1",
+                                state="running", group=sweep.sweep_id))
+    other = next(r for r in sweep.records if r["status"] == "complete")
+    runs.append(wandb_run(other, sweep_id="another-sweep"))
+
+    from_wandb = load_wandb(runs, sweep.sweep_id)
+
+    pd.testing.assert_frame_equal(from_wandb.frame, table.frame)
+    assert list(from_wandb.failed["name"]) == [sweep.failed_name]
+    assert list(from_wandb.missing["name"]) == ["tiny_b-L00-noise-native-s1"]
+    assert from_wandb.outcomes is None  # the bootstrap falls back to seeds only
+
+
+def test_a_wandb_run_that_crashed_before_logging_is_reported_failed(sweep):
+    crashed = SimpleNamespace(summary={"_runtime": 3}, config={}, name="tiny_a-L01-zero-native-s0", id="c1",
+                              state="crashed", group=sweep.sweep_id)
+    table = load_wandb([crashed], sweep.sweep_id)
+    assert table.frame.empty and list(table.frame.columns) == list(COLUMNS)
+    assert "crashed" in table.failed["error"].iloc[0]
+
+
+def test_cli_prints_the_table_and_the_problems_and_writes_files(sweep, tmp_path, capsys):
+    out = tmp_path / "agg"
+    assert main([str(sweep.sweep_dir), f"out={out}", "figures=false"]) == 0
+    printed = capsys.readouterr().out
+    assert "accuracy in % by layer" in printed
+    assert "tiny_a  probe" in printed and "shuffle/cls" in printed
+    assert f"missing: {sweep.missing_name}" in printed
+    failed_line = next(line for line in printed.splitlines() if line.startswith("failed:"))
+    assert sweep.failed_name in failed_line and "(RuntimeError: CUDA out of memory)" in failed_line
+    assert "run.log" in failed_line  # the log to read
+    table_lines = printed.split("accuracy in % by layer")[1].split("\nmissing:")[0].splitlines()
+    assert max(len(line) for line in table_lines) <= 100
+    assert (out / "results.csv").exists() and (out / "results.parquet").exists()
+    assert not (out / "figures").exists()
+
+
+def test_cli_writes_into_the_sweep_folder_by_default(tmp_path, capsys):
+    small = make_sweep(tmp_path, models={"tiny_a": 2}, seeds=(0,), controls=(), problems=False)
+    assert main([str(small.sweep_dir), "bootstrap=20"]) == 0
+    printed = capsys.readouterr().out
+    assert (small.sweep_dir / "results.csv").exists()
+    assert "figure main_result:" in printed and (small.sweep_dir / "figures" / "main_result.png").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["/no/such/sweep"], "does not exist.*multirun/<sweep id>"),
+    ([], "give its folder"),
+    (["{sweep}", "colour=red"], "unknown key 'colour'; valid keys: source, out, figures, bootstrap"),
+    (["{sweep}", "bootstrap=many"], "bootstrap='many'"),
+    (["{sweep}", "figures=maybe"], "figures='maybe'"),
+    (["source=wandb", "sweep.name=x"], "source=wandb needs wandb.project"),
+    (["{sweep}", "sweep.name=x"], "only apply to source=wandb"),
+    (["{sweep}/tiny_a"], "one model's cells; give the sweep folder"),
+])
+def test_cli_usage_errors_exit_2_and_say_what_to_do(sweep, capsys, argv, message):
+    argv = [a.replace("{sweep}", str(sweep.sweep_dir)) for a in argv]
+    assert main(argv) == 2
+    error = capsys.readouterr().err
+    assert re.search(message, error), error
+    assert "usage: sweep-aggregate" in error

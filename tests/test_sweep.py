@@ -1,0 +1,123 @@
+"""Sweeps with the local launcher: planning, exactly-once, resume after a kill, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import time
+
+import pytest
+
+from sweeps import GRID, multirun, records
+
+
+@pytest.fixture(scope="module")
+def finished_sweep(tmp_path_factory, cache_dir):
+    """GRID run once, uninterrupted: the reference table."""
+    cwd = tmp_path_factory.mktemp("reference")
+    env = {**os.environ, "SWEEP_CACHE_DIR": str(cache_dir), "WANDB_MODE": "offline"}
+    result = multirun([*GRID, "sweep.name=reference", "logger=none"], env, cwd)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return cwd / "multirun" / "reference", result.stdout
+
+
+def test_a_grid_over_models_of_different_depth_skips_missing_layers_with_a_line(finished_sweep):
+    sweep_dir, stdout = finished_sweep
+    assert "skipped 2: layer=5 is out of range for toy_clip, which has 4 blocks" in stdout
+    assert "12 grid points -> 10 cells, 0 already done, 10 to run" in stdout
+    assert "10 cells: 10 done" in stdout
+    assert len(records(sweep_dir)) == 10
+    for path in sweep_dir.rglob("result.json"):  # folders are keyed by cell, not by job number
+        record = json.loads(path.read_text())
+        assert path.parent.name == f"{record['name']}-{record['cell_id'][:8]}"
+
+
+def test_relaunching_a_finished_sweep_runs_nothing(finished_sweep, cli_env):
+    sweep_dir, _ = finished_sweep
+    before = records(sweep_dir)
+    again = multirun([*GRID, "sweep.name=reference", "logger=none"], cli_env, sweep_dir.parent.parent)
+    assert again.returncode == 0
+    assert "10 cells, 10 already done, 0 to run" in again.stdout
+    assert records(sweep_dir) == before
+
+
+def test_the_dry_run_lists_exactly_the_cells_a_real_run_executes(cli_env, tmp_path):
+    args = [*GRID, "sweep.name=planned", "logger=none"]
+    plan = multirun([*args, "sweep.dry_run=true"], cli_env, tmp_path)
+    assert plan.returncode == 0
+    planned = set(re.findall(r"^    (\S+)  \[", plan.stdout, flags=re.M))
+    assert len(planned) == 10 and not (tmp_path / "multirun" / "planned").exists()
+    real = multirun(args, cli_env, tmp_path)
+    assert real.returncode == 0
+    assert {r["name"] for r in records(tmp_path / "multirun" / "planned").values()} == planned
+    # with some cells done, the plan says so and lists only the rest
+    for path in list((tmp_path / "multirun" / "planned").rglob("result.json"))[:3]:
+        path.unlink()
+    replan = multirun([*args, "sweep.dry_run=true"], cli_env, tmp_path)
+    assert "10 cells, 7 already done, 3 to run" in replan.stdout
+    assert len(re.findall(r"^    (\S+)  \[", replan.stdout, flags=re.M)) == 3
+
+
+def test_a_cell_killed_mid_run_leaves_no_record_and_a_relaunch_runs_only_it(finished_sweep, cli_env, tmp_path):
+    args = [*GRID, "sweep.name=crashy", "logger=none"]
+    victim = "toy_clip-L04-shuffle"  # the last cell the local launcher runs
+    sweep = multirun(args, {**cli_env, "SWEEP_TEST_PAUSE": f"{victim}=120"}, tmp_path, background=True,
+                     stdout=open(tmp_path / "out.log", "w"), stderr=open(tmp_path / "err.log", "w"))
+    sweep_dir = tmp_path / "multirun" / "crashy"
+    deadline = time.time() + 300
+    while not list(sweep_dir.glob(f"toy_clip/{victim}*/started.json")):
+        assert sweep.poll() is None and time.time() < deadline, (tmp_path / "err.log").read_text()
+        time.sleep(0.2)
+    time.sleep(1)
+    sweep.send_signal(signal.SIGKILL)
+    sweep.wait()
+    (victim_dir,) = sweep_dir.glob(f"toy_clip/{victim}*")
+    assert not (victim_dir / "result.json").exists()
+    assert len(records(sweep_dir)) == 9
+
+    status = multirun_status(sweep_dir, cli_env)
+    assert "9 done" in status and "killed" in status
+
+    relaunch = multirun(args, cli_env, tmp_path)
+    assert relaunch.returncode == 0, relaunch.stderr
+    assert "10 cells, 9 already done, 1 to run" in relaunch.stdout
+    assert records(sweep_dir) == records(finished_sweep[0])
+
+
+def multirun_status(sweep_dir, env):
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-m", "sweep.status", str(sweep_dir)], env=env, capture_output=True,
+                          text=True).stdout
+
+
+def test_a_failing_cell_does_not_stop_the_others_and_is_reported(cli_env, tmp_path):
+    # the real ViT needs the hub, which this machine cannot reach: its cells fail, the toy's run
+    env = {**cli_env, "HF_HUB_OFFLINE": "1"}
+    result = multirun(["model=toy_vit,vit", "layer=5,6", "intervention=none", "sweep.name=failing", "logger=none"],
+                      env, tmp_path)
+    assert result.returncode == 1
+    assert "4 cells: 2 done, 2 failed" in result.stdout
+    assert "FAILED  vit-L05-none-native-s0: ModelUnavailable: could not load vit" in result.stdout
+    assert "model.source=DIR" in result.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["+experiment=nope"], "Could not find 'experiment/nope'"),
+    (["+experiment=toy", "hydra/launcher=nope"], "Could not find 'hydra/launcher/nope'"),
+    (["model=toy_vit,toy_clip", "layer=range(20,22)"], "no cell of this sweep can run"),
+])
+def test_bad_sweeps_are_refused_with_a_clear_error(cli_env, tmp_path, args, message):
+    result = multirun([*args, "sweep.dry_run=true"], cli_env, tmp_path)
+    assert result.returncode != 0
+    assert message in result.stdout + result.stderr
+
+
+def test_asking_for_slurm_where_there_is_none_says_so(cli_env, tmp_path):
+    env = {**cli_env, "PATH": os.path.dirname(os.__file__)}  # a PATH without sbatch
+    result = multirun(["model=toy_vit", "layer=1", "hydra/launcher=slurm", "sweep.name=noslurm", "logger=none"],
+                      env, tmp_path)
+    assert result.returncode == 2
+    assert "`sbatch` is not on this machine's PATH" in result.stderr
