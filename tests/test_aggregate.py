@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import pandas as pd
@@ -155,3 +157,21 @@ def test_cli_usage_errors_exit_2_and_say_what_to_do(sweep, capsys, argv, message
     error = capsys.readouterr().err
     assert re.search(message, error), error
     assert "usage: sweep-aggregate" in error
+
+
+def test_cli_with_no_record_yet_lists_the_planned_cells_and_exits_1(tmp_path, capsys):
+    sweep_dir = tmp_path / "just-launched"
+    sweep_dir.mkdir()
+    plan = {"sweep_id": "just-launched", "cells": [{"name": "vit-L00-none-native-s0", "cell_id": "0" * 16,
+                                                     "subdir": "vit/vit-L00-none-native-s0-00000000"}]}
+    (sweep_dir / "plan.json").write_text(json.dumps(plan))
+    assert main([str(sweep_dir)]) == 1
+    captured = capsys.readouterr()
+    assert "missing: vit-L00-none-native-s0" in captured.out
+    assert "nothing written" in captured.err and not (sweep_dir / "results.csv").exists()
+
+
+def test_aggregation_and_plotting_do_not_import_torch():
+    # they run on login nodes and laptops that have only the records
+    code = "import sys, sweep.aggregate, sweep.plotting; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"

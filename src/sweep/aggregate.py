@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -57,7 +58,8 @@ class UsageError(SweepError):
 
 
 class SourceError(SweepError):
-    """The records could not be read (W&B unreachable, nothing recorded yet); exit 1."""
+    """The records could not be read (W&B unreachable, an unreadable plan.json or
+    outcomes file); main() exits 1."""
 
 
 # --------------------------------------------------------------------------- one row per cell
@@ -282,8 +284,8 @@ def write_results(table: SweepTable, out_dir: Path) -> list[Path]:
 
 # pandas < 3.1 reads floats from CSV with a converter that can differ from the written value
 # in the last bit unless asked for "round_trip"; 3.1 always round-trips and deprecates the option.
-_ROUND_TRIP = {} if tuple(int(part) for part in pd.__version__.split(".")[:2]) >= (3, 1) else {
-    "float_precision": "round_trip"}
+_PANDAS = tuple(int(part) for part in re.match(r"(\d+)\.(\d+)", pd.__version__).groups())
+_ROUND_TRIP = {} if _PANDAS >= (3, 1) else {"float_precision": "round_trip"}
 
 
 def read_results(path: Path) -> pd.DataFrame:
@@ -427,7 +429,7 @@ def parse_args(argv: Sequence[str]) -> Options | None:
     given: dict[str, str] = {}
     folders: list[str] = []
     for token in argv:
-        if token in ("-h", "--help", "help"):
+        if token in ("-h", "--help"):
             return None
         if token.startswith("-"):
             raise UsageError(f"unknown option {token!r}: options are key=value ({', '.join(KEYS)})")
@@ -498,17 +500,21 @@ def _count(key: str, value: str) -> int:
 
 def _not_a_sweep(folder: Path) -> str | None:
     """Why `folder` holds no sweep, with the likely intended folder, or None."""
-    if list(folder.glob(f"*/*/{RESULT_FILE}")) or (folder / PLAN_FILE).exists() or list(folder.glob(f"*/*/{STARTED_FILE}")):
+    if (folder / PLAN_FILE).exists() or _has(folder, f"*/*/{RESULT_FILE}") or _has(folder, f"*/*/{STARTED_FILE}"):
         return None
     if (folder / RESULT_FILE).exists():
         return f"{folder} is one cell's folder; give its sweep folder (two levels up: {folder.parent.parent})"
-    if list(folder.glob(f"*/{RESULT_FILE}")):
+    if _has(folder, f"*/{RESULT_FILE}"):
         return f"{folder} holds one model's cells; give the sweep folder (one level up: {folder.parent})"
     inner = sorted({p.parents[2] for p in folder.glob(f"*/*/*/{RESULT_FILE}")})
     if inner:
         return f"{folder} holds several sweeps; give one of: {', '.join(str(p) for p in inner[:5])}"
     return f"{folder} has no cell records (<model>/<cell>/{RESULT_FILE}) and no {PLAN_FILE}; sweeps live in " \
            f"multirun/<sweep id>"
+
+
+def _has(folder: Path, pattern: str) -> bool:
+    return next(folder.glob(pattern), None) is not None
 
 
 def load(options: Options) -> tuple[SweepTable, Path]:
@@ -553,7 +559,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     written = write_results(table, out_dir)
     print(f"wrote {', '.join(str(p) for p in written)}")
     if options.figures:
-        _draw(table, out_dir / FIGURES_DIR, n_boot=options.n_boot, seed=options.boot_seed)
+        try:
+            _draw(table, out_dir / FIGURES_DIR, n_boot=options.n_boot, seed=options.boot_seed)
+        except SourceError as error:
+            print(f"sweep-aggregate: error while drawing: {error}", file=sys.stderr)
+            return 1
     return 0
 
 

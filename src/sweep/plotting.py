@@ -24,7 +24,7 @@ import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -32,10 +32,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from sweep.aggregate import SourceError, SweepTable
 from sweep.cache import atomic_write_bytes, atomic_write_text
-
-if TYPE_CHECKING:
-    from sweep.aggregate import SweepTable
+from sweep.cellspec import INTERVENTIONS
 
 FORMATS = ("png", "pdf")
 FIGURES_FILE = "figures.json"
@@ -51,7 +50,6 @@ PROJECTION, IDENTIFIABILITY, LAST_PROBE = "last-layer head (projection)", "ident
 CHANCE_STYLE = {"color": "grey", "linestyle": "--", "linewidth": 1.0}
 # Controls: fixed colours per intervention, so a colour means the same thing in every panel
 # (shuffle keeps main_result's orange).
-INTERVENTION_ORDER = ("none", "shuffle", "zero", "mean", "noise", "reset")
 INTERVENTION_COLORS = {"none": "k", "shuffle": "C1", "zero": "C3", "mean": "C4", "noise": "C5", "reset": "C6"}
 SPARE_COLORS = ("C7", "C8", "C9")
 
@@ -83,8 +81,8 @@ class FigureResult:
 def hierarchical_interval(per_seed: Sequence[np.ndarray], *, n_boot: int,
                           rng: np.random.Generator) -> tuple[float, float]:
     """CI_LEVEL interval of the mean over seeds of per-seed accuracy, resampling seeds with
-    replacement, then examples within each drawn seed: the band covers both the seed's
-    effect and the finite validation set.
+    replacement, then examples within each drawn seed: the band covers both the spread
+    between seeds and the finite validation set.
 
     Outcomes are 0/1, so resampling a seed's n examples with replacement is exactly a
     Binomial(n, that seed's accuracy) draw: drawing it directly keeps 1000 resamples of
@@ -205,7 +203,7 @@ def _seed_outcomes(at_layer: pd.DataFrame, spec: SeriesSpec,
         try:
             per_seed.append(spec.correct(table))
         except KeyError as error:
-            raise ValueError(f"outcomes of cell {cell_id} lack column {error}, needed for the "
+            raise SourceError(f"outcomes of cell {cell_id} lack column {error}, needed for the "
                              f"{spec.label!r} band (docs/results.md lists the columns)") from error
     return per_seed
 
@@ -315,7 +313,7 @@ def controls(complete: pd.DataFrame, out_dir: Path) -> FigureResult:
     if native.empty:
         return _skipped(name, "no complete cells with the native readout")
     present = set(native["intervention"])
-    order = [i for i in INTERVENTION_ORDER if i in present] + sorted(present - set(INTERVENTION_ORDER))
+    order = [i for i in INTERVENTIONS if i in present] + sorted(present - set(INTERVENTIONS))
     spare = iter(SPARE_COLORS * len(order))
     colors = {i: INTERVENTION_COLORS.get(i) or next(spare) for i in order}
     models = list(dict.fromkeys(native["model"]))
