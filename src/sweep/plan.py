@@ -8,7 +8,6 @@ so the plan only decides what to launch, never what a record means.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import itertools
 import json
@@ -88,10 +87,13 @@ def expand(dimensions: Sequence[Dimension]) -> Iterable[tuple[list[str], tuple[s
 
 
 def set_dotted(cfg: dict[str, Any], key: str, value: Any) -> None:
+    """Set `a.b.c` in `cfg`, copying only the dicts on that path (the rest is shared with
+    the composed base, which must stay untouched)."""
     node = cfg
     *parents, leaf = key.lstrip("+").split(".")
     for part in parents:
-        node = node.setdefault(part, {})
+        node[part] = dict(node.get(part) or {})
+        node = node[part]
     if key.startswith("~"):
         node.pop(leaf.lstrip("~"), None)
     else:
@@ -169,7 +171,7 @@ def make_plan(dimensions: Sequence[Dimension], compose: Callable[[tuple[str, ...
     for strings, groups, values in expand(dimensions):
         if groups not in bases:
             bases[groups] = compose(groups)
-        cfg = copy.deepcopy(bases[groups])
+        cfg = dict(bases[groups])
         for key, value in values.items():
             set_dotted(cfg, key, value)
         cell = PlannedCell(overrides=strings)

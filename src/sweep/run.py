@@ -69,25 +69,30 @@ def run_cell(cfg: DictConfig) -> dict[str, Any]:
     rec.mark_started(cell_dir)
     try:
         with tracker(cfg, spec, sweep_id, cell_dir) as track:
-            result = measure(cfg, spec, cache)
-            if cfg.outcomes.save:
-                rec.write_outcomes(cell_dir, result.outcomes)
-            record = {**base, "status": "complete", "metrics": result.metrics, "counts": result.counts,
-                      "compute": result.compute,
-                      "timings": {**result.timings, "total_s": time.perf_counter() - started},
-                      "artifacts": result.artifacts,
-                      "versions": {**rec.versions(), "model_revision": result.model_revision},
-                      "outcomes_file": rec.OUTCOMES_FILE if cfg.outcomes.save else None}
-            track.log_record(record, cell_dir / rec.OUTCOMES_FILE if cfg.outcomes.save else None)
-            _pause_for_crash_tests(spec.name)
-            rec.write_record(cell_dir, record)
+            try:
+                result = measure(cfg, spec, cache)
+                if cfg.outcomes.save:
+                    rec.write_outcomes(cell_dir, result.outcomes)
+                record = {**base, "status": "complete", "metrics": result.metrics, "counts": result.counts,
+                          "compute": result.compute,
+                          "timings": {**result.timings, "total_s": time.perf_counter() - started},
+                          "artifacts": result.artifacts,
+                          "versions": {**rec.versions(), "model_revision": result.model_revision},
+                          "outcomes_file": rec.OUTCOMES_FILE if cfg.outcomes.save else None}
+                track.log_record(record, cell_dir / rec.OUTCOMES_FILE if cfg.outcomes.save else None)
+                _pause_for_crash_tests(spec.name)
+                rec.write_record(cell_dir, record)
+            except SweepError:
+                raise
+            except Exception as error:
+                if not rec.is_complete(cell_dir, spec.cell_id):  # never overwrite a finished measurement
+                    failed = {**base, "status": "failed", "error": f"{type(error).__name__}: {error}",
+                              "traceback": traceback.format_exc(), "versions": rec.versions()}
+                    rec.write_record(cell_dir, failed)
+                    track.log_record(failed, None)
+                raise
     except SweepError:
         rec.clear_started(cell_dir)  # bad input, not a failed measurement: leave the cell pending
-        raise
-    except Exception as error:
-        if not rec.is_complete(cell_dir, spec.cell_id):  # never overwrite a finished measurement
-            rec.write_record(cell_dir, {**base, "status": "failed", "error": f"{type(error).__name__}: {error}",
-                                        "traceback": traceback.format_exc(), "versions": rec.versions()})
         raise
     log.info("%s: %s", spec.name, ", ".join(f"{k}={v:.4f}" for k, v in result.metrics.items()))
     return record
