@@ -48,7 +48,7 @@ def fake_records(cwd: Path, env: dict) -> int:
             "            Dimension('readout', True, ('readout=native', 'readout=cls'), (None, None)),\n"
             "            Dimension('layer', False, tuple(f'layer={l}' for l in range(7)), tuple(range(7))),\n"
             "            Dimension('seed', False, tuple(f'seed={s}' for s in range(24)), tuple(range(24)))]\n"
-            "    plan = make_plan(dims, GroupComposer(compose_groups), 'done', Path('multirun/done'), [])\n"
+            "    plan = make_plan([dims], GroupComposer(compose_groups), 'done', Path('multirun/done'), [])\n"
             "for cell in plan.runnable:\n"
             "    folder = Path('multirun/done') / cell.spec.subdir\n    folder.mkdir(parents=True, exist_ok=True)\n"
             "    (folder / 'result.json').write_text(json.dumps({'cell_id': cell.spec.cell_id, 'status': 'complete'}))\n"

@@ -42,6 +42,7 @@ def pick_device(setting: str) -> torch.device:
 
 def measure(cfg: Mapping[str, Any], spec: CellSpec, cache: ArtifactCache) -> CellResult:
     started = time.perf_counter()
+    torch.set_flush_denormal(bool(cfg["compute"]["flush_denormal"]))
     device = pick_device(str(cfg["compute"]["device"]))
     ledger = ComputeLedger()
     artifacts = Artifacts(cfg, cache, device, ledger)

@@ -81,7 +81,7 @@ def expand(dimensions: Sequence[Dimension]) -> Iterable[tuple[list[str], tuple[s
     """Cartesian product: per cell its override strings, group choices and value overrides."""
     for combo in itertools.product(*(range(len(d.strings)) for d in dimensions)):
         strings = [d.strings[i] for d, i in zip(dimensions, combo)]
-        groups = tuple(d.strings[i] for d, i in zip(dimensions, combo) if d.is_group)
+        groups = tuple(sorted(d.strings[i] for d, i in zip(dimensions, combo) if d.is_group))
         values = {d.key: d.values[i] for d, i in zip(dimensions, combo) if not d.is_group}
         yield strings, groups, values
 
@@ -162,13 +162,16 @@ def _group_node(choice: str) -> str:
     return key.split("/")[-1].split(".")[0]
 
 
-def make_plan(dimensions: Sequence[Dimension], compose: Callable[[tuple[str, ...]], dict[str, Any]],
+def make_plan(grids: Sequence[Sequence[Dimension]], compose: Callable[[tuple[str, ...]], dict[str, Any]],
               sweep_id: str, sweep_dir: Path, results_from: Iterable[str | Path]) -> Plan:
-    """Decide for every grid point: skipped (and why), done (and where), or pending."""
+    """Decide for every point of the union of `grids`: skipped (and why), done (and where),
+    or pending. A cell that two grids share is planned once."""
     plan = Plan(sweep_id, sweep_dir)
     bases: dict[tuple[str, ...], dict[str, Any]] = {}
     elsewhere = index_results(results_from)
-    for strings, groups, values in expand(dimensions):
+    seen: set[str] = set()
+    points = itertools.chain.from_iterable(expand(dimensions) for dimensions in grids)
+    for strings, groups, values in points:
         if groups not in bases:
             bases[groups] = compose(groups)
         cfg = dict(bases[groups])
@@ -180,6 +183,9 @@ def make_plan(dimensions: Sequence[Dimension], compose: Callable[[tuple[str, ...
         except ConfigError as reason:
             cell.skipped = str(reason)
         else:
+            if cell.spec.cell_id in seen:
+                continue
+            seen.add(cell.spec.cell_id)
             here = sweep_dir / cell.spec.subdir
             if is_complete(here, cell.spec.cell_id):
                 cell.done_at = here

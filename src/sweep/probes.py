@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 # The torch L-BFGS. 10 correction pairs is scipy's default, i.e. what sklearn's lbfgs uses;
 # Armijo 1e-4 and curvature 0.9 are the textbook strong-Wolfe constants for quasi-Newton
 # steps (Nocedal & Wright, ch. 3); sklearn gives scipy's line search 50 trial steps.
-# Near the optimum a float32 loss cannot resolve Armijo's decrease, so a step is also
+# Near the optimum the loss cannot resolve Armijo's decrease, so a step is also
 # sufficient when the loss rose by no more than VALUE_RESOLUTION relative (Hager & Zhang's
 # "approximate Wolfe" conditions, their default ε); the curvature test, on an accurately
 # computed derivative, still has to pass.
@@ -42,7 +42,7 @@ LBFGS_HISTORY = 10
 ARMIJO = 1e-4
 CURVATURE = 0.9
 LINE_SEARCH_STEPS = 50
-VALUE_RESOLUTION = 1e-6
+VALUE_RESOLUTION = 1e-7
 
 
 @dataclass(frozen=True)
@@ -192,7 +192,7 @@ def _logistic_sklearn(x: torch.Tensor, labels: torch.Tensor, n_classes: int, *, 
     from sklearn.linear_model import LogisticRegression
 
     y = labels.cpu().numpy()
-    heads = []
+    heads, iterations = [], []
     bar = _bar(progress, total=x.shape[0], desc="logistic probes (sklearn)", unit="layer")
     for layer in x:
         shift, scale = _moments(layer, centre=True, standardize=standardize)
@@ -202,8 +202,10 @@ def _logistic_sklearn(x: torch.Tensor, labels: torch.Tensor, n_classes: int, *, 
         if n_classes == 2:
             weight, bias = torch.cat([torch.zeros_like(weight), weight]), torch.cat([torch.zeros_like(bias), bias])
         heads.append(_fold(weight, bias, shift.cpu(), scale.cpu()))
+        iterations.append(int(model.n_iter_.max()))
         bar.update()
     bar.close()
+    logger.info("logistic probes (sklearn): L-BFGS iterations per layer %s", iterations)
     return heads
 
 
@@ -269,25 +271,30 @@ def _lbfgs(features: torch.Tensor, labels: torch.Tensor, n_classes: int, penalty
     max |to_w @ ∇| <= tol (to_w maps the gradient back to the coordinates `tol` is meant
     in). Returns θ (L, D1, K), whether each layer converged, and its iteration count.
 
-    The only matrix products per iteration are F·d (for the line search) and Fᵀ(p − y)
-    (the gradient), each n·D1·K per layer; everything else is elementwise on (n, K).
+    The only big matrix products per iteration are F·d (for the line search) and
+    Fᵀ(p − y) (the gradient), n·D1·K each per layer; the rest is elementwise on (n, K).
     The (layers, n, K) buffers are allocated once per batch size and reused: on a CPU a
-    fresh half-gigabyte tensor costs more in page faults than the arithmetic done on it."""
+    fresh half-gigabyte tensor costs more in page faults than the arithmetic done on it.
+    Tensors are float32; the per-layer scalars (loss, slopes) are float64, so the line
+    search can still tell steps apart near the optimum."""
     n_layers, n, d1 = features.shape
     device = features.device
     theta_out = features.new_zeros(n_layers, d1, n_classes)
     converged = torch.zeros(n_layers, dtype=torch.bool, device=device)
     iterations = torch.zeros(n_layers, dtype=torch.long, device=device)
     # Everything per layer lives batch-first in one dict, so dropping finished layers is one indexing.
+    # ½θᵀQθ is carried along as a float64 sum of the line searches' own increments: recomputing it
+    # as a float32 dot over ~10⁶ entries would be off by more than the decrease of a late step.
     batch = {"layer": torch.arange(n_layers, device=device), "features": features, "penalty": penalty,
-             "to_w": to_w, "theta": torch.zeros_like(theta_out), "q_theta": torch.zeros_like(theta_out),
+             "to_w": to_w, "index": labels.view(1, n, 1).expand(n_layers, n, 1),
+             "theta": torch.zeros_like(theta_out), "q_theta": torch.zeros_like(theta_out),
+             "half_theta_q_theta": torch.zeros(n_layers, dtype=torch.float64, device=device),
              "logits": features.new_zeros(n_layers, n, n_classes),
              "stalled": torch.zeros(n_layers, dtype=torch.bool, device=device)}
     history: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []       # (s, y, 1/sᵀy) per pair
     buffers = _Buffers(batch["logits"])
-    index = labels.view(1, n, 1).expand(n_layers, n, 1)
-    batch["loss"] = _softmax_cross_entropy(batch["logits"], index, buffers.probs)
-    batch["grad"] = _gradient(batch, buffers.probs, index)
+    batch["loss"] = _softmax_cross_entropy(batch["logits"], batch["index"], buffers.probs)
+    batch["grad"] = _gradient(batch, buffers.probs)
     bar = _bar(progress, total=max_iter, desc="logistic probes (torch L-BFGS)", unit="it")
     for step in range(max_iter + 1):
         finished = torch.bmm(batch["to_w"], batch["grad"]).abs().amax(dim=(1, 2)) <= tol
@@ -300,25 +307,26 @@ def _lbfgs(features: torch.Tensor, labels: torch.Tensor, n_classes: int, penalty
                 break
             batch = {key: value[keep] for key, value in batch.items()}
             history = [(s[keep], y[keep], rho[keep]) for s, y, rho in history]
-            index = index[keep]
             buffers = _Buffers(batch["logits"])
         direction = _two_loop(batch["grad"], history)
         q_direction = torch.bmm(batch["penalty"], direction)
         torch.bmm(batch["features"], direction, out=buffers.along)
-        quadratic = (0.5 * _dot(batch["theta"], batch["q_theta"]), _dot(direction, batch["q_theta"]),
-                     _dot(direction, q_direction))
-        t, loss = _line_search(batch["logits"], buffers, index, batch["loss"], _dot(batch["grad"], direction),
-                               quadratic, newton_start=not history)
-        s = direction * t.view(-1, 1, 1)
+        quadratic = (batch["half_theta_q_theta"], _dot(direction, batch["q_theta"]).double(),
+                     _dot(direction, q_direction).double())
+        t, batch["loss"] = _line_search(batch["logits"], buffers, batch["index"], batch["loss"],
+                                        _dot(batch["grad"], direction).double(), quadratic,
+                                        newton_start=not history)
+        batch["half_theta_q_theta"] = quadratic[0] + t * quadratic[1] + 0.5 * t * t * quadratic[2]
+        t = t.float().view(-1, 1, 1)
+        s = direction * t
         batch["theta"] = batch["theta"] + s
-        batch["q_theta"] = batch["q_theta"] + q_direction * t.view(-1, 1, 1)
-        batch["logits"], buffers.trial = buffers.trial, batch["logits"]          # accepted logits; old ones become scratch
-        batch["loss"] = loss
-        grad = _gradient(batch, buffers.probs, index)
+        batch["q_theta"] = batch["q_theta"] + q_direction * t
+        batch["logits"], buffers.trial = buffers.trial, batch["logits"]      # accepted logits; old ones are scratch
+        grad = _gradient(batch, buffers.probs)
         y = grad - batch["grad"]
         sy = _dot(s, y)
         history = (history + [(s, y, torch.where(sy > 0, 1 / sy, torch.zeros_like(sy)))])[-LBFGS_HISTORY:]
-        batch["grad"], batch["stalled"] = grad, t == 0
+        batch["grad"], batch["stalled"] = grad, t.view(-1) == 0
         bar.update()
         bar.set_postfix(layers_left=len(batch["layer"]))
     bar.close()
@@ -339,17 +347,17 @@ def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def _softmax_cross_entropy(logits: torch.Tensor, index: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy per layer; the softmax is left in `probs`.
+    """Mean cross-entropy per layer (float64); the softmax is left in `probs`.
     CE = logsumexp − logit_y, and logsumexp = max logit − log(max prob): the largest
     probability is ≥ 1/K, so unlike log p_y it never underflows."""
     torch.softmax(logits, dim=-1, out=probs)
     log_sum_exp = logits.amax(dim=-1) - probs.amax(dim=-1).log()
-    return (log_sum_exp - logits.gather(2, index).squeeze(2)).mean(dim=1)
+    return (log_sum_exp - logits.gather(2, index).squeeze(2)).mean(dim=1, dtype=torch.float64)
 
 
-def _gradient(batch: dict[str, torch.Tensor], probs: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+def _gradient(batch: dict[str, torch.Tensor], probs: torch.Tensor) -> torch.Tensor:
     """∇ = Fᵀ(p − onehot) / n + Qθ. Overwrites `probs` with p − onehot."""
-    probs.scatter_add_(2, index, probs.new_full(index.shape, -1.0))
+    probs.scatter_add_(2, batch["index"], probs.new_full(batch["index"].shape, -1.0))
     return torch.baddbmm(batch["q_theta"], batch["features"].transpose(1, 2), probs, alpha=1.0 / probs.shape[1])
 
 
@@ -375,8 +383,9 @@ def _two_loop(grad: torch.Tensor, history: list[tuple[torch.Tensor, torch.Tensor
 def _line_search(logits: torch.Tensor, buffers: _Buffers, index: torch.Tensor, loss0: torch.Tensor,
                  slope0: torch.Tensor, quadratic: tuple[torch.Tensor, torch.Tensor, torch.Tensor], *,
                  newton_start: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """A step t per layer satisfying the strong Wolfe conditions along the direction whose
-    logit change is `buffers.along` (B). Leaves the logits and softmax at t in buffers.
+    """A step t per layer (float64, a float32 value) satisfying the strong Wolfe conditions
+    along the direction whose logit change is `buffers.along` (B); returns t and φ(t), and
+    leaves the logits and the softmax at t in the buffers.
 
     φ(t) = CE(A + tB) + q₀ + t·q₁ + ½t²·q₂ is convex, and φ, φ′ and φ″ cost only
     elementwise passes over (n, K), so this is a safeguarded Newton iteration on φ′ = 0
@@ -388,40 +397,44 @@ def _line_search(logits: torch.Tensor, buffers: _Buffers, index: torch.Tensor, l
     along_true = along.gather(2, index).squeeze(2)
 
     def evaluate(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        torch.addcmul(logits, along, t.view(-1, 1, 1), out=trial)
+        torch.addcmul(logits, along, t.float().view(-1, 1, 1), out=trial)
         value = _softmax_cross_entropy(trial, index, probs) + q0 + t * q1 + 0.5 * t * t * q2
         expected_along = torch.mul(probs, along, out=work).sum(dim=-1)      # E_p[B] per example
-        return value, (expected_along - along_true).mean(dim=1) + q1 + t * q2, expected_along
+        return value, (expected_along - along_true).mean(dim=1, dtype=torch.float64) + q1 + t * q2, expected_along
 
-    def curvature(t: torch.Tensor, expected_along: torch.Tensor) -> torch.Tensor:
-        # φ″ = mean Var_p[B] + q₂; `work` still holds p·B from evaluate(t).
-        return (torch.mul(work, along, out=work).sum(dim=-1) - expected_along.square()).mean(dim=1) + q2
+    def curvature(expected_along: torch.Tensor) -> torch.Tensor:
+        # φ″ = mean Var_p[B] + q₂; `work` still holds p·B from the last evaluate.
+        second = torch.mul(work, along, out=work).sum(dim=-1)
+        return (second - expected_along.square()).mean(dim=1, dtype=torch.float64).add(q2).clamp_min(1e-300)
+
+    def representable(t: torch.Tensor) -> torch.Tensor:
+        return t.float().double()                      # the step the float32 logits actually take
 
     descent = slope0 < 0
     accepted = ~descent
     zero = torch.zeros_like(slope0)
     if newton_start:
-        _, dphi, expected = evaluate(zero)
-        t = -dphi / curvature(zero, expected).clamp_min(torch.finfo(zero.dtype).tiny)
+        _, slope, expected = evaluate(zero)
+        t = representable(-slope / curvature(expected))
     else:
         t = torch.ones_like(slope0)
     t = torch.where(descent, t, zero)
     low, high = zero.clone(), torch.full_like(slope0, torch.inf)
     for _ in range(LINE_SEARCH_STEPS):
-        value, dphi, expected = evaluate(t)
-        # Armijo, or (where float32 can no longer resolve the decrease) no increase beyond rounding.
+        value, slope, expected = evaluate(t)
+        # Armijo, or (where the loss can no longer resolve Armijo's decrease) no rise beyond rounding.
         sufficient = (value <= loss0 + ARMIJO * t * slope0) | (value <= loss0 + VALUE_RESOLUTION * loss0.abs())
-        accepted |= sufficient & (dphi.abs() <= CURVATURE * slope0.abs())
+        accepted |= sufficient & (slope.abs() <= CURVATURE * slope0.abs())
         if accepted.all():
             return t, value
         # Shrink the bracket around the minimiser, then try Newton's step inside it.
-        beyond = ~sufficient | (dphi > 0)
+        beyond = ~sufficient | (slope > 0)
         high = torch.where(beyond & ~accepted, t, high)
         low = torch.where(~beyond & ~accepted, t, low)
-        newton = t - dphi / curvature(t, expected).clamp_min(torch.finfo(t.dtype).tiny)
+        newton = t - slope / curvature(expected)
         fallback = torch.where(high.isinf(), 2 * t, 0.5 * (low + high))
-        proposal = torch.where((newton > low) & (newton < high), newton, fallback)
-        exhausted = ~accepted & (high - low <= 1e-6 * high)
+        proposal = representable(torch.where((newton > low) & (newton < high), newton, fallback))
+        exhausted = ~accepted & ((proposal <= low) | (proposal >= high))   # nothing left between them in float32
         t = torch.where(accepted, t, torch.where(exhausted, low, proposal))
         accepted |= exhausted                          # evaluated at `low` on the next pass
     t = torch.where(accepted, t, low)

@@ -36,16 +36,21 @@ class CellSweeperConf:
     _target_: str = "hydra_plugins.sweep_cells.cell_sweeper.CellSweeper"
     max_batch_size: Optional[int] = None
     params: Optional[Dict[str, str]] = None
+    # A union of grids: each entry's axes are laid over `params` (command-line overrides
+    # still win), e.g. seeds for the shuffle but one seed for deterministic controls.
+    grids: Optional[List[Dict[str, str]]] = None
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="cells", node=CellSweeperConf, provider="sweep")
 
 
 class CellSweeper(Sweeper):
-    def __init__(self, max_batch_size: Optional[int] = None, params: Optional[Dict[str, str]] = None) -> None:
+    def __init__(self, max_batch_size: Optional[int] = None, params: Optional[Dict[str, str]] = None,
+                 grids: Optional[List[Dict[str, str]]] = None) -> None:
         super().__init__()
         self.max_batch_size = max_batch_size
         self.params = dict(params or {})
+        self.grids = [dict(g) for g in grids] if grids else [{}]
         self.config: Optional[DictConfig] = None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
@@ -59,11 +64,12 @@ class CellSweeper(Sweeper):
             sys.exit(2)
 
     # -- the grid ---------------------------------------------------------------------
-    def _dimensions(self, arguments: List[str]) -> List[Dimension]:
+    def _dimensions(self, grid: Dict[str, str], arguments: List[str]) -> List[Dimension]:
         loader = self.hydra_context.config_loader
         parser = OverridesParser.create(config_loader=loader)
         by_key: dict[str, Dimension] = {}
-        for override in parser.parse_overrides([f"{k}={v}" for k, v in self.params.items()] + arguments):
+        laid = {**self.params, **grid}
+        for override in parser.parse_overrides([f"{k}={v}" for k, v in laid.items()] + arguments):
             key = override.get_key_element()
             is_group = loader.repository.group_exists(override.key_or_group)
             if override.is_sweep_override():
@@ -84,14 +90,14 @@ class CellSweeper(Sweeper):
         return OmegaConf.to_container(cfg, resolve=True)
 
     def _plan(self, arguments: List[str]) -> Plan:
-        dimensions = self._dimensions(arguments)
+        grids = [self._dimensions(grid, arguments) for grid in self.grids]
         experiment = self.config.hydra.runtime.choices.get("experiment")
         sweep_id = derive_sweep_id(self.config.sweep.name, experiment,
-                                   [s for d in dimensions for s in d.strings])
+                                   [s for dims in grids for d in dims for s in d.strings])
         with read_write(self.config), open_dict(self.config):
             self.config.sweep.id = sweep_id
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
-        return make_plan(dimensions, GroupComposer(self._compose), sweep_id, sweep_dir, list(self.config.sweep.results_from))
+        return make_plan(grids, GroupComposer(self._compose), sweep_id, sweep_dir, list(self.config.sweep.results_from))
 
     # -- running it -------------------------------------------------------------------
     def _sweep(self, arguments: List[str]) -> Any:

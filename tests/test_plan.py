@@ -1,0 +1,54 @@
+"""Planning a sweep from its grids, with a stand-in for Hydra's composition (the real
+one is exercised end to end in test_sweep.py)."""
+
+from __future__ import annotations
+
+from sweep.plan import Dimension, GroupComposer, derive_sweep_id, make_plan
+
+MODELS = {"a": 2, "b": 3}
+
+
+def compose(groups):
+    """What Hydra would compose for `model=<name>` (plus the rest of a cell's config)."""
+    choice = dict(g.split("=") for g in groups)
+    name = choice["model"]
+    return {"model": {"name": name, "n_layers": MODELS[name], "readouts": {"native": {}}, "toy": None},
+            "data": {"name": "d"}, "intervention": {"name": choice.get("intervention", "none")},
+            "readout": {"name": "native"}, "probe": {"method": "ridge"}, "compute": {"dtype": "float32"},
+            "layer": -1, "seed": 0}
+
+
+def dims(**axes):
+    out = []
+    for key, values in axes.items():
+        group = key in ("model", "intervention")
+        out.append(Dimension(key, group, tuple(f"{key}={v}" for v in values), tuple(values)))
+    return out
+
+
+def test_a_union_of_grids_plans_each_cell_once_and_skips_layers_a_model_lacks(tmp_path):
+    grids = [dims(model=["a", "b"], layer=[0, 3], intervention=["none", "shuffle"], seed=[0, 1]),
+             dims(model=["a", "b"], layer=[0, 3], intervention=["none"], seed=[0])]  # a subset of the first
+    plan = make_plan(grids, GroupComposer(compose), "s", tmp_path, [])
+    assert len(plan.runnable) == 12          # b: 2 layers × 2 × 2; a: layer 0 only × 2 × 2
+    assert len(plan.skipped) == 4 + 1        # a's layer 3 in both grids
+    assert "layer=3 is out of range for a" in plan.skipped[0].skipped
+    assert len({c.spec.cell_id for c in plan.runnable}) == 12
+
+
+def test_composition_is_reused_per_group_option():
+    calls = []
+    composer = GroupComposer(lambda groups: calls.append(groups) or compose(groups))
+    for model in ("a", "b"):
+        for intervention in ("none", "shuffle", "zero"):
+            cfg = composer(("intervention=" + intervention, "model=" + model))
+            assert cfg["model"]["name"] == model and cfg["intervention"]["name"] == intervention
+    assert len(calls) == 4  # the base, then one per other option: not one per combination
+
+
+def test_the_sweep_id_is_stable_and_ignores_how_the_sweep_runs():
+    a = derive_sweep_id(None, "toy", ["model=a", "layer=1", "hydra/launcher=slurm", "sweep.dry_run=true"])
+    b = derive_sweep_id(None, "toy", ["layer=1", "model=a", "logger=none", "compute.batch_size=8"])
+    assert a == b and a.startswith("toy-")
+    assert derive_sweep_id(None, "toy", ["model=b", "layer=1"]) != a
+    assert derive_sweep_id("mine", "toy", ["model=a"]) == "mine"

@@ -1,0 +1,149 @@
+"""Linear probes: ridge against the normal equations, logistic against scikit-learn, and
+the properties the study relies on (folding, batching over layers, determinism)."""
+
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import LogisticRegression
+
+from sweep.probes import LinearHead, fit_probes
+
+RIDGE = {"alpha": 0.5, "standardize": False, "fit_intercept": False}
+LOGISTIC = {"C": 0.5, "max_iter": 1000, "tol": 1e-6, "standardize": True, "solver": "torch"}
+
+
+def blobs(n_per_class: int, n_classes: int, dim: int, *, layers: int = 1, spread: float = 1.0, seed: int = 0):
+    """Gaussian classes with a per-feature offset and scale (so standardising matters),
+    as ((layers, n, dim) features, (n,) labels); each layer is a fresh draw."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n_classes).repeat_interleave(n_per_class)
+    means = torch.randn(n_classes, dim, generator=g) * 2
+    scale, offset = torch.rand(dim, generator=g) * 3 + 0.5, torch.randn(dim, generator=g) * 5
+    x = torch.stack([(means[labels] + spread * torch.randn(len(labels), dim, generator=g)) * scale + offset
+                     for _ in range(layers)])
+    return x, labels
+
+
+def accuracy(head: LinearHead, x: torch.Tensor, labels: torch.Tensor) -> float:
+    return float((head.logits(x).argmax(1) == labels).double().mean())
+
+
+# -- ridge --------------------------------------------------------------------------------
+
+def test_ridge_solves_the_normal_equations_on_plus_minus_one_targets():
+    x, labels = blobs(20, 4, 6)
+    (head,) = fit_probes(x, labels, 4, method="ridge", settings=RIDGE, progress=False)
+    X = x[0].double().numpy()
+    Y = 2 * np.eye(4)[labels.numpy()] - 1                                # +1 for the true class, -1 otherwise
+    W = np.linalg.solve(X.T @ X + 0.5 * np.eye(6), X.T @ Y)
+    np.testing.assert_allclose(head.weight.numpy(), W.T, rtol=1e-5, atol=1e-6)
+    assert not head.bias.any()
+
+
+def test_ridge_with_an_intercept_centres_features_and_targets():
+    x, labels = blobs(20, 4, 6)
+    (head,) = fit_probes(x, labels, 4, method="ridge", settings={**RIDGE, "fit_intercept": True}, progress=False)
+    X = x[0].double().numpy()
+    Y = 2 * np.eye(4)[labels.numpy()] - 1
+    Xc, Yc = X - X.mean(0), Y - Y.mean(0)
+    W = np.linalg.solve(Xc.T @ Xc + 0.5 * np.eye(6), Xc.T @ Yc)           # the intercept is not penalised
+    np.testing.assert_allclose(head.weight.numpy(), W.T, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(head.bias.numpy(), Y.mean(0) - X.mean(0) @ W, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("method, settings", [("ridge", {**RIDGE, "fit_intercept": True}), ("logistic", LOGISTIC)])
+def test_standardisation_is_folded_into_a_head_on_raw_features(method, settings):
+    x, labels = blobs(30, 3, 5)
+    z = (x - x.mean(1, keepdim=True)) / x.std(1, correction=0, keepdim=True)   # population std, like sklearn
+    (on_raw,) = fit_probes(x, labels, 3, method=method, settings={**settings, "standardize": True}, progress=False)
+    (on_z,) = fit_probes(z, labels, 3, method=method, settings={**settings, "standardize": False}, progress=False)
+    torch.testing.assert_close(on_raw.logits(x[0]), on_z.logits(z[0]), rtol=1e-4, atol=1e-4)
+
+
+def test_ridge_separates_separable_classes():
+    x, labels = blobs(25, 5, 10, spread=0.05)
+    test_x, test_labels = blobs(10, 5, 10, spread=0.05)                   # same means, fresh noise
+    (head,) = fit_probes(x, labels, 5, method="ridge", settings={**RIDGE, "fit_intercept": True}, progress=False)
+    assert accuracy(head, x[0], labels) == 1.0
+    assert accuracy(head, test_x[0], test_labels) == 1.0
+
+
+# -- logistic -----------------------------------------------------------------------------
+
+def test_logistic_torch_solver_matches_scikit_learn_at_the_same_C():
+    x, labels = blobs(40, 4, 8, layers=2, spread=1.5)
+    val_x, val_labels = blobs(40, 4, 8, layers=2, spread=1.5, seed=0)
+    val_x = val_x + 0.1 * torch.randn(val_x.shape, generator=torch.Generator().manual_seed(1))
+    ours = fit_probes(x, labels, 4, method="logistic", settings=LOGISTIC, progress=False)
+    theirs = fit_probes(x, labels, 4, method="logistic", settings={**LOGISTIC, "solver": "sklearn"}, progress=False)
+    for layer in range(2):
+        torch.testing.assert_close(ours[layer].logits(x[layer]).softmax(1), theirs[layer].logits(x[layer]).softmax(1),
+                                   rtol=0, atol=2e-4)
+        torch.testing.assert_close(ours[layer].weight, theirs[layer].weight, rtol=2e-3, atol=2e-3)
+        assert accuracy(ours[layer], val_x[layer], val_labels) == accuracy(theirs[layer], val_x[layer], val_labels)
+
+
+def test_the_sklearn_solver_is_scikit_learn_on_standardised_features():
+    x, labels = blobs(30, 3, 5, spread=2.0)
+    (head,) = fit_probes(x, labels, 3, method="logistic", settings={**LOGISTIC, "solver": "sklearn"}, progress=False)
+    z = ((x[0] - x[0].mean(0)) / x[0].std(0, correction=0)).double().numpy()
+    model = LogisticRegression(C=0.5, max_iter=1000, tol=1e-6).fit(z, labels.numpy())
+    np.testing.assert_allclose(head.logits(x[0]).softmax(1).numpy(), model.predict_proba(z), atol=1e-5)
+
+
+def test_two_classes_through_sklearn_give_its_binary_probabilities():
+    x, labels = blobs(30, 2, 4, spread=2.0)
+    (head,) = fit_probes(x, labels, 2, method="logistic", settings={**LOGISTIC, "solver": "sklearn"}, progress=False)
+    z = ((x[0] - x[0].mean(0)) / x[0].std(0, correction=0)).double().numpy()
+    model = LogisticRegression(C=0.5, max_iter=1000, tol=1e-6).fit(z, labels.numpy())
+    np.testing.assert_allclose(head.logits(x[0]).softmax(1).numpy(), model.predict_proba(z), atol=1e-5)
+
+
+def test_logistic_needs_every_class_in_the_training_labels():
+    x, labels = blobs(10, 3, 4)
+    with pytest.raises(ValueError, match="missing: \\[3\\]"):
+        fit_probes(x, labels, 4, method="logistic", settings=LOGISTIC, progress=False)
+
+
+# -- layers, heads, settings, determinism -------------------------------------------------
+
+@pytest.mark.parametrize("method, settings", [("ridge", RIDGE), ("logistic", LOGISTIC)])
+def test_a_batch_of_layers_gives_what_fitting_each_layer_alone_gives(method, settings):
+    x, labels = blobs(20, 4, 6, layers=3, spread=1.5)
+    together = fit_probes(x, labels, 4, method=method, settings=settings, progress=False)
+    for layer in range(3):
+        (alone,) = fit_probes(x[layer], labels, 4, method=method, settings=settings, progress=False)  # (n, D): one
+        torch.testing.assert_close(together[layer].weight, alone.weight, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(together[layer].bias, alone.bias, rtol=1e-5, atol=1e-6)
+
+
+def test_a_head_survives_a_state_dict_round_trip():
+    head = LinearHead(torch.randn(3, 5), torch.randn(3))
+    state = head.state_dict()
+    assert set(state) == {"weight", "bias"}
+    again = LinearHead.from_state_dict(state)
+    assert torch.equal(again.weight, head.weight) and torch.equal(again.bias, head.bias)
+    x = torch.randn(4, 5)
+    torch.testing.assert_close(again.logits(x), x @ head.weight.T + head.bias)
+
+
+@pytest.mark.parametrize("method, settings, message", [
+    ("lasso", RIDGE, "choose one of: ridge, logistic"),
+    ("ridge", {"alpha": 1.0, "standardize": True}, "alpha, standardize, fit_intercept; missing: fit_intercept"),
+    ("ridge", {**RIDGE, "lambda": 1.0}, "unknown: lambda"),
+    ("logistic", {**LOGISTIC, "solver": "saga"}, "choose one of: torch, sklearn"),
+    ("logistic", {**LOGISTIC, "C": 0.0}, "C > 0"),
+])
+def test_a_bad_method_or_setting_names_the_valid_choices(method, settings, message):
+    x, labels = blobs(5, 2, 3)
+    with pytest.raises(ValueError, match=message):
+        fit_probes(x, labels, 2, method=method, settings=settings, progress=False)
+
+
+@pytest.mark.parametrize("method, settings", [("ridge", {**RIDGE, "standardize": True}), ("logistic", LOGISTIC)])
+def test_fitting_twice_gives_bit_identical_heads(method, settings):
+    x, labels = blobs(20, 4, 6, layers=2, spread=1.5)
+    first = fit_probes(x, labels, 4, method=method, settings=settings, progress=False)
+    second = fit_probes(x, labels, 4, method=method, settings=settings, progress=False)
+    for a, b in zip(first, second):
+        assert torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias)
