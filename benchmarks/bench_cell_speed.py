@@ -106,7 +106,10 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--base", action="store_true", help="ViT-B/16 shape (use on a GPU)")
+    parser.add_argument("--no-flush-denormal", action="store_true",
+                        help="keep subnormal floats (cells flush them by default: compute.flush_denormal)")
     args = parser.parse_args()
+    torch.set_flush_denormal(not args.no_flush_denormal)  # for both paths, as a cell does
     torch.manual_seed(0)
     print(f"device {args.device}, dtype {args.dtype}, batch {args.batch_size}, {args.images} images, "
           f"{torch.get_num_threads()} threads")

@@ -92,3 +92,13 @@ def test_a_second_cell_does_not_rerun_the_unmodified_pass(cache_dir, plain_vit):
     again = run(cache_dir, "model=toy_vit", "intervention=none", "layer=4")
     assert again.compute["block_calls"] == 0
     assert again.artifacts["features"] == plain_vit.artifacts["features"]
+
+
+def test_cached_artifacts_give_bit_identical_metrics_to_recomputation(cache_dir, tmp_path, plain_vit):
+    """With the cache off, everything (toy training included) is recomputed in a temporary
+    folder; the measurement must not change by a single bit."""
+    cfg = compose_cell("model=toy_vit", "intervention=none", "layer=-1", "cache.enabled=false")
+    recomputed = measure(cfg, cell_spec(cfg), ArtifactCache(tmp_path, enabled=False))
+    assert recomputed.metrics == plain_vit.metrics
+    for key, values in plain_vit.outcomes.items():
+        assert torch.equal(recomputed.outcomes[key], values), key

@@ -12,14 +12,15 @@ RIDGE = {"alpha": 0.5, "standardize": False, "fit_intercept": False}
 LOGISTIC = {"C": 0.5, "max_iter": 1000, "tol": 1e-6, "standardize": True, "solver": "torch"}
 
 
-def blobs(n_per_class: int, n_classes: int, dim: int, *, layers: int = 1, spread: float = 1.0, seed: int = 0):
+def blobs(n_per_class: int, n_classes: int, dim: int, *, layers: int = 1, spread: float = 1.0, draw: int = 0):
     """Gaussian classes with a per-feature offset and scale (so standardising matters),
-    as ((layers, n, dim) features, (n,) labels); each layer is a fresh draw."""
-    g = torch.Generator().manual_seed(seed)
+    as ((layers, n, dim) features, (n,) labels); each layer is a fresh draw. The classes
+    are fixed; `draw` seeds the noise, so draw=1 is a validation set for draw=0."""
+    classes, noise = torch.Generator().manual_seed(0), torch.Generator().manual_seed(1 + draw)
     labels = torch.arange(n_classes).repeat_interleave(n_per_class)
-    means = torch.randn(n_classes, dim, generator=g) * 2
-    scale, offset = torch.rand(dim, generator=g) * 3 + 0.5, torch.randn(dim, generator=g) * 5
-    x = torch.stack([(means[labels] + spread * torch.randn(len(labels), dim, generator=g)) * scale + offset
+    means = torch.randn(n_classes, dim, generator=classes) * 2
+    scale, offset = torch.rand(dim, generator=classes) * 3 + 0.5, torch.randn(dim, generator=classes) * 5
+    x = torch.stack([(means[labels] + spread * torch.randn(len(labels), dim, generator=noise)) * scale + offset
                      for _ in range(layers)])
     return x, labels
 
@@ -32,7 +33,7 @@ def accuracy(head: LinearHead, x: torch.Tensor, labels: torch.Tensor) -> float:
 
 def test_ridge_solves_the_normal_equations_on_plus_minus_one_targets():
     x, labels = blobs(20, 4, 6)
-    (head,) = fit_probes(x, labels, 4, method="ridge", settings=RIDGE, progress=False)
+    (head,) = fit_probes(x, labels, 4, method="ridge", settings=RIDGE)
     X = x[0].double().numpy()
     Y = 2 * np.eye(4)[labels.numpy()] - 1                                # +1 for the true class, -1 otherwise
     W = np.linalg.solve(X.T @ X + 0.5 * np.eye(6), X.T @ Y)
@@ -42,7 +43,7 @@ def test_ridge_solves_the_normal_equations_on_plus_minus_one_targets():
 
 def test_ridge_with_an_intercept_centres_features_and_targets():
     x, labels = blobs(20, 4, 6)
-    (head,) = fit_probes(x, labels, 4, method="ridge", settings={**RIDGE, "fit_intercept": True}, progress=False)
+    (head,) = fit_probes(x, labels, 4, method="ridge", settings={**RIDGE, "fit_intercept": True})
     X = x[0].double().numpy()
     Y = 2 * np.eye(4)[labels.numpy()] - 1
     Xc, Yc = X - X.mean(0), Y - Y.mean(0)
@@ -55,15 +56,15 @@ def test_ridge_with_an_intercept_centres_features_and_targets():
 def test_standardisation_is_folded_into_a_head_on_raw_features(method, settings):
     x, labels = blobs(30, 3, 5)
     z = (x - x.mean(1, keepdim=True)) / x.std(1, correction=0, keepdim=True)   # population std, like sklearn
-    (on_raw,) = fit_probes(x, labels, 3, method=method, settings={**settings, "standardize": True}, progress=False)
-    (on_z,) = fit_probes(z, labels, 3, method=method, settings={**settings, "standardize": False}, progress=False)
+    (on_raw,) = fit_probes(x, labels, 3, method=method, settings={**settings, "standardize": True})
+    (on_z,) = fit_probes(z, labels, 3, method=method, settings={**settings, "standardize": False})
     torch.testing.assert_close(on_raw.logits(x[0]), on_z.logits(z[0]), rtol=1e-4, atol=1e-4)
 
 
 def test_ridge_separates_separable_classes():
     x, labels = blobs(25, 5, 10, spread=0.05)
-    test_x, test_labels = blobs(10, 5, 10, spread=0.05)                   # same means, fresh noise
-    (head,) = fit_probes(x, labels, 5, method="ridge", settings={**RIDGE, "fit_intercept": True}, progress=False)
+    test_x, test_labels = blobs(10, 5, 10, spread=0.05, draw=1)
+    (head,) = fit_probes(x, labels, 5, method="ridge", settings={**RIDGE, "fit_intercept": True})
     assert accuracy(head, x[0], labels) == 1.0
     assert accuracy(head, test_x[0], test_labels) == 1.0
 
@@ -72,10 +73,9 @@ def test_ridge_separates_separable_classes():
 
 def test_logistic_torch_solver_matches_scikit_learn_at_the_same_C():
     x, labels = blobs(40, 4, 8, layers=2, spread=1.5)
-    val_x, val_labels = blobs(40, 4, 8, layers=2, spread=1.5, seed=0)
-    val_x = val_x + 0.1 * torch.randn(val_x.shape, generator=torch.Generator().manual_seed(1))
-    ours = fit_probes(x, labels, 4, method="logistic", settings=LOGISTIC, progress=False)
-    theirs = fit_probes(x, labels, 4, method="logistic", settings={**LOGISTIC, "solver": "sklearn"}, progress=False)
+    val_x, val_labels = blobs(40, 4, 8, layers=2, spread=1.5, draw=1)
+    ours = fit_probes(x, labels, 4, method="logistic", settings=LOGISTIC)
+    theirs = fit_probes(x, labels, 4, method="logistic", settings={**LOGISTIC, "solver": "sklearn"})
     for layer in range(2):
         torch.testing.assert_close(ours[layer].logits(x[layer]).softmax(1), theirs[layer].logits(x[layer]).softmax(1),
                                    rtol=0, atol=2e-4)
@@ -85,7 +85,7 @@ def test_logistic_torch_solver_matches_scikit_learn_at_the_same_C():
 
 def test_the_sklearn_solver_is_scikit_learn_on_standardised_features():
     x, labels = blobs(30, 3, 5, spread=2.0)
-    (head,) = fit_probes(x, labels, 3, method="logistic", settings={**LOGISTIC, "solver": "sklearn"}, progress=False)
+    (head,) = fit_probes(x, labels, 3, method="logistic", settings={**LOGISTIC, "solver": "sklearn"})
     z = ((x[0] - x[0].mean(0)) / x[0].std(0, correction=0)).double().numpy()
     model = LogisticRegression(C=0.5, max_iter=1000, tol=1e-6).fit(z, labels.numpy())
     np.testing.assert_allclose(head.logits(x[0]).softmax(1).numpy(), model.predict_proba(z), atol=1e-5)
@@ -93,7 +93,7 @@ def test_the_sklearn_solver_is_scikit_learn_on_standardised_features():
 
 def test_two_classes_through_sklearn_give_its_binary_probabilities():
     x, labels = blobs(30, 2, 4, spread=2.0)
-    (head,) = fit_probes(x, labels, 2, method="logistic", settings={**LOGISTIC, "solver": "sklearn"}, progress=False)
+    (head,) = fit_probes(x, labels, 2, method="logistic", settings={**LOGISTIC, "solver": "sklearn"})
     z = ((x[0] - x[0].mean(0)) / x[0].std(0, correction=0)).double().numpy()
     model = LogisticRegression(C=0.5, max_iter=1000, tol=1e-6).fit(z, labels.numpy())
     np.testing.assert_allclose(head.logits(x[0]).softmax(1).numpy(), model.predict_proba(z), atol=1e-5)
@@ -102,7 +102,7 @@ def test_two_classes_through_sklearn_give_its_binary_probabilities():
 def test_logistic_needs_every_class_in_the_training_labels():
     x, labels = blobs(10, 3, 4)
     with pytest.raises(ValueError, match="missing: \\[3\\]"):
-        fit_probes(x, labels, 4, method="logistic", settings=LOGISTIC, progress=False)
+        fit_probes(x, labels, 4, method="logistic", settings=LOGISTIC)
 
 
 # -- layers, heads, settings, determinism -------------------------------------------------
@@ -110,9 +110,9 @@ def test_logistic_needs_every_class_in_the_training_labels():
 @pytest.mark.parametrize("method, settings", [("ridge", RIDGE), ("logistic", LOGISTIC)])
 def test_a_batch_of_layers_gives_what_fitting_each_layer_alone_gives(method, settings):
     x, labels = blobs(20, 4, 6, layers=3, spread=1.5)
-    together = fit_probes(x, labels, 4, method=method, settings=settings, progress=False)
+    together = fit_probes(x, labels, 4, method=method, settings=settings)
     for layer in range(3):
-        (alone,) = fit_probes(x[layer], labels, 4, method=method, settings=settings, progress=False)  # (n, D): one
+        (alone,) = fit_probes(x[layer], labels, 4, method=method, settings=settings)  # (n, D): one
         torch.testing.assert_close(together[layer].weight, alone.weight, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(together[layer].bias, alone.bias, rtol=1e-5, atol=1e-6)
 
@@ -137,13 +137,13 @@ def test_a_head_survives_a_state_dict_round_trip():
 def test_a_bad_method_or_setting_names_the_valid_choices(method, settings, message):
     x, labels = blobs(5, 2, 3)
     with pytest.raises(ValueError, match=message):
-        fit_probes(x, labels, 2, method=method, settings=settings, progress=False)
+        fit_probes(x, labels, 2, method=method, settings=settings)
 
 
 @pytest.mark.parametrize("method, settings", [("ridge", {**RIDGE, "standardize": True}), ("logistic", LOGISTIC)])
 def test_fitting_twice_gives_bit_identical_heads(method, settings):
     x, labels = blobs(20, 4, 6, layers=2, spread=1.5)
-    first = fit_probes(x, labels, 4, method=method, settings=settings, progress=False)
-    second = fit_probes(x, labels, 4, method=method, settings=settings, progress=False)
+    first = fit_probes(x, labels, 4, method=method, settings=settings)
+    second = fit_probes(x, labels, 4, method=method, settings=settings)
     for a, b in zip(first, second):
         assert torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias)
