@@ -13,7 +13,8 @@ from typing import Any
 
 import torch
 
-INTERVENTIONS = ("none", "shuffle", "zero", "mean", "noise", "reset")
+from sweep.cellspec import INTERVENTIONS
+
 PERMUTATIONS = ("derangement", "randperm", "identity")
 
 
