@@ -13,10 +13,12 @@ from pathlib import Path
 
 import pytest
 
+import sweep.cache
 from sweep.cache import (
     LAST_USED_NAME,
     MANIFEST_NAME,
     ArtifactCache,
+    CorruptEntryError,
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
@@ -189,6 +191,53 @@ def test_deleted_file_is_detected_and_recomputed(tmp_path):
     compute = Features()
     cache.get_or_compute("features", SPEC, compute)
     assert compute.calls == 1 and (entry / "meta" / "info.json").exists()
+
+
+def flip_a_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[10] ^= 0xFF
+    path.write_bytes(data)  # same size: only the hash can tell
+
+
+def test_lazy_files_are_hashed_only_when_read_and_never_used_corrupt(tmp_path, caplog):
+    """An entry whose big files a reader may not need: one hidden-state file per layer,
+    of which a cell reads one. The get checks their sizes; verified() checks the hash."""
+    cache = ArtifactCache(tmp_path, verify="full")
+    entry = cache.get_or_compute("features", SPEC, Features(), lazy=("features.bin",))
+    flip_a_byte(entry / "features.bin")
+
+    compute = Features()
+    assert cache.get_or_compute("features", SPEC, compute, lazy=("features.bin",)) == entry
+    assert compute.calls == 0  # the other files are fine, and this one was not read
+    assert cache.verified(entry, "meta/info.json") == entry / "meta" / "info.json"
+    with caplog.at_level(logging.WARNING, logger="sweep.cache"), pytest.raises(CorruptEntryError, match="sha256"):
+        cache.verified(entry, "features.bin")
+
+    assert not entry.exists() and cache.stats.corrupt == 1  # removed before anyone else reads it
+    again = cache.get_or_compute("features", SPEC, compute, lazy=("features.bin",))
+    assert compute.calls == 1 and cache.verified(again, "features.bin").read_bytes() == compute.payload
+    assert "corrupt cache entry" in caplog.text
+
+
+def test_a_process_remembers_hashes_until_the_file_changes(tmp_path, monkeypatch):
+    # Cells in one sweep process read the same entries; hashing them once is enough while
+    # the file's inode, size and timestamps stay put. (Normally only files whose
+    # timestamps are 2 s old are remembered; here every file is, to see it happen.)
+    monkeypatch.setattr(sweep.cache, "_RACY_NS", -1)
+    monkeypatch.setattr(sweep.cache, "_HASH_MEMO", {})
+    hashed: list[str] = []
+    real_sha256 = sweep.cache._sha256
+    monkeypatch.setattr(sweep.cache, "_sha256", lambda path: hashed.append(path.name) or real_sha256(path))
+    cache = ArtifactCache(tmp_path, verify="full")
+    entry = cache.get_or_compute("features", SPEC, Features())
+    for _ in range(3):
+        cache.get_or_compute("features", SPEC, Features())
+    assert sorted(hashed) == ["features.bin", "info.json"]  # once each, however many reads
+
+    flip_a_byte(entry / "features.bin")  # a write changes the signature
+    compute = Features()
+    cache.get_or_compute("features", SPEC, compute)
+    assert compute.calls == 1 and cache.stats.corrupt == 1
 
 
 def test_entry_without_manifest_is_not_used(tmp_path):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import shutil
+
 import pytest
 import torch
 
@@ -11,9 +14,10 @@ from sweep.cell import measure
 from sweep.cellspec import cell_spec
 
 
-def run(cache_dir, *overrides):
+def run(cache, *overrides):
+    """Measure the cell the overrides name, with `cache` (an ArtifactCache or its folder)."""
     cfg = compose_cell(*overrides)
-    return measure(cfg, cell_spec(cfg), ArtifactCache(cache_dir))
+    return measure(cfg, cell_spec(cfg), cache if isinstance(cache, ArtifactCache) else ArtifactCache(cache))
 
 
 @pytest.fixture(scope="module")
@@ -102,3 +106,47 @@ def test_cached_artifacts_give_bit_identical_metrics_to_recomputation(cache_dir,
     assert recomputed.metrics == plain_vit.metrics
     for key, values in plain_vit.outcomes.items():
         assert torch.equal(recomputed.outcomes[key], values), key
+
+
+def test_a_corrupt_hidden_state_file_is_recomputed_not_used(cache_dir, tmp_path, caplog):
+    """Cells hash only the hidden-state file they read; a bad one costs a recomputation
+    of the unmodified pass and gives the same measurement as an intact cache."""
+    intact = run(cache_dir, "model=toy_vit", "intervention=shuffle", "layer=3")
+    copy = tmp_path / "cache"
+    shutil.copytree(cache_dir, copy)
+    layer_file = copy / "features" / intact.artifacts["features"] / "hidden" / "layer_003.npy"
+    data = bytearray(layer_file.read_bytes())
+    data[-1] ^= 0xFF  # a flipped bit in the last value; the size is unchanged
+    layer_file.write_bytes(data)
+
+    cache = ArtifactCache(copy)
+    with caplog.at_level(logging.WARNING):
+        again = run(cache, "model=toy_vit", "intervention=shuffle", "layer=3")
+
+    assert cache.stats.corrupt == 1 and "measuring the cell again" in caplog.text
+    assert again.compute["block_calls_by_purpose"]["features"] > 0  # the unmodified pass ran again
+    assert again.metrics == intact.metrics
+    assert torch.equal(again.outcomes["rank"], intact.outcomes["rank"])
+
+
+def test_cells_read_pixels_only_when_they_need_them(cache_dir, tmp_path):
+    """A cell resumed from cached hidden states never opens the validation images; a
+    full-pass cell does, and so finds (and recomputes) a corrupt image file."""
+    intact = run(cache_dir, "model=toy_vit", "intervention=shuffle", "layer=3")
+    copy = tmp_path / "cache"
+    shutil.copytree(cache_dir, copy)
+    images = copy / "images" / intact.artifacts["images"] / "val.safetensors"
+    data = bytearray(images.read_bytes())
+    data[-1] ^= 0xFF
+    images.write_bytes(data)
+
+    resumed_cache = ArtifactCache(copy)
+    resumed = run(resumed_cache, "model=toy_vit", "intervention=shuffle", "layer=3")
+    assert resumed.compute["resumed_from_hidden"] and resumed_cache.stats.corrupt == 0
+    assert resumed.metrics == intact.metrics
+
+    full_pass_cache = ArtifactCache(copy)
+    full_pass = run(full_pass_cache, "model=toy_vit", "intervention=shuffle", "layer=3",
+                    "compute.resume_from_hidden=false")
+    assert not full_pass.compute["resumed_from_hidden"] and full_pass_cache.stats.corrupt == 1
+    assert full_pass.metrics == intact.metrics

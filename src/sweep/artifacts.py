@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from functools import partial
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from sweep.cache import ArtifactCache, content_key
@@ -48,10 +50,35 @@ class ComputeLedger:
         return sum(self.block_calls.values())
 
 
-@dataclass(frozen=True)
 class Split:
-    images: torch.Tensor  # (n, 3, H, W) uint8
-    labels: torch.Tensor  # (n,)
+    """One split's preprocessed images and labels, read (and hash-checked) from the cache
+    on first use: a cell that starts from cached features never touches pixels, and at
+    ImageNet scale they are gigabytes."""
+
+    def __init__(self, path: Path, verified: Callable[[], Path]) -> None:
+        self._path, self._verified = path, verified
+        self._tensors: dict[str, torch.Tensor] | None = None
+
+    def __len__(self) -> int:
+        if self._tensors is None:  # from the header alone: no pixels read
+            with safe_open(self._path, framework="pt") as f:
+                return int(f.get_slice("labels").get_shape()[0])
+        return len(self._tensors["labels"])
+
+    @property
+    def images(self) -> torch.Tensor:
+        """(n, 3, H, W) uint8."""
+        return self._load()["images"]
+
+    @property
+    def labels(self) -> torch.Tensor:
+        """(n,) class indices."""
+        return self._load()["labels"]
+
+    def _load(self) -> dict[str, torch.Tensor]:
+        if self._tensors is None:
+            self._tensors = load_file(self._verified())
+        return self._tensors
 
 
 @dataclass(frozen=True)
@@ -64,11 +91,19 @@ class Features:
     labels: dict[str, torch.Tensor]
     directory: Path
     has_hidden: bool
+    verified: Callable[[str], Path]  # a file of the entry, checked against its manifest
 
     def hidden(self, layer: int) -> torch.Tensor:
-        """Validation hidden state `layer`, (n, T, D), memory-mapped from the cache."""
+        """Validation hidden state `layer`, (n, T, D), memory-mapped from the cache. Only
+        this layer's file is hashed: a cell reads one of N + 1."""
+        path = self.verified(f"hidden/layer_{layer:03d}.npy")
         # Copy-on-write mapping: pages load lazily and the cache entry itself is never written.
-        return torch.from_numpy(np.load(self.directory / "hidden" / f"layer_{layer:03d}.npy", mmap_mode="c"))
+        return torch.from_numpy(np.load(path, mmap_mode="c"))
+
+
+def _write_seconds(out: Path, seconds: Mapping[str, float]) -> None:
+    """How long each split took to compute, for benchmarks (bench_sweep_compute --scaling)."""
+    (out / "meta.json").write_text(json.dumps({"seconds": dict(seconds)}))
 
 
 def _read_json(path: Path) -> Any:
@@ -87,15 +122,18 @@ class Artifacts:
         spec = {"data": dict(data), "preprocess": dict(preprocess)}
 
         def compute(out: Path) -> None:
+            seconds = {}
             for split in SPLITS:
+                started = time.perf_counter()
                 images, labels = preprocess_split(load_split(data, split), preprocess)
                 save_file({"images": images, "labels": labels}, out / f"{split}.safetensors")
+                seconds[split] = time.perf_counter() - started
+            _write_seconds(out, seconds)
 
-        folder = self.cache.get_or_compute("images", spec, compute, description=f"{data['name']} images")
-        splits = {}
-        for split in SPLITS:
-            tensors = load_file(folder / f"{split}.safetensors")
-            splits[split] = Split(tensors["images"], tensors["labels"])
+        folder = self.cache.get_or_compute("images", spec, compute, lazy=("*.safetensors",),
+                                           description=f"{data['name']} images")
+        splits = {split: Split(folder / f"{split}.safetensors", partial(self.cache.verified, folder, f"{split}.safetensors"))
+                  for split in SPLITS}
         return content_key("images", spec), splits
 
     # -- model ----------------------------------------------------------------------
@@ -129,8 +167,8 @@ class Artifacts:
                  splits: Mapping[str, Split]) -> Features:
         adapter = loaded.adapter
         readouts = sorted(self.cfg["model"]["readouts"])
-        n_val = len(splits["val"].labels)
-        tokens = self._n_tokens(loaded, splits["val"])
+        n_val = len(splits["val"])
+        tokens = self._n_tokens(loaded)
         hidden_bytes = n_val * (adapter.n_layers + 1) * tokens * adapter.hidden_size * 4
         keep_hidden = hidden_bytes <= float(self.compute["hidden_cache_budget_gb"]) * 2**30
         spec = {"model": dict(model_identity), "images": images_key, "readouts": readouts,
@@ -139,24 +177,28 @@ class Artifacts:
                 "hidden_states": keep_hidden}
 
         def compute(out: Path) -> None:
-            started = time.perf_counter()
+            seconds = {}
             for split in SPLITS:
+                started = time.perf_counter()
                 self._unmodified_pass(loaded, splits[split], readouts, out, split,
                                       keep_hidden=keep_hidden and split == "val")
-            (out / "meta.json").write_text(json.dumps({"seconds": time.perf_counter() - started}))
+                seconds[split] = time.perf_counter() - started
+            _write_seconds(out, seconds)
 
         key = content_key("features", spec)
-        folder = self.cache.get_or_compute("features", spec, compute, description=f"{self.cfg['model']['name']} unmodified pass")
+        folder = self.cache.get_or_compute("features", spec, compute, lazy=("hidden/*",),
+                                           description=f"{self.cfg['model']['name']} unmodified pass")
         cls, readout, labels = {}, {}, {}
         for split in SPLITS:
             tensors = load_file(folder / f"{split}.safetensors")
             cls[split], labels[split] = tensors["cls"], tensors["labels"]
             readout[split] = {r: tensors[f"readout.{r}"] for r in readouts}
-        return Features(key, cls, readout, labels, folder, keep_hidden)
+        return Features(key, cls, readout, labels, folder, keep_hidden, partial(self.cache.verified, folder))
 
-    def _n_tokens(self, loaded: LoadedModel, split: Split) -> int:
+    def _n_tokens(self, loaded: LoadedModel) -> int:
+        crop = int(self.cfg["model"]["preprocess"]["crop"])
         with torch.no_grad():
-            return int(loaded.adapter.embed(self.pixels(split.images[:1])).shape[1])
+            return int(loaded.adapter.embed(self.pixels(torch.zeros(1, 3, crop, crop, dtype=torch.uint8))).shape[1])
 
     def pixels(self, images: torch.Tensor) -> torch.Tensor:
         return normalise(images.to(self.device, non_blocking=True), self.cfg["model"]["preprocess"])
@@ -167,7 +209,7 @@ class Artifacts:
 
     def _unmodified_pass(self, loaded: LoadedModel, split: Split, readouts: list[str], out: Path,
                          name: str, *, keep_hidden: bool) -> None:
-        adapter, n = loaded.adapter, len(split.labels)
+        adapter, n = loaded.adapter, len(split)
         cls = torch.empty(adapter.n_layers + 1, n, adapter.hidden_size)
         features: dict[str, list[torch.Tensor]] = {r: [] for r in readouts}
         hidden_files: list[np.memmap] = []

@@ -24,6 +24,7 @@ This module must not import torch: the ``sweep-cache`` CLI imports it and has to
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import hashlib
 import json
 import logging
@@ -62,6 +63,11 @@ _RESERVED_ENTRY_NAMES = frozenset({MANIFEST_NAME, LAST_USED_NAME})
 _UNCACHED_PREFIX = "_uncached"
 _TRASH_PREFIX = "_trash"
 _HASH_CHUNK = 1 << 20
+# A file's hash is remembered (per process, by inode, size, mtime and ctime) only once its
+# timestamps are this old: filesystems stamp with a coarse clock, so a write in the same
+# tick as the hash could otherwise keep the signature ("racy git").
+_RACY_NS = 2_000_000_000
+_HASH_MEMO: dict[str, tuple[tuple[int, int, int, int], str]] = {}
 _SECONDS_PER_DAY = 86400.0
 _BYTES_PER_GB = 1e9  # decimal, as in the CLI's sizes
 
@@ -189,6 +195,11 @@ def content_key(kind: str, spec: Mapping[str, Any]) -> str:
 # --------------------------------------------------------------------------- results
 
 
+class CorruptEntryError(RuntimeError):
+    """A lazily verified file did not match its manifest. The entry has been removed, so
+    asking for it again recomputes it."""
+
+
 @dataclass
 class CacheStats:
     """Counters for this ArtifactCache object, so tests and benchmarks can tell hits from
@@ -260,9 +271,10 @@ class ArtifactCache:
         verify: str = "full",
         lock_timeout_s: float = -1,
     ) -> None:
-        """`verify`: "full" re-hashes every file on every read (catches bit flips and
-        in-place edits); "size" checks sizes only (catches truncation, fast for large
-        artifacts). `lock_timeout_s`: how long to wait for another process computing the
+        """`verify`: "full" hashes every file on every read (catches bit flips and
+        in-place edits; a process remembers a hash while the file's inode, size and
+        timestamps are unchanged); "size" checks sizes only (catches truncation, fast for
+        large artifacts). `lock_timeout_s`: how long to wait for another process computing the
         same entry; -1 waits forever, since that process is doing our work for us.
         `enabled=False` computes every time into a fresh directory and shares nothing, to
         check that cached artifacts equal recomputation."""
@@ -326,8 +338,9 @@ class ArtifactCache:
         key = content_key(kind, spec)
         return self._problem(self._entry_path(kind, key), kind, key) is None
 
-    def _problem(self, entry: Path, kind: str, key: str) -> str | None:
-        """Why `entry` must not be used, or None if it matches its manifest."""
+    def _problem(self, entry: Path, kind: str, key: str, lazy: Sequence[str] = ()) -> str | None:
+        """Why `entry` must not be used, or None if it matches its manifest. Files matching
+        a `lazy` pattern are checked by size only; their reader calls verified()."""
         if not entry.exists():
             return "missing"
         manifest_path = entry / MANIFEST_NAME
@@ -356,11 +369,12 @@ class ArtifactCache:
                 return f"file {rel} is missing"
             if size != meta.get("size"):
                 return f"file {rel} has {size} bytes, manifest says {meta.get('size')}"
-            checked.append((path, rel, str(meta.get("sha256"))))
+            if not any(fnmatch.fnmatchcase(rel, pattern) for pattern in lazy):
+                checked.append((path, rel, str(meta.get("sha256"))))
         if self.verify == "full":  # after all sizes: a missing file is found without hashing the rest
             for path, rel, expected in checked:
                 try:
-                    actual = _sha256(path)
+                    actual = _sha256_remembered(path)
                 except OSError as exc:
                     return f"file {rel} is unreadable: {exc}"
                 if actual != expected:
@@ -376,20 +390,25 @@ class ArtifactCache:
         compute: Callable[[Path], None],
         *,
         description: str = "",
+        lazy: Sequence[str] = (),
     ) -> Path:
         """Return the directory of a complete, verified artifact for (kind, spec), calling
         `compute(tmp_dir)` to write its files into an empty directory only if no good entry
         exists. Concurrent callers for the same entry (other processes, other hosts) wait
         for one compute instead of repeating it. A corrupt entry is logged, removed and
         recomputed, never returned. If compute raises, nothing is published and the
-        exception propagates. `description` only goes into logs and the manifest."""
+        exception propagates. `description` only goes into logs and the manifest.
+
+        `lazy`: glob patterns (relative paths) of large files that a reader may not need,
+        such as one hidden-state file per layer of which a cell reads one. They are checked
+        by size here, and by hash only when the reader asks for them through verified()."""
         key = content_key(kind, spec)
         if not self.enabled:
             return self._compute_uncached(kind, key, spec, compute, description)
 
         entry = self._entry_path(kind, key)
         # Fast path without the lock: entries are immutable once renamed into place.
-        if self._problem(entry, kind, key) is None:
+        if self._problem(entry, kind, key, lazy) is None:
             return self._hit(entry, kind, key, description)
 
         lock = self._lock(kind, key, self.lock_timeout_s)
@@ -402,7 +421,7 @@ class ArtifactCache:
             ) from exc
         try:
             # Re-check: whoever held the lock may just have published it.
-            problem = self._problem(entry, kind, key)
+            problem = self._problem(entry, kind, key, lazy)
             if problem is None:
                 return self._hit(entry, kind, key, description)
             if problem != "missing":
@@ -419,6 +438,42 @@ class ArtifactCache:
             return entry
         finally:
             lock.release()
+
+    def verified(self, entry: Path, rel: str) -> Path:
+        """The path of file `rel` in `entry` (as returned by get_or_compute), once it has
+        been checked against the manifest: the second half of a `lazy` get. A mismatch
+        removes the entry and raises CorruptEntryError, so the file is never used."""
+        path = entry / rel
+        if self.verify != "full":
+            return path  # sizes were checked when the entry was got
+        problem = self._file_problem(entry, rel)
+        if problem is None:
+            return path
+        kind, key = entry.parent.name, entry.name
+        logger.warning("corrupt cache entry %s: %s; removing it", entry, problem)
+        self.stats.corrupt += 1
+        if not self.enabled:  # a private uncached directory: nobody else can be using it
+            self._discard(entry, None, None)
+        else:
+            with self._lock(kind, key, self.lock_timeout_s):
+                # Someone may have replaced it already; remove only what is still bad.
+                if entry.exists() and self._file_problem(entry, rel) is not None:
+                    self._discard(entry, kind, key)
+        raise CorruptEntryError(f"cache entry {entry}: {problem}; it was removed and will be recomputed")
+
+    def _file_problem(self, entry: Path, rel: str) -> str | None:
+        try:
+            files = json.loads((entry / MANIFEST_NAME).read_text(encoding="utf-8"))["files"]
+            expected = files[rel]["sha256"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            return f"{MANIFEST_NAME} has no usable entry for {rel!r} ({exc})"
+        try:
+            actual = _sha256_remembered(entry / rel)
+        except OSError as exc:
+            return f"file {rel} is unreadable: {exc}"
+        if actual != expected:
+            return f"file {rel} has sha256 {actual[:12]}..., manifest says {str(expected)[:12]}..."
+        return None
 
     def _hit(self, entry: Path, kind: str, key: str, description: str) -> Path:
         logger.debug("cache hit %s %s (%s) at %s", kind, key, description, entry)
@@ -652,6 +707,22 @@ def _sha256(path: Path) -> str:
         while chunk := f.read(_HASH_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def _sha256_remembered(path: Path) -> str:
+    """_sha256, remembered for this process while the file's inode, size and timestamps
+    stay the same: cells of one sweep process share entries, and re-hashing gigabytes of
+    hidden states per cell would cost more than the cell. Any write through the
+    filesystem changes the signature; a new process always hashes again."""
+    st = path.stat()
+    signature = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    remembered = _HASH_MEMO.get(str(path))
+    if remembered is not None and remembered[0] == signature:
+        return remembered[1]
+    digest = _sha256(path)
+    if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > _RACY_NS:
+        _HASH_MEMO[str(path)] = (signature, digest)
+    return digest
 
 
 def _describe_files(tmp: Path) -> dict[str, dict[str, Any]]:

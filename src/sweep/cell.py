@@ -7,6 +7,7 @@ starting from the cached hidden state L when it exists, else a full pass with a 
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -14,13 +15,16 @@ from typing import Any
 
 import torch
 
-from sweep.artifacts import Artifacts, ComputeLedger, Features
-from sweep.cache import ArtifactCache
+from sweep.artifacts import Artifacts, ComputeLedger, Features, Split
+from sweep.cache import ArtifactCache, CorruptEntryError
 from sweep.cellspec import CellSpec
 from sweep.data import batches
 from sweep.interventions import replacement_cls
 from sweep.metrics import rank_metrics, true_class_ranks
 from sweep.models import LoadedModel
+from sweep.probes import LinearHead
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,16 @@ def pick_device(setting: str) -> torch.device:
 
 
 def measure(cfg: Mapping[str, Any], spec: CellSpec, cache: ArtifactCache) -> CellResult:
+    """Measure one cell. A cached file found corrupt while reading (its entry is removed
+    then) costs one more attempt, which recomputes that entry."""
+    try:
+        return _measure(cfg, spec, cache)
+    except CorruptEntryError as exc:
+        logger.warning("%s; measuring the cell again", exc)
+        return _measure(cfg, spec, cache)
+
+
+def _measure(cfg: Mapping[str, Any], spec: CellSpec, cache: ArtifactCache) -> CellResult:
     started = time.perf_counter()
     torch.set_flush_denormal(bool(cfg["compute"]["flush_denormal"]))
     device = pick_device(str(cfg["compute"]["device"]))
@@ -52,16 +66,17 @@ def measure(cfg: Mapping[str, Any], spec: CellSpec, cache: ArtifactCache) -> Cel
     for readout, settings in cfg["model"]["readouts"].items():
         if settings["head"] == "fitted":
             loaded.adapter.install_head(readout, artifacts.fitted_head(features, readout))
+    probes = artifacts.probes(features) if spec.intervention == "none" else None
     prepared = time.perf_counter()
 
     labels = features.labels["val"]
-    logits, resumed = _intervened_logits(cfg, spec, artifacts, loaded, features, splits["val"].images)
+    logits, resumed = _intervened_logits(cfg, spec, artifacts, loaded, features, splits["val"])
     ranks = true_class_ranks(logits, labels)
     metrics = {k: v for k, v in rank_metrics(logits, labels).items() if k in ("accuracy", "top5")}
     metrics["chance"] = 1.0 / logits.shape[1]
     outcomes = {"label": labels, "predicted": logits.argmax(1), "rank": ranks}
-    if spec.intervention == "none":
-        metrics.update(_layer_readouts(cfg, spec, artifacts, loaded, features, outcomes))
+    if probes is not None:
+        metrics.update(_layer_readouts(cfg, spec, artifacts, loaded, features, probes, outcomes))
     finished = time.perf_counter()
 
     return CellResult(
@@ -78,7 +93,7 @@ def measure(cfg: Mapping[str, Any], spec: CellSpec, cache: ArtifactCache) -> Cel
 
 
 def _intervened_logits(cfg: Mapping[str, Any], spec: CellSpec, artifacts: Artifacts, loaded: LoadedModel,
-                       features: Features, images: torch.Tensor) -> tuple[torch.Tensor, bool]:
+                       features: Features, val: Split) -> tuple[torch.Tensor, bool]:
     """Validation logits under the intervention, batch by batch in the canonical order
     (the same batches as the features pass, so an identity edit is bit-for-bit a no-op)."""
     adapter, readout = loaded.adapter, spec.readout
@@ -103,19 +118,20 @@ def _intervened_logits(cfg: Mapping[str, Any], spec: CellSpec, artifacts: Artifa
                 artifacts.ledger.add("cell", (adapter.n_layers - spec.layer) * (part.stop - part.start))
             else:
                 with adapter.cls_edit(spec.layer, lambda _cls, part=part: replacement[part]):
-                    *_, hidden = adapter.hidden_states(artifacts.pixels(images[part]))
+                    *_, hidden = adapter.hidden_states(artifacts.pixels(val.images[part]))
                 artifacts.ledger.add("cell", adapter.n_layers * (part.stop - part.start))
             out.append(adapter.logits(hidden, readout).float().cpu())
     return torch.cat(out), resume
 
 
 def _layer_readouts(cfg: Mapping[str, Any], spec: CellSpec, artifacts: Artifacts, loaded: LoadedModel,
-                    features: Features, outcomes: dict[str, torch.Tensor]) -> dict[str, float]:
+                    features: Features, probes: tuple[list[LinearHead], list[dict[str, float]]],
+                    outcomes: dict[str, torch.Tensor]) -> dict[str, float]:
     """What layer L's CLS already says: the probe, the last layer's probe, and the
     class-embedding projection through the final norm and head."""
     adapter = loaded.adapter
     labels, cls = features.labels["val"], features.cls["val"][spec.layer]
-    heads, scores = artifacts.probes(features)
+    heads, scores = probes
     head = adapter.head(str(cfg["model"]["projection_readout"]))
     with torch.inference_mode(), artifacts.autocast():
         projected = torch.cat([head(adapter.projection_features(cls[part].to(artifacts.device))).float().cpu()
