@@ -31,6 +31,10 @@ def test_a_toy_sweep_on_slurm_equals_the_same_sweep_run_locally(slurm_env, tmp_p
     assert "6 cells: 6 done" in on_slurm.stdout
     assert list((tmp_path / "multirun" / "slurm").glob(".submitit/*/*"))  # it really went through sbatch
     assert records(tmp_path / "multirun" / "slurm") == records(tmp_path / "multirun" / "local")
+    # The profile's setup gives torch one thread per CPU SLURM allotted (cpus_per_task: 1).
+    threads = {json.loads(p.read_text())["compute"]["cpu_threads"]
+               for p in (tmp_path / "multirun" / "slurm").rglob("result.json")}
+    assert threads == {1}
 
 
 def test_a_cell_preempted_through_slurm_is_requeued_and_completes(slurm_env, tmp_path):

@@ -85,7 +85,7 @@ def _measure(cfg: Mapping[str, Any], spec: CellSpec, cache: ArtifactCache) -> Ce
         counts={"n_train": len(features.labels["train"]), "n_val": len(labels), "n_classes": logits.shape[1]},
         compute={"block_calls": ledger.total, "block_calls_by_purpose": dict(ledger.block_calls),
                  "resumed_from_hidden": resumed, "device": device.type, "dtype": str(cfg["compute"]["dtype"]),
-                 "batch_size": int(cfg["compute"]["batch_size"])},
+                 "batch_size": int(cfg["compute"]["batch_size"]), "cpu_threads": torch.get_num_threads()},
         timings={"prepare_s": prepared - started, "measure_s": finished - prepared},
         model_revision=loaded.revision,
         artifacts={"images": images_key, "features": features.key},
