@@ -141,7 +141,8 @@ def scaling(models: str, val_per_class: int) -> None:
     print("\nper 1,000 validation images:")
     for r in rows:
         print(f"  {r['factor']}x: wall {1000 * r['wall'] / r['n']:6.2f} s, val-dependent {1000 * r['val_s'] / r['n']:6.3f} s "
-              f"(decoding {r['images_val_s']:.2f} s, unmodified pass {r['features_val_s']:.2f} s, cells {r['measure_s']:.2f} s), "
+              f"(decoding {1000 * r['images_val_s'] / r['n']:.2f} s, unmodified pass {1000 * r['features_val_s'] / r['n']:.2f} s, "
+              f"cells {1000 * r['measure_s'] / r['n']:.2f} s), "
               f"val-dependent cache {1000 * r['val_bytes'] / r['n'] / 2**20:6.2f} MiB")
     n = [r["n"] for r in rows]
     slope, intercept = _line(n, [r["wall"] for r in rows])
