@@ -1,7 +1,7 @@
 """Sweep compute against its lower bound, and how cost grows with the validation set.
 
     python benchmarks/bench_sweep_compute.py            # toy main_result grid, resume on and off
-    python benchmarks/bench_sweep_compute.py --scaling  # toy grid at 1x, 2x, 4x validation images (40k-160k, ~35 min)
+    python benchmarks/bench_sweep_compute.py --scaling  # toy grid at 1x, 2x, 4x validation images (40k-160k, ~25 min)
     python benchmarks/bench_sweep_compute.py --scaling --val-per-class 200  # the same at 2k-8k (~4 min)
 
 Block applications come from each cell's `compute.block_calls` in result.json. For one
