@@ -102,3 +102,36 @@ def test_a_fitted_cls_head_reads_the_cls_token_alone(kind):
         scrambled = hidden.clone()
         scrambled[:, 1:] = torch.randn_like(scrambled[:, 1:])
         torch.testing.assert_close(adapter.logits(hidden, "cls"), adapter.logits(scrambled, "cls"))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_heads_run_in_float32_on_float32_features_even_under_bf16_autocast(kind):
+    """A 1000-way head in bf16 ties and reorders top classes; the blocks may run in bf16,
+    the readout, head and projection may not."""
+    adapter, x = tiny_adapter(kind), pixels()
+    with torch.no_grad():
+        hidden = last_hidden(adapter, x)
+        expected = adapter.head("native")(adapter.readout_features(hidden, "native"))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = adapter.logits(hidden.bfloat16().float(), "native")
+            ours = adapter.logits(hidden, "native")
+            readout = "cls" if "cls" in adapter.supported_readouts else "native"
+            if kind in ("beit", "dinov2"):  # their CLS-only heads are fitted here
+                adapter.install_head("cls", LinearHead(torch.randn(N_CLASSES, adapter.hidden_size),
+                                                       torch.randn(N_CLASSES)))
+            projected = adapter.projection_logits(hidden[:, 0], readout)
+    assert logits.dtype == ours.dtype == projected.dtype == torch.float32
+    assert torch.equal(ours, expected)
+
+
+def test_a_head_fitted_on_deits_two_token_features_reads_them_flattened():
+    """Heads fitted here are fitted on flattened readout features; DeiT's native readout
+    is (n, 2, D) (CLS and distillation token)."""
+    adapter, x = tiny_adapter("deit"), pixels()
+    hidden = last_hidden(adapter, x).detach()
+    features = adapter.readout_features(hidden, "native")
+    assert features.dim() == 3
+    head = LinearHead(torch.randn(N_CLASSES, features[0].numel()), torch.randn(N_CLASSES))
+    adapter.install_head("native", head)
+    with torch.no_grad():
+        torch.testing.assert_close(adapter.logits(hidden, "native"), head.logits(features.flatten(1)))

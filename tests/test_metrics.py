@@ -45,3 +45,14 @@ def test_top_k_and_rank_metrics_with_prefix():
     assert metrics["projection_accuracy"] == pytest.approx(1 / 3)
     assert top_k_accuracy(true_class_ranks(logits, torch.tensor([0, 5, 3])), 2) == pytest.approx(2 / 3)
     assert metrics["projection_top5"] == 1.0
+
+
+def test_non_finite_logits_are_refused_rather_than_ranked_first():
+    """NaN compares false with everything, so a row of NaNs would get rank 0 (accuracy 1.0)."""
+    from sweep.metrics import NonFiniteLogits
+
+    logits = torch.tensor([[0.1, 0.9], [float("nan")] * 2, [float("inf"), 0.0]])
+    with pytest.raises(NonFiniteLogits, match="2 of 3 rows of logits are not finite"):
+        true_class_ranks(logits, torch.tensor([1, 0, 0]))
+    with pytest.raises(NonFiniteLogits):
+        rank_metrics(logits, torch.tensor([1, 0, 0]))

@@ -3,19 +3,28 @@ one is exercised end to end in test_sweep.py)."""
 
 from __future__ import annotations
 
+from functools import lru_cache
+
+from omegaconf import OmegaConf
+
+from conftest import compose_cell
 from sweep.plan import Dimension, GroupComposer, derive_sweep_id, make_plan
 
 MODELS = {"a": 2, "b": 3}
 
 
+@lru_cache(maxsize=None)
+def _real(intervention: str) -> str:
+    return OmegaConf.to_yaml(compose_cell("model=vit", f"intervention={intervention}"))
+
+
 def compose(groups):
-    """What Hydra would compose for `model=<name>` (plus the rest of a cell's config)."""
+    """What Hydra would compose for `model=<name>`: a real cell config, with two stand-in
+    models of 2 and 3 blocks."""
     choice = dict(g.split("=") for g in groups)
-    name = choice["model"]
-    return {"model": {"name": name, "n_layers": MODELS[name], "readouts": {"native": {}}, "toy": None},
-            "data": {"name": "d"}, "intervention": {"name": choice.get("intervention", "none")},
-            "readout": {"name": "native"}, "probe": {"method": "ridge"}, "compute": {"dtype": "float32"},
-            "layer": -1, "seed": 0}
+    cfg = OmegaConf.to_container(OmegaConf.create(_real(choice.get("intervention", "none"))))
+    cfg["model"].update(name=choice["model"], n_layers=MODELS[choice["model"]])
+    return cfg
 
 
 def dims(**axes):

@@ -128,11 +128,13 @@ def test_a_head_survives_a_state_dict_round_trip():
 
 
 @pytest.mark.parametrize("method, settings, message", [
-    ("lasso", RIDGE, "choose one of: ridge, logistic"),
-    ("ridge", {"alpha": 1.0, "standardize": True}, "alpha, standardize, fit_intercept; missing: fit_intercept"),
-    ("ridge", {**RIDGE, "lambda": 1.0}, "unknown: lambda"),
-    ("logistic", {**LOGISTIC, "solver": "saga"}, "choose one of: torch, sklearn"),
-    ("logistic", {**LOGISTIC, "C": 0.0}, "C > 0"),
+    ("lasso", RIDGE, "probe.method=lasso is invalid: it must be one of ridge, logistic"),
+    ("ridge", {"alpha": 1.0, "standardize": True}, "probe.settings.fit_intercept is not set"),
+    ("ridge", {**RIDGE, "lambda": 1.0}, "probe.settings.lambda is not a setting of probe.settings; its settings "
+                                       "are: alpha, standardize, fit_intercept"),
+    ("ridge", {**RIDGE, "alpha": 0.0}, r"probe.settings.alpha=0.0 is invalid: it must be a number > 0"),
+    ("logistic", {**LOGISTIC, "solver": "saga"}, "must be one of torch, sklearn"),
+    ("logistic", {**LOGISTIC, "C": 0.0}, "C=0.0 is invalid: it must be a number > 0"),
 ])
 def test_a_bad_method_or_setting_names_the_valid_choices(method, settings, message):
     x, labels = blobs(5, 2, 3)

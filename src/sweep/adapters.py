@@ -112,11 +112,31 @@ class Adapter(ABC):
                 f"{', '.join(self.supported_readouts)}")
 
     def head(self, readout: str) -> HeadFn:
+        """The head of `readout`. A head fitted here was fitted on flattened features, so it
+        flattens what it is given (DeiT's native features are (n, 2, D))."""
         self.check_readout(readout)
-        return self._fitted[readout] if readout in self._fitted else self.native_head(readout)
+        if readout in self._fitted:
+            fitted = self._fitted[readout]
+            return lambda features: fitted(features.flatten(1))
+        return self.native_head(readout)
+
+    # Readouts, heads and projections run in float32 on float32 features, outside any
+    # autocast: a 1000-way head in bf16 ties and reorders the top classes of many images.
+    def float_readout_features(self, last_hidden: torch.Tensor, readout: str) -> torch.Tensor:
+        with _full_precision(last_hidden):
+            return self.readout_features(last_hidden.float(), readout)
+
+    def apply_head(self, readout: str, features: torch.Tensor) -> torch.Tensor:
+        with _full_precision(features):
+            return self.head(readout)(features.float())
 
     def logits(self, last_hidden: torch.Tensor, readout: str) -> torch.Tensor:
-        return self.head(readout)(self.readout_features(last_hidden, readout))
+        return self.apply_head(readout, self.float_readout_features(last_hidden, readout))
+
+    def projection_logits(self, cls: torch.Tensor, readout: str) -> torch.Tensor:
+        """The class-embedding projection: the final norm and `readout`'s head on a lone CLS."""
+        with _full_precision(cls):
+            return self.apply_head(readout, self.projection_features(cls.float()))
 
     def install_head(self, readout: str, head: LinearHead) -> None:
         """Use a head fitted here for `readout`; the native readout's goes into the HF
@@ -164,6 +184,10 @@ class Adapter(ABC):
         edited = hidden.clone()
         edited[:, self.cls_index] = cls.to(hidden.dtype)
         return edited
+
+
+def _full_precision(tensor: torch.Tensor) -> torch.autocast:
+    return torch.autocast(tensor.device.type, enabled=False)
 
 
 class ViTAdapter(Adapter):

@@ -174,7 +174,7 @@ class Artifacts:
         spec = {"model": dict(model_identity), "images": images_key, "readouts": readouts,
                 "batch_size": int(self.compute["batch_size"]), "dtype": str(self.compute["dtype"]),
                 "device": self.device.type, "attn": str(self.compute["attn_implementation"]),
-                "hidden_states": keep_hidden}
+                "flush_denormal": bool(self.compute["flush_denormal"]), "hidden_states": keep_hidden}
 
         def compute(out: Path) -> None:
             seconds = {}
@@ -227,7 +227,7 @@ class Artifacts:
                                 shape=(n, *hidden.shape[1:])))
                         hidden_files[layer][part] = hidden.float().cpu().numpy()
                 for readout in readouts:
-                    features[readout].append(adapter.readout_features(hidden, readout).float().cpu())
+                    features[readout].append(adapter.float_readout_features(hidden, readout).cpu())
                 self.ledger.add("features", adapter.n_layers * (part.stop - part.start))
                 bar.update(part.stop - part.start)
         bar.close()

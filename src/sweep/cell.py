@@ -20,7 +20,7 @@ from sweep.cache import ArtifactCache, CorruptEntryError
 from sweep.cellspec import CellSpec
 from sweep.data import batches
 from sweep.interventions import replacement_cls
-from sweep.metrics import rank_metrics, true_class_ranks
+from sweep.metrics import rank_metrics, require_finite, true_class_ranks
 from sweep.models import LoadedModel
 from sweep.probes import LinearHead
 
@@ -56,8 +56,9 @@ def measure(cfg: Mapping[str, Any], spec: CellSpec, cache: ArtifactCache) -> Cel
 
 def _measure(cfg: Mapping[str, Any], spec: CellSpec, cache: ArtifactCache) -> CellResult:
     started = time.perf_counter()
-    torch.set_flush_denormal(bool(cfg["compute"]["flush_denormal"]))
-    device = pick_device(str(cfg["compute"]["device"]))
+    compute = spec.settings.compute
+    torch.set_flush_denormal(compute.flush_denormal)
+    device = pick_device(compute.device)
     ledger = ComputeLedger()
     artifacts = Artifacts(cfg, cache, device, ledger)
     identity, loaded = artifacts.model()  # first: a model that cannot load fails before any data work
@@ -71,6 +72,7 @@ def _measure(cfg: Mapping[str, Any], spec: CellSpec, cache: ArtifactCache) -> Ce
 
     labels = features.labels["val"]
     logits, resumed = _intervened_logits(cfg, spec, artifacts, loaded, features, splits["val"])
+    require_finite(logits, f"the {spec.readout} readout after intervention={spec.intervention} at layer {spec.layer}")
     ranks = true_class_ranks(logits, labels)
     metrics = {k: v for k, v in rank_metrics(logits, labels).items() if k in ("accuracy", "top5")}
     metrics["chance"] = 1.0 / logits.shape[1]
@@ -100,13 +102,12 @@ def _intervened_logits(cfg: Mapping[str, Any], spec: CellSpec, artifacts: Artifa
     replacement = replacement_cls(spec.intervention, cfg["intervention"], cls_at_layer=features.cls["val"][spec.layer],
                                   cls_at_embedding=features.cls["val"][0], seed=spec.seed)
     n, batch_size = len(features.labels["val"]), int(cfg["compute"]["batch_size"])
-    head = adapter.head(readout)
     out = []
     with torch.inference_mode(), artifacts.autocast():
         if replacement is None:
             stored = features.readout["val"][readout]
             for part in batches(n, batch_size):
-                out.append(head(stored[part].to(artifacts.device)).float().cpu())
+                out.append(adapter.apply_head(readout, stored[part].to(artifacts.device)).cpu())
             return torch.cat(out), True
         replacement = replacement.to(artifacts.device)
         resume = features.has_hidden and bool(cfg["compute"]["resume_from_hidden"])
@@ -120,7 +121,7 @@ def _intervened_logits(cfg: Mapping[str, Any], spec: CellSpec, artifacts: Artifa
                 with adapter.cls_edit(spec.layer, lambda _cls, part=part: replacement[part]):
                     *_, hidden = adapter.hidden_states(artifacts.pixels(val.images[part]))
                 artifacts.ledger.add("cell", adapter.n_layers * (part.stop - part.start))
-            out.append(adapter.logits(hidden, readout).float().cpu())
+            out.append(adapter.logits(hidden, readout).cpu())
     return torch.cat(out), resume
 
 
@@ -132,10 +133,11 @@ def _layer_readouts(cfg: Mapping[str, Any], spec: CellSpec, artifacts: Artifacts
     adapter = loaded.adapter
     labels, cls = features.labels["val"], features.cls["val"][spec.layer]
     heads, scores = probes
-    head = adapter.head(str(cfg["model"]["projection_readout"]))
-    with torch.inference_mode(), artifacts.autocast():
-        projected = torch.cat([head(adapter.projection_features(cls[part].to(artifacts.device))).float().cpu()
-                               for part in batches(len(labels), int(cfg["compute"]["batch_size"]))])
+    readout = str(cfg["model"]["projection_readout"])
+    with torch.inference_mode():
+        projected = torch.cat([adapter.projection_logits(cls[part].to(artifacts.device), readout).cpu()
+                               for part in batches(len(labels), spec.settings.compute.batch_size)])
+    require_finite(projected, f"layer {spec.layer}'s class-embedding projection")
     probe_logits = heads[spec.layer].logits(cls)
     outcomes.update({"projection_predicted": projected.argmax(1),
                      "projection_rank": true_class_ranks(projected, labels),

@@ -9,18 +9,26 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from sweep.errors import ConfigError
+from sweep.settings import (INTERVENTIONS, CellSettings, Integer, Rule, check_data_folders, checked, parse_integer,
+                            parse_settings, plain)
 
-INTERVENTIONS = ("none", "shuffle", "zero", "mean", "noise", "reset")
-RECORD_FORMAT = 1
+RECORD_FORMAT = 2  # 2: the identity includes compute.attn_implementation and compute.flush_denormal
+
+__all__ = ["INTERVENTIONS", "CellSpec", "LayerOutOfRange", "NotApplicable", "cell_spec", "resolve_layer"]
 
 
-class LayerOutOfRange(ConfigError):
+class NotApplicable(ConfigError):
+    """A valid grid point that this model cannot run (a layer or readout it lacks): a sweep
+    skips it with a line, where any other bad setting stops the whole plan."""
+
+
+class LayerOutOfRange(NotApplicable):
     """The requested layer does not exist in this model."""
 
 
@@ -31,10 +39,6 @@ def resolve_layer(layer: int, n_layers: int, model_name: str = "the model") -> i
             f"layer={layer} is out of range for {model_name}, which has {n_layers} blocks: valid layers are "
             f"0..{n_layers} (0 = embedding output, {n_layers} = last block), or -{n_layers + 1}..-1 from the end")
     return layer % (n_layers + 1)
-
-
-def _plain(node: Any) -> Any:
-    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,7 @@ class CellSpec:
     readout: str
     seed: int
     science: Mapping[str, Any]
+    settings: CellSettings | None = field(default=None, compare=False)
 
     @property
     def cell_id(self) -> str:
@@ -64,33 +69,56 @@ class CellSpec:
         return f"{self.model}/{self.name}-{self.cell_id[:8]}"
 
 
+def _model(node: Any) -> dict[str, Any]:
+    model = plain(node)
+    if not isinstance(model, Mapping):
+        raise ConfigError(f"model must be a group of settings, not {model!r}")
+    for key, rule in (("name", None), ("n_layers", Integer(1)), ("readouts", None), ("projection_readout", None)):
+        if key not in model:
+            raise ConfigError(f"model.{key} is not set (conf/model/{model.get('name', '<name>')}.yaml)")
+        if rule is not None:
+            rule.check(f"model.{key}", model[key])
+    if model["projection_readout"] not in model["readouts"]:
+        raise ConfigError(f"model.projection_readout={model['projection_readout']} is invalid: it must be one of "
+                          f"the model's readouts ({', '.join(model['readouts'])})")
+    return model
+
+
 def cell_spec(cfg: DictConfig | Mapping[str, Any]) -> CellSpec:
-    """Validate the cell's settings (cheaply, before any weights load) and identify it."""
-    model = cfg["model"]
-    n_layers = int(model["n_layers"])
-    layer = resolve_layer(int(cfg["layer"]), n_layers, str(model["name"]))
-    intervention = str(cfg["intervention"]["name"])
-    if intervention not in INTERVENTIONS:
-        raise ConfigError(f"unknown intervention '{intervention}'; choose one of {', '.join(INTERVENTIONS)}")
-    readout = str(cfg["readout"]["name"])
+    """Validate every setting of the cell (cheaply, before any weights load) and identify it.
+
+    Raises `NotApplicable` for a grid point this model cannot run, `ConfigError` for any
+    other bad setting, and `DataUnavailable` for a data folder that does not exist."""
+    model = _model(cfg["model"])
+    n_layers, model_name = int(model["n_layers"]), str(model["name"])
+    settings = parse_settings(cfg, is_toy=model.get("toy") is not None)
+    layer = resolve_layer(parse_integer("layer", cfg["layer"], Integer()), n_layers, model_name)
+    seed = parse_integer("seed", cfg["seed"], Integer(0))
+    readout = checked("readout", plain(cfg["readout"]), {"name": Rule()})["name"]
     readouts = model["readouts"]
     if readout not in readouts:
-        raise ConfigError(
-            f"model {model['name']} has no '{readout}' readout (it has: {', '.join(readouts)}); "
+        raise NotApplicable(
+            f"model {model_name} has no '{readout}' readout (it has: {', '.join(readouts)}); "
             + ("its readout is the token average, so a CLS-only readout does not exist; use readout=native"
                if readout == "cls" else "choose one of those"))
+    check_data_folders(settings.data)
+    compute = settings.compute
     science: dict[str, Any] = {
         "format": RECORD_FORMAT,
-        "model": _plain(model),
-        "data": _plain(cfg["data"]),
-        "intervention": _plain(cfg["intervention"]),
+        "model": model,
+        "data": dict(settings.data.values),
+        "intervention": dict(settings.intervention.values),
         "readout": readout,
-        "probe": _plain(cfg["probe"]),
+        "probe": {"method": settings.probe.choice, "settings": dict(settings.probe.values)},
         "layer": layer,
-        "seed": int(cfg["seed"]),
-        "dtype": str(cfg["compute"]["dtype"]),
+        "seed": seed,
+        "dtype": compute.dtype,
+        "attn_implementation": compute.attn_implementation,
+        "flush_denormal": compute.flush_denormal,
     }
-    if model.get("toy") is not None:
-        science["toy_training"] = _plain(cfg["toy_training"])
-    return CellSpec(model=str(model["name"]), layer=layer, n_layers=n_layers, intervention=intervention,
-                    readout=readout, seed=int(cfg["seed"]), science=science)
+    if settings.toy_training is not None:
+        toy = settings.toy_training
+        science["toy_training"] = {**{k: getattr(toy, k) for k in ("epochs", "batch_size", "lr", "weight_decay",
+                                                                   "seed")}, "data": dict(toy.data.values)}
+    return CellSpec(model=model_name, layer=layer, n_layers=n_layers, intervention=settings.intervention.choice,
+                    readout=readout, seed=seed, science=science, settings=settings)

@@ -20,13 +20,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from sweep.errors import SweepError
+from sweep.errors import DataUnavailable
 
 SPLITS = ("train", "val")
-
-
-class DataUnavailable(SweepError):
-    """The configured data cannot be read; the message says how to get it."""
 
 
 @dataclass(frozen=True)
@@ -72,15 +68,10 @@ def load_split(data: Mapping[str, Any], split: str) -> LabelledImages:
 
 
 def check_available(data: Mapping[str, Any]) -> None:
-    """Cheap checks that run before any model is loaded."""
-    if data["source"] == "imagefolder":
-        root = Path(str(data["root"])).expanduser()
-        for split in SPLITS:
-            folder = root / str(data[f"{split}_dir"])
-            if not folder.is_dir():
-                raise DataUnavailable(
-                    f"data folder {folder} does not exist; set data.root to a folder in ImageNet layout "
-                    f"({data['train_dir']}/<wnid>/*.JPEG and {data['val_dir']}/<wnid>/*.JPEG)")
+    """Cheap checks that run before any model is loaded (the cell's spec runs them too)."""
+    from sweep.settings import check_data_folders, parse_data
+
+    check_data_folders(parse_data(data))
 
 
 def _digits(data: Mapping[str, Any], split: str) -> LabelledImages:

@@ -7,3 +7,22 @@ class SweepError(Exception):
 
 class ConfigError(SweepError, ValueError):
     """A setting is invalid; raised before any expensive work starts."""
+
+
+class DataUnavailable(SweepError):
+    """The configured data cannot be read; the message says how to get it."""
+
+
+# Whether a command's own code has started (a cell, or the cell sweeper): an error Hydra
+# reports before that point (an unknown group or option, an unparsable override) is bad
+# input too, and `sweep-run` exits 2 for it like for any other. Kept here, not in
+# `sweep.run`, because `python -m sweep.run` runs that module as a second copy.
+_entered: list[bool] = []
+
+
+def mark_entered() -> None:
+    _entered.append(True)
+
+
+def entered() -> bool:
+    return bool(_entered)

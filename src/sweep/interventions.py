@@ -13,9 +13,7 @@ from typing import Any
 
 import torch
 
-from sweep.cellspec import INTERVENTIONS
-
-PERMUTATIONS = ("derangement", "randperm", "identity")
+from sweep.settings import INTERVENTIONS, PERMUTATIONS
 
 
 def shuffle_donors(n: int, *, group_size: int, permutation: str, seed: int) -> torch.Tensor:
@@ -25,6 +23,8 @@ def shuffle_donors(n: int, *, group_size: int, permutation: str, seed: int) -> t
     `group_size` mixes labels; then each group is permuted on its own. A trailing group
     of one cannot be deranged and is merged into the group before it.
     """
+    if group_size < 2:
+        raise ValueError(f"group_size must be >= 2 (a group of one has nobody to swap with); got {group_size}")
     if permutation not in PERMUTATIONS:
         raise ValueError(f"unknown permutation '{permutation}'; choose one of {', '.join(PERMUTATIONS)}")
     generator = torch.Generator().manual_seed(seed)

@@ -9,10 +9,23 @@ from __future__ import annotations
 import torch
 
 
+class NonFiniteLogits(ValueError):
+    """Logits with NaN or inf: no rank is defined, and comparisons with NaN are all false,
+    which would rank a row of NaNs first and score a broken model perfectly."""
+
+
+def require_finite(logits: torch.Tensor, what: str) -> None:
+    bad = ~torch.isfinite(logits).all(dim=1)
+    if bool(bad.any()):
+        raise NonFiniteLogits(f"{what}: {int(bad.sum())} of {len(logits)} rows of logits are not finite "
+                              f"(NaN or inf; first bad row {int(bad.nonzero()[0])}); no score is recorded")
+
+
 def true_class_ranks(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Rank of the true class (0 = best). Ties break as `argmax` does, lower class index
     first, so rank 0 means exactly "argmax is the label": a constant predictor scores at
-    chance, not perfectly."""
+    chance, not perfectly. Non-finite logits are refused (`NonFiniteLogits`)."""
+    require_finite(logits, "true_class_ranks")
     labels = labels.view(-1, 1).long()
     true_logit = logits.gather(1, labels)
     classes = torch.arange(logits.shape[1], device=logits.device).view(1, -1)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sweep.cellspec import CellSpec, cell_spec
+from sweep.cellspec import CellSpec, NotApplicable, cell_spec
 from sweep.errors import ConfigError, SweepError
 from sweep.record import RESULT_FILE, is_complete, read_record
 
@@ -163,9 +163,9 @@ def _group_node(choice: str) -> str:
 
 
 def make_plan(grids: Sequence[Sequence[Dimension]], compose: Callable[[tuple[str, ...]], dict[str, Any]],
-              sweep_id: str, sweep_dir: Path, results_from: Iterable[str | Path]) -> Plan:
+              sweep_id: str, sweep_dir: Path, results_from: Iterable[str | Path], *, force: bool = False) -> Plan:
     """Decide for every point of the union of `grids`: skipped (and why), done (and where),
-    or pending. A cell that two grids share is planned once."""
+    or pending (`force`: every runnable cell). A cell that two grids share is planned once."""
     plan = Plan(sweep_id, sweep_dir)
     bases: dict[tuple[str, ...], dict[str, Any]] = {}
     elsewhere = index_results(results_from)
@@ -180,14 +180,18 @@ def make_plan(grids: Sequence[Sequence[Dimension]], compose: Callable[[tuple[str
         cell = PlannedCell(overrides=strings)
         try:
             cell.spec = cell_spec(cfg)
-        except ConfigError as reason:
+        except NotApplicable as reason:
             cell.skipped = str(reason)
+        except SweepError as error:  # a bad setting stops the whole plan: nothing is launched
+            raise type(error)(f"{error}\n  (grid point: {' '.join(strings)})") from None
         else:
             if cell.spec.cell_id in seen:
                 continue
             seen.add(cell.spec.cell_id)
             here = sweep_dir / cell.spec.subdir
-            if is_complete(here, cell.spec.cell_id):
+            if force:
+                pass
+            elif is_complete(here, cell.spec.cell_id):
                 cell.done_at = here
             elif cell.spec.cell_id in elsewhere:
                 cell.done_at = elsewhere[cell.spec.cell_id]

@@ -21,14 +21,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from sweep.errors import ConfigError
+from sweep.settings import PROBES, checked, invalid
 from sweep.progress import progress_bar
 
-METHODS: dict[str, tuple[str, ...]] = {
-    "ridge": ("alpha", "standardize", "fit_intercept"),
-    "logistic": ("C", "max_iter", "tol", "standardize", "solver"),
-}
-SOLVERS = ("torch", "sklearn")
 logger = logging.getLogger(__name__)
 
 # The torch L-BFGS. 10 correction pairs is scipy's default, i.e. what sklearn's lbfgs uses;
@@ -80,7 +75,7 @@ def fit_probes(features: torch.Tensor, labels: torch.Tensor, n_classes: int, *, 
 
     features: (n_layers, n, D), or (n, D) for a single layer (still a list of one).
     labels: (n,) class indices in [0, n_classes).
-    method: "ridge" or "logistic"; settings: exactly that method's keys in METHODS.
+    method: "ridge" or "logistic"; settings: exactly that method's keys in `settings.PROBES`.
     device: where the arithmetic runs ("cpu", "cuda", ...).
     progress: a tqdm bar, shown only when stderr is a terminal.
     """
@@ -117,26 +112,9 @@ def fit_probes(features: torch.Tensor, labels: torch.Tensor, n_classes: int, *, 
 def _check(method: str, settings: Mapping[str, Any]) -> None:
     """Reject unknown methods, and settings that are missing, unknown or out of range,
     naming the valid choices: a typo in a YAML file must not silently become a default."""
-    if method not in METHODS:
-        raise ConfigError(f"unknown probe method {method!r}; choose one of: {', '.join(METHODS)}")
-    expected, given = set(METHODS[method]), set(settings)
-    if given != expected:
-        missing, unknown = sorted(expected - given), sorted(given - expected)
-        raise ConfigError(f"probe {method!r} takes exactly the settings {', '.join(METHODS[method])}"
-                          + (f"; missing: {', '.join(missing)}" if missing else "")
-                          + (f"; unknown: {', '.join(unknown)}" if unknown else ""))
-    flags = ("standardize", "fit_intercept") if method == "ridge" else ("standardize",)
-    for flag in flags:
-        if not isinstance(settings[flag], bool):
-            raise ConfigError(f"probe setting {flag} must be true or false; got {settings[flag]!r}")
-    if method == "ridge" and not float(settings["alpha"]) >= 0:
-        raise ConfigError(f"ridge alpha must be >= 0; got {settings['alpha']!r}")
-    if method == "logistic":
-        if settings["solver"] not in SOLVERS:
-            raise ConfigError(f"unknown logistic solver {settings['solver']!r}; choose one of: {', '.join(SOLVERS)}")
-        if not float(settings["C"]) > 0 or not int(settings["max_iter"]) >= 1 or not float(settings["tol"]) >= 0:
-            raise ConfigError(f"logistic needs C > 0, max_iter >= 1 and tol >= 0; got C={settings['C']!r}, "
-                              f"max_iter={settings['max_iter']!r}, tol={settings['tol']!r}")
+    if method not in PROBES:
+        raise invalid("probe.method", method, "one of " + ", ".join(PROBES))
+    checked("probe.settings", settings, PROBES[method])
 
 
 def _bar(progress: bool, **kwargs: Any) -> tqdm:

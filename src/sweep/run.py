@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 import time
 import traceback
@@ -23,7 +24,8 @@ from omegaconf import DictConfig, OmegaConf
 from sweep import record as rec
 from sweep.cellspec import cell_spec
 from sweep.conf_path import CONF_DIR
-from sweep.errors import SweepError
+from sweep.errors import SweepError, entered, mark_entered
+from sweep.settings import Flag, check_device
 
 log = logging.getLogger("sweep.run")
 
@@ -53,18 +55,22 @@ def run_cell(cfg: DictConfig) -> dict[str, Any]:
     """Run one cell (or skip it when its record is complete) and return its record."""
     started = time.perf_counter()
     spec = cell_spec(cfg)
+    force = Flag().check("sweep.force", cfg.sweep.force)
     cell_dir = Path(HydraConfig.get().runtime.output_dir)
     sweep_id = cfg.sweep.id
-    if rec.is_complete(cell_dir, spec.cell_id) and not cfg.sweep.force:
+    if rec.is_complete(cell_dir, spec.cell_id) and not force:
         log.info("%s is already done (%s); skipping — sweep.force=true recomputes it", spec.name, cell_dir)
         return rec.read_record(cell_dir)
 
-    from sweep.cache import ArtifactCache  # heavy imports only once there is work to do
+    import torch  # heavy imports only once there is work to do
+
+    from sweep.cache import ArtifactCache
     from sweep.cell import measure
     from sweep.tracking import tracker
 
-    cache = ArtifactCache(to_absolute_path(str(cfg.cache.dir)), enabled=bool(cfg.cache.enabled),
-                          verify=str(cfg.cache.verify))
+    check_device(spec.settings.compute, cuda_devices=torch.cuda.device_count())
+    settings = spec.settings.cache
+    cache = ArtifactCache(to_absolute_path(settings.dir), enabled=settings.enabled, verify=settings.verify)
     base = rec.cell_fields(spec, cfg, sweep_id)
     rec.mark_started(cell_dir)
     try:
@@ -100,17 +106,38 @@ def run_cell(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> dict[str, Any]:
+    mark_entered()
     try:
         return run_cell(cfg)
     except SweepError as error:
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             raise  # the cell sweeper collects and reports failures
         print(f"error: {error}", file=sys.stderr)
+        _remove_if_only_hydra_files(Path(HydraConfig.get().runtime.output_dir))
         sys.exit(2)
 
 
+def _remove_if_only_hydra_files(folder: Path) -> None:
+    """Bad input leaves nothing behind: Hydra made the job's folder (its .hydra/ and log)
+    before the settings could be checked; a folder holding anything else is kept."""
+    ours = {".hydra", f"{HydraConfig.get().job.name}.log"}
+    if folder.is_dir() and {p.name for p in folder.iterdir()} <= ours:
+        shutil.rmtree(folder, ignore_errors=True)
+        for parent in folder.parents:
+            if parent == Path.cwd() or not parent.is_dir() or any(parent.iterdir()):
+                break
+            parent.rmdir()
+
+
 def main() -> None:
-    _hydra_main()
+    """Exit 2 for every kind of bad input: Hydra reports an unknown config group, option or
+    an unparsable override itself (exit 1) before any code of ours runs."""
+    try:
+        _hydra_main()
+    except SystemExit as exit:
+        if exit.code == 1 and not entered():
+            sys.exit(2)
+        raise
 
 
 if __name__ == "__main__":

@@ -24,7 +24,8 @@ from hydra.core.utils import JobStatus
 from hydra.types import HydraContext, RunMode, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from sweep.errors import SweepError
+from sweep.errors import SweepError, mark_entered
+from sweep.settings import Flag, check_device, cuda_visible
 from sweep.plan import Dimension, GroupComposer, Plan, describe, derive_sweep_id, make_plan
 from sweep.status import summarise_cells, write_plan
 
@@ -57,6 +58,7 @@ class CellSweeper(Sweeper):
         self.hydra_context, self.task_function, self.config = hydra_context, task_function, config
 
     def sweep(self, arguments: List[str]) -> Any:
+        mark_entered()
         try:
             return self._sweep(arguments)
         except SweepError as error:
@@ -97,16 +99,17 @@ class CellSweeper(Sweeper):
         with read_write(self.config), open_dict(self.config):
             self.config.sweep.id = sweep_id
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
-        return make_plan(grids, GroupComposer(self._compose), sweep_id, sweep_dir, list(self.config.sweep.results_from))
+        return make_plan(grids, GroupComposer(self._compose), sweep_id, sweep_dir, list(self.config.sweep.results_from),
+                         force=Flag().check("sweep.force", self.config.sweep.force))
 
     # -- running it -------------------------------------------------------------------
     def _sweep(self, arguments: List[str]) -> Any:
+        dry_run = Flag().check("sweep.dry_run", self.config.sweep.dry_run)
         plan = self._plan(arguments)
-        dry_run = bool(self.config.sweep.dry_run)
+        self._check_launcher(plan)
         print(describe(plan, dry_run=dry_run), flush=True)
         if dry_run or not plan.pending:
             return []
-        self._check_launcher()
         plan.sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, plan.sweep_dir / "multirun.yaml")
         write_plan(plan)
@@ -131,9 +134,14 @@ class CellSweeper(Sweeper):
             sys.exit(1)
         return returns
 
-    def _check_launcher(self) -> None:
+    def _check_launcher(self, plan: Plan) -> None:
+        """What the plan can know about where the cells will run: a local launcher runs them
+        here, so a GPU they ask for must be here; SLURM needs `sbatch`."""
         target = str(self.config.hydra.launcher.get("_target_", ""))
-        if "Slurm" in target and shutil.which("sbatch") is None:
+        if "Slurm" not in target:
+            for cell in plan.pending:
+                check_device(cell.spec.settings.compute, cuda_devices=int(cuda_visible()))
+        if "Slurm" in target and shutil.which("sbatch") is None and plan.pending and not self.config.sweep.dry_run:
             raise SweepError(
                 "hydra/launcher=slurm submits to SLURM, but `sbatch` is not on this machine's PATH. Run where SLURM "
                 "is installed, start the local test cluster (launchers/local-slurm/start.sh), or run locally with "

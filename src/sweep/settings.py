@@ -1,0 +1,397 @@
+"""A cell's settings, typed: each group declares its valid values and is checked once.
+
+`cellspec.cell_spec` parses every group of the composed config into a frozen object here,
+so a bad value fails when the cell is specified — in `sweep-run` before any model loads
+or toy trains, and in a sweep's plan (dry run included) before anything is launched —
+with a message naming the key, the value and what is valid. Modelled on scikit-learn's
+declared parameter constraints: a group is a table of rules, one per key, and the table is
+the documentation of what the key accepts.
+
+Torch-free on purpose: the planner parses thousands of cells in a second.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from sweep.errors import ConfigError, DataUnavailable
+
+MISSING = "???"
+
+
+# --------------------------------------------------------------------------- rules
+
+
+class Rule:
+    """What one key accepts. `check` returns the value as its type or raises ConfigError."""
+
+    description = "a value"
+
+    def check(self, key: str, value: Any) -> Any:
+        if not self.accepts(value):
+            raise invalid(key, value, self.description)
+        return value
+
+    def accepts(self, value: Any) -> bool:
+        return True
+
+
+def invalid(key: str, value: Any, valid: str) -> ConfigError:
+    return ConfigError(f"{key}={_shown(value)} is invalid: it must be {valid}")
+
+
+def _shown(value: Any) -> str:
+    return "''" if value == "" else repr(value) if isinstance(value, str) and not value.strip() else str(value)
+
+
+class Integer(Rule):
+    """A whole number (not a bool, not 1.7) within [low, high]."""
+
+    def __init__(self, low: int | None = None, high: int | None = None) -> None:
+        self.low, self.high = low, high
+        bounds = [f">= {low}" if low is not None else "", f"<= {high}" if high is not None else ""]
+        self.description = "an integer" + (" " + " and ".join(b for b in bounds if b) if any(bounds) else "")
+
+    def accepts(self, value: Any) -> bool:
+        return (isinstance(value, int) and not isinstance(value, bool)
+                and (self.low is None or value >= self.low) and (self.high is None or value <= self.high))
+
+
+class Real(Rule):
+    """A finite number; `low_open` makes the lower bound strict (e.g. a regulariser > 0)."""
+
+    def __init__(self, low: float | None = None, *, low_open: bool = False) -> None:
+        self.low, self.low_open = low, low_open
+        self.description = "a number" + ("" if low is None else f" {'>' if low_open else '>='} {low:g}")
+
+    def accepts(self, value: Any) -> bool:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return False
+        return self.low is None or (value > self.low if self.low_open else value >= self.low)
+
+    def check(self, key: str, value: Any) -> float:
+        return float(super().check(key, value))
+
+
+class OneOf(Rule):
+    def __init__(self, *choices: str) -> None:
+        self.choices = choices
+        self.description = "one of " + ", ".join(choices)
+
+    def accepts(self, value: Any) -> bool:
+        return isinstance(value, str) and value in self.choices
+
+
+class Flag(Rule):
+    description = "true or false"
+
+    def accepts(self, value: Any) -> bool:
+        return isinstance(value, bool)
+
+
+class Text(Rule):
+    description = "a non-empty string"
+
+    def accepts(self, value: Any) -> bool:
+        return isinstance(value, str) and bool(value.strip())
+
+
+class Optional(Rule):
+    def __init__(self, rule: Rule) -> None:
+        self.rule = rule
+        self.description = f"null or {rule.description}"
+
+    def check(self, key: str, value: Any) -> Any:
+        return None if value is None else self.rule.check(key, value)
+
+
+class TextList(Rule):
+    description = "a list of strings"
+
+    def check(self, key: str, value: Any) -> tuple[str, ...]:
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise invalid(key, value, self.description)
+        return tuple(value)
+
+
+class Device(Rule):
+    """auto | cpu | cuda | cuda:N. Whether the device exists is checked where the cell runs
+    (`check_device`): the machine that plans a SLURM sweep is rarely the one with the GPUs."""
+
+    description = "auto, cpu, cuda or cuda:<index>"
+    _pattern = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+    def accepts(self, value: Any) -> bool:
+        return isinstance(value, str) and bool(self._pattern.match(value))
+
+
+def checked(key: str, node: Any, rules: Mapping[str, Rule], *, hints: Mapping[str, str] = MappingProxyType({})
+            ) -> dict[str, Any]:
+    """`node` (a config group) checked against `rules`: every key present, none unknown,
+    every value valid. Returns the values in their types."""
+    if not isinstance(node, Mapping):
+        raise ConfigError(f"{key} must be a group of settings ({', '.join(rules)}), not {node!r}")
+    unknown = sorted(set(node) - set(rules))
+    if unknown:
+        raise ConfigError(f"{key}.{unknown[0]} is not a setting of {key}; its settings are: {', '.join(rules)}")
+    values = {}
+    for name, rule in rules.items():
+        value = node.get(name, MISSING)
+        if value == MISSING:
+            raise ConfigError(f"{key}.{name} is not set" + (f": {hints[name]}" if name in hints else
+                                                            f"; it must be {rule.description}"))
+        try:
+            values[name] = rule.check(f"{key}.{name}", value)
+        except ConfigError as error:
+            raise ConfigError(f"{error} ({hints[name]})" if name in hints else str(error)) from None
+    return values
+
+
+def plain(node: Any) -> Any:
+    """A config node as plain containers, interpolations resolved, `???` kept as text so
+    that `checked` can say which key is missing."""
+    if isinstance(node, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(node, resolve=True, throw_on_missing=False)
+    return node
+
+
+def frozen(values: Mapping[str, Any]) -> Mapping[str, Any]:
+    return MappingProxyType(dict(values))
+
+
+# --------------------------------------------------------------------------- the groups
+
+DEVICES = ("auto", "cpu", "cuda")
+DTYPES = ("float32", "bfloat16")
+ATTENTION = ("sdpa", "eager")
+VERIFY_MODES = ("full", "size")
+LOGGERS = ("none", "wandb")
+WANDB_MODES = ("online", "offline", "disabled")
+WANDB_ENV_MODES = (*WANDB_MODES, "dryrun")
+
+PERMUTATIONS = ("derangement", "randperm", "identity")
+#: intervention -> its settings. `group_size` >= 2: a group of one has nobody to swap with.
+INTERVENTION_SETTINGS: Mapping[str, Mapping[str, Rule]] = {
+    "none": {},
+    "shuffle": {"group_size": Integer(2), "permutation": OneOf(*PERMUTATIONS)},
+    "zero": {},
+    "mean": {},
+    "noise": {"center": OneOf("mean", "zero")},
+    "reset": {},
+}
+INTERVENTIONS = tuple(INTERVENTION_SETTINGS)
+#: interventions that draw random numbers, so their seed is part of what they measure
+SEEDED_INTERVENTIONS = ("shuffle", "noise")
+
+PROBE_SOLVERS = ("torch", "sklearn")
+#: probe method -> its settings. Ridge needs alpha > 0: at 0 the normal equations of
+#: standardised features with more dimensions than examples are singular.
+PROBES: Mapping[str, Mapping[str, Rule]] = {
+    "ridge": {"alpha": Real(0, low_open=True), "standardize": Flag(), "fit_intercept": Flag()},
+    "logistic": {"C": Real(0, low_open=True), "max_iter": Integer(1), "tol": Real(0, low_open=True),
+                 "standardize": Flag(), "solver": OneOf(*PROBE_SOLVERS)},
+}
+
+_SUBSET = {"name": Text(), "source": Text(), "n_classes": Integer(2), "train_per_class": Integer(1),
+           "val_per_class": Integer(1), "seed": Integer(0)}
+#: data source -> its settings (digits has ten classes)
+DATA_SOURCES: Mapping[str, Mapping[str, Rule]] = {
+    "sklearn_digits": {**_SUBSET, "n_classes": Integer(2, 10)},
+    "imagefolder": {**_SUBSET, "root": Text(), "train_dir": Text(), "val_dir": Text()},
+    "hub": {**_SUBSET, "hub_id": Text(), "train_split": Text(), "val_split": Text(), "token_env": Text(),
+            "shuffle_buffer": Integer(1)},
+}
+DATA_HINTS = {"root": "data=imagefolder needs data.root=/path/to/imagenet (train/<wnid>/*.JPEG, val/<wnid>/*.JPEG)"}
+
+
+@dataclass(frozen=True)
+class Compute:
+    device: str
+    dtype: str
+    batch_size: int
+    attn_implementation: str
+    hidden_cache_budget_gb: float
+    resume_from_hidden: bool
+    flush_denormal: bool
+
+    RULES = MappingProxyType({
+        "device": Device(), "dtype": OneOf(*DTYPES), "batch_size": Integer(1),
+        "attn_implementation": OneOf(*ATTENTION), "hidden_cache_budget_gb": Real(0),
+        "resume_from_hidden": Flag(), "flush_denormal": Flag()})
+
+
+@dataclass(frozen=True)
+class Cache:
+    dir: str
+    enabled: bool
+    verify: str
+
+    RULES = MappingProxyType({"dir": Text(), "enabled": Flag(), "verify": OneOf(*VERIFY_MODES)})
+
+
+@dataclass(frozen=True)
+class Wandb:
+    project: str
+    entity: str | None
+    mode: str
+    base_url: str
+    reachability_timeout_s: float
+    init_timeout_s: float
+    tags: tuple[str, ...]
+    log_outcomes: bool
+
+    RULES = MappingProxyType({
+        "project": Text(), "entity": Optional(Text()), "mode": OneOf(*WANDB_MODES), "base_url": Text(),
+        "reachability_timeout_s": Real(0, low_open=True), "init_timeout_s": Real(0, low_open=True),
+        "tags": TextList(), "log_outcomes": Flag()})
+
+
+@dataclass(frozen=True)
+class Tracking:
+    logger: str
+    wandb: Wandb | None  # checked only when logger=wandb uses it
+
+
+@dataclass(frozen=True)
+class ToyTraining:
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    seed: int
+    data: Mapping[str, Any]
+
+    RULES = MappingProxyType({"epochs": Integer(1), "batch_size": Integer(1), "lr": Real(0, low_open=True),
+                              "weight_decay": Real(0), "seed": Integer(0), "data": Rule()})
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A group whose settings depend on one of its keys (an intervention's name, a probe's
+    method, a data source): the choice, and its checked settings."""
+
+    choice: str
+    values: Mapping[str, Any]
+
+    def __getitem__(self, key: str) -> Any:
+        return self.values[key]
+
+
+@dataclass(frozen=True)
+class CellSettings:
+    """Every setting a cell acts on, checked."""
+
+    compute: Compute
+    intervention: Variant
+    probe: Variant
+    data: Variant
+    cache: Cache
+    tracking: Tracking
+    outcomes_save: bool
+    toy_training: ToyTraining | None
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def parse_fixed(cls: type, key: str, node: Any, hints: Mapping[str, str] = MappingProxyType({})) -> Any:
+    return cls(**checked(key, plain(node), cls.RULES, hints=hints))
+
+
+def parse_variant(key: str, node: Any, selector: str, table: Mapping[str, Mapping[str, Rule]], *,
+                  nested: str | None = None, hints: Mapping[str, str] = MappingProxyType({})) -> Variant:
+    """`table[node[selector]]` checks the rest of the group (or its `nested` sub-group)."""
+    node = plain(node)
+    if not isinstance(node, Mapping):
+        raise ConfigError(f"{key} must be a group of settings, not {node!r}")
+    choice = node.get(selector, MISSING)
+    if choice not in table:
+        raise invalid(f"{key}.{selector}", choice, "one of " + ", ".join(table))
+    if nested is None:
+        rules = {selector: OneOf(*table), **table[choice]}
+        return Variant(choice, frozen(checked(key, node, rules, hints=hints)))
+    checked(key, node, {selector: OneOf(*table), nested: Rule()})
+    return Variant(choice, frozen(checked(f"{key}.{nested}", node[nested], table[choice], hints=hints)))
+
+
+def parse_data(node: Any, key: str = "data") -> Variant:
+    return parse_variant(key, node, "source", DATA_SOURCES, hints=DATA_HINTS)
+
+
+def parse_tracking(cfg: Mapping[str, Any]) -> Tracking:
+    logger = checked("logger", plain(cfg["logger"]), {"name": OneOf(*LOGGERS)})["name"]
+    wandb = parse_fixed(Wandb, "wandb", cfg["wandb"]) if logger == "wandb" else None
+    env_mode = os.environ.get("WANDB_MODE")
+    if logger == "wandb" and env_mode and env_mode not in WANDB_ENV_MODES:
+        raise invalid("WANDB_MODE (environment)", env_mode, "one of " + ", ".join(WANDB_ENV_MODES))
+    return Tracking(logger, wandb)
+
+
+def parse_integer(key: str, value: Any, rule: Integer) -> int:
+    return rule.check(key, plain(value))
+
+
+def parse_settings(cfg: Mapping[str, Any], *, is_toy: bool) -> CellSettings:
+    """Every group of a composed cell config, checked (see the module docstring)."""
+    toy = None
+    if is_toy:
+        toy = parse_fixed(ToyTraining, "toy_training", cfg["toy_training"])
+        toy = ToyTraining(**{**toy.__dict__, "data": parse_data(cfg["toy_training"]["data"], "toy_training.data")})
+    cache = parse_fixed(Cache, "cache", cfg["cache"], hints={
+        "dir": "set cache.dir, or SWEEP_CACHE_DIR when it is set but empty, to a folder (on a cluster, one that "
+               "every node shares)"})
+    return CellSettings(
+        compute=parse_fixed(Compute, "compute", cfg["compute"]),
+        intervention=parse_variant("intervention", cfg["intervention"], "name", INTERVENTION_SETTINGS),
+        probe=parse_variant("probe", cfg["probe"], "method", PROBES, nested="settings"),
+        data=parse_data(cfg["data"]),
+        cache=cache,
+        tracking=parse_tracking(cfg),
+        outcomes_save=checked("outcomes", plain(cfg["outcomes"]), {"save": Flag()})["save"],
+        toy_training=toy,
+    )
+
+
+# --------------------------------------------------------------------------- where the cell runs
+
+
+def check_data_folders(data: Variant) -> None:
+    """An image folder must exist with its split folders: cheap, so it is checked before any
+    model loads rather than when the images are first read."""
+    if data.choice != "imagefolder":
+        return
+    root = Path(str(data["root"])).expanduser()
+    for split in ("train", "val"):
+        folder = root / str(data[f"{split}_dir"])
+        if not folder.is_dir():
+            raise DataUnavailable(
+                f"data folder {folder} does not exist; set data.root to a folder in ImageNet layout "
+                f"({data['train_dir']}/<wnid>/*.JPEG and {data['val_dir']}/<wnid>/*.JPEG)")
+
+
+def cuda_visible() -> bool:
+    """Whether this machine shows an NVIDIA GPU to this process, without importing torch."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    gpus = Path("/proc/driver/nvidia/gpus")
+    return (gpus.is_dir() and any(gpus.iterdir())) or Path("/dev/nvidia0").exists()
+
+
+def check_device(compute: Compute, *, cuda_devices: int) -> None:
+    """Refuse a CUDA device this machine does not have (before any model loads)."""
+    if not compute.device.startswith("cuda"):
+        return
+    index = int(compute.device.partition(":")[2] or 0)
+    if index >= cuda_devices:
+        found = f"it has {cuda_devices} CUDA device(s)" if cuda_devices else "CUDA is not available on this machine"
+        raise ConfigError(f"compute.device={compute.device} is invalid here: {found}; use compute.device=auto "
+                          "(the GPU where there is one) or compute.device=cpu")

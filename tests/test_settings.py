@@ -1,0 +1,159 @@
+"""Typed settings: every bad input fails when the cell is specified, before any work.
+
+The battery below is what a demanding user tried: each case runs as a real `sweep-run`
+of one cell and as a real sweep's dry-run plan, on an empty cache, and must end with
+exit 2, a message naming the key and the value, no traceback, and nothing written.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import compose_cell
+from sweep.cellspec import cell_spec
+from sweep.errors import ConfigError
+from sweep.settings import Integer, OneOf, Real, cuda_visible
+
+# (overrides, environment, a fragment the message must contain)
+BATTERY: list[tuple[list[str], dict[str, str], str]] = [
+    (["model=resnet"], {}, "Could not find 'model/resnet'"),
+    (["intervention=dropout"], {}, "Could not find 'intervention/dropout'"),
+    (["readout=bogus"], {}, "Could not find 'readout/bogus'"),
+    (["data=imagefolder", "data.root=/no/such/imagenet"], {}, "/no/such/imagenet/train does not exist"),
+    (["data=imagefolder"], {}, "data.root is not set"),
+    (["intervention=shuffle", "intervention.group_size=-5"], {}, "intervention.group_size=-5 is invalid"),
+    (["intervention=shuffle", "intervention.group_size=0"], {}, "intervention.group_size=0 is invalid"),
+    (["intervention=shuffle", "intervention.group_size=1"], {}, "intervention.group_size=1 is invalid"),
+    (["intervention=shuffle", "intervention.group_size=abc"], {}, "intervention.group_size=abc is invalid"),
+    (["intervention=shuffle", "intervention.permutation=bogus"], {}, "intervention.permutation=bogus is invalid"),
+    (["intervention=noise", "intervention.center=bogus"], {}, "intervention.center=bogus is invalid"),
+    (["logger=wandb", "wandb.mode=bogus"], {}, "wandb.mode=bogus is invalid"),
+    (["logger=wandb", "wandb.init_timeout_s=0"], {}, "wandb.init_timeout_s=0 is invalid"),
+    (["logger=wandb"], {"WANDB_MODE": "bogus"}, "WANDB_MODE (environment)=bogus is invalid"),
+    (["compute.dtype=float8"], {}, "compute.dtype=float8 is invalid"),
+    (["compute.batch_size=0"], {}, "compute.batch_size=0 is invalid"),
+    (["compute.batch_size=-1"], {}, "compute.batch_size=-1 is invalid"),
+    (["compute.device=bogus"], {}, "compute.device=bogus is invalid"),
+    (["compute.device=cuda"], {}, "compute.device=cuda is invalid here"),
+    (["compute.attn_implementation=bogus"], {}, "compute.attn_implementation=bogus is invalid"),
+    (["compute.hidden_cache_budget_gb=-1"], {}, "compute.hidden_cache_budget_gb=-1 is invalid"),
+    (["compute.resume_from_hidden=maybe"], {}, "compute.resume_from_hidden=maybe is invalid"),
+    (["compute.flush_denormal=maybe"], {}, "compute.flush_denormal=maybe is invalid"),
+    (["+compute.threads=4"], {}, "compute.threads is not a setting of compute"),
+    (["layer=1.7"], {}, "layer=1.7 is invalid: it must be an integer"),
+    (["layer=abc"], {}, "layer=abc is invalid: it must be an integer"),
+    (["layer=9"], {}, "valid layers are 0..6"),
+    (["seed=1.5"], {}, "seed=1.5 is invalid"),
+    (["seed=-1"], {}, "seed=-1 is invalid"),
+    (["probe.settings.alpha=-1"], {}, "probe.settings.alpha=-1 is invalid"),
+    (["probe.settings.alpha=0"], {}, "probe.settings.alpha=0 is invalid"),
+    (["probe.settings.standardize=maybe"], {}, "probe.settings.standardize=maybe is invalid"),
+    (["probe=logistic", "probe.settings.C=0"], {}, "probe.settings.C=0 is invalid"),
+    (["probe=logistic", "probe.settings.max_iter=0"], {}, "probe.settings.max_iter=0 is invalid"),
+    (["probe=logistic", "probe.settings.tol=-1"], {}, "probe.settings.tol=-1 is invalid"),
+    (["probe=logistic", "probe.settings.solver=bogus"], {}, "probe.settings.solver=bogus is invalid"),
+    (["data.val_per_class=0"], {}, "data.val_per_class=0 is invalid"),
+    (["data.train_per_class=0"], {}, "data.train_per_class=0 is invalid"),
+    (["data.n_classes=11"], {}, "data.n_classes=11 is invalid"),
+    (["data.seed=-1"], {}, "data.seed=-1 is invalid"),
+    (["cache.dir=''"], {}, "cache.dir='' is invalid"),
+    ([], {"SWEEP_CACHE_DIR": ""}, "cache.dir='' is invalid"),
+    (["cache.verify=bogus"], {}, "cache.verify=bogus is invalid"),
+    (["cache.enabled=maybe"], {}, "cache.enabled=maybe is invalid"),
+    (["outcomes.save=maybe"], {}, "outcomes.save=maybe is invalid"),
+    (["toy_training.epochs=0"], {}, "toy_training.epochs=0 is invalid"),
+    (["toy_training.lr=-1"], {}, "toy_training.lr=-1 is invalid"),
+    (["toy_training.batch_size=0"], {}, "toy_training.batch_size=0 is invalid"),
+    (["toy_training.data.val_per_class=0"], {}, "toy_training.data.val_per_class=0 is invalid"),
+    (["sweep.force=maybe"], {}, "sweep.force=maybe is invalid"),
+]
+IDS = [" ".join(args) + "".join(f" {k}={v!r}" for k, v in env.items()) for args, env, _ in BATTERY]
+SECONDS_BEFORE_THE_ERROR = 30  # generous on a loaded 2-core machine: no model loads, nothing trains
+
+
+def run_bad_input(mode: str, args: list[str], env: dict[str, str], tmp_path: Path) -> tuple[subprocess.CompletedProcess,
+                                                                                         float]:
+    """One case as a user meets it: `sweep-run` of one cell, or a sweep's dry-run plan."""
+    cache = tmp_path / "cache"
+    environment = {**os.environ, "SWEEP_CACHE_DIR": str(cache), "WANDB_MODE": "offline", "SWEEP_PROGRESS": "0",
+                   "HOME": str(tmp_path), **env}
+    base = ["model=toy_vit", "logger=none"] if not any(a.startswith("logger=") for a in args) else ["model=toy_vit"]
+    command = [sys.executable, "-m", "sweep.run", *base, *args]
+    if mode == "plan":
+        command = [sys.executable, "-m", "sweep.run", "-m", *base, "layer=3,6", *args, "sweep.dry_run=true"]
+    started = time.perf_counter()
+    result = subprocess.run(command, env=environment, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    return result, time.perf_counter() - started
+
+
+def written_files(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if p.is_file()]
+
+
+@pytest.mark.parametrize("mode", ["cell", "plan"])
+@pytest.mark.parametrize("args, env, message", BATTERY, ids=IDS)
+def test_bad_input_fails_before_any_work_with_a_clear_message(mode, args, env, message, tmp_path):
+    if "compute.device=cuda" in args and cuda_visible():
+        pytest.skip("this machine has a GPU, so compute.device=cuda is valid here")
+    if mode == "plan" and args == ["layer=9"]:
+        args, message = ["layer=9,10"], "no cell of this sweep can run"  # a grid skips a layer a model lacks
+    result, seconds = run_bad_input(mode, args, env, tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output
+    assert message in result.stderr, output
+    assert "Traceback" not in output
+    assert seconds < SECONDS_BEFORE_THE_ERROR
+    assert written_files(tmp_path) == [], "bad input must leave nothing behind"
+
+
+def test_a_grid_with_one_bad_point_launches_nothing(cli_env, tmp_path):
+    command = [sys.executable, "-m", "sweep.run", "-m", "model=toy_vit", "logger=none", "layer=3",
+               "intervention=shuffle", "intervention.group_size=64,1"]
+    result = subprocess.run(command, env=cli_env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert "intervention.group_size=1 is invalid" in result.stderr
+    assert "grid point: " in result.stderr and "intervention.group_size=1" in result.stderr
+    assert not (tmp_path / "multirun").exists()
+
+
+# -------------------------------------------------------------------- the rules themselves
+
+
+def test_rules_name_the_key_the_value_and_what_is_valid():
+    with pytest.raises(ConfigError, match=r"^compute\.batch_size=0 is invalid: it must be an integer >= 1$"):
+        Integer(1).check("compute.batch_size", 0)
+    with pytest.raises(ConfigError, match=r"one of float32, bfloat16"):
+        OneOf("float32", "bfloat16").check("compute.dtype", "float8")
+    with pytest.raises(ConfigError, match=r"a number > 0"):
+        Real(0, low_open=True).check("probe.settings.alpha", 0.0)
+
+
+def test_rules_do_not_coerce_what_a_user_typed():
+    for value in (1.7, True, "3"):
+        with pytest.raises(ConfigError):
+            Integer().check("layer", value)
+    for value in (float("nan"), float("inf"), False):
+        with pytest.raises(ConfigError):
+            Real().check("lr", value)
+    assert Real(0).check("x", 2) == 2.0 and isinstance(Real(0).check("x", 2), float)
+
+
+def test_a_valid_cell_carries_its_checked_settings():
+    spec = cell_spec(compose_cell("model=toy_vit", "layer=3", "intervention=shuffle"))
+    settings = spec.settings
+    assert settings.compute.batch_size == 128 and settings.compute.dtype == "float32"
+    assert settings.intervention.choice == "shuffle" and settings.intervention["group_size"] == 128
+    assert settings.probe.choice == "ridge" and settings.probe["alpha"] == 1.0
+    assert settings.data.choice == "sklearn_digits" and settings.toy_training.epochs == 30
+
+
+def test_settings_that_change_numbers_change_the_identity():
+    base = cell_spec(compose_cell("model=toy_vit", "layer=3")).cell_id
+    for change in ("compute.attn_implementation=eager", "compute.flush_denormal=false", "compute.dtype=bfloat16"):
+        assert cell_spec(compose_cell("model=toy_vit", "layer=3", change)).cell_id != base, change
