@@ -152,21 +152,40 @@ _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.
              "nearest": Image.Resampling.NEAREST}
 
 
-def to_uint8(image: Image.Image, preprocess: Mapping[str, Any]) -> np.ndarray:
-    """Resize (exactly, or the shortest edge) and centre-crop as the model's image
-    processor does; return a (3, H, W) uint8 array."""
-    image = image.convert("RGB")
-    resample = _RESAMPLE[str(preprocess["interpolation"])]
-    size, crop = int(preprocess["resize"]), int(preprocess["crop"])
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB as HF's `convert_to_rgb` makes it: transparency (an alpha band, or a palette or
+    grey image with a transparent colour) is composited onto white, not dropped, so the
+    colours hidden under transparent pixels never reach the model."""
+    if "A" in image.getbands() or image.info.get("transparency") is not None:
+        rgba = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def resized_size(width: int, height: int, preprocess: Mapping[str, Any]) -> tuple[int, int]:
+    """(width, height) after the resize. A shortest-edge resize sets the short edge to `resize`
+    and truncates the long one, `int(resize * long / short)`, as HF's
+    `get_resize_output_image_size` does (rounding instead gives 299 px, not 298, for a 500×375
+    image at 224, and every pixel after it shifts)."""
+    size = int(preprocess["resize"])
     if preprocess["resize_exact"]:
-        image = image.resize((size, size), resample)
-    else:
-        width, height = image.size
-        scale = size / min(width, height)
-        image = image.resize((max(size, round(width * scale)), max(size, round(height * scale))), resample)
+        return size, size
+    if width <= height:
+        return size, int(size * height / width)
+    return int(size * width / height), size
+
+
+def to_uint8(image: Image.Image, preprocess: Mapping[str, Any]) -> np.ndarray:
+    """The pixels the model's HF image processor (its PIL path) gives, before rescaling and
+    normalisation: RGB conversion (`to_rgb`), a PIL resize (`resized_size`), and a centre crop
+    whose offsets are floored, `(width - crop) // 2`, as HF's `center_crop` does. Returns a
+    (3, crop, crop) uint8 array; `normalise` finishes the job on the device."""
+    image = to_rgb(image)
+    image = image.resize(resized_size(*image.size, preprocess), _RESAMPLE[str(preprocess["interpolation"])])
+    crop = int(preprocess["crop"])
     width, height = image.size
     left, top = (width - crop) // 2, (height - crop) // 2
-    image = image.crop((left, top, left + crop, top + crop))
+    image = image.crop((left, top, left + crop, top + crop))  # zero-padded where the image is smaller, as HF's
     return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).copy()
 
 
