@@ -150,3 +150,31 @@ def test_cells_read_pixels_only_when_they_need_them(cache_dir, tmp_path):
                     "compute.resume_from_hidden=false")
     assert not full_pass.compute["resumed_from_hidden"] and full_pass_cache.stats.corrupt == 1
     assert full_pass.metrics == intact.metrics
+
+
+def test_a_cell_whose_logits_are_not_finite_fails_naming_the_layer_and_the_rows(cli_env, tmp_path):
+    """NaN logits must not score: the cell writes a failed record that says where and how many."""
+    import json
+    import subprocess
+    import sys
+
+    import transformers
+
+    from conftest import FAST
+
+    config = transformers.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                    intermediate_size=64, image_size=16, patch_size=4, num_labels=10)
+    model = transformers.ViTForImageClassification(config)
+    with torch.no_grad():
+        model.classifier.weight[3, 0] = float("nan")  # every example's class-3 logit is NaN
+    model.save_pretrained(tmp_path / "broken")
+    args = [*FAST, "model=vit", f"model.source={tmp_path / 'broken'}", "model.revision=null", "model.n_layers=2",
+            "model.preprocess.resize=16", "model.preprocess.crop=16", "layer=1", "intervention=zero"]
+    result = subprocess.run([sys.executable, "-m", "sweep.run", *args], env=cli_env, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    (path,) = tmp_path.glob("runs/vit/*/result.json")
+    record = json.loads(path.read_text())
+    assert record["status"] == "failed" and "metrics" not in record
+    assert "NonFiniteLogits" in record["error"] and "at layer 1" in record["error"]
+    assert "400 of 400 rows of logits are not finite" in record["error"]

@@ -25,6 +25,7 @@ import pandas as pd
 from sweep.cache import atomic_write_bytes, atomic_write_text
 from sweep.cellspec import INTERVENTIONS
 from sweep.errors import SweepError
+from sweep.reference import reference_warnings
 from sweep.record import OUTCOMES_FILE, RESULT_FILE, STARTED_FILE
 from sweep.status import PLAN_FILE, log_files
 
@@ -36,7 +37,7 @@ METRICS = ("accuracy", "top5", "chance", "probe_accuracy", "last_probe_accuracy"
 COLUMN_KINDS: dict[str, str] = {
     "cell_id": "str", "name": "str", "sweep_id": "str", "status": "str",
     "model": "str", "layer": "int", "n_layers": "int", "intervention": "str", "readout": "str", "seed": "int",
-    "permutation": "str", "probe_method": "str",
+    "data": "str", "permutation": "str", "probe_method": "str",
     **{metric: "float" for metric in METRICS},
     "n_train": "int", "n_val": "int", "n_classes": "int",
     "block_calls": "int", "resumed_from_hidden": "bool", "device": "str", "dtype": "str", "total_s": "float",
@@ -83,6 +84,7 @@ def record_row(record: Mapping[str, Any]) -> dict[str, Any]:
     row = {
         **{key: record.get(key) for key in ("cell_id", "name", "sweep_id", "status", "model", "layer", "n_layers",
                                             "intervention", "readout", "seed")},
+        "data": (config.get("data") or {}).get("name"),
         "permutation": (config.get("intervention") or {}).get("permutation"),
         "probe_method": (config.get("probe") or {}).get("method"),
         **{metric: metrics.get(metric) for metric in METRICS},
@@ -550,7 +552,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"sweep-aggregate: error: {error}", file=sys.stderr)
         return 1
     print(summary_text(table))
-    for line in problems_text(table):
+    for line in problems_text(table) + reference_warnings(table.complete):
         print(line)
     if table.frame.empty:
         print(f"sweep-aggregate: no cell has a record yet; nothing written (sweep-status shows their state)",

@@ -23,6 +23,10 @@ from PIL import Image
 from sweep.errors import DataUnavailable
 
 SPLITS = ("train", "val")
+# Part of the images artifact's key: bump it whenever `to_uint8` changes its pixels, so that
+# images decoded by an older version are never reused. 2: HF's floor rounding of the long
+# edge and its alpha blending onto white.
+DECODER_VERSION = 2
 
 
 @dataclass(frozen=True)
