@@ -157,3 +157,10 @@ def test_settings_that_change_numbers_change_the_identity():
     base = cell_spec(compose_cell("model=toy_vit", "layer=3")).cell_id
     for change in ("compute.attn_implementation=eager", "compute.flush_denormal=false", "compute.dtype=bfloat16"):
         assert cell_spec(compose_cell("model=toy_vit", "layer=3", change)).cell_id != base, change
+
+
+def test_docs_list_every_checked_setting_as_the_rules_say():
+    from sweep.settings import settings_table
+
+    docs = (Path(__file__).parents[1] / "docs" / "settings.md").read_text()
+    assert settings_table() in docs, "regenerate the table in docs/settings.md from sweep.settings.settings_table()"

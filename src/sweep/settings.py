@@ -395,3 +395,30 @@ def check_device(compute: Compute, *, cuda_devices: int) -> None:
         found = f"it has {cuda_devices} CUDA device(s)" if cuda_devices else "CUDA is not available on this machine"
         raise ConfigError(f"compute.device={compute.device} is invalid here: {found}; use compute.device=auto "
                           "(the GPU where there is one) or compute.device=cpu")
+
+
+# --------------------------------------------------------------------------- documentation
+
+
+def settings_table() -> str:
+    """Every checked key and what it accepts, as the markdown table in docs/settings.md (a
+    test keeps the two equal, so the documentation cannot drift from the rules)."""
+    rows: list[tuple[str, str]] = [("layer", "an integer, 0..N or -(N+1)..-1 (N = model.n_layers)"),
+                                   ("seed", Integer(0).description)]
+    fixed = (("compute", Compute.RULES), ("cache", Cache.RULES), ("wandb (logger=wandb)", Wandb.RULES),
+             ("toy_training", ToyTraining.RULES))
+    for group, rules in fixed:
+        prefix = group.split()[0]
+        rows += [(f"{prefix}.{key}", rule.description) for key, rule in rules.items() if key != "data"]
+    rows += [("logger", "one of " + ", ".join(LOGGERS)), ("outcomes.save", Flag.description)]
+    variants = (("intervention", "name", INTERVENTION_SETTINGS, ""), ("probe", "method", PROBES, "settings."),
+                ("data", "source", DATA_SOURCES, ""))
+    for group, selector, table, nested in variants:
+        rows.append((f"{group}.{selector}", "one of " + ", ".join(table)))
+        if group == "data":
+            rows += [(f"data.{key}", rule.description + (" (at most 10 for sklearn_digits)" if key == "n_classes"
+                                                          else "")) for key, rule in _SUBSET.items() if key != "source"]
+        for choice, rules in table.items():
+            rows += [(f"{group}.{nested}{key} ({group}.{selector}={choice})", rule.description)
+                     for key, rule in rules.items() if key not in _SUBSET]
+    return "\n".join(["| key | valid values |", "|---|---|", *(f"| `{k}` | {v} |" for k, v in rows)])
