@@ -22,6 +22,7 @@ from sweep.adapters import Adapter, ClipAdapter, ReadoutUnavailable
 from sweep.cache import ArtifactCache
 from sweep.cell import measure
 from sweep.cellspec import cell_spec
+from sweep.errors import SweepError
 from sweep.models import IncompleteCheckpoint, LoadedModel, ModelUnavailable, folder_digest, load_model
 from sweep.probes import LinearHead
 
@@ -242,7 +243,7 @@ def test_clip_cls_needs_a_head_fitted_here():
 
 
 def test_an_unknown_readout_setting_is_refused_with_the_valid_ones():
-    with pytest.raises(Exception, match=r"model.readouts.cls.visual_projektion .*valid settings: head, visual_projection"):
+    with pytest.raises(SweepError, match=r"model.readouts.cls.visual_projektion .*valid settings: head, visual_projection"):
         load("clip", "+model.readouts.cls.visual_projektion=true")
 
 
@@ -261,9 +262,7 @@ def test_new_weights_in_a_local_folder_give_new_cache_keys_and_revision(tmp_path
     cache = ArtifactCache(tmp_path / "cache")
 
     def cell():
-        cfg = compose_cell("model=dinov2", f"model.source={folder}", f"model.n_layers={N_LAYERS}",
-                           "intervention=shuffle", "layer=2", "data.train_per_class=3", "data.val_per_class=2",
-                           "compute.device=cpu")
+        cfg = small_cell("dinov2", "intervention=shuffle", "layer=2", source=folder)
         return measure(cfg, cell_spec(cfg), cache)
 
     first = cell()
@@ -296,3 +295,16 @@ def test_a_folders_files_are_hashed_once_across_processes(tmp_path, monkeypatch)
 
     monkeypatch.setattr(sweep.cache, "_sha256", no_hashing)
     assert folder_digest(folder, memo) == first
+
+
+def small_cell(fixture: str, *overrides: str, source: Path | None = None):
+    return compose_cell(f"model={CONF[fixture]}", f"model.source={source or FIXTURES / fixture}",
+                        f"model.n_layers={N_LAYERS}", "data.train_per_class=3", "data.val_per_class=2",
+                        "compute.device=cpu", *overrides)
+
+
+def test_a_clip_cell_projects_through_its_cls_readout(tmp_path):
+    """At L = N the class-embedding projection is the cls readout: same predictions."""
+    cfg = small_cell("clip", "intervention=none", "readout=cls", "layer=-1")
+    result = measure(cfg, cell_spec(cfg), ArtifactCache(tmp_path))
+    assert torch.equal(result.outcomes["projection_predicted"], result.outcomes["predicted"])

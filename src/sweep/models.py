@@ -83,6 +83,12 @@ def load_model(model_cfg: Mapping[str, Any], weights: str | Path, *, device: tor
             f"could not load {model_cfg['name']} from '{weights}' ({' '.join(str(error).split())[:120]}). "
             "Without hub access, download it "
             "elsewhere (`hf download <id> --local-dir DIR`) and set model.source=DIR") from error
+    except torch.OutOfMemoryError:
+        raise
+    except RuntimeError as error:  # transformers 5 raises for weights it failed to convert or copy
+        raise IncompleteCheckpoint(
+            f"{model_cfg['name']} from '{weights}' did not load: {' '.join(str(error).split())[:300]} "
+            "(transformers' LOAD REPORT above names the keys)") from error
     check_loading_info(info, allowed_heads(kind, readouts), where=f"{model_cfg['name']} from '{weights}'")
     tensors = {name: checkpoint_tensor(weights, revision, name, why=f"{model_cfg['name']} ({why})")
                for name, why in kind.checkpoint_tensors(readouts).items()}
