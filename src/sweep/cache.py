@@ -740,6 +740,7 @@ def file_sha256(path: Path, memo: Path | None = None) -> str:
     digest = _sha256_remembered(path)
     if memo is not None and time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > _RACY_NS:
         entries = _read_memo(memo)  # again: another process may have added entries meanwhile
+        entries = {name: entry for name, entry in entries.items() if os.path.exists(name)}  # forget removed files
         entries[str(path)] = {"signature": signature, "sha256": digest}
         try:
             memo.parent.mkdir(parents=True, exist_ok=True)
