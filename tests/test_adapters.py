@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sweep.adapters import ReadoutUnavailable
+from sweep.adapters import ClipAdapter, ReadoutUnavailable
 from sweep.probes import LinearHead
 from tiny_models import KINDS, N_CLASSES, pixels, tiny_adapter
 
@@ -73,10 +73,20 @@ def test_deit_cls_readout_is_its_cls_head():
     assert not torch.allclose(ours, out.logits)
 
 
-def test_clip_has_no_cls_readout():
-    adapter = tiny_adapter("clip")
+def test_an_adapter_without_a_cls_readout_refuses_it():
+    class NoClsClip(ClipAdapter):
+        supported_readouts = ("native",)
+
+    adapter = NoClsClip(tiny_adapter("clip").model)
     with pytest.raises(ReadoutUnavailable, match="no 'cls' readout"):
         adapter.head("cls")
+
+
+def test_clip_cls_readout_is_post_layernorm_of_cls():
+    adapter, x = tiny_adapter("clip"), pixels()
+    with torch.no_grad():
+        theirs = adapter.model.vision_model(pixel_values=x).pooler_output
+        torch.testing.assert_close(adapter.readout_features(last_hidden(adapter, x), "cls"), theirs, rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("kind", ["beit", "dinov2", "clip"])
@@ -92,7 +102,7 @@ def test_a_head_fitted_here_is_what_the_hf_forward_uses(kind):
         torch.testing.assert_close(adapter.model(pixel_values=x).logits, expected, rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("kind", ["beit", "dinov2"])
+@pytest.mark.parametrize("kind", ["beit", "dinov2", "clip"])
 def test_a_fitted_cls_head_reads_the_cls_token_alone(kind):
     adapter, x = tiny_adapter(kind), pixels()
     head = LinearHead(torch.randn(N_CLASSES, adapter.hidden_size), torch.zeros(N_CLASSES))

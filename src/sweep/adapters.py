@@ -13,9 +13,11 @@ block L + 1 consumes.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import nn
@@ -27,7 +29,7 @@ HeadFn = Callable[[torch.Tensor], torch.Tensor]
 
 
 class ReadoutUnavailable(SweepError):
-    """Raised when a model has no readout of the requested kind (e.g. CLS-only on CLIP)."""
+    """Raised when a model has no readout of the requested kind, or no native head for it."""
 
 
 class Adapter(ABC):
@@ -39,13 +41,35 @@ class Adapter(ABC):
 
     #: readouts this architecture can express; conf/model/*.yaml picks among them
     supported_readouts: tuple[str, ...] = ("native", "cls")
-    #: tokens before the patch tokens (CLS, plus DeiT's distillation token)
-    n_prefix_tokens: int = 1
+    #: top-level modules of the HF model that hold its head(s): the only weights a checkpoint
+    #: may lack or have in another shape (and only where every head is fitted here)
+    head_modules: tuple[str, ...] = ("classifier",)
+    #: settings a readout may have in conf/model/*.yaml, besides where its head comes from
+    readout_options: tuple[str, ...] = ()
     cls_index: int = 0
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, readouts: Mapping[str, Any] | None = None,
+                 tensors: Mapping[str, torch.Tensor] | None = None) -> None:
+        """`readouts`: conf/model's `readouts` (their settings); `tensors`: what
+        `checkpoint_tensors` asked for, read from the checkpoint by the loader."""
         self.model = model.eval()
         self._fitted: dict[str, nn.Linear] = {}
+        self.readout_settings = {str(name): dict(settings or {}) for name, settings in (readouts or {}).items()}
+        self._check_readout_settings()
+
+    def _check_readout_settings(self) -> None:
+        valid = ("head", *self.readout_options)
+        for name, settings in self.readout_settings.items():
+            for key in settings:
+                if key not in valid:
+                    raise SweepError(f"model.readouts.{name}.{key} is not a setting of {type(self).__name__}; "
+                                     f"valid settings: {', '.join(valid)}")
+
+    @classmethod
+    def checkpoint_tensors(cls, readouts: Mapping[str, Any]) -> dict[str, str]:
+        """Tensors to read from the checkpoint's files that the HF class does not load
+        (name -> why), for these readout settings."""
+        return {}
 
     # -- structure -------------------------------------------------------------
     @property
@@ -223,7 +247,7 @@ class DeiTAdapter(ViTAdapter):
     """`DeiTForImageClassificationWithTeacher`: native logits average the CLS head and
     the distillation head; the CLS-only readout drops the distillation head."""
 
-    n_prefix_tokens = 2
+    head_modules = ("cls_classifier", "distillation_classifier")
 
     @property
     def _base(self) -> nn.Module:
@@ -253,19 +277,49 @@ class DeiTAdapter(ViTAdapter):
 class BeitAdapter(ViTAdapter):
     """`BeitForImageClassification`: native readout is the pooler (mean of patch tokens
     through its own norm when `use_mean_pooling`); the CLS readout takes CLS through
-    the same norm. Blocks need the image resolution for relative position bias."""
+    the same norm. Blocks need the input's resolution for their relative position bias,
+    and, where the checkpoint shares one bias table across layers, that bias as their mask."""
 
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__(model)
-        size = model.config.image_size
-        self._resolution = (size, size) if isinstance(size, int) else tuple(size)
+    def __init__(self, model: nn.Module, readouts: Mapping[str, Any] | None = None,
+                 tensors: Mapping[str, torch.Tensor] | None = None) -> None:
+        super().__init__(model, readouts, tensors)
+        self._resolution: tuple[int, int] | None = None  # of the last pixels embedded
 
     @property
     def _base(self) -> nn.Module:
         return self.model.beit
 
+    def embed(self, pixels: torch.Tensor) -> torch.Tensor:
+        self._resolution = (int(pixels.shape[-2]), int(pixels.shape[-1]))
+        return self.stem(pixels)
+
     def run_block(self, index: int, hidden: torch.Tensor) -> torch.Tensor:
-        return self.blocks[index](hidden, resolution=self._resolution)
+        """What `BeitModel.forward` passes each layer: the pixels' resolution, and the shared
+        relative position bias (if any) as the attention mask."""
+        resolution = self._resolution_of(hidden)
+        return self.blocks[index](hidden, attention_mask=self._shared_bias(resolution, hidden),
+                                  interpolate_pos_encoding=False, resolution=resolution)
+
+    def _shared_bias(self, resolution: tuple[int, int], hidden: torch.Tensor) -> torch.Tensor | None:
+        shared = getattr(self._base, "shared_position_bias", None)
+        if shared is None:
+            return None
+        patch = int(self.model.config.patch_size)
+        window = (resolution[0] // patch, resolution[1] // patch)
+        return shared(window, interpolate_pos_encoding=False, dim_size=hidden.shape[1])
+
+    def _resolution_of(self, hidden: torch.Tensor) -> tuple[int, int]:
+        """The resolution of the pixels `hidden` came from: the last embedded one when its
+        patch grid fits the token count (a cell resuming from cached hidden states has
+        embedded an image of the same crop), else the square grid the tokens form."""
+        patch, n_patches = int(self.model.config.patch_size), hidden.shape[1] - 1
+        if self._resolution is not None and (self._resolution[0] // patch) * (self._resolution[1] // patch) == n_patches:
+            return self._resolution
+        side = math.isqrt(n_patches)
+        if side * side != n_patches:
+            raise SweepError(f"BEiT hidden states with {n_patches} patch tokens do not form a square grid; "
+                             "embed the pixels first so that their resolution is known")
+        return side * patch, side * patch
 
     def _cls_norm(self, cls: torch.Tensor) -> torch.Tensor:
         pool_norm = self._base.pooler.layernorm if self._base.pooler is not None else None
@@ -315,9 +369,37 @@ class Dinov2Adapter(ViTAdapter):
 class ClipAdapter(Adapter):
     """`CLIPForImageClassification` (vision tower): hidden state 0 is taken after
     `pre_layrnorm`; the native readout is the mean of the patch tokens of hidden state N
-    (no final norm), so there is no CLS-only readout."""
+    (no final norm), as the HF class reads it. The CLS readout is CLIP's own trained image
+    embedding path: `post_layernorm(CLS)`, then `visual_projection` when
+    `readouts.cls.visual_projection` is true. The HF class has no `visual_projection`, so
+    it is read from the (`CLIPModel`) checkpoint's weights. Both heads are fitted here."""
 
-    supported_readouts = ("native",)
+    readout_options = ("visual_projection",)
+    _PROJECTION = "visual_projection.weight"
+
+    def __init__(self, model: nn.Module, readouts: Mapping[str, Any] | None = None,
+                 tensors: Mapping[str, torch.Tensor] | None = None) -> None:
+        super().__init__(model, readouts, tensors)
+        self._projection: nn.Linear | None = None
+        if self._uses_projection(self.readout_settings):
+            weight = (tensors or {}).get(self._PROJECTION)
+            if weight is None:
+                raise ReadoutUnavailable(
+                    f"readouts.cls.visual_projection is true but no '{self._PROJECTION}' was read from the "
+                    "checkpoint (CLIPForImageClassification has none; it comes from a CLIPModel checkpoint)")
+            param = next(model.parameters())
+            self._projection = nn.Linear(weight.shape[1], weight.shape[0], bias=False).to(param.device, param.dtype)
+            with torch.no_grad():
+                self._projection.weight.copy_(weight)
+            self._projection.eval().requires_grad_(False)
+
+    @staticmethod
+    def _uses_projection(readouts: Mapping[str, Any]) -> bool:
+        return bool((readouts.get("cls") or {}).get("visual_projection", False))
+
+    @classmethod
+    def checkpoint_tensors(cls, readouts: Mapping[str, Any]) -> dict[str, str]:
+        return {cls._PROJECTION: "readouts.cls.visual_projection: true"} if cls._uses_projection(readouts) else {}
 
     @property
     def _vision(self) -> nn.Module:
@@ -343,14 +425,22 @@ class ClipAdapter(Adapter):
 
     def readout_features(self, last_hidden: torch.Tensor, readout: str) -> torch.Tensor:
         self.check_readout(readout)
-        return last_hidden[:, 1:].mean(dim=1)
+        if readout == "native":
+            return last_hidden[:, 1:].mean(dim=1)
+        return self._cls_embedding(last_hidden[:, 0])
+
+    def _cls_embedding(self, cls: torch.Tensor) -> torch.Tensor:
+        pooled = self._vision.post_layernorm(cls)
+        return self._projection(pooled) if self._projection is not None else pooled
 
     def native_head(self, readout: str) -> HeadFn:
+        if readout == "cls":
+            raise ReadoutUnavailable("CLIP has no native CLS head: set readouts.cls.head: fitted")
         return self.model.classifier
 
     def projection_features(self, cls: torch.Tensor) -> torch.Tensor:
-        # The native readout applies no norm before the head, so neither does the projection.
-        return cls
+        """The CLS readout's path (post_layernorm, projection): projection_readout is cls."""
+        return self._cls_embedding(cls)
 
 
 ADAPTERS: Mapping[str, type[Adapter]] = {
@@ -362,8 +452,13 @@ ADAPTERS: Mapping[str, type[Adapter]] = {
 }
 
 
-def make_adapter(kind: str, model: nn.Module) -> Adapter:
+def adapter_class(kind: str) -> type[Adapter]:
     try:
-        return ADAPTERS[kind](model)
+        return ADAPTERS[kind]
     except KeyError:
-        raise ValueError(f"unknown adapter '{kind}'; choose one of {', '.join(ADAPTERS)}") from None
+        raise ValueError(f"unknown adapter '{kind}' (model.adapter); choose one of {', '.join(ADAPTERS)}") from None
+
+
+def make_adapter(kind: str, model: nn.Module, readouts: Mapping[str, Any] | None = None,
+                 tensors: Mapping[str, torch.Tensor] | None = None) -> Adapter:
+    return adapter_class(kind)(model, readouts, tensors)

@@ -35,6 +35,9 @@ from sweep.probes import LinearHead, fit_probes
 from sweep.progress import progress_bar
 from sweep.toy import train_toy
 
+#: file in the cache's root remembering weight-file hashes (local model folders' identity)
+FILE_HASHES = "file_hashes.json"
+
 
 @dataclass
 class ComputeLedger:
@@ -106,6 +109,15 @@ def _write_seconds(out: Path, seconds: Mapping[str, float]) -> None:
     (out / "meta.json").write_text(json.dumps({"seconds": dict(seconds)}))
 
 
+def _readout_options(readouts: Mapping[str, Any]) -> dict[str, Any]:
+    """Readout settings that change the features (e.g. CLIP's `visual_projection`), for the
+    features spec; empty, so absent from the spec, for readouts with none, which keeps
+    the keys of models without such settings unchanged."""
+    options = {str(r): {str(k): v for k, v in settings.items() if k != "head"} for r, settings in readouts.items()}
+    options = {r: o for r, o in options.items() if o}
+    return {"readout_options": options} if options else {}
+
+
 def _read_json(path: Path) -> Any:
     return json.loads(path.read_text())
 
@@ -145,7 +157,8 @@ class Artifacts:
         if model_cfg.get("toy") is not None:
             weights, identity["toy"] = self._toy_weights(model_cfg)
         loaded = load_model(model_cfg, weights, device=self.device,
-                            attn_implementation=str(self.compute["attn_implementation"]))
+                            attn_implementation=str(self.compute["attn_implementation"]),
+                            hash_memo=self.cache.root / FILE_HASHES)
         identity["revision"] = loaded.revision if model_cfg.get("toy") is None else identity["toy"]
         return identity, loaded
 
@@ -172,6 +185,7 @@ class Artifacts:
         hidden_bytes = n_val * (adapter.n_layers + 1) * tokens * adapter.hidden_size * 4
         keep_hidden = hidden_bytes <= float(self.compute["hidden_cache_budget_gb"]) * 2**30
         spec = {"model": dict(model_identity), "images": images_key, "readouts": readouts,
+                **_readout_options(self.cfg["model"]["readouts"]),
                 "batch_size": int(self.compute["batch_size"]), "dtype": str(self.compute["dtype"]),
                 "device": self.device.type, "attn": str(self.compute["attn_implementation"]),
                 "flush_denormal": bool(self.compute["flush_denormal"]), "hidden_states": keep_hidden}

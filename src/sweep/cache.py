@@ -725,6 +725,41 @@ def _sha256_remembered(path: Path) -> str:
     return digest
 
 
+def file_sha256(path: Path, memo: Path | None = None) -> str:
+    """sha256 of `path`, remembered across processes in the JSON file `memo` (when given)
+    by (absolute path, size, mtime): model folders hold hundreds of megabytes of weights and
+    every cell that loads them needs their identity. Best effort: an unreadable or
+    unwritable memo only costs a re-hash; a file still in the racy window is not remembered."""
+    path = Path(path).absolute()
+    st = path.stat()
+    signature = [st.st_size, st.st_mtime_ns]
+    entries = _read_memo(memo)
+    known = entries.get(str(path))
+    if isinstance(known, dict) and known.get("signature") == signature and isinstance(known.get("sha256"), str):
+        return known["sha256"]
+    digest = _sha256_remembered(path)
+    if memo is not None and time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > _RACY_NS:
+        entries = _read_memo(memo)  # again: another process may have added entries meanwhile
+        entries = {name: entry for name, entry in entries.items() if os.path.exists(name)}  # forget removed files
+        entries[str(path)] = {"signature": signature, "sha256": digest}
+        try:
+            memo.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(memo, entries, indent=None)
+        except OSError as error:
+            logger.debug("could not remember file hashes in %s: %s", memo, error)
+    return digest
+
+
+def _read_memo(memo: Path | None) -> dict[str, Any]:
+    if memo is None:
+        return {}
+    try:
+        entries = json.loads(memo.read_text())
+    except (OSError, ValueError):
+        return {}
+    return entries if isinstance(entries, dict) else {}
+
+
 def _describe_files(tmp: Path) -> dict[str, dict[str, Any]]:
     """Size and sha256 of everything compute() wrote, fsynced so that the manifest never
     vouches for data still only in the page cache. Links and special files are refused:

@@ -2,26 +2,49 @@
 
 All three go through the same `from_pretrained` call (`trust_remote_code` off); a toy is
 just a local folder that `toy.train_toy` wrote with `save_pretrained` into the cache.
+
+What loaded is checked, not assumed: transformers fills any weight a checkpoint lacks (or
+has in another shape) with a fresh random one and only logs it, so a renamed key in an old
+checkpoint would silently give a random backbone. Only the head may be missing or differ.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import hashlib
+import json
+import logging
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import transformers
+from safetensors import safe_open
 
-from sweep.adapters import Adapter, make_adapter
+from sweep.adapters import Adapter, adapter_class
+from sweep.cache import file_sha256
 from sweep.errors import SweepError
 
 transformers.utils.logging.disable_progress_bar()  # our own bars report progress
+logger = logging.getLogger(__name__)
+
+#: files that make up a local model's identity (configuration and weights)
+IDENTITY_PATTERNS = ("config.json", "*.safetensors", "*.bin")
+#: weight files searched, in this order, for tensors the HF class does not load
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+_SNAPSHOT = re.compile(r"/snapshots/([0-9a-f]{40})(/|$)")
+_LISTED = 8  # keys named in a refusal before "and N more"
 
 
 class ModelUnavailable(SweepError):
     """The model's weights cannot be read; the message says how to provide them."""
+
+
+class IncompleteCheckpoint(ModelUnavailable):
+    """The checkpoint loaded, but not all of the backbone came from it."""
 
 
 @dataclass(frozen=True)
@@ -39,24 +62,149 @@ def hf_class(model_cfg: Mapping[str, Any]) -> type:
 
 
 def load_model(model_cfg: Mapping[str, Any], weights: str | Path, *, device: torch.device,
-               attn_implementation: str) -> LoadedModel:
-    """Load `weights` (hub id or folder) as `model.hf_class` and wrap it in its adapter."""
+               attn_implementation: str, hash_memo: Path | None = None) -> LoadedModel:
+    """Load `weights` (hub id or folder) as `model.hf_class`, check that everything but the
+    head came from the checkpoint, and wrap it in its adapter. `hash_memo`: where file
+    hashes of local folders are remembered (see `model_revision`)."""
     cls = hf_class(model_cfg)
+    kind = adapter_class(str(model_cfg["adapter"]))
+    readouts = model_cfg.get("readouts") or {}
     kwargs = dict(model_cfg.get("load_kwargs") or {})
+    # Shape mismatches are reported in the loading info instead of raised, so that the check
+    # below can name them; anything outside the head is refused there.
+    kwargs["ignore_mismatched_sizes"] = True
     revision = model_cfg.get("revision")
     try:
-        model = cls.from_pretrained(str(weights), revision=revision, trust_remote_code=False,
-                                    attn_implementation=attn_implementation, **kwargs)
+        model, info = cls.from_pretrained(str(weights), revision=revision, trust_remote_code=False,
+                                          attn_implementation=attn_implementation, output_loading_info=True,
+                                          **kwargs)
     except OSError as error:
         raise ModelUnavailable(
             f"could not load {model_cfg['name']} from '{weights}' ({' '.join(str(error).split())[:120]}). "
             "Without hub access, download it "
             "elsewhere (`hf download <id> --local-dir DIR`) and set model.source=DIR") from error
+    except torch.OutOfMemoryError:
+        raise
+    except RuntimeError as error:  # transformers 5 raises for weights it failed to convert or copy
+        raise IncompleteCheckpoint(
+            f"{model_cfg['name']} from '{weights}' did not load: {' '.join(str(error).split())[:300]} "
+            "(transformers' LOAD REPORT above names the keys)") from error
+    check_loading_info(info, allowed_heads(kind, readouts), where=f"{model_cfg['name']} from '{weights}'")
+    tensors = {name: checkpoint_tensor(weights, revision, name, why=f"{model_cfg['name']} ({why})")
+               for name, why in kind.checkpoint_tensors(readouts).items()}
     model = model.to(device).eval()
-    adapter = make_adapter(str(model_cfg["adapter"]), model)
+    adapter = kind(model, readouts=readouts, tensors=tensors)
     expected = int(model_cfg["n_layers"])
     if adapter.n_layers != expected:
         raise ValueError(f"{model_cfg['name']} has {adapter.n_layers} blocks but conf/model says "
                          f"n_layers: {expected}; fix the YAML")
-    found_revision = getattr(model.config, "_commit_hash", None) or revision or "local"
-    return LoadedModel(adapter, str(found_revision))
+    return LoadedModel(adapter, model_revision(model.config, weights, revision, hash_memo))
+
+
+# -- what loaded ---------------------------------------------------------------------------
+def allowed_heads(kind: type[Adapter], readouts: Mapping[str, Any]) -> tuple[str, ...]:
+    """Head modules the checkpoint may lack or have in another shape: the adapter's, and
+    only when every readout's head is fitted here (a native head must be the checkpoint's)."""
+    fitted = all(str(settings.get("head")) == "fitted" for settings in readouts.values())
+    return kind.head_modules if fitted and readouts else ()
+
+
+def check_loading_info(info: Mapping[str, Any], heads: Iterable[str], *, where: str) -> None:
+    """Refuse a load in which any weight outside `heads` was missing from the checkpoint,
+    had another shape there, or failed to load. Keys the model does not use (CLIP's text
+    tower, old buffers) are fine."""
+    heads = tuple(heads)
+
+    def outside_heads(key: str) -> bool:
+        return key.split(".", 1)[0] not in heads
+
+    missing = sorted(k for k in info.get("missing_keys") or () if outside_heads(k))
+    mismatched = sorted(_describe_mismatch(item) for item in info.get("mismatched_keys") or ()
+                        if outside_heads(_mismatch_key(item)))
+    errors = [str(e) for e in info.get("error_msgs") or ()]
+    unexpected = sorted(info.get("unexpected_keys") or ())
+    if unexpected:
+        logger.info("%s: %d checkpoint keys unused (%s)", where, len(unexpected), _listing(unexpected))
+    problems = [f"missing from the checkpoint: {_listing(missing)}" if missing else "",
+                f"another shape in the checkpoint: {_listing(mismatched)}" if mismatched else "",
+                f"errors: {_listing(errors)}" if errors else ""]
+    problems = [p for p in problems if p]
+    if problems:
+        may = f"only the head ({', '.join(heads)}) may be" if heads else "no weight may be (its heads are native)"
+        raise IncompleteCheckpoint(
+            f"{where} did not load completely; {'; '.join(problems)}. Those weights would be random: "
+            f"{may} missing or differ. Check model.source and model.hf_class, and that the checkpoint "
+            "is the architecture conf/model describes")
+
+
+def _mismatch_key(item: Any) -> str:
+    return str(item[0]) if isinstance(item, (tuple, list)) else str(item)
+
+
+def _describe_mismatch(item: Any) -> str:
+    if isinstance(item, (tuple, list)) and len(item) == 3:
+        return f"{item[0]} (checkpoint {tuple(item[1])}, model {tuple(item[2])})"
+    return _mismatch_key(item)
+
+
+def _listing(items: list[str]) -> str:
+    shown = ", ".join(items[:_LISTED])
+    return shown + (f" and {len(items) - _LISTED} more" if len(items) > _LISTED else "")
+
+
+# -- tensors the HF class does not load ------------------------------------------------------
+def checkpoint_tensor(weights: str | Path, revision: str | None, name: str, *, why: str) -> torch.Tensor:
+    """Tensor `name` read straight from the checkpoint's weight files (e.g. CLIP's
+    `visual_projection.weight`, which `CLIPForImageClassification` has no place for)."""
+    for filename in WEIGHT_FILES:
+        try:
+            path = transformers.utils.cached_file(str(weights), filename, revision=revision,
+                                                  _raise_exceptions_for_missing_entries=False)
+        except OSError:  # not in the hub cache and no hub access
+            path = None
+        if path is None:
+            continue
+        if filename.endswith(".index.json"):
+            shard = json.loads(Path(path).read_text())["weight_map"].get(name)
+            if shard is None:
+                break
+            path = transformers.utils.cached_file(str(weights), shard, revision=revision)
+        tensor = _read_tensor(Path(path), name)
+        if tensor is None:
+            break
+        return tensor
+    raise ModelUnavailable(
+        f"{why} needs '{name}' from the checkpoint, but '{weights}' has no such tensor in "
+        f"{' or '.join(WEIGHT_FILES)}")
+
+
+def _read_tensor(path: Path, name: str) -> torch.Tensor | None:
+    if path.suffix == ".safetensors":
+        with safe_open(str(path), framework="pt") as f:
+            return f.get_tensor(name) if name in f.keys() else None
+    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    return state.get(name)
+
+
+# -- identity --------------------------------------------------------------------------------
+def model_revision(config: Any, weights: str | Path, configured: str | None, hash_memo: Path | None) -> str:
+    """What names the weights: the hub commit where there is one (a hub load, or a folder
+    in the hub cache's `snapshots/<commit>/`), else a content hash of a local folder's
+    config and weight files, so that new weights in the same folder give new cache keys."""
+    folder = Path(weights)
+    if folder.is_dir():
+        snapshot = _SNAPSHOT.search(folder.absolute().as_posix())
+        return snapshot.group(1) if snapshot else folder_digest(folder, hash_memo)
+    return str(getattr(config, "_commit_hash", None) or configured or "unknown")
+
+
+def folder_digest(folder: Path, hash_memo: Path | None = None) -> str:
+    """sha256 over the names and hashes of the folder's IDENTITY_PATTERNS files; each file
+    is hashed once per (path, size, mtime), remembered in `hash_memo`."""
+    files = sorted({p for pattern in IDENTITY_PATTERNS for p in folder.glob(pattern) if p.is_file()})
+    if not files:
+        raise ModelUnavailable(f"'{folder}' has none of {', '.join(IDENTITY_PATTERNS)}; is it a model folder?")
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(f"{path.name}\0{file_sha256(path, hash_memo)}\n".encode())
+    return "sha256:" + digest.hexdigest()[:24]
