@@ -126,9 +126,11 @@ def test_heads_run_in_float32_on_float32_features_even_under_bf16_autocast(kind)
             logits = adapter.logits(hidden.bfloat16().float(), "native")
             ours = adapter.logits(hidden, "native")
             readout = "cls" if "cls" in adapter.supported_readouts else "native"
-            if kind in ("beit", "dinov2"):  # their CLS-only heads are fitted here
-                adapter.install_head("cls", LinearHead(torch.randn(N_CLASSES, adapter.hidden_size),
-                                                       torch.randn(N_CLASSES)))
+            try:
+                adapter.native_head(readout)
+            except ReadoutUnavailable:  # a CLS-only head fitted here (BEiT, DINOv2, CLIP)
+                width = adapter.projection_features(hidden[:, 0]).shape[-1]
+                adapter.install_head(readout, LinearHead(torch.randn(N_CLASSES, width), torch.randn(N_CLASSES)))
             projected = adapter.projection_logits(hidden[:, 0], readout)
     assert logits.dtype == ours.dtype == projected.dtype == torch.float32
     assert torch.equal(ours, expected)

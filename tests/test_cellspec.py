@@ -25,8 +25,8 @@ def test_an_out_of_range_layer_names_the_valid_range():
 
 
 def test_cls_readout_on_a_model_without_one_is_refused_with_the_reason():
-    with pytest.raises(ConfigError, match="token average"):
-        cell_spec(config("model=clip", "~model.readouts.cls", "readout=cls"))
+    with pytest.raises(ConfigError, match="no readout of the CLS token alone; use readout=native"):
+        cell_spec(config("model=clip", "~model.readouts.cls", "model.projection_readout=native", "readout=cls"))
 
 
 def test_identity_depends_on_science_not_on_where_or_how_fast_it_runs():

@@ -44,7 +44,7 @@ def test_one_cell_writes_its_record_and_a_second_run_skips_it(cli_env, tmp_path)
     (["model=resnet"], "Could not find 'model/resnet'"),
     (["intervention=dropout"], "Could not find 'intervention/dropout'"),
     (["model=toy_vit", "layer=9"], "valid layers are 0..6"),
-    (["model=clip", "~model.readouts.cls", "readout=cls"], "no 'cls' readout"),
+    (["model=clip", "~model.readouts.cls", "model.projection_readout=native", "readout=cls"], "no 'cls' readout"),
     (["data=imagefolder", "data.root=/no/such/imagenet", "model=toy_vit"], "/no/such/imagenet/train does not exist"),
 ])
 def test_bad_input_is_a_clear_error_before_any_work(cli_env, tmp_path, args, message):

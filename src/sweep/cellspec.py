@@ -99,9 +99,9 @@ def cell_spec(cfg: DictConfig | Mapping[str, Any]) -> CellSpec:
     if readout not in readouts:
         raise NotApplicable(
             f"model {model_name} has no '{readout}' readout (it has: {', '.join(readouts)}); "
-            + ("its readout is the token average, so a CLS-only readout does not exist; use readout=native"
+            + ("its conf/model file declares no readout of the CLS token alone; use readout=native"
                if readout == "cls" else "choose one of those"))
-    check_data_folders(settings.data)
+    check_data_folders(settings.data.values)
     compute = settings.compute
     science: dict[str, Any] = {
         "format": RECORD_FORMAT,

@@ -73,9 +73,9 @@ def load_split(data: Mapping[str, Any], split: str) -> LabelledImages:
 
 def check_available(data: Mapping[str, Any]) -> None:
     """Cheap checks that run before any model is loaded (the cell's spec runs them too)."""
-    from sweep.settings import check_data_folders, parse_data
+    from sweep.settings import check_data_folders
 
-    check_data_folders(parse_data(data))
+    check_data_folders(data)
 
 
 def _digits(data: Mapping[str, Any], split: str) -> LabelledImages:

@@ -364,10 +364,10 @@ def parse_settings(cfg: Mapping[str, Any], *, is_toy: bool) -> CellSettings:
 # --------------------------------------------------------------------------- where the cell runs
 
 
-def check_data_folders(data: Variant) -> None:
+def check_data_folders(data: Mapping[str, Any]) -> None:
     """An image folder must exist with its split folders: cheap, so it is checked before any
     model loads rather than when the images are first read."""
-    if data.choice != "imagefolder":
+    if data["source"] != "imagefolder":
         return
     root = Path(str(data["root"])).expanduser()
     for split in ("train", "val"):
