@@ -4,13 +4,13 @@ imagefolder builder (on local files), and preprocessing to uint8 pixel-equal to 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from hf_processors import HF_PROCESSORS, hf_processor, model_preprocess
 from sweep.data import (DataUnavailable, balanced_subset, check_available, imagenet_wnids, load_split,
                         normalise, preprocess_split, to_uint8)
 
@@ -83,9 +83,6 @@ def test_preprocessing_resizes_the_short_edge_crops_the_centre_and_normalises_on
 # conf/model/<name>.yaml (nothing is fetched); the hub checkpoints' preprocessor_config.json
 # say the same. The PIL classes are the slow path every install has (no torchvision needed).
 
-HF_PROCESSORS = {"vit": "ViTImageProcessorPil", "deit": "DeiTImageProcessorPil", "beit": "BeitImageProcessorPil",
-                 "dinov2": "BitImageProcessorPil", "clip": "CLIPImageProcessorPil"}
-
 # name -> (PIL mode, (width, height), file format). Random-noise pixels, so any off-by-one in
 # the resized size or the crop offset shows. JPEG cannot hold transparency, so the RGBA case
 # and a palette image with a transparent colour are PNGs.
@@ -94,30 +91,6 @@ IMAGES = {"500x375": ("RGB", (500, 375), "JPEG"), "375x500": ("RGB", (375, 500),
           "1x1000": ("RGB", (1, 1000), "JPEG"), "1000x1": ("RGB", (1000, 1), "JPEG"),
           "grayscale-640x427": ("L", (640, 427), "JPEG"), "rgba-481x360": ("RGBA", (481, 360), "PNG"),
           "cmyk-500x353": ("CMYK", (500, 353), "JPEG"), "palette-transparent-301x250": ("P", (301, 250), "PNG")}
-
-
-def _model_preprocess(model: str) -> dict[str, Any]:
-    import yaml
-
-    from sweep.conf_path import CONF_DIR
-
-    return yaml.safe_load((CONF_DIR / "model" / f"{model}.yaml").read_text())["preprocess"]
-
-
-def _hf_processor(model: str, preprocess: dict[str, Any]) -> Any:
-    import transformers
-    from transformers.image_utils import PILImageResampling
-
-    resize, crop = int(preprocess["resize"]), int(preprocess["crop"])
-    return getattr(transformers, HF_PROCESSORS[model])(
-        size={"height": resize, "width": resize} if preprocess["resize_exact"] else {"shortest_edge": resize},
-        # ViT and BEiT do not crop; there crop == resize on an exact resize, so the crop is the identity
-        do_center_crop=True, crop_size={"height": crop, "width": crop},
-        resample=PILImageResampling[str(preprocess["interpolation"]).upper()],
-        do_rescale=True, rescale_factor=1 / 255, do_normalize=True,
-        image_mean=list(preprocess["mean"]), image_std=list(preprocess["std"]),
-        # ViT, DeiT and BEiT leave non-RGB inputs alone (and then fail on them); sweep converts all
-        do_convert_rgb=True)
 
 
 def _image_file(tmp_path: Path, name: str) -> Path:
@@ -137,11 +110,11 @@ def _image_file(tmp_path: Path, name: str) -> Path:
 @pytest.mark.parametrize("name", list(IMAGES))
 @pytest.mark.parametrize("model", list(HF_PROCESSORS))
 def test_preprocessing_gives_the_hf_image_processors_pixels(model, name, tmp_path):
-    preprocess = _model_preprocess(model)
+    preprocess = model_preprocess(model)
     path = _image_file(tmp_path, name)
     with Image.open(path) as image:
         assert image.mode == IMAGES[name][0]
-        expected = _hf_processor(model, preprocess)(image, return_tensors="np")["pixel_values"][0]
+        expected = hf_processor(model, preprocess)(image, return_tensors="np")["pixel_values"][0]
     with Image.open(path) as image:
         ours = normalise(torch.from_numpy(to_uint8(image, preprocess))[None], preprocess)[0].numpy()
     assert ours.shape == expected.shape

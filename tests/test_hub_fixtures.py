@@ -308,3 +308,85 @@ def test_a_clip_cell_projects_through_its_cls_readout(tmp_path):
     cfg = small_cell("clip", "intervention=none", "readout=cls", "layer=-1")
     result = measure(cfg, cell_spec(cfg), ArtifactCache(tmp_path))
     assert torch.equal(result.outcomes["projection_predicted"], result.outcomes["predicted"])
+
+
+# -------------------------------------------------------------------- a cell on real files, end to end
+
+E2E = ("vit", "deit", "beit", "dinov2", "clip")
+E2E_CLASSES, E2E_PER_CLASS = 4, 3
+
+
+@pytest.fixture(scope="module")
+def imagenet_folder(tmp_path_factory):
+    from imagenet_folder import make_imagenet_folder
+
+    return make_imagenet_folder(tmp_path_factory.mktemp("imagenet"), n_classes=E2E_CLASSES,
+                                per_class=E2E_PER_CLASS)
+
+
+def fitted_native_head(cache: Path) -> LinearHead | None:
+    """The native readout's head that the cell fitted here (read from its cache entry)."""
+    import json
+
+    for manifest in cache.glob("head/*/MANIFEST.json"):
+        if json.loads(manifest.read_text())["spec"]["readout"] == "native":
+            return LinearHead.from_state_dict(load_file(manifest.parent / "head.safetensors"))
+    return None
+
+
+def independent_predictions(fixture: str, root: Path, head: LinearHead | None) -> list[tuple[int, int, int]]:
+    """HF's image processor and HF's own forward on every validation file, no sweep code
+    between the files and the logits (only a head fitted here, where the model has none)."""
+    from PIL import Image
+
+    from hf_processors import hf_processor, model_preprocess
+    from sweep.data import imagenet_wnids
+
+    processor = hf_processor(fixture, model_preprocess(fixture))
+    hf_class = getattr(transformers, model_cfg(fixture)["hf_class"])
+    model = hf_class.from_pretrained(FIXTURES / fixture, attn_implementation="eager").eval()
+    if head is not None:
+        model.classifier = torch.nn.Linear(head.weight.shape[1], head.weight.shape[0])
+        with torch.no_grad():
+            model.classifier.weight.copy_(head.weight)
+            model.classifier.bias.copy_(head.bias)
+    pairs = []
+    for path in sorted((root / "val").glob("*/*.JPEG")):
+        with Image.open(path) as image:
+            pixels = processor(image, return_tensors="pt")["pixel_values"]
+        label = imagenet_wnids().index(path.parent.name)
+        with torch.no_grad():
+            logits = model(pixel_values=pixels).logits[0]
+        rank = int((logits > logits[label]).sum() + ((logits == logits[label])[:label]).sum())
+        pairs.append((label, int(logits.argmax()), rank))
+    return sorted(pairs)
+
+
+@pytest.mark.parametrize("fixture", E2E)
+def test_a_cell_on_an_imagenet_folder_scores_what_hf_scores_on_the_same_files(fixture, imagenet_folder, tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+
+    cache = tmp_path / "cache"
+    env = {**os.environ, "SWEEP_CACHE_DIR": str(cache), "WANDB_MODE": "offline", "SWEEP_PROGRESS": "0"}
+    args = [f"model={CONF[fixture]}", f"model.source={FIXTURES / fixture}", f"model.n_layers={N_LAYERS}",
+            "data=imagefolder", f"data.root={imagenet_folder}", f"data.n_classes={E2E_CLASSES}",
+            f"data.train_per_class={E2E_PER_CLASS}", f"data.val_per_class={E2E_PER_CLASS}",
+            "intervention=none", "layer=-1", "logger=none", "compute.attn_implementation=eager"]
+    result = subprocess.run([sys.executable, "-m", "sweep.run", *args], env=env, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    (path,) = tmp_path.glob(f"runs/{CONF[fixture]}/*/result.json")
+    record = json.loads(path.read_text())
+    assert record["status"] == "complete"
+    assert record["counts"]["n_val"] == E2E_CLASSES * E2E_PER_CLASS
+    assert record["versions"]["model_revision"].startswith("sha256:")
+    # every file once, so (label, prediction, rank of the label) compare as sets whatever the
+    # subset's order; random weights predict much the same class everywhere, the ranks differ
+    expected = independent_predictions(fixture, imagenet_folder, fitted_native_head(cache))
+    rows = [line.split(",") for line in (path.parent / "outcomes.csv").read_text().splitlines()[1:]]
+    assert sorted((int(r[1]), int(r[2]), int(r[3])) for r in rows) == expected
+    assert len(set(expected)) > len(expected) // 3, "the comparison must not be vacuous"
+    assert record["metrics"]["accuracy"] == sum(label == p for label, p, _ in expected) / len(expected)

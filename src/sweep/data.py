@@ -101,7 +101,9 @@ def _imagefolder(data: Mapping[str, Any], split: str) -> LabelledImages:
     if unknown:
         raise DataUnavailable(f"{folder} has folders that are not ImageNet-1k synsets: {unknown[:5]}; "
                               "each class folder must be named by its wnid (e.g. n01440764)")
-    dataset = datasets.load_dataset("imagefolder", data_dir=str(folder), split="train")
+    # data_files, not data_dir: from a folder, `datasets` infers splits from file names, and
+    # ImageNet's validation files (ILSVRC2012_val_*.JPEG) would become a "validation" split.
+    dataset = datasets.load_dataset("imagefolder", data_files={"images": str(folder / "**")}, split="images")
     names = dataset.features["label"].names
     to_standard = [standard[name] for name in names]
     labels = [to_standard[label] for label in dataset["label"]]
