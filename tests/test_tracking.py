@@ -1,5 +1,6 @@
-"""W&B per cell, offline or against a stand-in server on 127.0.0.1 (no real one can run here): one run per cell in its folder,
-online falling back to offline fast, and no secret in any file a sweep writes."""
+"""W&B per cell, offline or against a stand-in server on 127.0.0.1 (no real one can run
+here): one run per cell in its folder, any W&B failure falling back to offline fast without
+costing the cell its record, and no secret in any file a sweep writes."""
 
 from __future__ import annotations
 
@@ -26,7 +27,6 @@ SECRETS = {"WANDB_API_KEY": "local-0123456789abcdef0123456789abcdef01234567", "H
 
 @pytest.fixture(scope="module")
 def wandb_sweep(tmp_path_factory, cache_dir):
-    import os
     cwd = tmp_path_factory.mktemp("wandb")
     env = {**os.environ, "SWEEP_CACHE_DIR": str(cache_dir), "WANDB_MODE": "offline", **SECRETS,
            "HOME": str(cwd)}  # no ~/.netrc: nothing to find a key in but the environment
@@ -75,9 +75,19 @@ def test_wandb_mode_from_the_environment_wins_over_the_config(monkeypatch):
 
 
 
+def test_after_online_failed_later_cells_of_the_process_go_straight_offline(monkeypatch):
+    import sweep.tracking
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setattr(sweep.tracking, "_online_failed", "W&B failed earlier in this process (...)")
+    assert choose_mode({"mode": "online", "base_url": "x", "reachability_timeout_s": 1}) == (
+        "offline", "W&B failed earlier in this process (...)")
+
+
 def test_wandb_mode_must_be_online_offline_or_disabled(monkeypatch):
     monkeypatch.delenv("WANDB_MODE", raising=False)
-    with pytest.raises(ConfigError, match=r"wandb.mode='bogus' is not a W&B mode; choose one of online, offline, disabled"):
+    choices = "is not a W&B mode; choose one of online, offline, disabled"
+    with pytest.raises(ConfigError, match=f"wandb.mode='bogus' {choices}"):
         choose_mode({"mode": "bogus", "base_url": "x", "reachability_timeout_s": 1})
     monkeypatch.setenv("WANDB_MODE", "offline")  # the config's typo fails even where WANDB_MODE wins
     with pytest.raises(ConfigError, match="wandb.mode='bogus'"):

@@ -205,10 +205,11 @@ class WandbTracker:
             _remove_run_folders(self.cell_dir / "wandb", init["id"])
             try:
                 self.run = self._init("offline", init)
-                self._say_offline(why)
-                return
             except Exception as error:
                 why += f", and offline too ({_brief(error)})"
+            else:
+                self._say_offline(why)
+                return
         log.warning("W&B: %s has no W&B run because %s; its record is written as usual.", self.name, why)
 
     @staticmethod
