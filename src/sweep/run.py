@@ -26,6 +26,7 @@ from sweep.cellspec import cell_spec
 from sweep.conf_path import CONF_DIR
 from sweep.errors import SweepError, entered, mark_entered
 from sweep.settings import Flag, check_device
+from sweep.tracking import redact_files
 
 log = logging.getLogger("sweep.run")
 
@@ -54,9 +55,10 @@ def _pause_for_crash_tests(name: str) -> None:
 def run_cell(cfg: DictConfig) -> dict[str, Any]:
     """Run one cell (or skip it when its record is complete) and return its record."""
     started = time.perf_counter()
+    cell_dir = Path(HydraConfig.get().runtime.output_dir)
+    redact_files(cell_dir / ".hydra")  # Hydra keeps the command line verbatim, secrets typed on it too
     spec = cell_spec(cfg)
     force = Flag().check("sweep.force", cfg.sweep.force)
-    cell_dir = Path(HydraConfig.get().runtime.output_dir)
     sweep_id = cfg.sweep.id
     if rec.is_complete(cell_dir, spec.cell_id) and not force:
         log.info("%s is already done (%s); skipping — sweep.force=true recomputes it", spec.name, cell_dir)

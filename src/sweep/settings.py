@@ -246,12 +246,14 @@ class Wandb:
     base_url: str
     reachability_timeout_s: float
     init_timeout_s: float
+    finish_timeout_s: float
     tags: tuple[str, ...]
     log_outcomes: bool
 
     RULES = MappingProxyType({
         "project": Text(), "entity": Optional(Text()), "mode": OneOf(*WANDB_MODES), "base_url": Text(),
         "reachability_timeout_s": Real(0, low_open=True), "init_timeout_s": Real(0, low_open=True),
+        "finish_timeout_s": Real(0, low_open=True),
         "tags": TextList(), "log_outcomes": Flag()})
 
 

@@ -1,9 +1,13 @@
 """Weights & Biases for one cell: one run per cell, grouped by sweep, resumable on requeue.
 
-`result.json` stays the source of truth; W&B is the dashboard. The run is written into
-the cell's own folder. Online is attempted only when it can work (an API key and a
-reachable server, checked in well under a second); otherwise the run is logged offline
-and the cell says once why, and how to upload it later.
+`result.json` stays the source of truth; W&B is the dashboard, and the measurement never
+depends on it. The run is written into the cell's own folder. Online is attempted only when
+it can work (an API key and a reachable server, checked in well under a second); otherwise,
+and whenever W&B fails later (init, log or finish: an error or a timeout), the cell's run
+becomes an offline run (or, if even that fails, no run) and the cell says so once, with how
+to upload it later. Every W&B call is bounded in time by wandb's own settings:
+`init_timeout` (init), `finish_timeout` (finish and the exit-time teardown); logging only
+queues data for wandb's service process and returns at once.
 """
 
 from __future__ import annotations
@@ -11,7 +15,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 import socket
+import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,10 +27,15 @@ from urllib.parse import urlparse
 from omegaconf import OmegaConf
 
 from sweep.cellspec import CellSpec
+from sweep.settings import WANDB_MODES, OneOf
 
 log = logging.getLogger(__name__)
 SECRET_ENV = ("WANDB_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
+REDACTED = "<redacted>"
 _said: set[str] = set()
+# Why online failed earlier in this process: later cells (in-process launchers) go straight
+# offline instead of each waiting out the same broken server.
+_online_failed: str | None = None
 
 
 class NullTracker:
@@ -34,19 +45,13 @@ class NullTracker:
         """Nothing to send."""
 
 
-class WandbTracker:
-    def __init__(self, run: Any, log_outcomes: bool) -> None:
-        self.run, self.log_outcomes = run, log_outcomes
-
-    def log_record(self, record: Mapping[str, Any], outcomes: Path | None) -> None:
-        from sweep.aggregate import record_row
-
-        self.run.summary.update(record_row(record))
-        if self.log_outcomes and outcomes is not None and outcomes.exists():
-            import pandas as pd
-            import wandb
-
-            self.run.log({"outcomes": wandb.Table(dataframe=pd.read_csv(outcomes))})
+def check_mode(value: Any, key: str = "wandb.mode") -> str:
+    """The W&B mode, or a ConfigError naming the setting: wandb itself would only fail at
+    init, which by then is caught and turned into an offline run, hiding the typo. (The
+    cell's spec checks both already; this guards direct callers.)"""
+    if key == "WANDB_MODE" and value == "dryrun":  # wandb's old name for offline
+        return "offline"
+    return OneOf(*WANDB_MODES).check(key, value)
 
 
 def run_id(sweep_id: str | None, cell_id: str) -> str:
@@ -62,12 +67,18 @@ def say_once(message: str) -> None:
 
 def choose_mode(wandb_cfg: Mapping[str, Any]) -> tuple[str, str | None]:
     """(mode, why it fell back to offline or None). WANDB_MODE wins over the config."""
-    mode = os.environ.get("WANDB_MODE") or str(wandb_cfg["mode"])
-    if mode in ("offline", "disabled", "dryrun"):
-        return ("offline" if mode == "dryrun" else mode), None
+    mode = check_mode(str(wandb_cfg["mode"]))  # a typo in the config fails even where WANDB_MODE is set
+    if os.environ.get("WANDB_MODE"):
+        mode = check_mode(os.environ["WANDB_MODE"], "WANDB_MODE")
+    if mode != "online":
+        return mode, None
+    if _online_failed:
+        return "offline", _online_failed
     if not _has_api_key():
         return "offline", "no W&B API key (set WANDB_API_KEY or run `wandb login`)"
     url = urlparse(str(wandb_cfg["base_url"]))
+    if not url.hostname:
+        return "offline", f"wandb.base_url={str(wandb_cfg['base_url'])!r} is not a URL"
     port = url.port or (443 if url.scheme == "https" else 80)
     try:
         socket.create_connection((url.hostname, port), timeout=float(wandb_cfg["reachability_timeout_s"])).close()
@@ -87,30 +98,170 @@ def _has_api_key() -> bool:
         return False
 
 
+def _secrets() -> list[str]:
+    return [os.environ[name] for name in SECRET_ENV if os.environ.get(name)]
+
+
+def redact(text: str) -> str:
+    """`text` with every secret from the environment replaced, also inside longer strings
+    (`+note=token:<HF_TOKEN>`)."""
+    for secret in _secrets():
+        text = text.replace(secret, REDACTED)
+    return text
+
+
+def redact_files(folder: Path) -> None:
+    """Redact secrets in the files Hydra wrote for this cell (`.hydra/overrides.yaml` keeps
+    the command line verbatim)."""
+    secrets = [s.encode() for s in _secrets()]
+    for path in folder.rglob("*") if secrets and folder.is_dir() else ():
+        if path.is_file():
+            data = path.read_bytes()
+            clean = data
+            for secret in secrets:
+                clean = clean.replace(secret, REDACTED.encode())
+            if clean != data:
+                path.write_bytes(clean)
+
+
 def scrubbed_config(cfg: Any) -> dict[str, Any]:
-    """The resolved config as a plain dict, without Hydra's node and without any value
-    that equals a secret from the environment."""
+    """The resolved config as a plain dict, without Hydra's node and with every secret
+    from the environment redacted."""
     plain = OmegaConf.to_container(cfg, resolve=True)
     plain.pop("hydra", None)
-    secrets = {os.environ[name] for name in SECRET_ENV if os.environ.get(name)}
 
     def scrub(node: Any) -> Any:
         if isinstance(node, dict):
             return {k: scrub(v) for k, v in node.items()}
         if isinstance(node, list):
             return [scrub(v) for v in node]
-        return "<redacted>" if isinstance(node, str) and node in secrets else node
+        return redact(node) if isinstance(node, str) else node
 
     return scrub(plain)
 
 
 @contextmanager
+def _redacted_argv() -> Iterator[None]:
+    """wandb copies `sys.argv` into the run's metadata (wandb-metadata.json, the .wandb
+    log, the server) when the run starts; Hydra has parsed it already."""
+    saved = sys.argv[:]
+    sys.argv[:] = [redact(arg) for arg in saved]
+    try:
+        yield
+    finally:
+        sys.argv[:] = saved
+
+
+def _remove_run_folders(wandb_dir: Path, rid: str) -> None:
+    """Each attempt of a cell (a killed one, an online one that fell back) leaves its own
+    `offline-run-<time>-<id>` / `run-<time>-<id>` folder, and `wandb sync --sync-all` would
+    upload every partial one; the attempt that runs now replaces them."""
+    for pattern in (f"offline-run-*-{rid}", f"run-*-{rid}"):
+        for folder in wandb_dir.glob(pattern):
+            if folder.is_dir() and not folder.is_symlink():
+                shutil.rmtree(folder, ignore_errors=True)
+
+
+def _brief(error: BaseException) -> str:
+    """One redacted line for a W&B error (their messages span lines and may quote input)."""
+    text = str(error).strip().splitlines()
+    return redact(f"{type(error).__name__}: {text[0] if text else ''}"[:300])
+
+
+def _teardown() -> None:
+    """Stop wandb's service after a failed online init: it still holds the run id, so an
+    offline init of the same id would fail with "run ID in use"."""
+    import wandb
+
+    try:
+        wandb.teardown()
+    except (Exception, SystemExit):  # teardown exits with the service's code when it failed
+        pass
+
+
+class WandbTracker:
+    """A cell's W&B run that never fails the cell: the first W&B error or timeout makes the
+    run offline (its data stays in the cell's wandb/ folder, for `wandb sync`) and is said
+    once; after that the run is left alone."""
+
+    def __init__(self, name: str, cell_dir: Path, log_outcomes: bool) -> None:
+        self.name, self.cell_dir, self.log_outcomes = name, cell_dir, log_outcomes
+        self.run: Any = None
+        self.broken = False
+
+    def start(self, mode: str, init: dict[str, Any]) -> None:
+        """Init in `mode`; if online fails, fall back to offline; if that fails, no run."""
+        global _online_failed
+        _remove_run_folders(self.cell_dir / "wandb", init["id"])
+        try:
+            self.run = self._init(mode, init)
+            return
+        except Exception as error:
+            why = f"wandb.init failed ({_brief(error)})"
+        if mode == "online":
+            _online_failed = f"W&B failed earlier in this process ({why})"
+            _teardown()
+            _remove_run_folders(self.cell_dir / "wandb", init["id"])
+            try:
+                self.run = self._init("offline", init)
+            except Exception as error:
+                why += f", and offline too ({_brief(error)})"
+            else:
+                self._say_offline(why)
+                return
+        log.warning("W&B: %s has no W&B run because %s; its record is written as usual.", self.name, why)
+
+    @staticmethod
+    def _init(mode: str, init: dict[str, Any]) -> Any:
+        import wandb
+
+        with _redacted_argv():  # Settings inside the guard too: it validates base_url
+            return wandb.init(mode=mode, **{**init, "settings": wandb.Settings(**init["settings"])})
+
+    def _say_offline(self, why: str) -> None:
+        folder = self.run.settings.sync_dir
+        log.warning("W&B: %s's run is offline because %s. It is in %s; upload it later with `wandb sync %s`.",
+                    self.name, why, folder, folder)
+
+    def _failed(self, what: str, error: BaseException) -> None:
+        if not self.broken:
+            self.broken = True
+            self._say_offline(f"{what} failed ({_brief(error)})")
+
+    def log_record(self, record: Mapping[str, Any], outcomes: Path | None) -> None:
+        if self.run is None or self.broken:
+            return
+        try:
+            from sweep.aggregate import record_row
+
+            self.run.summary.update(record_row(record))
+            if self.log_outcomes and outcomes is not None and outcomes.exists():
+                import pandas as pd
+                import wandb
+
+                self.run.log({"outcomes": wandb.Table(dataframe=pd.read_csv(outcomes))})
+        except Exception as error:
+            self._failed("logging to W&B", error)
+
+    def finish(self, exit_code: int) -> None:
+        """Bounded by `finish_timeout`; a timeout (finish_timeout_raises) or an error leaves
+        the unsent data on disk for `wandb sync`."""
+        if self.run is None:
+            return
+        try:
+            self.run.finish(exit_code=exit_code)
+        except Exception as error:
+            self._failed("finishing the W&B run (uploading its data)", error)
+            _teardown()
+
+
+@contextmanager
 def tracker(cfg: Any, spec: CellSpec, sweep_id: str | None, cell_dir: Path) -> Iterator[NullTracker | WandbTracker]:
+    """The cell's tracker. Raises only ConfigError (a bad `wandb.mode`), before any work;
+    W&B's own failures never leave it."""
     if str(cfg.logger.name) == "none":
         yield NullTracker()
         return
-    import wandb
-
     wandb_cfg = cfg.wandb
     mode, why = choose_mode(wandb_cfg)
     if why:
@@ -119,16 +270,23 @@ def tracker(cfg: Any, spec: CellSpec, sweep_id: str | None, cell_dir: Path) -> I
     side = Path(cfg.sweep.root).resolve() / ".wandb" if sweep_id else cell_dir / ".wandb-cache"
     os.environ.update({"WANDB_DIR": str(cell_dir), "WANDB_CACHE_DIR": str(side / "cache"),
                        "WANDB_DATA_DIR": str(side / "data")})
-    run = wandb.init(
+    # wandb-core's own error reports go to base_url too; against a server that hangs they
+    # hold the cell's exit ~10 s, and compute nodes have nowhere to send them anyway.
+    os.environ.setdefault("WANDB_ERROR_REPORTING", "false")
+    init = dict(
         project=str(wandb_cfg.project), entity=wandb_cfg.entity, group=sweep_id or "single-cells",
         job_type=spec.intervention, name=spec.name, id=run_id(sweep_id, spec.cell_id), resume="allow",
         tags=[spec.model, spec.intervention, spec.readout, f"L{spec.layer}", *wandb_cfg.tags],
-        config=scrubbed_config(cfg), dir=str(cell_dir), mode=mode, reinit="finish_previous",
-        settings=wandb.Settings(console="off", silent=True, init_timeout=float(wandb_cfg.init_timeout_s),
-                                x_disable_stats=True, disable_git=True, save_code=False))
+        config=scrubbed_config(cfg), dir=str(cell_dir), reinit="finish_previous",
+        settings=dict(console="off", silent=True, base_url=str(wandb_cfg.base_url),
+                      init_timeout=float(wandb_cfg.init_timeout_s),
+                      finish_timeout=float(wandb_cfg.finish_timeout_s), finish_timeout_raises=True,
+                      x_disable_stats=True, disable_git=True, save_code=False))
+    track = WandbTracker(spec.name, cell_dir, bool(wandb_cfg.log_outcomes))
+    track.start(mode, init)
     failed = True
     try:
-        yield WandbTracker(run, bool(wandb_cfg.log_outcomes))
+        yield track
         failed = False
     finally:
-        run.finish(exit_code=1 if failed else 0)
+        track.finish(exit_code=1 if failed else 0)
