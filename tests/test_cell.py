@@ -178,3 +178,11 @@ def test_a_cell_whose_logits_are_not_finite_fails_naming_the_layer_and_the_rows(
     assert record["status"] == "failed" and "metrics" not in record
     assert "NonFiniteLogits" in record["error"] and "at layer 1" in record["error"]
     assert "400 of 400 rows of logits are not finite" in record["error"]
+
+
+def test_flushing_denormals_is_part_of_the_features_identity(cache_dir, plain_vit):
+    """It changes the numbers (subnormal activations become zero), so features computed
+    either way must not be shared."""
+    flushed = run(cache_dir, "model=toy_vit", "intervention=none", "layer=-1")
+    kept = run(cache_dir, "model=toy_vit", "intervention=none", "layer=-1", "compute.flush_denormal=false")
+    assert flushed.artifacts["features"] == plain_vit.artifacts["features"] != kept.artifacts["features"]
