@@ -24,6 +24,7 @@ from sweep import record as rec
 from sweep.cellspec import cell_spec
 from sweep.conf_path import CONF_DIR
 from sweep.errors import SweepError
+from sweep.lease import Lease, LeaseHeld
 
 log = logging.getLogger("sweep.run")
 
@@ -50,7 +51,8 @@ def _pause_for_crash_tests(name: str) -> None:
 
 
 def run_cell(cfg: DictConfig) -> dict[str, Any]:
-    """Run one cell (or skip it when its record is complete) and return its record."""
+    """Run one cell (or skip it when its record is complete, or while another live owner holds
+    its lease: see sweep.lease) and return its record."""
     started = time.perf_counter()
     spec = cell_spec(cfg)
     cell_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -66,7 +68,16 @@ def run_cell(cfg: DictConfig) -> dict[str, Any]:
     cache = ArtifactCache(to_absolute_path(str(cfg.cache.dir)), enabled=bool(cfg.cache.enabled),
                           verify=str(cfg.cache.verify))
     base = rec.cell_fields(spec, cfg, sweep_id)
-    rec.mark_started(cell_dir)
+    try:
+        lease = Lease.acquire(cell_dir, stale_after_s=float(cfg.sweep.lease.stale_after_s),
+                              heartbeat_s=float(cfg.sweep.lease.heartbeat_s))
+    except LeaseHeld as held:  # another launch runs it: measuring it here too would count it twice
+        log.info("%s is running elsewhere (%s); skipping it here", spec.name, held)
+        return {**base, "status": "running elsewhere", "owner": held.holder}
+    if rec.is_complete(cell_dir, spec.cell_id) and not cfg.sweep.force:
+        log.info("%s was finished elsewhere while this launch waited; skipping", spec.name)
+        lease.release()
+        return rec.read_record(cell_dir)
     try:
         with tracker(cfg, spec, sweep_id, cell_dir) as track:
             try:
@@ -92,8 +103,12 @@ def run_cell(cfg: DictConfig) -> dict[str, Any]:
                     track.log_record(failed, None)
                 raise
     except SweepError:
-        rec.clear_started(cell_dir)  # bad input, not a failed measurement: leave the cell pending
+        lease.release(forget=True)  # bad input, not a failed measurement: leave the cell pending
         raise
+    except Exception:
+        lease.release()
+        raise
+    lease.release()  # not on SystemExit (preemption, kill): the lease then dies with its process or job
     log.info("%s: %s", spec.name, ", ".join(f"{k}={v:.4f}" for k, v in result.metrics.items()))
     return record
 
