@@ -198,7 +198,7 @@ def test_records_of_two_configurations_of_one_series_are_refused_naming_the_sett
         load_local(small.sweep_dir)
     message = str(refused.value)
     assert "tiny_a/shuffle/native" in message and "intervention.permutation = 'derangement' (" in message
-    assert f"'identity' (1 cell: {identity['name']})" in message and "sweep.name" in message
+    assert f"'identity' (1 cell: {identity['name']}-11111111)" in message and "sweep.name" in message
     assert main([str(small.sweep_dir), "figures=false"]) == 1
     assert "different configurations" in capsys.readouterr().err
     assert not (small.sweep_dir / "results.csv").exists()

@@ -51,9 +51,10 @@ def test_a_live_owner_keeps_its_lease_and_a_dead_one_loses_it(tmp_path, monkeypa
         lease = take(tmp_path / name)
         assert read_lease(tmp_path / name)["token"] == lease.content["token"]
         lease.release()
+    assert "from before leases" in why_free({"host": "node-elsewhere", "pid": 1})  # would block it forever
     assert "is gone" in why_free({"host": socket.gethostname(), "pid": FAR_PID})
     assert "no longer queued" in why_free({"host": "x", "slurm_job_id": "78"})
-    assert "no heartbeat for" in why_free({"host": "x", "heartbeat": time.time() - 61, "stale_after_s": 60})
+    assert "no heartbeat for" in why_free({"host": "x", "token": "t", "heartbeat": time.time() - 61, "stale_after_s": 60})
 
 
 def test_a_requeued_slurm_job_takes_over_its_own_lease(tmp_path, monkeypatch):

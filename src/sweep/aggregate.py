@@ -265,7 +265,7 @@ def one_configuration(rows: Sequence[Mapping[str, Any]], settings: Sequence[Mapp
                             if len({repr(settings[j].get(k)) for j in members}) > 1})
         if differing:
             problems.append(f"{'/'.join(map(str, key))}: " + "; ".join(
-                _variants(k, [(settings[i].get(k), rows[i]["name"]) for i in members]) for k in differing))
+                _variants(k, [(settings[i].get(k), _folder_name(rows[i])) for i in members]) for k in differing))
         elif any(len(ids) > 1 for ids in points.values()):
             point, ids = next((p, ids) for p, ids in points.items() if len(ids) > 1)
             problems.append(f"{'/'.join(map(str, key))}: {len(ids)} cells at {dict(zip(AXES, point))} "
@@ -281,13 +281,18 @@ def one_configuration(rows: Sequence[Mapping[str, Any]], settings: Sequence[Mapp
 
 
 def _variants(key: str, values: Sequence[tuple[Any, str]]) -> str:
-    """`intervention.permutation = 'derangement' (2 cells: a, b) | 'identity' (1 cell: c)`."""
+    """`intervention.permutation = 'derangement' (2 cells: a-1234abcd, b-...) | 'identity' (1 cell: ...)`."""
     by_value: dict[str, list[str]] = {}
     for value, name in values:
         by_value.setdefault(repr(value), []).append(name)
     shown = [f"{value} ({len(names)} cell{'s' * (len(names) > 1)}: {', '.join(sorted(names)[:SHOWN_CELLS])}"
              f"{', ...' if len(names) > SHOWN_CELLS else ''})" for value, names in by_value.items()]
     return f"{key} = " + " | ".join(shown)
+
+
+def _folder_name(row: Mapping[str, Any]) -> str:
+    """What tells two cells of one grid point apart on disk: `<name>-<cell_id[:8]>`."""
+    return f"{row['name']}-{str(row['cell_id'])[:8]}"
 
 
 def _flat(node: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -121,6 +121,8 @@ def why_free(lease: Mapping[str, Any] | None, now: float | None = None) -> str |
         queued = queued_slurm_jobs()
         if queued is not None and str(job) not in queued:
             return f"SLURM job {job} is no longer queued"
+    if "token" not in lease and not job and lease.get("host") != socket.gethostname():
+        return "a started.json from before leases, whose owner on another host cannot be checked"
     heartbeat, stale_after = lease.get("heartbeat"), lease.get("stale_after_s")
     if heartbeat is not None and stale_after is not None and now - float(heartbeat) > float(stale_after):
         return f"no heartbeat for {now - float(heartbeat):.0f} s (stale after {float(stale_after):.0f} s)"
