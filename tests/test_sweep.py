@@ -42,6 +42,9 @@ def test_relaunching_a_finished_sweep_runs_nothing(finished_sweep, cli_env):
     assert again.returncode == 0
     assert "10 cells, 10 already done, 0 to run" in again.stdout
     assert records(sweep_dir) == before
+    forced = multirun([*GRID, "sweep.name=reference", "logger=none", "sweep.force=true", "sweep.dry_run=true"],
+                      cli_env, sweep_dir.parent.parent)
+    assert "10 cells, 0 already done, 10 to run" in forced.stdout  # sweep.force=true recomputes done cells
 
 
 def test_the_dry_run_lists_exactly_the_cells_a_real_run_executes(cli_env, tmp_path):

@@ -172,10 +172,11 @@ def _group_node(choice: str) -> str:
 
 
 def make_plan(grids: Sequence[Sequence[Dimension]], compose: Callable[[tuple[str, ...]], dict[str, Any]],
-              sweep_id: str, sweep_dir: Path, results_from: Iterable[str | Path]) -> Plan:
+              sweep_id: str, sweep_dir: Path, results_from: Iterable[str | Path], *, force: bool = False) -> Plan:
     """Decide for every point of the union of `grids`: skipped (and why), done (and where),
     running (a live owner holds its lease: launching it again would measure it twice), or
-    pending. A cell that two grids share is planned once."""
+    pending. A cell that two grids share is planned once. `force` (sweep.force): complete
+    records do not count, every cell without a live lease is pending."""
     plan = Plan(sweep_id, sweep_dir)
     bases: dict[tuple[str, ...], dict[str, Any]] = {}
     elsewhere = index_results(results_from)
@@ -197,9 +198,9 @@ def make_plan(grids: Sequence[Sequence[Dimension]], compose: Callable[[tuple[str
                 continue
             seen.add(cell.spec.cell_id)
             here = sweep_dir / cell.spec.subdir
-            if is_complete(here, cell.spec.cell_id):
+            if not force and is_complete(here, cell.spec.cell_id):
                 cell.done_at = here
-            elif cell.spec.cell_id in elsewhere:
+            elif not force and cell.spec.cell_id in elsewhere:
                 cell.done_at = elsewhere[cell.spec.cell_id]
             else:
                 lease = read_lease(here)

@@ -98,7 +98,8 @@ class CellSweeper(Sweeper):
         with read_write(self.config), open_dict(self.config):
             self.config.sweep.id = sweep_id
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
-        return make_plan(grids, GroupComposer(self._compose), sweep_id, sweep_dir, list(self.config.sweep.results_from))
+        return make_plan(grids, GroupComposer(self._compose), sweep_id, sweep_dir, list(self.config.sweep.results_from),
+                         force=bool(self.config.sweep.force))
 
     # -- running it -------------------------------------------------------------------
     def _sweep(self, arguments: List[str]) -> Any:
