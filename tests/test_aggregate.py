@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 from fake_sweep import make_sweep
 
-from sweep.aggregate import COLUMNS, load_local, load_wandb, main, read_results, record_row, write_results
+from sweep.aggregate import (COLUMNS, SourceError, load_local, load_wandb, main, read_results, record_row,
+                             write_results)
 
 
 @pytest.fixture(scope="module")
@@ -175,3 +176,62 @@ def test_aggregation_and_plotting_do_not_import_torch():
     # they run on login nodes and laptops that have only the records
     code = "import sys, sweep.aggregate, sweep.plotting; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "False\n"
+
+
+def _copy_cell(record: dict, sweep_dir, *, cell_id: str, **intervention) -> dict:
+    """The same grid point measured with other intervention settings (an edited YAML file)."""
+    changed = json.loads(json.dumps(record))
+    changed["cell_id"] = cell_id
+    changed["config"]["intervention"].update(intervention)
+    folder = sweep_dir / record["model"] / f"{record['name']}-{cell_id[:8]}"
+    folder.mkdir(parents=True)
+    (folder / "result.json").write_text(json.dumps(changed))
+    return changed
+
+
+def test_records_of_two_configurations_of_one_series_are_refused_naming_the_setting(tmp_path, capsys):
+    small = make_sweep(tmp_path, models={"tiny_a": 2}, seeds=(0, 1), readouts=("native",), controls=(),
+                       problems=False)
+    shuffles = [r for r in small.records if r["intervention"] == "shuffle" and r["layer"] == 1]
+    identity = _copy_cell(shuffles[0], small.sweep_dir, cell_id="1" * 16, permutation="identity")
+    with pytest.raises(SourceError) as refused:
+        load_local(small.sweep_dir)
+    message = str(refused.value)
+    assert "tiny_a/shuffle/native" in message and "intervention.permutation = 'derangement' (" in message
+    assert f"'identity' (1 cell: {identity['name']}-11111111)" in message and "sweep.name" in message
+    assert main([str(small.sweep_dir), "figures=false"]) == 1
+    assert "different configurations" in capsys.readouterr().err
+    assert not (small.sweep_dir / "results.csv").exists()
+
+
+def test_other_seeds_of_another_configuration_are_refused_too(tmp_path):
+    # seed 1 of the identity "shuffle" next to seed 0 of the derangement: the mean over seeds would mix them
+    small = make_sweep(tmp_path, models={"tiny_a": 2}, seeds=(0,), readouts=("native",), controls=(),
+                       problems=False)
+    shuffle = next(r for r in small.records if r["intervention"] == "shuffle")
+    moved = {**shuffle, "seed": 1, "name": shuffle["name"].replace("-s0", "-s1")}
+    _copy_cell(moved, small.sweep_dir, cell_id="2" * 16, permutation="identity")
+    with pytest.raises(SourceError, match="intervention.permutation"):
+        load_local(small.sweep_dir)
+
+
+def test_one_grid_point_with_two_cells_is_refused_even_when_the_records_show_no_difference(tmp_path):
+    small = make_sweep(tmp_path, models={"tiny_a": 2}, seeds=(0,), readouts=("native",), controls=(),
+                       problems=False)
+    _copy_cell(small.records[0], small.sweep_dir, cell_id="3" * 16)  # e.g. another dtype or toy training
+    with pytest.raises(SourceError, match="2 cells at .* differ in settings the records do not show"):
+        load_local(small.sweep_dir)
+
+
+def test_cells_taken_from_results_from_are_in_the_table(tmp_path):
+    old = make_sweep(tmp_path, sweep_id="old", models={"tiny_a": 2}, seeds=(0,), readouts=("native",),
+                     controls=(), problems=False)
+    new_dir = tmp_path / "new"
+    new_dir.mkdir()
+    taken = old.records[0]
+    folder = next(old.sweep_dir.rglob(f"{taken['name']}-*"))
+    plan = {"sweep_id": "new", "cells": [{"name": taken["name"], "cell_id": taken["cell_id"],
+                                          "subdir": f"tiny_a/{folder.name}", "record_dir": str(folder)}]}
+    (new_dir / "plan.json").write_text(json.dumps(plan))
+    table = load_local(new_dir)
+    assert list(table.complete["cell_id"]) == [taken["cell_id"]] and table.missing.empty

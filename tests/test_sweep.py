@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import subprocess
 import time
 
 import pytest
@@ -41,6 +42,9 @@ def test_relaunching_a_finished_sweep_runs_nothing(finished_sweep, cli_env):
     assert again.returncode == 0
     assert "10 cells, 10 already done, 0 to run" in again.stdout
     assert records(sweep_dir) == before
+    forced = multirun([*GRID, "sweep.name=reference", "logger=none", "sweep.force=true", "sweep.dry_run=true"],
+                      cli_env, sweep_dir.parent.parent)
+    assert "10 cells, 0 already done, 10 to run" in forced.stdout  # sweep.force=true recomputes done cells
 
 
 def test_the_dry_run_lists_exactly_the_cells_a_real_run_executes(cli_env, tmp_path):
@@ -121,3 +125,42 @@ def test_asking_for_slurm_where_there_is_none_says_so(cli_env, tmp_path):
                       env, tmp_path)
     assert result.returncode == 2
     assert "`sbatch` is not on this machine's PATH" in result.stderr
+
+
+MEASURED = re.compile(r"\[sweep\.run\]\[INFO\] - (\S+): accuracy=", flags=re.M)  # run_cell's line after measuring
+
+
+def test_two_launches_of_one_sweep_at_once_measure_every_cell_exactly_once(cli_env, tmp_path):
+    args = ["model=toy_vit", "layer=3,4,5,6", "intervention=none,shuffle", "readout=native", "seed=0",
+            "sweep.name=twice", "logger=none"]
+    logs = [tmp_path / f"launch{i}.log" for i in (1, 2)]
+    launches = [multirun(args, cli_env, tmp_path, background=True, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+                for log in logs]
+    codes = [launch.wait(timeout=900) for launch in launches]
+    outputs = [log.read_text() for log in logs]
+    assert codes == [0, 0], "\n\n".join(outputs)
+    measured = [name for output in outputs for name in MEASURED.findall(output)]
+    done = records(tmp_path / "multirun" / "twice")
+    print(f"two concurrent launches: {len(done)} cells, {len(measured)} measurements, "
+          f"{len(measured) - len(set(measured))} duplicates; per launch "
+          f"{[len(MEASURED.findall(o)) for o in outputs]}")
+    assert len(done) == 8 and all(r["status"] == "complete" for r in done.values())
+    assert sorted(measured) == sorted(r["name"] for r in done.values())  # each cell measured once, by one launch
+
+
+def test_cells_taken_from_results_from_are_done_in_status_and_in_the_table(cli_env, tmp_path):
+    from sweep.aggregate import load_local
+
+    base = ["model=toy_vit", "intervention=none", "readout=native", "seed=0", "logger=none"]
+    first = multirun([*base, "layer=6", "sweep.name=first"], cli_env, tmp_path)
+    assert first.returncode == 0, first.stderr
+    taken = "sweep.results_from=[multirun/first]"
+    second = multirun([*base, "layer=5,6", "sweep.name=second", taken], cli_env, tmp_path)
+    assert "2 cells, 1 already done, 1 to run" in second.stdout and "2 cells: 2 done" in multirun_status(
+        tmp_path / "multirun" / "second", cli_env)
+    nothing_left = multirun([*base, "layer=6", "sweep.name=third", taken], cli_env, tmp_path)
+    assert "1 cells, 1 already done, 0 to run" in nothing_left.stdout
+    assert "1 cells: 1 done" in multirun_status(tmp_path / "multirun" / "third", cli_env)
+    for name, n in (("second", 2), ("third", 1)):
+        table = load_local(tmp_path / "multirun" / name)
+        assert len(table.complete) == n and table.missing.empty, name

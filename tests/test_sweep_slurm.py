@@ -4,11 +4,15 @@
 from __future__ import annotations
 
 import json
+import pickle
+import re
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
+from sweep.status import cell_state
 from sweeps import multirun, records
 
 pytestmark = pytest.mark.slurm
@@ -63,3 +67,44 @@ def test_a_profile_asking_for_more_memory_than_any_node_has_is_refused_clearly(s
                        "hydra.launcher.mem_gb=100000"], slurm_env, tmp_path)
     assert result.returncode == 2
     assert "could not submit" in result.stderr and "Memory specification can not be satisfied" in result.stderr
+
+
+MEASURED = re.compile(r"\[sweep\.run\]\[INFO\] - (\S+): accuracy=", flags=re.M)  # run_cell's line after measuring
+
+
+def submitted_cells(submitit_dir: Path) -> list[str]:
+    """The cells one launch submitted, read from submitit's job pickles: (model, layer, intervention)."""
+    cells = []
+    for path in submitit_dir.rglob("*_submitted.pkl"):
+        overrides = dict(o.split("=", 1) for o in pickle.loads(path.read_bytes()).args[0])
+        cells.append(f"{overrides['model']}-L{int(overrides['layer']):02d}-{overrides['intervention']}")
+    return sorted(cells)
+
+
+def test_a_relaunch_while_the_array_runs_submits_none_of_the_running_cells(slurm_env, tmp_path):
+    args = ["model=toy_vit", "layer=5,6", "intervention=none,shuffle", "readout=native", "seed=0", "sweep.name=busy",
+            "logger=none", "hydra/launcher=local_slurm"]
+    sweep_dir = tmp_path / "multirun" / "busy"
+    first = multirun(args, {**slurm_env, "SWEEP_TEST_PAUSE": "toy_vit=25"}, tmp_path, background=True,
+                     stdout=open(tmp_path / "first.log", "w"), stderr=subprocess.STDOUT)
+    deadline = time.time() + 240
+    while not any(cell_state(f) == "running" for f in sweep_dir.glob("toy_vit/*")):
+        assert first.poll() is None and time.time() < deadline, (tmp_path / "first.log").read_text()
+        time.sleep(0.5)
+    second = multirun(args, slurm_env, tmp_path)  # the same command again, while the array runs
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert first.wait(timeout=400) == 0, (tmp_path / "first.log").read_text()
+
+    running = re.findall(r"running elsewhere, not launched: (\S+)-native-s0", second.stdout)
+    assert running and f"{len(running)} running elsewhere, {4 - len(running)} to run" in second.stdout
+    first_dir, second_dir = sorted((sweep_dir / ".submitit").iterdir())
+    assert len(submitted_cells(first_dir)) == 4
+    assert not set(submitted_cells(second_dir)) & set(running)  # no running cell submitted again
+    measured = [name for log in sorted((sweep_dir / ".submitit").rglob("*_log.out"))
+                for name in MEASURED.findall(log.read_text())]
+    done = records(sweep_dir)
+    print(f"re-launch during a SLURM array: {len(done)} cells, {len(running)} running at the re-launch, "
+          f"{len(submitted_cells(second_dir))} submitted by it, {len(measured)} measurements, "
+          f"{len(measured) - len(set(measured))} duplicates")
+    assert len(done) == 4 and all(r["status"] == "complete" for r in done.values())
+    assert sorted(measured) == sorted(r["name"] for r in done.values())  # each cell measured once

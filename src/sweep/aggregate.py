@@ -25,9 +25,10 @@ import pandas as pd
 from sweep.cache import atomic_write_bytes, atomic_write_text
 from sweep.cellspec import INTERVENTIONS
 from sweep.errors import SweepError
+from sweep.lease import LEASE_FILE
+from sweep.record import OUTCOMES_FILE, RESULT_FILE
 from sweep.reference import reference_warnings
-from sweep.record import OUTCOMES_FILE, RESULT_FILE, STARTED_FILE
-from sweep.status import PLAN_FILE, log_files
+from sweep.status import PLAN_FILE, log_files, record_folder
 
 METRICS = ("accuracy", "top5", "chance", "probe_accuracy", "last_probe_accuracy", "projection_accuracy",
            "projection_top5", "identifiability", "identifiability_exact")
@@ -60,7 +61,7 @@ class UsageError(SweepError):
 
 class SourceError(SweepError):
     """The records could not be read (W&B unreachable, an unreadable plan.json or
-    outcomes file); main() exits 1."""
+    outcomes file), or they cannot make one table; main() exits 1."""
 
 
 # --------------------------------------------------------------------------- one row per cell
@@ -170,13 +171,17 @@ class SweepTable:
 
 
 def load_local(sweep_dir: Path) -> SweepTable:
-    """Read every `<sweep_dir>/<model>/<cell>/result.json`. plan.json (written at launch)
-    lists the planned cells, so cells that never wrote a record show up as missing;
-    without it, only folders where a cell started (started.json) can be reported."""
+    """Read every `<sweep_dir>/<model>/<cell>/result.json`, and the records plan.json
+    (written at launch) says were taken from sweep.results_from. plan.json lists the
+    planned cells, so cells that never wrote a record show up as missing; without it, only
+    folders where a cell started (started.json) can be reported. Raises SourceError when
+    the records hold several configurations of one series (see one_configuration)."""
     sweep_dir = Path(sweep_dir)
-    rows, failed, outcome_files = [], [], {}
+    rows, failed, outcome_files, settings = [], [], {}, []
     recorded: set[str] = set()
-    for path in sorted(sweep_dir.glob(f"*/*/{RESULT_FILE}")):
+    plan = _read_plan(sweep_dir)
+    taken = [record_folder(sweep_dir, c) / RESULT_FILE for c in (plan or {}).get("cells", []) if c.get("record_dir")]
+    for path in [*sorted(sweep_dir.glob(f"*/*/{RESULT_FILE}")), *taken]:
         folder = path.parent
         try:
             record = json.loads(path.read_text())
@@ -184,14 +189,17 @@ def load_local(sweep_dir: Path) -> SweepTable:
         except (OSError, ValueError, TypeError) as error:
             failed.append({"name": folder.name, "error": f"unreadable {RESULT_FILE}: {error}", "folder": str(folder)})
             continue
+        if row["cell_id"] in recorded:  # in the sweep folder and in results_from: count it once
+            continue
         rows.append(row)
+        settings.append(_flat(record.get("config") or {}))
         recorded.add(row["cell_id"])
         if row["status"] == "failed":
             failed.append({"name": row["name"], "error": row["error"], "folder": str(folder)})
         outcomes = folder / str(record.get("outcomes_file") or OUTCOMES_FILE)
         if outcomes.is_file():
             outcome_files[row["cell_id"]] = outcomes
-    plan = _read_plan(sweep_dir)
+    one_configuration(rows, settings, sweep_dir)
     missing = _missing_local(sweep_dir, plan, recorded, reported={Path(f["folder"]) for f in failed})
     frame = _frame(rows)
     sweep_id = plan.get("sweep_id") if plan else None
@@ -223,11 +231,81 @@ def _missing_local(sweep_dir: Path, plan: Mapping[str, Any] | None, recorded: se
         seen.add(folder)
         if cell["cell_id"] not in recorded and folder not in reported:
             missing.append({"name": cell["name"], "folder": str(folder)})
-    for started in sorted(sweep_dir.glob(f"*/*/{STARTED_FILE}")):
+    for started in sorted(sweep_dir.glob(f"*/*/{LEASE_FILE}")):
         folder = started.parent
         if folder not in seen and not (folder / RESULT_FILE).exists():
             missing.append({"name": folder.name, "folder": str(folder)})
     return missing
+
+
+# --------------------------------------------------------------------------- one configuration per series
+
+AXES = ("model", "layer", "intervention", "readout", "seed")
+SERIES = ("model", "intervention", "readout")  # what the table averages over seeds and draws over layers
+SHOWN_CELLS = 3
+
+
+def one_configuration(rows: Sequence[Mapping[str, Any]], settings: Sequence[Mapping[str, Any]], where: object) -> None:
+    """Refuse records that the table would pool although they measure different things.
+
+    A sweep folder can hold records of several configurations (a YAML file edited between
+    launches, a reused sweep.name). The table groups by the grid's axes, so cells of one
+    series (model, intervention, readout) must agree on every other setting, and one
+    grid point must be one cell. `settings[i]`: row i's settings as dotted keys. Complete
+    rows only: failed ones are never averaged.
+    """
+    series: dict[tuple, list[int]] = {}
+    for i, row in enumerate(rows):
+        if row["status"] == "complete":
+            series.setdefault(tuple(row[k] for k in SERIES), []).append(i)
+    problems = []
+    for key, members in series.items():
+        points: dict[tuple, set[str]] = {}
+        for i in members:
+            points.setdefault(tuple(rows[i][k] for k in AXES), set()).add(rows[i]["cell_id"])
+        differing = sorted({k for i in members for k in settings[i]
+                            if len({repr(settings[j].get(k)) for j in members}) > 1})
+        if differing:
+            problems.append(f"{'/'.join(map(str, key))}: " + "; ".join(
+                _variants(k, [(settings[i].get(k), _folder_name(rows[i])) for i in members]) for k in differing))
+        elif any(len(ids) > 1 for ids in points.values()):
+            point, ids = next((p, ids) for p, ids in points.items() if len(ids) > 1)
+            problems.append(f"{'/'.join(map(str, key))}: {len(ids)} cells at {dict(zip(AXES, point))} "
+                            f"(cell_ids {', '.join(sorted(ids))}) differ in settings the records do not show "
+                            f"(model, toy_training or dtype)")
+    if problems:
+        raise SourceError(
+            f"{where} holds records of different configurations that the table would average together:\n  "
+            + "\n  ".join(problems)
+            + "\nsettings that are not grid axes (model, layer, intervention, readout, seed) must agree within a "
+              "series. Move the records of the configuration you do not want out of the folder, or give each "
+              "configuration its own sweep.name.")
+
+
+def _variants(key: str, values: Sequence[tuple[Any, str]]) -> str:
+    """`intervention.permutation = 'derangement' (2 cells: a-1234abcd, b-...) | 'identity' (1 cell: ...)`."""
+    by_value: dict[str, list[str]] = {}
+    for value, name in values:
+        by_value.setdefault(repr(value), []).append(name)
+    shown = [f"{value} ({len(names)} cell{'s' * (len(names) > 1)}: {', '.join(sorted(names)[:SHOWN_CELLS])}"
+             f"{', ...' if len(names) > SHOWN_CELLS else ''})" for value, names in by_value.items()]
+    return f"{key} = " + " | ".join(shown)
+
+
+def _folder_name(row: Mapping[str, Any]) -> str:
+    """What tells two cells of one grid point apart on disk: `<name>-<cell_id[:8]>`."""
+    return f"{row['name']}-{str(row['cell_id'])[:8]}"
+
+
+def _flat(node: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": 1}} -> {"a.b": 1}: settings compared and named one leaf at a time."""
+    flat: dict[str, Any] = {}
+    for key, value in node.items():
+        if isinstance(value, Mapping):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def load_wandb(runs: Iterable[Any], sweep_id: str) -> SweepTable:
@@ -251,6 +329,9 @@ def load_wandb(runs: Iterable[Any], sweep_id: str) -> SweepTable:
         rows.append(row)
         if row["status"] == "failed":
             failed.append({"name": row["name"], "error": row["error"], "folder": where})
+    # a summary holds only the row: of the settings, the permutation and the probe method
+    one_configuration(rows, [{"intervention.permutation": r["permutation"], "probe.method": r["probe_method"]}
+                             for r in rows], f"W&B group {sweep_id}")
     return SweepTable(sweep_id=sweep_id, source="wandb", frame=_frame(rows),
                       failed=_problems(failed, ("name", "error", "folder")),
                       missing=_problems(missing, ("name", "folder")), outcomes=None)
@@ -502,7 +583,7 @@ def _count(key: str, value: str) -> int:
 
 def _not_a_sweep(folder: Path) -> str | None:
     """Why `folder` holds no sweep, with the likely intended folder, or None."""
-    if (folder / PLAN_FILE).exists() or _has(folder, f"*/*/{RESULT_FILE}") or _has(folder, f"*/*/{STARTED_FILE}"):
+    if (folder / PLAN_FILE).exists() or _has(folder, f"*/*/{RESULT_FILE}") or _has(folder, f"*/*/{LEASE_FILE}"):
         return None
     if (folder / RESULT_FILE).exists():
         return f"{folder} is one cell's folder; give its sweep folder (two levels up: {folder.parent.parent})"

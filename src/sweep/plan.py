@@ -19,7 +19,11 @@ from typing import Any
 
 from sweep.cellspec import CellSpec, NotApplicable, cell_spec
 from sweep.errors import ConfigError, SweepError
+from sweep.lease import describe as describe_lease
+from sweep.lease import read_lease, why_free
 from sweep.record import RESULT_FILE, is_complete, read_record
+
+SHOWN_RUNNING = 10  # cells running elsewhere listed by name in the plan
 
 # Overrides that change how or where a sweep runs, not what it measures.
 NON_SCIENTIFIC_PREFIXES = ("hydra", "sweep.", "logger", "wandb.", "cache.", "compute.device", "compute.batch_size",
@@ -42,6 +46,7 @@ class PlannedCell:
     spec: CellSpec | None = None
     skipped: str | None = None      # why it cannot run (layer the model lacks, readout it lacks)
     done_at: Path | None = None     # folder of a complete record
+    running: str | None = None      # who holds its lease (another launch, a SLURM job): not launched
 
 
 @dataclass
@@ -59,8 +64,12 @@ class Plan:
         return [c for c in self.runnable if c.done_at is not None]
 
     @property
+    def running(self) -> list[PlannedCell]:
+        return [c for c in self.runnable if c.done_at is None and c.running is not None]
+
+    @property
     def pending(self) -> list[PlannedCell]:
-        return [c for c in self.runnable if c.done_at is None]
+        return [c for c in self.runnable if c.done_at is None and c.running is None]
 
     @property
     def skipped(self) -> list[PlannedCell]:
@@ -165,7 +174,9 @@ def _group_node(choice: str) -> str:
 def make_plan(grids: Sequence[Sequence[Dimension]], compose: Callable[[tuple[str, ...]], dict[str, Any]],
               sweep_id: str, sweep_dir: Path, results_from: Iterable[str | Path], *, force: bool = False) -> Plan:
     """Decide for every point of the union of `grids`: skipped (and why), done (and where),
-    or pending (`force`: every runnable cell). A cell that two grids share is planned once."""
+    running (a live owner holds its lease: launching it again would measure it twice), or
+    pending. A cell that two grids share is planned once. `force` (sweep.force): complete
+    records do not count, every cell without a live lease is pending."""
     plan = Plan(sweep_id, sweep_dir)
     bases: dict[tuple[str, ...], dict[str, Any]] = {}
     elsewhere = index_results(results_from)
@@ -189,12 +200,14 @@ def make_plan(grids: Sequence[Sequence[Dimension]], compose: Callable[[tuple[str
                 continue
             seen.add(cell.spec.cell_id)
             here = sweep_dir / cell.spec.subdir
-            if force:
-                pass
-            elif is_complete(here, cell.spec.cell_id):
+            if not force and is_complete(here, cell.spec.cell_id):
                 cell.done_at = here
-            elif cell.spec.cell_id in elsewhere:
+            elif not force and cell.spec.cell_id in elsewhere:
                 cell.done_at = elsewhere[cell.spec.cell_id]
+            else:
+                lease = read_lease(here)
+                if why_free(lease) is None:
+                    cell.running = describe_lease(lease)
         plan.cells.append(cell)
     if plan.cells and not plan.runnable:
         reasons = Counter(c.skipped for c in plan.skipped)
@@ -206,7 +219,9 @@ def make_plan(grids: Sequence[Sequence[Dimension]], compose: Callable[[tuple[str
 def describe(plan: Plan, *, dry_run: bool) -> str:
     """The plan as a person reads it: counts, skipped reasons, and per model what runs."""
     lines = [f"sweep {plan.sweep_id}: {len(plan.cells)} grid points -> {len(plan.runnable)} cells, "
-             f"{len(plan.done)} already done, {len(plan.pending)} to run  ({plan.sweep_dir})"]
+             f"{len(plan.done)} already done, "
+             + (f"{len(plan.running)} running elsewhere, " if plan.running else "")
+             + f"{len(plan.pending)} to run  ({plan.sweep_dir})"]
     reasons = Counter(c.skipped for c in plan.skipped)
     for reason, n in reasons.most_common():
         lines.append(f"  skipped {n}: {reason}")
@@ -216,15 +231,20 @@ def describe(plan: Plan, *, dry_run: bool) -> str:
         counts = per_model.setdefault(cell.spec.model, Counter())
         counts["cells"] += 1
         counts["done"] += cell.done_at is not None
-        if cell.done_at is None and cell.spec.intervention != "none":
+        counts["running"] += cell.done_at is None and cell.running is not None
+        if cell.done_at is None and cell.running is None and cell.spec.intervention != "none":
             counts["blocks_per_image"] += cell.spec.n_layers - cell.spec.layer
     if per_model:
         lines.append(f"  {'model':<14}{'cells':>7}{'done':>7}{'to run':>8}{'block applications per val image':>36}")
         for model, c in per_model.items():
-            lines.append(f"  {model:<14}{c['cells']:>7}{c['done']:>7}{c['cells'] - c['done']:>8}"
+            lines.append(f"  {model:<14}{c['cells']:>7}{c['done']:>7}{c['cells'] - c['done'] - c['running']:>8}"
                          f"{c['blocks_per_image']:>36}")
         lines.append("  (cost: interventions run blocks L+1..N; a model's unmodified pass over train+val "
                      "runs once per model and data, shared through the cache)")
+    for cell in plan.running[:SHOWN_RUNNING]:
+        lines.append(f"  running elsewhere, not launched: {cell.spec.name} ({cell.running})")
+    if len(plan.running) > SHOWN_RUNNING:
+        lines.append(f"  ... and {len(plan.running) - SHOWN_RUNNING} more running elsewhere (sweep-status lists them)")
     if dry_run:
         lines.append("  cells to run:")
         lines.extend(f"    {c.spec.name}  [{' '.join(c.overrides)}]" for c in plan.pending if c.spec)

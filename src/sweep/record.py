@@ -7,11 +7,8 @@ what "this cell is done" means everywhere (resume, status, aggregation).
 from __future__ import annotations
 
 import json
-import os
 import platform
-import socket
 import subprocess
-import time
 from collections.abc import Mapping
 from functools import lru_cache
 from importlib import metadata
@@ -23,7 +20,6 @@ from sweep.cellspec import CellSpec
 
 RESULT_FILE = "result.json"
 OUTCOMES_FILE = "outcomes.csv"
-STARTED_FILE = "started.json"
 PACKAGES = ("sweep", "torch", "transformers", "datasets", "hydra-core", "submitit", "wandb", "scikit-learn", "numpy")
 
 
@@ -76,17 +72,6 @@ def cell_fields(spec: CellSpec, cfg: Mapping[str, Any], sweep_id: str | None) ->
         "seed": spec.seed,
         "config": {k: spec.science[k] for k in ("intervention", "probe", "data")},
     }
-
-
-def mark_started(cell_dir: Path) -> None:
-    atomic_write_json(cell_dir / STARTED_FILE, {"host": socket.gethostname(), "pid": os.getpid(),
-                                                 "started": time.time(),
-                                                 "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
-                                                 "slurm_restart_count": os.environ.get("SLURM_RESTART_COUNT")})
-
-
-def clear_started(cell_dir: Path) -> None:
-    (cell_dir / STARTED_FILE).unlink(missing_ok=True)
 
 
 def write_outcomes(cell_dir: Path, outcomes: Mapping[str, Any]) -> None:

@@ -25,7 +25,8 @@ from sweep import record as rec
 from sweep.cellspec import cell_spec
 from sweep.conf_path import CONF_DIR
 from sweep.errors import SweepError, entered, mark_entered
-from sweep.settings import Flag, check_device
+from sweep.lease import Lease, LeaseHeld
+from sweep.settings import check_device, parse_sweep
 from sweep.tracking import redact_files
 
 log = logging.getLogger("sweep.run")
@@ -53,12 +54,14 @@ def _pause_for_crash_tests(name: str) -> None:
 
 
 def run_cell(cfg: DictConfig) -> dict[str, Any]:
-    """Run one cell (or skip it when its record is complete) and return its record."""
+    """Run one cell (or skip it when its record is complete, or while another live owner holds
+    its lease: see sweep.lease) and return its record."""
     started = time.perf_counter()
     cell_dir = Path(HydraConfig.get().runtime.output_dir)
     redact_files(cell_dir / ".hydra")  # Hydra keeps the command line verbatim, secrets typed on it too
     spec = cell_spec(cfg)
-    force = Flag().check("sweep.force", cfg.sweep.force)
+    run = parse_sweep(cfg.sweep)
+    force = run.force
     sweep_id = cfg.sweep.id
     if rec.is_complete(cell_dir, spec.cell_id) and not force:
         log.info("%s is already done (%s); skipping — sweep.force=true recomputes it", spec.name, cell_dir)
@@ -74,7 +77,15 @@ def run_cell(cfg: DictConfig) -> dict[str, Any]:
     settings = spec.settings.cache
     cache = ArtifactCache(to_absolute_path(settings.dir), enabled=settings.enabled, verify=settings.verify)
     base = rec.cell_fields(spec, cfg, sweep_id)
-    rec.mark_started(cell_dir)
+    try:
+        lease = Lease.acquire(cell_dir, stale_after_s=run.stale_after_s, heartbeat_s=run.heartbeat_s)
+    except LeaseHeld as held:  # another launch runs it: measuring it here too would count it twice
+        log.info("%s is running elsewhere (%s); skipping it here", spec.name, held)
+        return {**base, "status": "running elsewhere", "owner": held.holder}
+    if rec.is_complete(cell_dir, spec.cell_id) and not force:
+        log.info("%s was finished elsewhere while this launch waited; skipping", spec.name)
+        lease.release()
+        return rec.read_record(cell_dir)
     try:
         with tracker(cfg, spec, sweep_id, cell_dir) as track:
             try:
@@ -100,8 +111,12 @@ def run_cell(cfg: DictConfig) -> dict[str, Any]:
                     track.log_record(failed, None)
                 raise
     except SweepError:
-        rec.clear_started(cell_dir)  # bad input, not a failed measurement: leave the cell pending
+        lease.release(forget=True)  # bad input, not a failed measurement: leave the cell pending
         raise
+    except Exception:
+        lease.release()
+        raise
+    lease.release()  # not on SystemExit (preemption, kill): the lease then dies with its process or job
     log.info("%s: %s", spec.name, ", ".join(f"{k}={v:.4f}" for k, v in result.metrics.items()))
     return record
 

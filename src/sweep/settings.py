@@ -363,6 +363,23 @@ def parse_settings(cfg: Mapping[str, Any], *, is_toy: bool) -> CellSettings:
     )
 
 
+@dataclass(frozen=True)
+class SweepRun:
+    """The `sweep:` settings that change what a launch does (the rest name folders)."""
+
+    dry_run: bool
+    force: bool
+    heartbeat_s: float
+    stale_after_s: float
+
+
+def parse_sweep(sweep: Mapping[str, Any]) -> SweepRun:
+    flags = {key: Flag().check(f"sweep.{key}", plain(sweep[key])) for key in ("dry_run", "force")}
+    lease = checked("sweep.lease", plain(sweep["lease"]), {"heartbeat_s": Real(0, low_open=True),
+                                                           "stale_after_s": Real(0, low_open=True)})
+    return SweepRun(**flags, **lease)
+
+
 # --------------------------------------------------------------------------- where the cell runs
 
 

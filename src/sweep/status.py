@@ -2,49 +2,39 @@
 
 done     — result.json with status "complete"
 failed   — result.json with status "failed" (error and traceback inside)
-running  — started.json but no record, and (on this host) its process is alive
-killed   — started.json but no record, and its process is gone (this host only)
-pending  — nothing yet
+corrupt  — result.json that cannot be parsed (the planner runs such a cell again)
+running  — no record, and a live owner holds its lease (started.json, see sweep.lease)
+killed   — no record, and its lease's owner is dead: its process is gone on this host (a
+           zombie counts as gone), its SLURM job left the queue, or its heartbeat is stale
+pending  — nothing yet (or a lease given up without a record, e.g. after bad input)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import socket
 import sys
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sweep.record import STARTED_FILE, read_record
+from sweep.lease import LEASE_FILE, describe, read_lease, why_free
+from sweep.record import RESULT_FILE, read_record
 
 PLAN_FILE = "plan.json"
 
 
 def cell_state(cell_dir: Path, cell_id: str | None = None) -> str:
     record = read_record(cell_dir)
+    if record is None and (cell_dir / RESULT_FILE).exists():
+        return "corrupt"
     if record is not None and (cell_id is None or record.get("cell_id") == cell_id):
         return "done" if record.get("status") == "complete" else "failed"
-    try:
-        started = json.loads((cell_dir / STARTED_FILE).read_text())
-    except (OSError, ValueError):
+    lease = read_lease(cell_dir)
+    if lease is None or lease.get("released") is not None:
         return "pending"
-    if started.get("host") == socket.gethostname() and not _alive(int(started.get("pid", -1))):
-        return "killed"
-    return "running"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return pid > 0
+    return "running" if why_free(lease) is None else "killed"
 
 
 def log_files(cell_dir: Path) -> list[Path]:
@@ -56,6 +46,8 @@ class Summary:
     counts: Counter = field(default_factory=Counter)
     failed: list[tuple[str, Path, str]] = field(default_factory=list)
     missing: list[tuple[str, Path, str]] = field(default_factory=list)
+    corrupt: list[tuple[str, Path]] = field(default_factory=list)
+    running: list[tuple[str, Path, str]] = field(default_factory=list)  # name, folder, who holds the lease
 
     def text(self) -> str:
         total = sum(self.counts.values())
@@ -63,23 +55,28 @@ class Summary:
         for name, folder, why in self.failed:
             logs = ", ".join(str(p) for p in log_files(folder)) or "no log file"
             lines.append(f"  FAILED  {name}: {why}\n          folder {folder}\n          log    {logs}")
+        for name, folder in self.corrupt:
+            lines.append(f"  CORRUPT {name}: {folder / RESULT_FILE} cannot be parsed — re-launching recomputes it")
+        for name, folder, owner in self.running:
+            lines.append(f"  RUNNING {name}: held by {owner} — not run again while it lives ({folder})")
         for name, folder, state in self.missing:
             lines.append(f"  {state.upper():<7} {name}: no record — re-launch the same command to run it ({folder})")
-        if self.failed or self.missing:
-            lines.append("re-launching the same command runs only the cells that are not done")
+        if self.failed or self.missing or self.corrupt:
+            lines.append("re-launching the same command runs only the cells that are not done or running")
         return "\n".join(lines)
 
 
 def summarise_cells(cells: Iterable[tuple[object, Path]], *, finished: bool = False,
                     errors: dict[str, str] | None = None) -> Summary:
     """`cells`: (spec with .name and .cell_id, folder) pairs. `finished`: the launcher has
-    returned, so a cell without a record crashed rather than still runs. `errors`: what
-    the launcher reported per cell name (e.g. bad input, which leaves no record)."""
+    returned, so a cell without a record crashed rather than still runs — unless a live
+    lease says another launch runs it. `errors`: what the launcher reported per cell name
+    (e.g. bad input, which leaves no record)."""
     summary = Summary()
     errors = errors or {}
     for spec, folder in cells:
         state = cell_state(folder, getattr(spec, "cell_id", None))
-        if finished and state in ("running", "killed", "pending"):
+        if finished and state in ("killed", "pending"):
             state = "failed" if spec.name in errors else "crashed"
         summary.counts[state] += 1
         if state == "failed" and read_record(folder) is None:
@@ -87,6 +84,10 @@ def summarise_cells(cells: Iterable[tuple[object, Path]], *, finished: bool = Fa
         elif state == "failed":
             error = str(read_record(folder).get("error")).strip().splitlines() or ["?"]
             summary.failed.append((spec.name, folder, error[0][:300]))
+        elif state == "corrupt":
+            summary.corrupt.append((spec.name, folder))
+        elif state == "running":
+            summary.running.append((spec.name, folder, describe(read_lease(folder) or {})))
         elif state != "done":
             summary.missing.append((spec.name, folder, state))
     return summary
@@ -103,8 +104,8 @@ def sweep_cells(sweep_dir: Path) -> list[tuple[_Named, Path]]:
     plan_path = sweep_dir / PLAN_FILE
     if plan_path.exists():
         plan = json.loads(plan_path.read_text())
-        return [(_Named(c["name"], c["cell_id"]), sweep_dir / c["subdir"]) for c in plan["cells"]]
-    folders = {p.parent for pattern in ("*/*/result.json", "*/*/started.json") for p in sweep_dir.glob(pattern)}
+        return [(_Named(c["name"], c["cell_id"]), record_folder(sweep_dir, c)) for c in plan["cells"]]
+    folders = {p.parent for name in (RESULT_FILE, LEASE_FILE) for p in sweep_dir.glob(f"*/*/{name}")}
     return [(_Named(f.name, None), f) for f in sorted(folders)]
 
 
@@ -124,13 +125,26 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(0)
 
 
-if __name__ == "__main__":
-    main()
+
+def record_folder(sweep_dir: Path, cell: dict) -> Path:
+    """Where a planned cell's record lives: its folder in the sweep, or the folder of
+    sweep.results_from that held its complete record when the sweep was planned."""
+    return Path(cell["record_dir"]) if cell.get("record_dir") else sweep_dir / cell["subdir"]
 
 
 def write_plan(plan: "Plan") -> None:  # noqa: F821 - sweep.plan imports this module's neighbours
-    """Record every runnable cell of the sweep, so status can tell pending from unknown."""
+    """Record every runnable cell of the sweep, so status can tell pending from unknown,
+    and where each cell taken from sweep.results_from has its record."""
     from sweep.cache import atomic_write_json
 
-    cells = [{"name": c.spec.name, "cell_id": c.spec.cell_id, "subdir": c.spec.subdir} for c in plan.runnable]
+    cells = []
+    for c in plan.runnable:
+        here = plan.sweep_dir / c.spec.subdir
+        elsewhere = c.done_at is not None and c.done_at.resolve() != here.resolve()
+        cells.append({"name": c.spec.name, "cell_id": c.spec.cell_id, "subdir": c.spec.subdir,
+                      **({"record_dir": str(c.done_at.resolve())} if elsewhere else {})})
     atomic_write_json(plan.sweep_dir / PLAN_FILE, {"sweep_id": plan.sweep_id, "cells": cells})
+
+
+if __name__ == "__main__":
+    main()

@@ -2,7 +2,8 @@
 
 Before launching, every grid point becomes a cell with an identity (`sweep.plan`):
 points a model cannot run (a layer it lacks, a readout it lacks) are skipped with a
-line each, cells with a complete record are skipped, and the rest go to whatever
+line each, cells with a complete record are skipped, cells whose lease a live owner
+holds (another launch, a SLURM job) are not launched again, and the rest go to whatever
 launcher is configured (basic, submitit_local, submitit_slurm). A failing cell does not
 stop the others; the sweep ends with a summary read from the records on disk.
 """
@@ -25,7 +26,7 @@ from hydra.types import HydraContext, RunMode, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from sweep.errors import SweepError, mark_entered
-from sweep.settings import Flag, check_device, cuda_visible
+from sweep.settings import check_device, cuda_visible, parse_sweep
 from sweep.plan import Dimension, GroupComposer, Plan, describe, derive_sweep_id, make_plan
 from sweep.status import summarise_cells, write_plan
 
@@ -100,19 +101,21 @@ class CellSweeper(Sweeper):
             self.config.sweep.id = sweep_id
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         return make_plan(grids, GroupComposer(self._compose), sweep_id, sweep_dir, list(self.config.sweep.results_from),
-                         force=Flag().check("sweep.force", self.config.sweep.force))
+                         force=parse_sweep(self.config.sweep).force)
 
     # -- running it -------------------------------------------------------------------
     def _sweep(self, arguments: List[str]) -> Any:
-        dry_run = Flag().check("sweep.dry_run", self.config.sweep.dry_run)
+        dry_run = parse_sweep(self.config.sweep).dry_run
         plan = self._plan(arguments)
         self._check_launcher(plan)
         print(describe(plan, dry_run=dry_run), flush=True)
-        if dry_run or not plan.pending:
+        if dry_run:
             return []
         plan.sweep_dir.mkdir(parents=True, exist_ok=True)
+        write_plan(plan)  # also when nothing is left to run: it says where results_from cells have their record
+        if not plan.pending:
+            return []
         OmegaConf.save(self.config, plan.sweep_dir / "multirun.yaml")
-        write_plan(plan)
         launcher = Plugins.instance().instantiate_launcher(
             hydra_context=self.hydra_context, task_function=self.task_function, config=self.config)
         jobs = [cell.overrides + [f"sweep.id={plan.sweep_id}"] for cell in plan.pending]
@@ -130,7 +133,7 @@ class CellSweeper(Sweeper):
         summary = summarise_cells([(c.spec, plan.sweep_dir / c.spec.subdir) for c in plan.pending if c.spec],
                                   finished=True, errors=errors)
         print(summary.text(), flush=True)
-        if summary.failed or summary.missing:
+        if summary.failed or summary.missing or summary.corrupt:  # cells running elsewhere are not this launch's
             sys.exit(1)
         return returns
 
