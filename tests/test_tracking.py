@@ -31,8 +31,10 @@ def wandb_sweep(tmp_path_factory, cache_dir):
     env = {**os.environ, "SWEEP_CACHE_DIR": str(cache_dir), "WANDB_MODE": "offline", **SECRETS,
            "HOME": str(cwd)}  # no ~/.netrc: nothing to find a key in but the environment
     result = multirun(["model=toy_vit", "layer=5,6", "intervention=none,shuffle", "sweep.name=tracked",
-                       "logger=wandb", "wandb.project=cls-tokens"], env, cwd)
+                       "logger=wandb", "wandb.project=cls-tokens", f"+note=token:{SECRETS['HF_TOKEN']}"], env, cwd)
     assert result.returncode == 0, result.stdout + result.stderr
+    for name, secret in SECRETS.items():  # the sweep prints its plan, with the command line
+        assert secret not in result.stdout + result.stderr, f"{name} leaked into the sweep's output"
     return cwd, cwd / "multirun" / "tracked"
 
 

@@ -4,7 +4,7 @@ The science code (features, interventions, cells) talks only to `Adapter`. Every
 difference between ViT, DeiT, BEiT, DINOv2 and CLIP lives here, or in
 `conf/model/*.yaml` (which adapter, which readouts exist, which heads are fitted).
 
-Layer indexing follows DESIGN.md: hidden state L = 0 is the embedding output (the
+Layer indexing (docs/science.md): hidden state L = 0 is the embedding output (the
 input of block 1), L = k is the output of block k. `module_producing(L)` is the module
 whose forward output *is* hidden state L, so a forward hook there (registered with
 ``prepend=True``) edits the tensor that HF records as ``hidden_states[L]`` and that

@@ -27,7 +27,7 @@ from sweep.conf_path import CONF_DIR
 from sweep.errors import SweepError, entered, mark_entered
 from sweep.lease import Lease, LeaseHeld
 from sweep.settings import check_device, parse_sweep
-from sweep.tracking import redact_files
+from sweep.redaction import redact_files, redact_logs
 
 log = logging.getLogger("sweep.run")
 
@@ -124,6 +124,7 @@ def run_cell(cfg: DictConfig) -> dict[str, Any]:
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> dict[str, Any]:
     mark_entered()
+    redact_logs()
     try:
         return run_cell(cfg)
     except SweepError as error:

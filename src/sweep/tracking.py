@@ -27,11 +27,10 @@ from urllib.parse import urlparse
 from omegaconf import OmegaConf
 
 from sweep.cellspec import CellSpec
+from sweep.redaction import redact
 from sweep.settings import WANDB_MODES, OneOf
 
 log = logging.getLogger(__name__)
-SECRET_ENV = ("WANDB_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
-REDACTED = "<redacted>"
 _said: set[str] = set()
 # Why online failed earlier in this process: later cells (in-process launchers) go straight
 # offline instead of each waiting out the same broken server.
@@ -96,32 +95,6 @@ def _has_api_key() -> bool:
         return bool(wandb.login(prompt=False, verify=False))
     except Exception:  # wandb raises its own errors when no key can be found
         return False
-
-
-def _secrets() -> list[str]:
-    return [os.environ[name] for name in SECRET_ENV if os.environ.get(name)]
-
-
-def redact(text: str) -> str:
-    """`text` with every secret from the environment replaced, also inside longer strings
-    (`+note=token:<HF_TOKEN>`)."""
-    for secret in _secrets():
-        text = text.replace(secret, REDACTED)
-    return text
-
-
-def redact_files(folder: Path) -> None:
-    """Redact secrets in the files Hydra wrote for this cell (`.hydra/overrides.yaml` keeps
-    the command line verbatim)."""
-    secrets = [s.encode() for s in _secrets()]
-    for path in folder.rglob("*") if secrets and folder.is_dir() else ():
-        if path.is_file():
-            data = path.read_bytes()
-            clean = data
-            for secret in secrets:
-                clean = clean.replace(secret, REDACTED.encode())
-            if clean != data:
-                path.write_bytes(clean)
 
 
 def scrubbed_config(cfg: Any) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from hydra.types import HydraContext, RunMode, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from sweep.errors import SweepError, mark_entered
+from sweep.redaction import redact, redact_file, redact_logs
 from sweep.settings import check_device, cuda_visible, parse_sweep
 from sweep.plan import Dimension, GroupComposer, Plan, describe, derive_sweep_id, make_plan
 from sweep.status import summarise_cells, write_plan
@@ -60,6 +61,7 @@ class CellSweeper(Sweeper):
 
     def sweep(self, arguments: List[str]) -> Any:
         mark_entered()
+        redact_logs()
         try:
             return self._sweep(arguments)
         except SweepError as error:
@@ -108,7 +110,7 @@ class CellSweeper(Sweeper):
         dry_run = parse_sweep(self.config.sweep).dry_run
         plan = self._plan(arguments)
         self._check_launcher(plan)
-        print(describe(plan, dry_run=dry_run), flush=True)
+        print(redact(describe(plan, dry_run=dry_run)), flush=True)
         if dry_run:
             return []
         plan.sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -116,6 +118,7 @@ class CellSweeper(Sweeper):
         if not plan.pending:
             return []
         OmegaConf.save(self.config, plan.sweep_dir / "multirun.yaml")
+        redact_file(plan.sweep_dir / "multirun.yaml")  # it keeps the command line verbatim
         launcher = Plugins.instance().instantiate_launcher(
             hydra_context=self.hydra_context, task_function=self.task_function, config=self.config)
         jobs = [cell.overrides + [f"sweep.id={plan.sweep_id}"] for cell in plan.pending]
