@@ -39,10 +39,14 @@ def test_a_union_of_grids_plans_each_cell_once_and_skips_layers_a_model_lacks(tm
     grids = [dims(model=["a", "b"], layer=[0, 3], intervention=["none", "shuffle"], seed=[0, 1]),
              dims(model=["a", "b"], layer=[0, 3], intervention=["none"], seed=[0])]  # a subset of the first
     plan = make_plan(grids, GroupComposer(compose), "s", tmp_path, [])
-    assert len(plan.runnable) == 12          # b: 2 layers × 2 × 2; a: layer 0 only × 2 × 2
-    assert len(plan.skipped) == 4 + 1        # a's layer 3 in both grids
+    # none draws no random numbers: one cell over both seeds. b: 2 layers × (1 none + 2 shuffle
+    # seeds); a: layer 0 only, likewise
+    assert len(plan.runnable) == 6 + 3
+    assert len(plan.skipped) == 4 + 1        # a's layer 3 in both grids (skipped points are not merged)
     assert "layer=3 is out of range for a" in plan.skipped[0].skipped
-    assert len({c.spec.cell_id for c in plan.runnable}) == 12
+    assert len({c.spec.cell_id for c in plan.runnable}) == 9
+    assert plan.merged_seedless == 3 and plan.merged_overlap == 3  # the second grid repeats 3 none cells
+    assert {c.spec.seed for c in plan.runnable if c.spec.intervention == "none"} == {None}
 
 
 def test_composition_is_reused_per_group_option():

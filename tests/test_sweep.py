@@ -104,7 +104,7 @@ def test_a_failing_cell_does_not_stop_the_others_and_is_reported(cli_env, tmp_pa
                       env, tmp_path)
     assert result.returncode == 1
     assert "4 cells: 2 done, 2 failed" in result.stdout
-    assert "FAILED  vit-L05-none-native-s0: ModelUnavailable: could not load vit" in result.stdout
+    assert "FAILED  vit-L05-none-native: ModelUnavailable: could not load vit" in result.stdout
     assert "model.source=DIR" in result.stdout
 
 

@@ -15,10 +15,11 @@ from typing import Any
 from omegaconf import DictConfig
 
 from sweep.errors import ConfigError
-from sweep.settings import (INTERVENTIONS, CellSettings, Integer, Rule, check_data_folders, checked, parse_integer,
+from sweep.settings import (INTERVENTIONS, SEEDED_INTERVENTIONS, CellSettings, Integer, Rule, check_data_folders, checked, parse_integer,
                             parse_settings, plain)
 
-RECORD_FORMAT = 2  # 2: the identity includes compute.attn_implementation and compute.flush_denormal
+RECORD_FORMAT = 2  # 2: the identity includes compute.attn_implementation and compute.flush_denormal,
+                   # and the seed only where the intervention draws random numbers
 
 __all__ = ["INTERVENTIONS", "CellSpec", "LayerOutOfRange", "NotApplicable", "cell_spec", "resolve_layer"]
 
@@ -50,7 +51,7 @@ class CellSpec:
     n_layers: int
     intervention: str
     readout: str
-    seed: int
+    seed: int | None  # None: the intervention draws no random numbers, so no seed changes the cell
     science: Mapping[str, Any]
     settings: CellSettings | None = field(default=None, compare=False)
 
@@ -61,7 +62,8 @@ class CellSpec:
 
     @property
     def name(self) -> str:
-        return f"{self.model}-L{self.layer:02d}-{self.intervention}-{self.readout}-s{self.seed}"
+        seed = "" if self.seed is None else f"-s{self.seed}"
+        return f"{self.model}-L{self.layer:02d}-{self.intervention}-{self.readout}{seed}"
 
     @property
     def subdir(self) -> str:
@@ -94,6 +96,8 @@ def cell_spec(cfg: DictConfig | Mapping[str, Any]) -> CellSpec:
     settings = parse_settings(cfg, is_toy=model.get("toy") is not None)
     layer = resolve_layer(parse_integer("layer", cfg["layer"], Integer()), n_layers, model_name)
     seed = parse_integer("seed", cfg["seed"], Integer(0))
+    if settings.intervention.choice not in SEEDED_INTERVENTIONS:
+        seed = None  # a grid over seeds measures such a cell once
     readout = checked("readout", plain(cfg["readout"]), {"name": Rule()})["name"]
     readouts = model["readouts"]
     if readout not in readouts:

@@ -52,7 +52,7 @@ def _permute(size: int, permutation: str, generator: torch.Generator) -> torch.T
 
 
 def replacement_cls(name: str, settings: Mapping[str, Any], *, cls_at_layer: torch.Tensor,
-                    cls_at_embedding: torch.Tensor, seed: int) -> torch.Tensor | None:
+                    cls_at_embedding: torch.Tensor, seed: int | None) -> torch.Tensor | None:
     """The CLS token each validation example carries after the intervention, shape (n, D).
 
     `cls_at_layer` is the unmodified CLS at the intervened layer for every validation

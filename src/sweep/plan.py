@@ -54,6 +54,10 @@ class Plan:
     sweep_id: str
     sweep_dir: Path
     cells: list[PlannedCell] = field(default_factory=list)
+    #: grid points that name a cell already planned: over seeds, of an intervention that draws
+    #: no random numbers (its identity has no seed), or where two grids of a union overlap
+    merged_seedless: int = 0
+    merged_overlap: int = 0
 
     @property
     def runnable(self) -> list[PlannedCell]:
@@ -180,7 +184,7 @@ def make_plan(grids: Sequence[Sequence[Dimension]], compose: Callable[[tuple[str
     plan = Plan(sweep_id, sweep_dir)
     bases: dict[tuple[str, ...], dict[str, Any]] = {}
     elsewhere = index_results(results_from)
-    seen: set[str] = set()
+    seen: dict[str, Any] = {}  # cell_id -> the seed of the grid point that planned it
     points = itertools.chain.from_iterable(expand(dimensions) for dimensions in grids)
     for strings, groups, values in points:
         if groups not in bases:
@@ -197,8 +201,12 @@ def make_plan(grids: Sequence[Sequence[Dimension]], compose: Callable[[tuple[str
             raise type(error)(f"{error}\n  (grid point: {' '.join(strings)})") from None
         else:
             if cell.spec.cell_id in seen:
+                if cell.spec.seed is None and values.get("seed") not in (None, seen[cell.spec.cell_id]):
+                    plan.merged_seedless += 1
+                else:
+                    plan.merged_overlap += 1
                 continue
-            seen.add(cell.spec.cell_id)
+            seen[cell.spec.cell_id] = values.get("seed")
             here = sweep_dir / cell.spec.subdir
             if not force and is_complete(here, cell.spec.cell_id):
                 cell.done_at = here
@@ -218,10 +226,16 @@ def make_plan(grids: Sequence[Sequence[Dimension]], compose: Callable[[tuple[str
 
 def describe(plan: Plan, *, dry_run: bool) -> str:
     """The plan as a person reads it: counts, skipped reasons, and per model what runs."""
-    lines = [f"sweep {plan.sweep_id}: {len(plan.cells)} grid points -> {len(plan.runnable)} cells, "
+    points = len(plan.cells) + plan.merged_seedless + plan.merged_overlap
+    lines = [f"sweep {plan.sweep_id}: {points} grid points -> {len(plan.runnable)} cells, "
              f"{len(plan.done)} already done, "
              + (f"{len(plan.running)} running elsewhere, " if plan.running else "")
              + f"{len(plan.pending)} to run  ({plan.sweep_dir})"]
+    if plan.merged_seedless:
+        lines.append(f"  merged {plan.merged_seedless} grid points that differ only in a seed their intervention does "
+                     "not use (none, zero, mean, reset draw no random numbers): each such cell is measured once")
+    if plan.merged_overlap:
+        lines.append(f"  merged {plan.merged_overlap} grid points that the grids of the union share")
     reasons = Counter(c.skipped for c in plan.skipped)
     for reason, n in reasons.most_common():
         lines.append(f"  skipped {n}: {reason}")
