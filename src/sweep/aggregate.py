@@ -636,7 +636,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for line in problems_text(table) + reference_warnings(table.complete):
         print(line)
     if table.frame.empty:
-        print(f"sweep-aggregate: no cell has a record yet; nothing written (sweep-status shows their state)",
+        print("sweep-aggregate: no cell has a record yet; nothing written (sweep-status shows their state)",
               file=sys.stderr)
         return 1
     written = write_results(table, out_dir)
