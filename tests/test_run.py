@@ -73,3 +73,28 @@ def test_cfg_job_shows_every_setting(cli_env, tmp_path):
     for key in ("hf_class: DeiTForImageClassificationWithTeacher", "layer: 7", "probe:",
                 "hidden_cache_budget_gb", "cache:", "wandb:"):
         assert key in result.stdout
+
+
+def test_a_cell_whose_lease_was_taken_over_writes_no_record(cli_env, tmp_path):
+    """An owner that missed its heartbeats for stale_after_s may be taken over; when it
+    comes back it must not write a second record beside the new owner's."""
+    env = {**cli_env, "SWEEP_TEST_PAUSE": "toy_vit-L06=20"}
+    command = [sys.executable, "-m", "sweep.run", *FAST, "model=toy_vit", "layer=6"]
+    cell = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    deadline = time.time() + 240
+    while "SWEEP_TEST_PAUSE: holding" not in _log_text(tmp_path):
+        assert cell.poll() is None and time.time() < deadline
+        time.sleep(0.5)
+    (lease_path,) = tmp_path.glob("runs/toy_vit/*/started.json")
+    other = {**json.loads(lease_path.read_text()), "token": "another-owner", "pid": 1, "host": "elsewhere"}
+    lease_path.write_text(json.dumps(other))  # what a take-over by another launch leaves
+    output, _ = cell.communicate(timeout=300)
+    assert cell.returncode == 0, output
+    assert "took this cell's lease over" in output
+    assert not list(tmp_path.glob("runs/toy_vit/*/result.json"))
+    assert json.loads(lease_path.read_text())["token"] == "another-owner"
+
+
+def _log_text(folder: Path) -> str:
+    return "".join(p.read_text() for p in folder.glob("runs/toy_vit/*/*.log"))

@@ -73,6 +73,7 @@ BATTERY: list[tuple[list[str], dict[str, str], str]] = [
     (["toy_training.data.val_per_class=0"], {}, "toy_training.data.val_per_class=0 is invalid"),
     (["sweep.force=maybe"], {}, "sweep.force=maybe is invalid"),
     (["sweep.lease.stale_after_s=0"], {}, "sweep.lease.stale_after_s=0 is invalid"),
+    (["sweep.lease.heartbeat_s=400"], {}, "sweep.lease.heartbeat_s=400.0 is invalid"),
 ]
 IDS = [" ".join(args) + "".join(f" {k}={v!r}" for k, v in env.items()) for args, env, _ in BATTERY]
 SECONDS_BEFORE_THE_ERROR = 30  # generous on a loaded 2-core machine: no model loads, nothing trains

@@ -209,6 +209,12 @@ class Lease:
             atomic_write_json(self.cell_dir / LEASE_FILE, self.content)
         return True
 
+    def is_mine(self) -> bool:
+        """Whether this process still holds the lease (checked under the lock). A cell asks
+        before it writes its record, so an owner that was taken over never writes one."""
+        with _lock(self.cell_dir):
+            return self._still_mine()
+
     def _still_mine(self) -> bool:
         current = read_lease(self.cell_dir)
         return current is not None and current.get("token") == self.content["token"]

@@ -98,8 +98,13 @@ def run_cell(cfg: DictConfig) -> dict[str, Any]:
                           "artifacts": result.artifacts,
                           "versions": {**rec.versions(), "model_revision": result.model_revision},
                           "outcomes_file": rec.OUTCOMES_FILE if cfg.outcomes.save else None}
-                track.log_record(record, cell_dir / rec.OUTCOMES_FILE if cfg.outcomes.save else None)
                 _pause_for_crash_tests(spec.name)
+                if not lease.is_mine():  # taken over after missed heartbeats: the new owner writes it
+                    log.warning("%s: another owner took this cell's lease over while it was measured here; "
+                                "this measurement is dropped so that the cell has one writer", spec.name)
+                    lease.release()  # stops the heartbeat; the lease itself is the new owner's
+                    return {**base, "status": "taken over"}
+                track.log_record(record, cell_dir / rec.OUTCOMES_FILE if cfg.outcomes.save else None)
                 rec.write_record(cell_dir, record)
             except SweepError:
                 raise

@@ -377,6 +377,9 @@ def parse_sweep(sweep: Mapping[str, Any]) -> SweepRun:
     flags = {key: Flag().check(f"sweep.{key}", plain(sweep[key])) for key in ("dry_run", "force")}
     lease = checked("sweep.lease", plain(sweep["lease"]), {"heartbeat_s": Real(0, low_open=True),
                                                            "stale_after_s": Real(0, low_open=True)})
+    if lease["heartbeat_s"] >= lease["stale_after_s"]:
+        raise invalid("sweep.lease.heartbeat_s", lease["heartbeat_s"],
+                      f"below sweep.lease.stale_after_s ({lease['stale_after_s']:g}): a live owner would look dead")
     return SweepRun(**flags, **lease)
 
 
