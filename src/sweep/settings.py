@@ -432,7 +432,10 @@ def settings_table() -> str:
     for group, rules in fixed:
         prefix = group.split()[0]
         rows += [(f"{prefix}.{key}", rule.description) for key, rule in rules.items() if key != "data"]
-    rows += [("logger", "one of " + ", ".join(LOGGERS)), ("outcomes.save", Flag.description)]
+    rows += [("logger", "one of " + ", ".join(LOGGERS)), ("outcomes.save", Flag.description),
+             ("sweep.dry_run", Flag.description), ("sweep.force", Flag.description),
+             ("sweep.lease.heartbeat_s", "a number > 0, below sweep.lease.stale_after_s"),
+             ("sweep.lease.stale_after_s", "a number > 0")]
     variants = (("intervention", "name", INTERVENTION_SETTINGS, ""), ("probe", "method", PROBES, "settings."),
                 ("data", "source", DATA_SOURCES, ""))
     for group, selector, table, nested in variants:
