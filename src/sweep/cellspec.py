@@ -15,8 +15,8 @@ from typing import Any
 from omegaconf import DictConfig
 
 from sweep.errors import ConfigError
-from sweep.settings import (INTERVENTIONS, SEEDED_INTERVENTIONS, CellSettings, Integer, Rule, check_data_folders, checked, parse_integer,
-                            parse_settings, plain)
+from sweep.settings import (INTERVENTIONS, SEEDED_INTERVENTIONS, CellSettings, Integer, Rule, check_data_folders,
+                            checked, parse_integer, parse_settings, plain)
 
 RECORD_FORMAT = 2  # 2: the identity includes compute.attn_implementation and compute.flush_denormal,
                    # and the seed only where the intervention draws random numbers

@@ -94,7 +94,7 @@ class CellSweeper(Sweeper):
             del cfg["hydra"]
         return OmegaConf.to_container(cfg, resolve=True)
 
-    def _plan(self, arguments: List[str]) -> Plan:
+    def _plan(self, arguments: List[str], *, force: bool) -> Plan:
         grids = [self._dimensions(grid, arguments) for grid in self.grids]
         experiment = self.config.hydra.runtime.choices.get("experiment")
         sweep_id = derive_sweep_id(self.config.sweep.name, experiment,
@@ -103,15 +103,15 @@ class CellSweeper(Sweeper):
             self.config.sweep.id = sweep_id
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         return make_plan(grids, GroupComposer(self._compose), sweep_id, sweep_dir, list(self.config.sweep.results_from),
-                         force=parse_sweep(self.config.sweep).force)
+                         force=force)
 
     # -- running it -------------------------------------------------------------------
     def _sweep(self, arguments: List[str]) -> Any:
-        dry_run = parse_sweep(self.config.sweep).dry_run
-        plan = self._plan(arguments)
-        self._check_launcher(plan)
-        print(redact(describe(plan, dry_run=dry_run)), flush=True)
-        if dry_run:
+        run = parse_sweep(self.config.sweep)
+        plan = self._plan(arguments, force=run.force)
+        self._check_launcher(plan, dry_run=run.dry_run)
+        print(redact(describe(plan, dry_run=run.dry_run)), flush=True)
+        if run.dry_run:
             return []
         plan.sweep_dir.mkdir(parents=True, exist_ok=True)
         write_plan(plan)  # also when nothing is left to run: it says where results_from cells have their record
@@ -140,14 +140,14 @@ class CellSweeper(Sweeper):
             sys.exit(1)
         return returns
 
-    def _check_launcher(self, plan: Plan) -> None:
+    def _check_launcher(self, plan: Plan, *, dry_run: bool) -> None:
         """What the plan can know about where the cells will run: a local launcher runs them
         here, so a GPU they ask for must be here; SLURM needs `sbatch`."""
         target = str(self.config.hydra.launcher.get("_target_", ""))
         if "Slurm" not in target:
             for cell in plan.pending:
                 check_device(cell.spec.settings.compute, cuda_devices=int(cuda_visible()))
-        if "Slurm" in target and shutil.which("sbatch") is None and plan.pending and not self.config.sweep.dry_run:
+        if "Slurm" in target and shutil.which("sbatch") is None and plan.pending and not dry_run:
             raise SweepError(
                 "hydra/launcher=slurm submits to SLURM, but `sbatch` is not on this machine's PATH. Run where SLURM "
                 "is installed, start the local test cluster (launchers/local-slurm/start.sh), or run locally with "
