@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import shutil
 
 import pytest
@@ -48,20 +47,12 @@ def test_shuffling_at_the_last_layer_with_the_cls_readout_gives_chance(cache_dir
 
 
 def test_an_identity_permutation_changes_nothing_bit_for_bit(cache_dir, plain_vit):
-    for resume in ("true", "false"):  # from cached hidden states, and a full pass with a hook
+    for layer in (0, 2, -1):  # the branch replaces the CLS by itself, then runs blocks L+1..N
         result = run(cache_dir, "model=toy_vit", "intervention=shuffle", "intervention.permutation=identity",
-                     "layer=2", f"compute.resume_from_hidden={resume}")
-        assert result.compute["resumed_from_hidden"] is (resume == "true")
+                     f"layer={layer}")
         for key in ("predicted", "rank"):
             assert torch.equal(result.outcomes[key], plain_vit.outcomes[key])
         assert result.metrics["accuracy"] == plain_vit.metrics["accuracy"]
-
-
-def test_resuming_from_cached_hidden_states_equals_a_full_pass(cache_dir):
-    resumed = run(cache_dir, "model=toy_deit", "intervention=shuffle", "layer=3")
-    full = run(cache_dir, "model=toy_deit", "intervention=shuffle", "layer=3", "compute.resume_from_hidden=false")
-    assert torch.equal(resumed.outcomes["rank"], full.outcomes["rank"])
-    assert resumed.compute["block_calls_by_purpose"]["cell"] < full.compute["block_calls_by_purpose"]["cell"]
 
 
 def test_beit_mean_readout_ignores_a_last_layer_cls_shuffle(cache_dir):
@@ -108,48 +99,45 @@ def test_cached_artifacts_give_bit_identical_metrics_to_recomputation(cache_dir,
         assert torch.equal(recomputed.outcomes[key], values), key
 
 
-def test_a_corrupt_hidden_state_file_is_recomputed_not_used(cache_dir, tmp_path, caplog):
-    """Cells hash only the hidden-state file they read; a bad one costs a recomputation
-    of the unmodified pass and gives the same measurement as an intact cache."""
+def _flip_last_byte(path):
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF  # a flipped bit in the last value; the size is unchanged
+    path.write_bytes(data)
+
+
+def test_a_corrupt_features_file_is_recomputed_not_used(cache_dir, tmp_path):
+    """A bad file in the features entry costs a recomputation of the unmodified pass and
+    gives the same measurement as an intact cache."""
     intact = run(cache_dir, "model=toy_vit", "intervention=shuffle", "layer=3")
     copy = tmp_path / "cache"
     shutil.copytree(cache_dir, copy)
-    layer_file = copy / "features" / intact.artifacts["features"] / "hidden" / "layer_003.npy"
-    data = bytearray(layer_file.read_bytes())
-    data[-1] ^= 0xFF  # a flipped bit in the last value; the size is unchanged
-    layer_file.write_bytes(data)
+    _flip_last_byte(copy / "features" / intact.artifacts["features"] / "val.safetensors")
 
     cache = ArtifactCache(copy)
-    with caplog.at_level(logging.WARNING):
-        again = run(cache, "model=toy_vit", "intervention=shuffle", "layer=3")
+    again = run(cache, "model=toy_vit", "intervention=shuffle", "layer=3")
 
-    assert cache.stats.corrupt == 1 and "measuring the cell again" in caplog.text
-    assert again.compute["block_calls_by_purpose"]["features"] > 0  # the unmodified pass ran again
+    assert cache.stats.corrupt == 1
+    assert again.compute["unit"]["block_calls_by_purpose"]["features"] > 0  # the unmodified pass ran again
     assert again.metrics == intact.metrics
     assert torch.equal(again.outcomes["rank"], intact.outcomes["rank"])
 
 
 def test_cells_read_pixels_only_when_they_need_them(cache_dir, tmp_path):
-    """A cell resumed from cached hidden states never opens the validation images; a
-    full-pass cell does, and so finds (and recomputes) a corrupt image file."""
+    """A `none` cell reads cached features and never opens the validation images; an
+    intervention runs blocks on them, and so finds (and recomputes) a corrupt image file."""
     intact = run(cache_dir, "model=toy_vit", "intervention=shuffle", "layer=3")
+    plain = run(cache_dir, "model=toy_vit", "intervention=none", "layer=3")
     copy = tmp_path / "cache"
     shutil.copytree(cache_dir, copy)
-    images = copy / "images" / intact.artifacts["images"] / "val.safetensors"
-    data = bytearray(images.read_bytes())
-    data[-1] ^= 0xFF
-    images.write_bytes(data)
+    _flip_last_byte(copy / "images" / intact.artifacts["images"] / "val.safetensors")
 
-    resumed_cache = ArtifactCache(copy)
-    resumed = run(resumed_cache, "model=toy_vit", "intervention=shuffle", "layer=3")
-    assert resumed.compute["resumed_from_hidden"] and resumed_cache.stats.corrupt == 0
-    assert resumed.metrics == intact.metrics
+    none_cache = ArtifactCache(copy)
+    assert run(none_cache, "model=toy_vit", "intervention=none", "layer=3").metrics == plain.metrics
+    assert none_cache.stats.corrupt == 0
 
-    full_pass_cache = ArtifactCache(copy)
-    full_pass = run(full_pass_cache, "model=toy_vit", "intervention=shuffle", "layer=3",
-                    "compute.resume_from_hidden=false")
-    assert not full_pass.compute["resumed_from_hidden"] and full_pass_cache.stats.corrupt == 1
-    assert full_pass.metrics == intact.metrics
+    shuffle_cache = ArtifactCache(copy)
+    assert run(shuffle_cache, "model=toy_vit", "intervention=shuffle", "layer=3").metrics == intact.metrics
+    assert shuffle_cache.stats.corrupt == 1
 
 
 def test_a_cell_whose_logits_are_not_finite_fails_naming_the_layer_and_the_rows(cli_env, tmp_path):

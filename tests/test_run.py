@@ -71,7 +71,7 @@ def test_cfg_job_shows_every_setting(cli_env, tmp_path):
     result = sweep_run(["--cfg", "job", "model=deit", "layer=7"], cli_env, tmp_path)
     assert result.returncode == 0
     for key in ("hf_class: DeiTForImageClassificationWithTeacher", "layer: 7", "probe:",
-                "hidden_cache_budget_gb", "cache:", "wandb:"):
+                "attn_implementation", "checkpoint_s", "cache:", "wandb:"):
         assert key in result.stdout
 
 

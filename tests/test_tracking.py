@@ -48,7 +48,7 @@ def test_every_cell_writes_one_offline_wandb_run_in_its_own_folder(wandb_sweep):
         assert log.name == f"run-{run_id('tracked', record['cell_id'])}.wandb"
         raw = log.read_bytes()  # protobuf keeps strings and JSON values verbatim
         for expected in ("tracked", record["name"], record["intervention"], "cls-tokens",   # group, name, job type
-                         "hidden_cache_budget_gb",                                         # the resolved config
+                         "attn_implementation",                                            # the resolved config
                          f"{record['metrics']['accuracy']}"):                              # the summary
             assert expected.encode() in raw, expected
 

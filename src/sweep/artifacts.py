@@ -2,9 +2,8 @@
 
 * ``images``   — the data subset, decoded, resized and cropped to uint8 (per preprocessing).
 * ``toy_model``— a toy trained on digits, as a `save_pretrained` folder.
-* ``features`` — one unmodified pass over train + val: the CLS token at every layer, every
-  readout's features, and (when `compute.hidden_cache_budget_gb` allows) the validation
-  hidden states at every layer, so intervention cells start at layer L.
+* ``features`` — one unmodified pass over train + val: the CLS token at every layer and every
+  readout's features (no hidden states: a work unit recomputes the prefix it needs).
 * ``head``     — a head fitted here on the train readout features (BEiT-22k, DINOv2, CLIP).
 * ``probes``   — per-layer CLS probes, with their validation scores.
 
@@ -22,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
@@ -86,22 +84,12 @@ class Split:
 
 @dataclass(frozen=True)
 class Features:
-    """The unmodified model's view of the data; hidden states load lazily per layer."""
+    """The unmodified model's view of the data."""
 
     key: str
     cls: dict[str, torch.Tensor]               # split -> (N + 1, n, D)
     readout: dict[str, dict[str, torch.Tensor]]  # split -> readout -> (n, ...)
     labels: dict[str, torch.Tensor]
-    directory: Path
-    has_hidden: bool
-    verified: Callable[[str], Path]  # a file of the entry, checked against its manifest
-
-    def hidden(self, layer: int) -> torch.Tensor:
-        """Validation hidden state `layer`, (n, T, D), memory-mapped from the cache. Only
-        this layer's file is hashed: a cell reads one of N + 1."""
-        path = self.verified(f"hidden/layer_{layer:03d}.npy")
-        # Copy-on-write mapping: pages load lazily and the cache entry itself is never written.
-        return torch.from_numpy(np.load(path, mmap_mode="c"))
 
 
 def _write_seconds(out: Path, seconds: Mapping[str, float]) -> None:
@@ -180,39 +168,29 @@ class Artifacts:
                  splits: Mapping[str, Split]) -> Features:
         adapter = loaded.adapter
         readouts = sorted(self.cfg["model"]["readouts"])
-        n_val = len(splits["val"])
-        tokens = self._n_tokens(loaded)
-        hidden_bytes = n_val * (adapter.n_layers + 1) * tokens * adapter.hidden_size * 4
-        keep_hidden = hidden_bytes <= float(self.compute["hidden_cache_budget_gb"]) * 2**30
         spec = {"model": dict(model_identity), "images": images_key, "readouts": readouts,
                 **_readout_options(self.cfg["model"]["readouts"]),
                 "batch_size": int(self.compute["batch_size"]), "dtype": str(self.compute["dtype"]),
                 "device": self.device.type, "attn": str(self.compute["attn_implementation"]),
-                "flush_denormal": bool(self.compute["flush_denormal"]), "hidden_states": keep_hidden}
+                "flush_denormal": bool(self.compute["flush_denormal"])}
 
         def compute(out: Path) -> None:
             seconds = {}
             for split in SPLITS:
                 started = time.perf_counter()
-                self._unmodified_pass(loaded, splits[split], readouts, out, split,
-                                      keep_hidden=keep_hidden and split == "val")
+                self._unmodified_pass(loaded, splits[split], readouts, out, split)
                 seconds[split] = time.perf_counter() - started
             _write_seconds(out, seconds)
 
         key = content_key("features", spec)
-        folder = self.cache.get_or_compute("features", spec, compute, lazy=("hidden/*",),
+        folder = self.cache.get_or_compute("features", spec, compute,
                                            description=f"{self.cfg['model']['name']} unmodified pass")
         cls, readout, labels = {}, {}, {}
         for split in SPLITS:
             tensors = load_file(folder / f"{split}.safetensors")
             cls[split], labels[split] = tensors["cls"], tensors["labels"]
             readout[split] = {r: tensors[f"readout.{r}"] for r in readouts}
-        return Features(key, cls, readout, labels, folder, keep_hidden, partial(self.cache.verified, folder))
-
-    def _n_tokens(self, loaded: LoadedModel) -> int:
-        crop = int(self.cfg["model"]["preprocess"]["crop"])
-        with torch.no_grad():
-            return int(loaded.adapter.embed(self.pixels(torch.zeros(1, 3, crop, crop, dtype=torch.uint8))).shape[1])
+        return Features(key, cls, readout, labels)
 
     def pixels(self, images: torch.Tensor) -> torch.Tensor:
         return normalise(images.to(self.device, non_blocking=True), self.cfg["model"]["preprocess"])
@@ -221,32 +199,21 @@ class Artifacts:
         dtype = str(self.compute["dtype"])
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
 
-    def _unmodified_pass(self, loaded: LoadedModel, split: Split, readouts: list[str], out: Path,
-                         name: str, *, keep_hidden: bool) -> None:
+    def _unmodified_pass(self, loaded: LoadedModel, split: Split, readouts: list[str], out: Path, name: str) -> None:
         adapter, n = loaded.adapter, len(split)
         cls = torch.empty(adapter.n_layers + 1, n, adapter.hidden_size)
         features: dict[str, list[torch.Tensor]] = {r: [] for r in readouts}
-        hidden_files: list[np.memmap] = []
         bar = progress_bar(total=n, desc=f"features {self.cfg['model']['name']} {name}", unit="img")
         with torch.inference_mode(), self.autocast():
             for part in batches(n, int(self.compute["batch_size"])):
                 hidden = None
                 for layer, hidden in enumerate(adapter.hidden_states(self.pixels(split.images[part]))):
                     cls[layer, part] = hidden[:, adapter.cls_index].float().cpu()
-                    if keep_hidden:
-                        if not hidden_files or len(hidden_files) <= layer:
-                            (out / "hidden").mkdir(exist_ok=True)
-                            hidden_files.append(np.lib.format.open_memmap(
-                                out / "hidden" / f"layer_{layer:03d}.npy", mode="w+", dtype=np.float32,
-                                shape=(n, *hidden.shape[1:])))
-                        hidden_files[layer][part] = hidden.float().cpu().numpy()
                 for readout in readouts:
                     features[readout].append(adapter.float_readout_features(hidden, readout).cpu())
                 self.ledger.add("features", adapter.n_layers * (part.stop - part.start))
                 bar.update(part.stop - part.start)
         bar.close()
-        for memmap in hidden_files:
-            memmap.flush()
         tensors = {"cls": cls, "labels": split.labels}
         tensors.update({f"readout.{r}": torch.cat(v) for r, v in features.items()})
         save_file(tensors, out / f"{name}.safetensors")

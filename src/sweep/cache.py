@@ -208,6 +208,7 @@ class CacheStats:
     hits: int = 0
     computes: int = 0
     corrupt: int = 0
+    lock_wait_s: float = 0.0  # time spent waiting for another process's compute of an entry
 
 
 @dataclass(frozen=True)
@@ -412,6 +413,7 @@ class ArtifactCache:
             return self._hit(entry, kind, key, description)
 
         lock = self._lock(kind, key, self.lock_timeout_s)
+        waited = time.monotonic()
         try:
             lock.acquire()
         except filelock.Timeout as exc:
@@ -419,6 +421,8 @@ class ArtifactCache:
                 f"waited {self.lock_timeout_s}s for {lock.lock_file} while computing {kind} {key} "
                 f"({description}); another process is computing it, or locks do not work on this filesystem"
             ) from exc
+        finally:
+            self.stats.lock_wait_s += time.monotonic() - waited
         try:
             # Re-check: whoever held the lock may just have published it.
             problem = self._problem(entry, kind, key, lazy)

@@ -43,6 +43,7 @@ class Dimension:
 @dataclass
 class PlannedCell:
     overrides: list[str]
+    config: dict[str, Any] = field(default_factory=dict)  # the composed config, resolved (sweep.units groups by it)
     spec: CellSpec | None = None
     skipped: str | None = None      # why it cannot run (layer the model lacks, readout it lacks)
     done_at: Path | None = None     # folder of a complete record
@@ -192,7 +193,7 @@ def make_plan(grids: Sequence[Sequence[Dimension]], compose: Callable[[tuple[str
         cfg = dict(bases[groups])
         for key, value in values.items():
             set_dotted(cfg, key, value)
-        cell = PlannedCell(overrides=strings)
+        cell = PlannedCell(overrides=strings, config=cfg)
         try:
             cell.spec = cell_spec(cfg)
         except NotApplicable as reason:
@@ -224,13 +225,14 @@ def make_plan(grids: Sequence[Sequence[Dimension]], compose: Callable[[tuple[str
     return plan
 
 
-def describe(plan: Plan, *, dry_run: bool) -> str:
-    """The plan as a person reads it: counts, skipped reasons, and per model what runs."""
+def describe(plan: Plan, units: Sequence[Any], *, dry_run: bool) -> str:
+    """The plan as a person reads it: counts, skipped reasons, per model what runs, and
+    the work units (sweep.units) that will run it."""
     points = len(plan.cells) + plan.merged_seedless + plan.merged_overlap
     lines = [f"sweep {plan.sweep_id}: {points} grid points -> {len(plan.runnable)} cells, "
              f"{len(plan.done)} already done, "
              + (f"{len(plan.running)} running elsewhere, " if plan.running else "")
-             + f"{len(plan.pending)} to run  ({plan.sweep_dir})"]
+             + f"{len(plan.pending)} to run in {len(units)} work units  ({plan.sweep_dir})"]
     if plan.merged_seedless:
         lines.append(f"  merged {plan.merged_seedless} grid points that differ only in a seed their intervention does "
                      "not use (none, zero, mean, reset draw no random numbers): each such cell is measured once")
@@ -246,21 +248,26 @@ def describe(plan: Plan, *, dry_run: bool) -> str:
         counts["cells"] += 1
         counts["done"] += cell.done_at is not None
         counts["running"] += cell.done_at is None and cell.running is not None
-        if cell.done_at is None and cell.running is None and cell.spec.intervention != "none":
-            counts["blocks_per_image"] += cell.spec.n_layers - cell.spec.layer
+    for unit in units:
+        per_model[unit.model]["units"] += 1
+        per_model[unit.model]["cost"] += unit.cost
     if per_model:
-        lines.append(f"  {'model':<14}{'cells':>7}{'done':>7}{'to run':>8}{'block applications per val image':>36}")
+        lines.append(f"  {'model':<14}{'cells':>7}{'done':>7}{'to run':>8}{'units':>7}"
+                     f"{'block applications per val image':>36}")
         for model, c in per_model.items():
             lines.append(f"  {model:<14}{c['cells']:>7}{c['done']:>7}{c['cells'] - c['done'] - c['running']:>8}"
-                         f"{c['blocks_per_image']:>36}")
-        lines.append("  (cost: interventions run blocks L+1..N; a model's unmodified pass over train+val "
-                     "runs once per model and data, shared through the cache)")
+                         f"{c['units']:>7}{c['cost']:>36}")
+        lines.append("  (cost: each unit runs the unmodified prefix once per validation batch, up to its deepest "
+                     "intervened layer, and blocks L+1..N once per distinct layer, intervention and seed; a model's "
+                     "unmodified pass over train+val runs once per model and data, shared through the cache)")
     for cell in plan.running[:SHOWN_RUNNING]:
         lines.append(f"  running elsewhere, not launched: {cell.spec.name} ({cell.running})")
     if len(plan.running) > SHOWN_RUNNING:
         lines.append(f"  ... and {len(plan.running) - SHOWN_RUNNING} more running elsewhere (sweep-status lists them)")
     if dry_run:
-        lines.append("  cells to run:")
-        lines.extend(f"    {c.spec.name}  [{' '.join(c.overrides)}]" for c in plan.pending if c.spec)
+        lines.append("  work units to run (one Hydra job, one SLURM array task each), and their cells:")
+        for unit in units:
+            lines.append(f"  unit {unit.describe()}")
+            lines.extend(f"    {c.spec.name}  [{' '.join(c.overrides)}]" for c in unit.cells)
         lines.append("dry run: nothing launched (drop sweep.dry_run=true to run)")
     return "\n".join(lines)

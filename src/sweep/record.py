@@ -20,6 +20,7 @@ from sweep.cellspec import CellSpec
 
 RESULT_FILE = "result.json"
 OUTCOMES_FILE = "outcomes.csv"
+PROGRESS_FILE = "progress.safetensors"  # a running cell's checkpoint (sweep.engine); never a record
 PACKAGES = ("sweep", "torch", "transformers", "datasets", "hydra-core", "submitit", "wandb", "scikit-learn", "numpy")
 
 

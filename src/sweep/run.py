@@ -1,7 +1,9 @@
-"""`sweep-run`: the Hydra app that runs exactly one cell and writes its record.
+"""`sweep-run`: the Hydra app that runs one cell, or one work unit of a sweep, and writes
+each cell's record.
 
 With `-m`, Hydra's multirun hands the grid to the cell sweeper (hydra_plugins/), which
-skips finished cells and fans the rest out through the configured launcher.
+skips finished cells, packs the rest into work units (sweep.units) and fans the units out
+through the configured launcher; each unit is one Hydra job.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import shutil
 import sys
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,18 +25,24 @@ from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
 from sweep import record as rec
-from sweep.cellspec import cell_spec
+from sweep.cellspec import CellSpec, cell_spec
 from sweep.conf_path import CONF_DIR
-from sweep.errors import SweepError, entered, mark_entered
+from sweep.errors import ConfigError, SweepError, entered, mark_entered
 from sweep.lease import Lease, LeaseHeld
-from sweep.settings import check_device, parse_sweep
 from sweep.redaction import redact_files, redact_logs
+from sweep.settings import SweepRun, check_device, parse_settings, parse_sweep
+from sweep.cache import atomic_write_json
+from sweep.units import UNIT_SUMMARY, UNITS_DIR, cell_config, read_unit
 
 log = logging.getLogger("sweep.run")
 
 
 def _cell_resolver(what: str, *, _root_: DictConfig) -> str:
-    """`${cell:subdir}` / `${cell:id}` — folders keyed by cell so a re-run lands in place."""
+    """`${cell:subdir}` / `${cell:id}` — folders keyed by cell so a re-run lands in place; a
+    work unit's job (sweep.unit.id, set by the cell sweeper) has its folder in units/."""
+    unit = _root_.sweep.unit.id
+    if unit is not None:
+        return {"subdir": f"{UNITS_DIR}/{unit}", "id": str(unit), "name": str(unit)}[what]
     try:
         spec = cell_spec(_root_)
     except (SweepError, KeyError, TypeError, ValueError):
@@ -53,76 +62,176 @@ def _pause_for_crash_tests(name: str) -> None:
         time.sleep(float(seconds))
 
 
+@dataclass
+class JobCell:
+    """One cell of this job: its spec, its own config, and its folder in the sweep."""
+
+    spec: CellSpec
+    cfg: DictConfig
+    folder: Path
+    lease: Lease | None = None
+
+
+def job_cells(cfg: DictConfig) -> tuple[list[JobCell], str | None, bool]:
+    """The cells this job runs, its unit id, and whether it only prepares artifacts. A plain
+    `sweep-run` is a unit of one, in Hydra's output folder; a sweep's job reads its unit file."""
+    output_dir = Path(HydraConfig.get().runtime.output_dir)
+    unit_id = cfg.sweep.unit.id
+    if unit_id is None:
+        return [JobCell(cell_spec(cfg), cfg, output_dir)], None, False
+    sweep_dir = Path(HydraConfig.get().sweep.dir)
+    unit = read_unit(sweep_dir, str(unit_id))
+    cells = []
+    for entry in unit["cells"]:
+        cell_cfg = cell_config(cfg, entry)
+        spec = cell_spec(cell_cfg)
+        if spec.cell_id != entry["cell_id"]:
+            raise ConfigError(f"unit {unit_id}: cell {entry['name']} has id {spec.cell_id} in this job's config, "
+                              f"{entry['cell_id']} in its unit file; re-launch the sweep to plan it again")
+        cells.append(JobCell(spec, cell_cfg, sweep_dir / entry["subdir"]))
+    return cells, str(unit_id), bool(unit["prepare"])
+
+
 def run_cell(cfg: DictConfig) -> dict[str, Any]:
-    """Run one cell (or skip it when its record is complete, or while another live owner holds
-    its lease: see sweep.lease) and return its record."""
+    """Run this job's cells — one for `sweep-run`, a work unit's in a sweep — skipping those
+    whose record is complete or whose lease another live owner holds (see sweep.lease).
+    Returns the one cell's record, or for a unit each cell's status."""
     started = time.perf_counter()
-    cell_dir = Path(HydraConfig.get().runtime.output_dir)
-    redact_files(cell_dir / ".hydra")  # Hydra keeps the command line verbatim, secrets typed on it too
-    spec = cell_spec(cfg)
+    redact_files(Path(HydraConfig.get().runtime.output_dir) / ".hydra")  # Hydra keeps the command line verbatim
+    cells, unit_id, prepare_only = job_cells(cfg)
     run = parse_sweep(cfg.sweep)
-    force = run.force
-    sweep_id = cfg.sweep.id
-    if rec.is_complete(cell_dir, spec.cell_id) and not force:
-        log.info("%s is already done (%s); skipping — sweep.force=true recomputes it", spec.name, cell_dir)
-        return rec.read_record(cell_dir)
+    statuses: dict[str, Any] = {}
+    todo = []
+    for cell in cells:
+        if rec.is_complete(cell.folder, cell.spec.cell_id) and not run.force:
+            log.info("%s is already done (%s); skipping — sweep.force=true recomputes it", cell.spec.name, cell.folder)
+            statuses[cell.spec.name] = rec.read_record(cell.folder)
+        else:
+            todo.append(cell)
+    if not todo and not prepare_only:
+        return _job_return(cells, statuses, unit_id)
 
     import torch  # heavy imports only once there is work to do
 
     from sweep.cache import ArtifactCache
-    from sweep.cell import measure
+
+    for cell in todo:
+        check_device(cell.spec.settings.compute, cuda_devices=torch.cuda.device_count())
+    settings = parse_settings(cfg, is_toy=cfg.model.get("toy") is not None).cache
+    cache = ArtifactCache(to_absolute_path(settings.dir), enabled=settings.enabled, verify=settings.verify)
+    if prepare_only:
+        from sweep.artifacts import ComputeLedger
+        from sweep.engine import prepare
+
+        prepared = prepare(cfg, [], cache, ComputeLedger())
+        log.info("unit %s: %s's artifacts are ready (%.1f s)", unit_id, cfg.model.name, prepared.seconds)
+        return {"unit": unit_id, "prepared": True}
+    leased = _take_leases(todo, run, statuses)
+    if leased:
+        _measure(cfg, leased, cache, run, unit_id, started, statuses)
+    return _job_return(cells, statuses, unit_id)
+
+
+def _job_return(cells: list[JobCell], statuses: dict[str, Any], unit_id: str | None) -> dict[str, Any]:
+    if unit_id is None:
+        return statuses[cells[0].spec.name]
+    return {"unit": unit_id, "cells": {name: (s or {}).get("status") for name, s in statuses.items()}}
+
+
+def _take_leases(cells: list[JobCell], run: SweepRun, statuses: dict[str, Any]) -> list[JobCell]:
+    """The cells this job owns now; a cell another launch runs is left to it (measuring it
+    here too would count it twice)."""
+    leased = []
+    for cell in cells:
+        base = rec.cell_fields(cell.spec, cell.cfg, cell.cfg.sweep.id)
+        try:
+            cell.lease = Lease.acquire(cell.folder, stale_after_s=run.stale_after_s, heartbeat_s=run.heartbeat_s)
+        except LeaseHeld as held:
+            log.info("%s is running elsewhere (%s); skipping it here", cell.spec.name, held)
+            statuses[cell.spec.name] = {**base, "status": "running elsewhere", "owner": held.holder}
+            continue
+        if rec.is_complete(cell.folder, cell.spec.cell_id) and not run.force:
+            log.info("%s was finished elsewhere while this launch waited; skipping", cell.spec.name)
+            cell.lease.release()
+            statuses[cell.spec.name] = rec.read_record(cell.folder)
+            continue
+        leased.append(cell)
+    return leased
+
+
+def _measure(cfg: DictConfig, cells: list[JobCell], cache: Any, run: SweepRun, unit_id: str | None,
+             started: float, statuses: dict[str, Any]) -> None:
+    """Measure the leased cells as one unit; write each cell's record (and W&B run) the
+    moment it is measured. A failure of the unit as a whole fails every cell not yet written."""
+    from sweep.engine import Checkpoints, measure_unit
+
+    by_id = {cell.spec.cell_id: cell for cell in cells}
+    written: set[str] = set()
+
+    def emit(spec: CellSpec, result: Any, error: BaseException | None) -> None:
+        cell = by_id[spec.cell_id]
+        statuses[spec.name] = _write_cell(cell, result, error, unit_id, started)
+        written.add(spec.cell_id)
+
+    checkpoints = Checkpoints(lambda spec: by_id[spec.cell_id].folder / rec.PROGRESS_FILE, run.unit.checkpoint_s)
+    try:
+        summary = measure_unit(cfg, [cell.spec for cell in cells], cache, emit, checkpoints=checkpoints)
+    except SweepError:  # bad input, not a failed measurement: leave the cells pending
+        for cell in cells:
+            if cell.spec.cell_id not in written:
+                cell.lease.release(forget=True)
+        raise
+    except Exception as error:
+        for cell in cells:
+            if cell.spec.cell_id not in written:
+                statuses[cell.spec.name] = _write_cell(cell, None, error, unit_id, started,
+                                                       trace=traceback.format_exc())
+        raise
+    # not on SystemExit (preemption, kill): the leases then die with their process or job
+    if unit_id is not None:  # for sweep-status and the benchmarks: what the unit cost, and how long it waited
+        atomic_write_json(Path(HydraConfig.get().runtime.output_dir) / UNIT_SUMMARY,
+                          {**summary, "cells": len(cells), "wall_s": time.perf_counter() - started,
+                           "lock_wait_s": cache.stats.lock_wait_s})
+    log.info("unit %s: %d cells in %.1f s, %s block applications", unit_id or "of one", len(cells),
+             time.perf_counter() - started, f"{summary['block_calls']:,}")
+
+
+def _write_cell(cell: JobCell, result: Any, error: BaseException | None, unit_id: str | None, started: float,
+                trace: str | None = None) -> dict[str, Any]:
+    """The cell's record, outcomes and W&B run, written once by the lease's owner; returns the record."""
     from sweep.tracking import tracker
 
-    check_device(spec.settings.compute, cuda_devices=torch.cuda.device_count())
-    settings = spec.settings.cache
-    cache = ArtifactCache(to_absolute_path(settings.dir), enabled=settings.enabled, verify=settings.verify)
-    base = rec.cell_fields(spec, cfg, sweep_id)
-    try:
-        lease = Lease.acquire(cell_dir, stale_after_s=run.stale_after_s, heartbeat_s=run.heartbeat_s)
-    except LeaseHeld as held:  # another launch runs it: measuring it here too would count it twice
-        log.info("%s is running elsewhere (%s); skipping it here", spec.name, held)
-        return {**base, "status": "running elsewhere", "owner": held.holder}
-    if rec.is_complete(cell_dir, spec.cell_id) and not force:
-        log.info("%s was finished elsewhere while this launch waited; skipping", spec.name)
-        lease.release()
-        return rec.read_record(cell_dir)
-    try:
-        with tracker(cfg, spec, sweep_id, cell_dir) as track:
-            try:
-                result = measure(cfg, spec, cache)
-                if cfg.outcomes.save:
-                    rec.write_outcomes(cell_dir, result.outcomes)
-                record = {**base, "status": "complete", "metrics": result.metrics, "counts": result.counts,
-                          "compute": result.compute,
-                          "timings": {**result.timings, "total_s": time.perf_counter() - started},
-                          "artifacts": result.artifacts,
-                          "versions": {**rec.versions(), "model_revision": result.model_revision},
-                          "outcomes_file": rec.OUTCOMES_FILE if cfg.outcomes.save else None}
-                _pause_for_crash_tests(spec.name)
-                if not lease.is_mine():  # taken over after missed heartbeats: the new owner writes it
-                    log.warning("%s: another owner took this cell's lease over while it was measured here; "
-                                "this measurement is dropped so that the cell has one writer", spec.name)
-                    lease.release()  # stops the heartbeat; the lease itself is the new owner's
-                    return {**base, "status": "taken over"}
-                track.log_record(record, cell_dir / rec.OUTCOMES_FILE if cfg.outcomes.save else None)
-                rec.write_record(cell_dir, record)
-            except SweepError:
-                raise
-            except Exception as error:
-                if not rec.is_complete(cell_dir, spec.cell_id):  # never overwrite a finished measurement
-                    failed = {**base, "status": "failed", "error": f"{type(error).__name__}: {error}",
-                              "traceback": traceback.format_exc(), "versions": rec.versions()}
-                    rec.write_record(cell_dir, failed)
-                    track.log_record(failed, None)
-                raise
-    except SweepError:
-        lease.release(forget=True)  # bad input, not a failed measurement: leave the cell pending
-        raise
-    except Exception:
-        lease.release()
-        raise
-    lease.release()  # not on SystemExit (preemption, kill): the lease then dies with its process or job
-    log.info("%s: %s", spec.name, ", ".join(f"{k}={v:.4f}" for k, v in result.metrics.items()))
+    spec, cfg, lease = cell.spec, cell.cfg, cell.lease
+    base = {**rec.cell_fields(spec, cfg, cfg.sweep.id), "unit": unit_id}
+    if result is not None:
+        if cfg.outcomes.save:
+            rec.write_outcomes(cell.folder, result.outcomes)
+        record = {**base, "status": "complete", "metrics": result.metrics, "counts": result.counts,
+                  "compute": result.compute, "timings": {**result.timings, "total_s": time.perf_counter() - started},
+                  "artifacts": result.artifacts,
+                  "versions": {**rec.versions(), "model_revision": result.model_revision},
+                  "outcomes_file": rec.OUTCOMES_FILE if cfg.outcomes.save else None}
+    else:
+        if rec.is_complete(cell.folder, spec.cell_id):  # never overwrite a finished measurement
+            lease.release()
+            return rec.read_record(cell.folder)
+        record = {**base, "status": "failed", "error": f"{type(error).__name__}: {error}",
+                  "traceback": trace or "".join(traceback.format_exception(error)), "versions": rec.versions()}
+    with tracker(cfg, spec, cfg.sweep.id, cell.folder) as track:
+        _pause_for_crash_tests(spec.name)
+        if not lease.is_mine():  # taken over after missed heartbeats: the new owner writes it
+            log.warning("%s: another owner took this cell's lease over while it was measured here; "
+                        "this measurement is dropped so that the cell has one writer", spec.name)
+            lease.release()  # stops the heartbeat; the lease itself is the new owner's
+            return {**base, "status": "taken over"}
+        track.log_record(record, cell.folder / rec.OUTCOMES_FILE if result is not None and cfg.outcomes.save else None)
+        rec.write_record(cell.folder, record)
+    (cell.folder / rec.PROGRESS_FILE).unlink(missing_ok=True)
+    lease.release()
+    if result is not None:
+        log.info("%s: %s", spec.name, ", ".join(f"{k}={v:.4f}" for k, v in result.metrics.items()))
+    else:
+        log.error("%s failed: %s", spec.name, record["error"])
     return record
 
 

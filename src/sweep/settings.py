@@ -219,14 +219,11 @@ class Compute:
     dtype: str
     batch_size: int
     attn_implementation: str
-    hidden_cache_budget_gb: float
-    resume_from_hidden: bool
     flush_denormal: bool
 
     RULES = MappingProxyType({
         "device": Device(), "dtype": OneOf(*DTYPES), "batch_size": Integer(1),
-        "attn_implementation": OneOf(*ATTENTION), "hidden_cache_budget_gb": Real(0),
-        "resume_from_hidden": Flag(), "flush_denormal": Flag()})
+        "attn_implementation": OneOf(*ATTENTION), "flush_denormal": Flag()})
 
 
 @dataclass(frozen=True)
@@ -371,6 +368,21 @@ class SweepRun:
     force: bool
     heartbeat_s: float
     stale_after_s: float
+    unit: UnitSize
+
+
+@dataclass(frozen=True)
+class UnitSize:
+    """How the cell sweeper packs cells into work units (`sweep.unit`): a unit is one Hydra
+    job (one SLURM array task) that loads its model once and shares every unmodified pass
+    and suffix among its cells. Null limits: one unit per model, data and compute settings."""
+
+    max_cells: int | None
+    max_cost: int | None        # block applications per validation image (the plan's estimate)
+    checkpoint_s: float         # a killed unit loses at most this much of its pass
+
+    RULES = MappingProxyType({"max_cells": Optional(Integer(1)), "max_cost": Optional(Integer(1)),
+                              "checkpoint_s": Real(0), "id": Optional(Text())})
 
 
 def parse_sweep(sweep: Mapping[str, Any]) -> SweepRun:
@@ -380,7 +392,9 @@ def parse_sweep(sweep: Mapping[str, Any]) -> SweepRun:
     if lease["heartbeat_s"] >= lease["stale_after_s"]:
         raise invalid("sweep.lease.heartbeat_s", lease["heartbeat_s"],
                       f"below sweep.lease.stale_after_s ({lease['stale_after_s']:g}): a live owner would look dead")
-    return SweepRun(**flags, **lease)
+    unit = checked("sweep.unit", plain(sweep["unit"]), UnitSize.RULES)
+    unit.pop("id")  # the unit a job runs, set by the sweeper: read by sweep.run, not a choice
+    return SweepRun(**flags, **lease, unit=UnitSize(**unit))
 
 
 # --------------------------------------------------------------------------- where the cell runs
@@ -436,6 +450,7 @@ def settings_table() -> str:
              ("sweep.dry_run", Flag.description), ("sweep.force", Flag.description),
              ("sweep.lease.heartbeat_s", "a number > 0, below sweep.lease.stale_after_s"),
              ("sweep.lease.stale_after_s", "a number > 0")]
+    rows += [(f"sweep.unit.{key}", rule.description) for key, rule in UnitSize.RULES.items() if key != "id"]
     variants = (("intervention", "name", INTERVENTION_SETTINGS, ""), ("probe", "method", PROBES, "settings."),
                 ("data", "source", DATA_SOURCES, ""))
     for group, selector, table, nested in variants:

@@ -30,6 +30,7 @@ from sweep.redaction import redact, redact_file, redact_logs
 from sweep.settings import check_device, cuda_visible, parse_sweep
 from sweep.plan import Dimension, GroupComposer, Plan, describe, derive_sweep_id, make_plan
 from sweep.status import summarise_cells, write_plan
+from sweep.units import Unit, make_units, preparation_units, write_unit
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +111,7 @@ class CellSweeper(Sweeper):
         run = parse_sweep(self.config.sweep)
         plan = self._plan(arguments, force=run.force)
         self._check_launcher(plan, dry_run=run.dry_run)
-        print(redact(describe(plan, dry_run=run.dry_run)), flush=True)
+        print(redact(describe(plan, make_units(plan.pending, run.unit), dry_run=run.dry_run)), flush=True)
         if run.dry_run:
             return []
         plan.sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -121,23 +122,40 @@ class CellSweeper(Sweeper):
         redact_file(plan.sweep_dir / "multirun.yaml")  # it keeps the command line verbatim
         launcher = Plugins.instance().instantiate_launcher(
             hydra_context=self.hydra_context, task_function=self.task_function, config=self.config)
-        jobs = [cell.overrides + [f"sweep.id={plan.sweep_id}"] for cell in plan.pending]
-        size = self.max_batch_size or len(jobs)
-        returns: List[Any] = []
-        for start in range(0, len(jobs), size):
-            try:
-                returns.extend(launcher.launch(jobs[start:start + size], initial_job_idx=start))
-            except Exception as error:  # a launcher failure (e.g. sbatch refusing) must not hide the rest
-                if _is_submission_error(error):
-                    raise SweepError(f"the launcher could not submit the cells: {error}") from error
-                log.error("launcher reported: %s: %s", type(error).__name__, error)
-        errors = {cell.spec.name: _first_line(ret._return_value) for cell, ret in zip(plan.pending, returns)
-                  if ret.status == JobStatus.FAILED}
+        units = make_units(plan.pending, run.unit)
+        errors: Dict[str, str] = {}
+        preparing = preparation_units(units)
+        if preparing:  # split models: their artifacts first, so no unit waits on another's lock
+            self._launch(launcher, plan, preparing, errors)
+        returns = self._launch(launcher, plan, units, errors)
         summary = summarise_cells([(c.spec, plan.sweep_dir / c.spec.subdir) for c in plan.pending if c.spec],
                                   finished=True, errors=errors)
         print(summary.text(), flush=True)
         if summary.failed or summary.missing or summary.corrupt:  # cells running elsewhere are not this launch's
             sys.exit(1)
+        return returns
+
+    def _launch(self, launcher: Any, plan: Plan, units: List[Unit], errors: Dict[str, str]) -> List[Any]:
+        """One Hydra job per unit, in batches of `max_batch_size`. `errors` gets, per cell, the
+        first line of what its unit's job raised (bad input leaves no record to read it from)."""
+        for unit in units:
+            write_unit(plan.sweep_dir, unit)
+        size = self.max_batch_size or len(units)
+        returns: List[Any] = []
+        for start in range(0, len(units), size):
+            batch = units[start:start + size]
+            try:
+                launched = launcher.launch([u.overrides(plan.sweep_id) for u in batch], initial_job_idx=start)
+            except Exception as error:  # a launcher failure (e.g. sbatch refusing) must not hide the rest
+                if _is_submission_error(error):
+                    raise SweepError(f"the launcher could not submit the units: {error}") from error
+                log.error("launcher reported: %s: %s", type(error).__name__, error)
+                continue
+            for unit, ret in zip(batch, launched):  # pairs within this batch only
+                if ret.status == JobStatus.FAILED:
+                    for cell in unit.cells:
+                        errors[cell.spec.name] = _first_line(ret._return_value)
+            returns.extend(launched)
         return returns
 
     def _check_launcher(self, plan: Plan, *, dry_run: bool) -> None:

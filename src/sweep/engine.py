@@ -1,0 +1,389 @@
+"""The shared-suffix engine: every cell of a work unit from one pass over the validation set.
+
+The unit loads its model and cached artifacts once. Cells without an intervention read
+the cached readout features (no block runs). For the others, each validation batch runs
+the unmodified forward once, up to the deepest intervened layer; at every layer L that a
+cell needs, it branches once per distinct (intervention, seed) — the *branch* — replaces
+the CLS token, runs blocks L + 1..N once, and applies every readout that a cell of the
+branch asks for to that one output. Replacement CLS tokens come from the cached CLS
+features of the whole validation set (a shuffle's donor may sit in any batch). Nothing but
+one batch's hidden states is ever held, and none is written anywhere.
+
+Each cell's progress (true-class rank and prediction per validation example so far) is
+saved atomically every `checkpoint_s` to a file its caller names, so a killed unit resumes
+at its last checkpoint; the numbers are the same either way, batch for batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save
+
+from sweep.artifacts import Artifacts, ComputeLedger, Features
+from sweep.cache import ArtifactCache, CorruptEntryError, atomic_write_bytes
+from sweep.cellspec import CellSpec
+from sweep.data import batches
+from sweep.interventions import replacement_cls
+from sweep.metrics import NonFiniteLogits, rank_metrics, require_finite, top_k_accuracy, true_class_ranks
+from sweep.models import LoadedModel
+from sweep.probes import LinearHead
+from sweep.progress import progress_bar
+from sweep.units import branch_key
+
+logger = logging.getLogger(__name__)
+
+PROGRESS_FORMAT = "1"
+
+
+@dataclass(frozen=True)
+class CellResult:
+    metrics: dict[str, float]
+    outcomes: dict[str, torch.Tensor]  # per validation example
+    counts: dict[str, int]
+    compute: dict[str, Any]
+    timings: dict[str, float]
+    model_revision: str
+    artifacts: dict[str, str]
+
+
+#: emit(spec, result, error): exactly one of result and error is set
+Emit = Callable[[CellSpec, "CellResult | None", "BaseException | None"], None]
+
+
+def pick_device(setting: str) -> torch.device:
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(setting)
+
+
+@dataclass
+class _Prepared:
+    artifacts: Artifacts
+    loaded: LoadedModel
+    images_key: str
+    features: Features
+    probes: tuple[list[LinearHead], list[dict[str, float]]] | None
+    val_images: torch.Tensor | None
+    seconds: float
+
+
+def prepare(cfg: Mapping[str, Any], specs: Sequence[CellSpec], cache: ArtifactCache, ledger: ComputeLedger
+            ) -> _Prepared:
+    """Model, images, features, fitted heads and (for `none` cells) probes. A cached file
+    found corrupt while reading (its entry is removed then) costs one more attempt, which
+    recomputes that entry."""
+    try:
+        return _prepare(cfg, specs, cache, ledger)
+    except CorruptEntryError as exc:
+        logger.warning("%s; preparing the unit again", exc)
+        return _prepare(cfg, specs, cache, ledger)
+
+
+def _prepare(cfg: Mapping[str, Any], specs: Sequence[CellSpec], cache: ArtifactCache, ledger: ComputeLedger
+             ) -> _Prepared:
+    started = time.perf_counter()
+    torch.set_flush_denormal(bool(cfg["compute"]["flush_denormal"]))
+    artifacts = Artifacts(cfg, cache, pick_device(str(cfg["compute"]["device"])), ledger)
+    identity, loaded = artifacts.model()  # first: a model that cannot load fails before any data work
+    images_key, splits = artifacts.images(cfg["data"], cfg["model"]["preprocess"])
+    features = artifacts.features(identity, loaded, images_key, splits)
+    for readout, settings in cfg["model"]["readouts"].items():
+        if settings["head"] == "fitted":
+            loaded.adapter.install_head(readout, artifacts.fitted_head(features, readout))
+    probes = artifacts.probes(features) if not specs or any(s.intervention == "none" for s in specs) else None
+    val_images = splits["val"].images if any(s.intervention != "none" for s in specs) else None
+    return _Prepared(artifacts, loaded, images_key, features, probes, val_images, time.perf_counter() - started)
+
+
+# -- per-cell progress -------------------------------------------------------------------
+
+@dataclass
+class CellProgress:
+    """What one intervened cell has measured so far: per validation example, the true
+    class's rank and the prediction (-1 where not yet measured or not finite)."""
+
+    spec: CellSpec
+    n: int
+    rank: torch.Tensor = field(init=False)
+    predicted: torch.Tensor = field(init=False)
+    rows: int = 0                      # examples measured, a prefix of the validation order
+    n_classes: int = 0
+    resumed_rows: int = 0              # of which read back from a checkpoint
+    bad: list[int] = field(default_factory=list)  # rows whose logits were not finite
+
+    def __post_init__(self) -> None:
+        self.rank = torch.full((self.n,), -1, dtype=torch.long)
+        self.predicted = torch.full((self.n,), -1, dtype=torch.long)
+
+    def add(self, part: slice, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        if part.start < self.rows:  # measured before a resume: the same numbers again
+            return
+        self.n_classes = logits.shape[1]
+        finite = torch.isfinite(logits).all(dim=1)
+        if not bool(finite.all()):
+            self.bad.extend((part.start + finite.logical_not().nonzero().flatten()).tolist())
+        index = torch.arange(part.start, part.stop)[finite]
+        if len(index):
+            self.rank[index] = true_class_ranks(logits[finite], labels[finite])
+            self.predicted[index] = logits[finite].argmax(1)
+        self.rows = part.stop
+
+    def save(self, path: Path, meta: Mapping[str, str]) -> None:
+        tensors = {"rank": self.rank[:self.rows].clone(), "predicted": self.predicted[:self.rows].clone(),
+                   "bad": torch.tensor(self.bad, dtype=torch.long)}
+        atomic_write_bytes(path, save(tensors, metadata={**meta, "rows": str(self.rows),
+                                                         "n_classes": str(self.n_classes)}))
+
+    def load(self, path: Path, meta: Mapping[str, str]) -> None:
+        """Resume from `path` when it was written for this very cell and pass; else start over."""
+        try:
+            with safe_open(path, framework="pt") as f:
+                saved = f.metadata() or {}
+                if any(saved.get(k) != v for k, v in meta.items()):
+                    return
+                rows = int(saved["rows"])
+                self.rank[:rows], self.predicted[:rows] = f.get_tensor("rank"), f.get_tensor("predicted")
+                self.bad = f.get_tensor("bad").tolist()
+                self.n_classes = int(saved["n_classes"])
+        except Exception as error:  # a torn or foreign file: safetensors raises several kinds
+            if path.exists():
+                logger.warning("ignoring the progress file %s (%s); measuring %s from the start", path,
+                               type(error).__name__, self.spec.name)
+            return
+        self.rows = self.resumed_rows = rows
+
+
+class Checkpoints:
+    """Where each cell's progress lives, and how often it is written."""
+
+    def __init__(self, path_of: Callable[[CellSpec], Path], interval_s: float) -> None:
+        self.path_of, self.interval_s = path_of, interval_s
+        self._last = time.monotonic()
+
+    def due(self) -> bool:
+        return time.monotonic() - self._last >= self.interval_s
+
+    def save(self, cells: Sequence[CellProgress], meta: Callable[[CellSpec], Mapping[str, str]]) -> None:
+        for cell in cells:
+            if cell.rows < cell.n:
+                cell.save(self.path_of(cell.spec), meta(cell.spec))
+        self._last = time.monotonic()
+
+    def discard(self, spec: CellSpec) -> None:
+        self.path_of(spec).unlink(missing_ok=True)
+
+
+# -- the unit -------------------------------------------------------------------------
+
+@dataclass
+class _Branch:
+    layer: int
+    replacement: torch.Tensor
+    cells: list[CellProgress]
+    block_calls: int = 0
+
+    @property
+    def readouts(self) -> list[str]:
+        return sorted({c.spec.readout for c in self.cells})
+
+
+def measure_unit(cfg: Mapping[str, Any], specs: Sequence[CellSpec], cache: ArtifactCache, emit: Emit, *,
+                 checkpoints: Checkpoints | None = None) -> dict[str, Any]:
+    """Measure `specs` (cells of one unit: equal but for layer, intervention, readout and
+    seed) and `emit` each as soon as it is measured. Returns the unit's compute summary."""
+    ledger = ComputeLedger()
+    prepared = prepare(cfg, specs, cache, ledger)
+    started = time.perf_counter()
+    nones = [s for s in specs if s.intervention == "none"]
+    others = [s for s in specs if s.intervention != "none"]
+    shares = _Shares(ledger, len(specs), len(others))
+    layer_readouts: dict[int, tuple[dict[str, float], dict[str, torch.Tensor]]] = {}
+    for spec in nones:
+        _emit_guarded(emit, spec, lambda spec=spec: _none_result(cfg, spec, prepared, layer_readouts, shares))
+    if others:
+        _measure_branches(cfg, others, prepared, emit, checkpoints, shares)
+    return {"block_calls": ledger.total, "block_calls_by_purpose": dict(ledger.block_calls),
+            "prepare_s": prepared.seconds, "measure_s": time.perf_counter() - started}
+
+
+def _emit_guarded(emit: Emit, spec: CellSpec, result: Callable[[], CellResult]) -> None:
+    """A failure of one cell's own numbers (non-finite logits) fails that cell, not the unit."""
+    try:
+        value = result()
+    except NonFiniteLogits as error:
+        emit(spec, None, error)
+        return
+    emit(spec, value, None)
+
+
+class _Shares:
+    """Each cell's share of the unit's block applications: the features pass (when this unit
+    computed it) split over every cell, the unmodified prefix over the intervened cells, and
+    each branch's suffix over the cells reading it. Records then sum to what the unit ran."""
+
+    def __init__(self, ledger: ComputeLedger, n_cells: int, n_intervened: int) -> None:
+        self.ledger, self.n_cells, self.n_intervened = ledger, n_cells, n_intervened
+
+    def of(self, branch: _Branch | None) -> float:
+        share = self.ledger.block_calls.get("features", 0) / self.n_cells
+        if branch is not None:
+            share += self.ledger.block_calls.get("unmodified", 0) / self.n_intervened
+            share += branch.block_calls / len(branch.cells)
+        return share
+
+
+def _result(cfg: Mapping[str, Any], spec: CellSpec, prepared: _Prepared, metrics: dict[str, float],
+            outcomes: dict[str, torch.Tensor], compute: dict[str, Any], n_classes: int) -> CellResult:
+    features, device = prepared.features, prepared.artifacts.device
+    return CellResult(
+        metrics=metrics, outcomes=outcomes,
+        counts={"n_train": len(features.labels["train"]), "n_val": len(features.labels["val"]),
+                "n_classes": n_classes},
+        compute={**compute, "device": device.type, "dtype": str(cfg["compute"]["dtype"]),
+                 "batch_size": int(cfg["compute"]["batch_size"]), "cpu_threads": torch.get_num_threads()},
+        timings={"prepare_s": prepared.seconds},
+        model_revision=prepared.loaded.revision,
+        artifacts={"images": prepared.images_key, "features": features.key})
+
+
+def _none_result(cfg: Mapping[str, Any], spec: CellSpec, prepared: _Prepared,
+                 layer_readouts: dict[int, tuple[dict[str, float], dict[str, torch.Tensor]]],
+                 shares: _Shares) -> CellResult:
+    started = time.perf_counter()
+    adapter, features, device = prepared.loaded.adapter, prepared.features, prepared.artifacts.device
+    labels, stored = features.labels["val"], features.readout["val"][spec.readout]
+    batch_size = int(cfg["compute"]["batch_size"])
+    with torch.inference_mode(), prepared.artifacts.autocast():
+        logits = torch.cat([adapter.apply_head(spec.readout, stored[part].to(device)).cpu()
+                            for part in batches(len(labels), batch_size)])
+    require_finite(logits, f"the {spec.readout} readout of the unmodified model")
+    metrics = {k: v for k, v in rank_metrics(logits, labels).items() if k in ("accuracy", "top5")}
+    metrics["chance"] = 1.0 / logits.shape[1]
+    outcomes = {"label": labels, "predicted": logits.argmax(1), "rank": true_class_ranks(logits, labels)}
+    if spec.layer not in layer_readouts:  # readout-independent: once per layer
+        layer_readouts[spec.layer] = _layer_readouts(cfg, spec, prepared)
+    layer_metrics, layer_outcomes = layer_readouts[spec.layer]
+    metrics.update(layer_metrics)
+    outcomes.update(layer_outcomes)
+    result = _result(cfg, spec, prepared, metrics, outcomes, {"block_calls": shares.of(None)}, logits.shape[1])
+    result.timings["measure_s"] = time.perf_counter() - started
+    return result
+
+
+def _layer_readouts(cfg: Mapping[str, Any], spec: CellSpec, prepared: _Prepared
+                    ) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+    """What layer L's CLS already says: the probe, the last layer's probe, and the
+    class-embedding projection through the final norm and head."""
+    adapter, features, device = prepared.loaded.adapter, prepared.features, prepared.artifacts.device
+    labels, cls = features.labels["val"], features.cls["val"][spec.layer]
+    assert prepared.probes is not None
+    heads, scores = prepared.probes
+    readout = str(cfg["model"]["projection_readout"])
+    with torch.inference_mode():
+        projected = torch.cat([adapter.projection_logits(cls[part].to(device), readout).cpu()
+                               for part in batches(len(labels), int(cfg["compute"]["batch_size"]))])
+    require_finite(projected, f"layer {spec.layer}'s class-embedding projection")
+    probe_logits = heads[spec.layer].logits(cls)
+    outcomes = {"projection_predicted": projected.argmax(1), "projection_rank": true_class_ranks(projected, labels),
+                "probe_predicted": probe_logits.argmax(1)}
+    layer_scores = scores[spec.layer]
+    projection = rank_metrics(projected, labels, "projection_")
+    metrics = {
+        "probe_accuracy": layer_scores["probe_accuracy"],
+        "last_probe_accuracy": layer_scores["last_probe_accuracy"],
+        "projection_accuracy": projection["projection_accuracy"],
+        "projection_top5": projection["projection_top5"],
+        "identifiability": projection["projection_identifiability"],
+        "identifiability_exact": projection["projection_identifiability_exact"],
+    }
+    return metrics, outcomes
+
+
+def _measure_branches(cfg: Mapping[str, Any], specs: Sequence[CellSpec], prepared: _Prepared, emit: Emit,
+                      checkpoints: Checkpoints | None, shares: _Shares) -> None:
+    started = time.perf_counter()
+    adapter, features, artifacts = prepared.loaded.adapter, prepared.features, prepared.artifacts
+    labels = features.labels["val"]
+    n, batch_size, n_layers = len(labels), int(cfg["compute"]["batch_size"]), adapter.n_layers
+    branches: dict[tuple, _Branch] = {}
+    for spec in specs:
+        key = branch_key(spec)
+        if key not in branches:
+            replacement = replacement_cls(spec.intervention, spec.settings.intervention.values,
+                                          cls_at_layer=features.cls["val"][spec.layer],
+                                          cls_at_embedding=features.cls["val"][0], seed=spec.seed)
+            branches[key] = _Branch(spec.layer, replacement.to(artifacts.device), [])
+        branches[key].cells.append(CellProgress(spec, n))
+    cells = [c for b in branches.values() for c in b.cells]
+
+    def meta(spec: CellSpec) -> dict[str, str]:
+        return {"format": PROGRESS_FORMAT, "cell_id": spec.cell_id, "features": features.key, "n": str(n),
+                "batch_size": str(batch_size)}
+
+    if checkpoints is not None:
+        for cell in cells:
+            cell.load(checkpoints.path_of(cell.spec), meta(cell.spec))
+    start = min(c.rows for c in cells)
+    if start:
+        logger.info("resuming %d cells at validation example %d of %d (their checkpoint)", len(cells), start, n)
+    by_layer: dict[int, list[_Branch]] = {}
+    for branch in branches.values():
+        by_layer.setdefault(branch.layer, []).append(branch)
+    deepest = max(by_layer)
+    bar = progress_bar(total=n - start, desc=f"unit {cfg['model']['name']}: {len(cells)} cells, "
+                       f"{len(branches)} branches", unit="img")
+    with torch.inference_mode(), artifacts.autocast():
+        for part in batches(n, batch_size):
+            if part.stop <= start:
+                continue
+            rows = part.stop - part.start
+            hidden = adapter.embed(artifacts.pixels(prepared.val_images[part]))
+            for layer in range(deepest + 1):
+                if layer:
+                    hidden = adapter.run_block(layer - 1, hidden)
+                    artifacts.ledger.add("unmodified", rows)
+                for branch in by_layer.get(layer, ()):
+                    branched = adapter.run_blocks(adapter.with_cls(hidden, branch.replacement[part]), layer, n_layers)
+                    branch.block_calls += (n_layers - layer) * rows
+                    artifacts.ledger.add("branch", (n_layers - layer) * rows)
+                    for readout in branch.readouts:
+                        logits = adapter.logits(branched, readout).cpu()
+                        for cell in branch.cells:
+                            if cell.spec.readout == readout:
+                                cell.add(part, logits, labels[part])
+            bar.update(rows)
+            if checkpoints is not None and part.stop < n and checkpoints.due():
+                checkpoints.save(cells, meta)
+    bar.close()
+    measured_s = time.perf_counter() - started
+    for branch in branches.values():
+        for cell in branch.cells:
+            _emit_guarded(emit, cell.spec, lambda cell=cell, branch=branch: _branch_result(
+                cfg, cell, prepared, shares.of(branch), measured_s, len(cells)))
+
+
+def _branch_result(cfg: Mapping[str, Any], cell: CellProgress, prepared: _Prepared, share: float,
+                   measured_s: float, n_cells: int) -> CellResult:
+    spec, labels = cell.spec, prepared.features.labels["val"]
+    if cell.bad:
+        raise NonFiniteLogits(
+            f"the {spec.readout} readout after intervention={spec.intervention} at layer {spec.layer}: "
+            f"{len(cell.bad)} of {cell.n} rows of logits are not finite (NaN or inf; first bad row "
+            f"{min(cell.bad)}); no score is recorded")
+    n_classes = cell.n_classes
+    metrics = {"accuracy": top_k_accuracy(cell.rank, 1), "top5": top_k_accuracy(cell.rank, min(5, n_classes)),
+               "chance": 1.0 / n_classes}
+    outcomes = {"label": labels, "predicted": cell.predicted, "rank": cell.rank}
+    result = _result(cfg, spec, prepared, metrics, outcomes,
+                     {"block_calls": share, "resumed_rows": cell.resumed_rows}, n_classes)
+    result.timings["measure_s"] = measured_s / n_cells
+    return result
+

@@ -1,0 +1,143 @@
+"""The shared-suffix engine on a trained toy: a unit gives each cell exactly what the cell
+gives alone, costs the shared-suffix count of blocks, and resumes from its checkpoints."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import compose_cell
+from sweep.cache import ArtifactCache
+from sweep.cell import measure
+from sweep.cellspec import cell_spec
+from sweep.engine import Checkpoints, measure_unit
+from sweep.units import cost_per_image
+
+GRID = [(layer, intervention, readout, seed)
+        for layer in (1, 4)
+        for intervention, seeds in (("none", (0,)), ("shuffle", (0, 1)), ("mean", (0,)))
+        for readout in ("native", "cls")
+        for seed in seeds]
+
+
+def cell(layer, intervention, readout, seed, *extra):
+    cfg = compose_cell("model=toy_deit", f"layer={layer}", f"intervention={intervention}", f"readout={readout}",
+                       f"seed={seed}", *extra)
+    return cfg, cell_spec(cfg)
+
+
+def measure_all(cache_dir, specs, cfg, **kwargs):
+    results, errors = {}, {}
+
+    def emit(spec, result, error):
+        assert spec.cell_id not in results and spec.cell_id not in errors, "a cell is emitted once"
+        (results if error is None else errors)[spec.cell_id] = result if error is None else error
+
+    summary = measure_unit(cfg, specs, ArtifactCache(cache_dir), emit, **kwargs)
+    return results, errors, summary
+
+
+@pytest.fixture(scope="module")
+def unit(cache_dir):
+    cells = [cell(*point) for point in GRID]
+    cfg = cells[0][0]
+    results, errors, summary = measure_all(cache_dir, [spec for _, spec in cells], cfg)
+    assert not errors
+    return cells, results, summary
+
+
+def test_a_unit_gives_every_cell_exactly_what_the_cell_gives_alone(cache_dir, unit):
+    cells, results, _ = unit
+    for cfg, spec in cells:
+        alone = measure(cfg, spec, ArtifactCache(cache_dir))
+        together = results[spec.cell_id]
+        assert together.metrics == alone.metrics, spec.name
+        assert together.outcomes.keys() == alone.outcomes.keys()
+        for key, values in alone.outcomes.items():
+            assert torch.equal(together.outcomes[key], values), (spec.name, key)
+
+
+def test_a_unit_runs_each_branch_once_and_the_prefix_once(unit):
+    """Block applications: the prefix up to the deepest intervened layer once per image, and
+    N - L once per distinct (layer, intervention, seed), shared by both readouts."""
+    cells, results, summary = unit
+    specs = [spec for _, spec in cells]
+    n_val = results[specs[0].cell_id].counts["n_val"]
+    by_purpose = summary["block_calls_by_purpose"]
+    n_layers = specs[0].n_layers
+    branches = {(s.layer, s.intervention, s.seed) for s in specs if s.intervention != "none"}
+    assert by_purpose["unmodified"] == 4 * n_val
+    assert by_purpose["branch"] == sum(n_layers - layer for layer, _, _ in branches) * n_val
+    assert by_purpose["unmodified"] + by_purpose["branch"] == cost_per_image(specs) * n_val
+    # every cell's share: the records of a unit add up to what it ran
+    assert sum(r.compute["block_calls"] for r in results.values()) == pytest.approx(summary["block_calls"])
+
+
+def test_both_readouts_of_a_branch_read_one_output(unit):
+    """ViT-like CLS readouts of one branch are one computation, so DeiT's two readouts differ
+    only by the head; the shuffle at L=1 with seed 0 and seed 1 are different branches."""
+    cells, results, _ = unit
+    by_name = {spec.name: results[spec.cell_id] for _, spec in cells}
+    s0, s1 = by_name["toy_deit-L01-shuffle-native-s0"], by_name["toy_deit-L01-shuffle-native-s1"]
+    assert not torch.equal(s0.outcomes["predicted"], s1.outcomes["predicted"])
+
+
+class DiesAfter(Checkpoints):
+    """The real checkpoints, and a process that dies right after its `n`-th save (as a kill
+    between two batches would leave it)."""
+
+    def __init__(self, path_of, n):
+        super().__init__(path_of, interval_s=0)
+        self.n = n
+
+    def save(self, cells, meta):
+        super().save(cells, meta)
+        self.n -= 1
+        if self.n == 0:
+            raise KeyboardInterrupt("killed after a checkpoint")
+
+
+def test_a_killed_unit_resumes_at_its_checkpoint_with_the_same_numbers(cache_dir, unit, tmp_path):
+    cells, _, _ = unit
+    cfg = cells[0][0].copy()
+    cfg.compute.batch_size = 64  # 400 validation images: 7 batches, so a kill can fall in between
+    specs = [cell_spec(cfg_with(cfg, spec)) for _, spec in cells if spec.intervention != "none"]
+    uninterrupted, _, _ = measure_all(cache_dir, specs, cfg)
+
+    def path_of(spec):
+        return tmp_path / f"{spec.cell_id}.safetensors"
+
+    with pytest.raises(KeyboardInterrupt):
+        measure_all(cache_dir, specs, cfg, checkpoints=DiesAfter(path_of, 3))
+    assert all(path_of(spec).exists() for spec in specs)
+    resumed, errors, summary = measure_all(cache_dir, specs, cfg, checkpoints=Checkpoints(path_of, 0))
+    assert not errors
+    for spec in specs:
+        assert resumed[spec.cell_id].compute["resumed_rows"] == 3 * 64
+        assert resumed[spec.cell_id].metrics == uninterrupted[spec.cell_id].metrics
+        assert torch.equal(resumed[spec.cell_id].outcomes["rank"], uninterrupted[spec.cell_id].outcomes["rank"])
+    n_val = uninterrupted[specs[0].cell_id].counts["n_val"]  # the resumed run skipped three batches
+    assert summary["block_calls_by_purpose"]["unmodified"] == 4 * (n_val - 3 * 64)
+
+
+def test_a_progress_file_of_another_pass_is_not_resumed(cache_dir, unit, tmp_path):
+    """A checkpoint written with another batch size (or for another cell) starts the cell over."""
+    cells, uninterrupted, _ = unit
+    cfg, spec = next((c, s) for c, s in cells if s.intervention == "shuffle")
+    small = cfg.copy()
+    small.compute.batch_size = 64
+    with pytest.raises(KeyboardInterrupt):
+        measure_all(cache_dir, [cell_spec(small)], small,
+                    checkpoints=DiesAfter(lambda s: tmp_path / "progress.safetensors", 2))
+    results, _, _ = measure_all(cache_dir, [spec], cfg,
+                                checkpoints=Checkpoints(lambda s: tmp_path / "progress.safetensors", 0))
+    assert results[spec.cell_id].compute["resumed_rows"] == 0
+    assert results[spec.cell_id].metrics == uninterrupted[spec.cell_id].metrics
+
+
+def cfg_with(base, spec):
+    """`base` with the measured nodes of `spec`'s cell."""
+    cfg = base.copy()
+    cfg.layer, cfg.seed, cfg.readout.name = spec.layer, spec.seed if spec.seed is not None else 0, spec.readout
+    cfg.intervention = compose_cell(f"intervention={spec.intervention}").intervention
+    return cfg
