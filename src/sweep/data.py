@@ -1,16 +1,22 @@
 """Image sources and preprocessing: class-balanced seeded subsets as uint8 tensors.
 
 Three sources share one path from PIL images to tensors: ImageNet-1k from the hub
-(`datasets` streaming), a local folder in ImageNet layout (`datasets`' imagefolder
-builder), and scikit-learn's bundled digits (the offline default). Decoding and resizing
-happen once per (data, preprocessing) and are cached as uint8; normalisation happens on
-the compute device (`normalise`).
+(`datasets` streaming), a local folder in ImageNet layout (listed per class folder, sampled,
+and only the sampled files decoded), and scikit-learn's bundled digits (the offline
+default). Decoding and resizing happen once per (data, pixel geometry) and are cached as
+uint8; normalisation happens on the compute device (`normalise`).
+
+`python -m sweep.data sort-val FLAT LABELS OUT` turns the official flat ILSVRC2012
+validation folder into the per-class layout the image folder source reads (`sort_flat_val`).
 """
 
 from __future__ import annotations
 
+import argparse
+import csv
 import os
-from collections.abc import Iterable, Iterator, Mapping
+import sys
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -27,6 +33,11 @@ SPLITS = ("train", "val")
 # images decoded by an older version are never reused. 2: HF's floor rounding of the long
 # edge and its alpha blending onto white.
 DECODER_VERSION = 2
+# Part of the images artifact's key too: bump it whenever a source picks other images for
+# the same settings, so that a subset drawn by an older sampler is never reused. 2: a local
+# image folder is listed per class folder (sorted names) and sampled there, no longer
+# through `datasets`' imagefolder builder (whose file order differed).
+SAMPLER_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -47,15 +58,20 @@ def balanced_subset(labels: Iterable[int], per_class: int, n_classes: int, seed:
                     exclude: set[int] = frozenset()) -> list[int]:
     """Indices of `per_class` examples of each class, drawn with `seed`, in a seeded order."""
     labels = np.asarray(list(labels))
-    rng = np.random.default_rng(seed)
-    chosen: list[int] = []
-    for cls in range(n_classes):
-        pool = [i for i in np.flatnonzero(labels == cls) if i not in exclude]
+    pools = [[i for i in np.flatnonzero(labels == cls) if i not in exclude] for cls in range(n_classes)]
+    for cls, pool in enumerate(pools):
         if len(pool) < per_class:
             raise DataUnavailable(
                 f"class {cls} has only {len(pool)} images available, {per_class} per class were asked; "
                 "lower data.train_per_class / data.val_per_class")
-        chosen.extend(rng.choice(pool, size=per_class, replace=False).tolist())
+    return _draw(pools, per_class, seed)
+
+
+def _draw(pools: Sequence[Sequence[int]], per_class: int, seed: int) -> list[int]:
+    """`per_class` items of each pool (each holds enough), drawn with `seed`, then shuffled
+    with it: one draw for every source, so a folder and an index list sample alike."""
+    rng = np.random.default_rng(seed)
+    chosen = [item for pool in pools for item in rng.choice(pool, size=per_class, replace=False).tolist()]
     return [int(i) for i in rng.permutation(chosen)]
 
 
@@ -92,22 +108,82 @@ def _digits(data: Mapping[str, Any], split: str) -> LabelledImages:
 
 
 def _imagefolder(data: Mapping[str, Any], split: str) -> LabelledImages:
-    import datasets
+    """`data.<split>_per_class` images of each of the first `data.n_classes` standard classes.
 
+    Costs in proportion to the subset, not the tree: each class folder is listed (names
+    only, no stat per file) and only the sampled files are decoded — a full ImageNet train
+    tree has 1.28 M files."""
     check_available(data)
     folder = Path(str(data["root"])).expanduser() / str(data[f"{split}_dir"])
-    standard = {wnid: index for index, wnid in enumerate(imagenet_wnids())}
-    unknown = sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name not in standard)
+    per_class, n_classes = int(data[f"{split}_per_class"]), int(data["n_classes"])
+    _check_class_folders(folder)
+    wnids = imagenet_wnids()[:n_classes]
+    names = [_class_files(folder, cls, wnid, per_class, split) for cls, wnid in enumerate(wnids)]
+    # One pool of positions in the concatenated listing per class, so `_draw` samples it as
+    # `balanced_subset` samples an index list; a position's class is found from the starts.
+    starts = np.cumsum([0] + [len(files) for files in names])
+    chosen = _draw([range(starts[cls], starts[cls + 1]) for cls in range(n_classes)], per_class, int(data["seed"]))
+    labels = [int(np.searchsorted(starts, index, side="right")) - 1 for index in chosen]
+    paths = [folder / wnids[cls] / names[cls][index - starts[cls]] for index, cls in zip(chosen, labels)]
+    return LabelledImages([_decoded(path) for path in paths], labels)
+
+
+def image_extensions() -> frozenset[str]:
+    """The file extensions (lower case, with the dot) PIL can open: a class folder's other
+    files (a README, a box annotation) are not images."""
+    Image.init()
+    return frozenset(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
+
+
+def _image_names(folder: Path) -> list[str]:
+    """The image files in `folder`, sorted so the listing (and so the sample) is the same on
+    every file system. Dot files (macOS's `._name.JPEG`) are metadata, not images."""
+    extensions = image_extensions()
+    with os.scandir(folder) as entries:
+        return sorted(entry.name for entry in entries if entry.is_file() and not entry.name.startswith(".")
+                      and os.path.splitext(entry.name)[1].lower() in extensions)
+
+
+def _check_class_folders(folder: Path) -> None:
+    """Every folder in a split folder must be named by its ImageNet-1k wnid: another name is
+    a layout mistake, and its images would silently be left out."""
+    standard = set(imagenet_wnids())
+    with os.scandir(folder) as entries:
+        unknown = sorted(entry.name for entry in entries if entry.is_dir() and entry.name not in standard)
     if unknown:
         raise DataUnavailable(f"{folder} has folders that are not ImageNet-1k synsets: {unknown[:5]}; "
                               "each class folder must be named by its wnid (e.g. n01440764)")
-    # data_files, not data_dir: from a folder, `datasets` infers splits from file names, and
-    # ImageNet's validation files (ILSVRC2012_val_*.JPEG) would become a "validation" split.
-    dataset = datasets.load_dataset("imagefolder", data_files={"images": str(folder / "**")}, split="images")
-    names = dataset.features["label"].names
-    to_standard = [standard[name] for name in names]
-    labels = [to_standard[label] for label in dataset["label"]]
-    return _take_balanced(dataset, labels, data, split)
+
+
+def _class_files(folder: Path, cls: int, wnid: str, per_class: int, split: str) -> list[str]:
+    """The image names of class `cls` (standard index), checked to be at least `per_class`.
+    A missing folder is the usual sign of `data.n_classes` above the classes present, or of
+    the flat validation layout."""
+    class_folder = folder / wnid
+    if not class_folder.is_dir():
+        flat = _image_names(folder)
+        hint = (f"; {folder} holds {len(flat)} images directly, the flat ILSVRC2012 validation layout? "
+                f"Sort them into wnid folders: python -m sweep.data sort-val {folder} <labels> <new folder>"
+                if flat else "")
+        raise DataUnavailable(
+            f"class {cls} has only 0 images: {class_folder} does not exist; data.n_classes needs the folders "
+            f"of the first data.n_classes classes of the standard order (lower data.n_classes){hint}")
+    names = _image_names(class_folder)
+    if len(names) < per_class:
+        raise DataUnavailable(f"class {cls} has only {len(names)} images in {class_folder}, {per_class} per class "
+                              f"were asked; lower data.{split}_per_class")
+    return names
+
+
+def _decoded(path: Path) -> Image.Image:
+    """The image, decoded now (its file closed): thousands of lazily opened files would run
+    out of file handles."""
+    try:
+        image = Image.open(path)
+        image.load()
+    except (OSError, SyntaxError, ValueError) as error:  # PIL's errors for a damaged file
+        raise DataUnavailable(f"could not decode {path} ({type(error).__name__}: {error})") from error
+    return image
 
 
 def _hub(data: Mapping[str, Any], split: str) -> LabelledImages:
@@ -128,12 +204,6 @@ def _hub(data: Mapping[str, Any], split: str) -> LabelledImages:
             f"It is gated: accept its terms on the hub and export {data['token_env']}=<token>, or use local "
             "data: data=imagefolder data.root=/path/to/imagenet (train/<wnid>/*.JPEG, val/<wnid>/*.JPEG)"
         ) from error
-
-
-def _take_balanced(dataset: Any, labels: list[int], data: Mapping[str, Any], split: str) -> LabelledImages:
-    per_class = int(data[f"{split}_per_class"])
-    indices = balanced_subset(labels, per_class, int(data["n_classes"]), int(data["seed"]))
-    return LabelledImages([dataset[i]["image"] for i in indices], [labels[i] for i in indices])
 
 
 def _stream_balanced(stream: Iterable[Mapping[str, Any]], data: Mapping[str, Any], split: str) -> LabelledImages:
