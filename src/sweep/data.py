@@ -186,6 +186,74 @@ def _decoded(path: Path) -> Image.Image:
     return image
 
 
+# -- the official flat validation folder ----------------------------------------------
+
+def sort_flat_val(flat: Path, labels: Path, out: Path) -> int:
+    """Link each image of the official flat ILSVRC2012 validation folder
+    (`ILSVRC2012_val_00000001.JPEG`, ...) into `out/<wnid>/`, the layout `data=imagefolder`
+    reads; returns how many were linked. Symbolic links, so the 6.4 GB are not copied, and
+    a one-off step rather than a setting, so the loader knows one layout only."""
+    names = _image_names(flat)
+    if not names:
+        raise DataUnavailable(f"{flat} holds no images; give the folder of ILSVRC2012_val_*.JPEG")
+    wnid_of = _val_labels(labels, names)
+    if out.exists() and any(out.iterdir()):
+        raise DataUnavailable(f"{out} is not empty; give a new folder for the sorted layout")
+    for wnid in set(wnid_of.values()):
+        (out / wnid).mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (out / wnid_of[name] / name).symlink_to((flat / name).resolve())
+    return len(names)
+
+
+def _val_labels(labels: Path, names: list[str]) -> dict[str, str]:
+    """Image file name -> wnid, from Kaggle's LOC_val_solution.csv (ImageId,PredictionString;
+    the prediction string's first word is the class) or from a text file with one wnid a
+    line, for the images in sorted order."""
+    if not labels.is_file():
+        raise DataUnavailable(f"labels file {labels} does not exist")
+    text = labels.read_text()
+    if text.startswith("ImageId,"):
+        by_id = {row["ImageId"]: row["PredictionString"].split()[0] for row in csv.DictReader(text.splitlines())}
+        missing = [name for name in names if os.path.splitext(name)[0] not in by_id]
+        if missing:
+            raise DataUnavailable(f"{labels} has no row for {len(missing)} of the images, e.g. {missing[0]}")
+        wnid_of = {name: by_id[os.path.splitext(name)[0]] for name in names}
+    else:
+        wnids = text.split()
+        if len(wnids) != len(names):
+            raise DataUnavailable(f"{labels} has {len(wnids)} labels for {len(names)} images; it must have "
+                                  "one wnid a line, for the images in sorted order")
+        wnid_of = dict(zip(names, wnids))
+    standard = set(imagenet_wnids())
+    for name, wnid in wnid_of.items():
+        if wnid not in standard:
+            raise DataUnavailable(
+                f"{labels} gives {wnid!r} for {name}, not an ImageNet-1k wnid; give one wnid a line (e.g. "
+                "n01751748) or Kaggle's LOC_val_solution.csv (the devkit's ILSVRC2012_validation_ground_truth.txt "
+                "numbers the classes in the devkit's own order, not by wnid)")
+    return wnid_of
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m sweep.data sort-val FLAT LABELS OUT` (see `sort_flat_val`)."""
+    parser = argparse.ArgumentParser(prog="python -m sweep.data", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    sort_val = commands.add_parser("sort-val", help="link the flat ILSVRC2012 validation images into wnid folders")
+    sort_val.add_argument("flat", type=Path, help="the folder of ILSVRC2012_val_*.JPEG")
+    sort_val.add_argument("labels", type=Path,
+                          help="LOC_val_solution.csv (Kaggle), or a text file with one wnid a line in file order")
+    sort_val.add_argument("out", type=Path, help="a new folder: it becomes <root>/<data.val_dir>")
+    args = parser.parse_args(argv)
+    try:
+        count = sort_flat_val(args.flat, args.labels, args.out)
+    except DataUnavailable as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"linked {count} images into {args.out}/<wnid>/")
+    return 0
+
+
 def _hub(data: Mapping[str, Any], split: str) -> LabelledImages:
     import datasets
 
@@ -224,6 +292,17 @@ def _stream_balanced(stream: Iterable[Mapping[str, Any]], data: Mapping[str, Any
 
 # -- preprocessing --------------------------------------------------------------------
 
+#: The preprocess settings that change the cached pixels, the only ones `to_uint8` may read:
+#: the images artifact is keyed by these (`pixel_settings`), so models that differ only in
+#: normalisation (mean, std, applied on the device by `normalise`) share one decode.
+PIXEL_KEYS = ("resize", "resize_exact", "crop", "interpolation")
+
+
+def pixel_settings(preprocess: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a model's `preprocess` that the cached uint8 pixels depend on."""
+    return {key: preprocess[key] for key in PIXEL_KEYS}
+
+
 _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
              "nearest": Image.Resampling.NEAREST}
 
@@ -255,7 +334,9 @@ def to_uint8(image: Image.Image, preprocess: Mapping[str, Any]) -> np.ndarray:
     """The pixels the model's HF image processor (its PIL path) gives, before rescaling and
     normalisation: RGB conversion (`to_rgb`), a PIL resize (`resized_size`), and a centre crop
     whose offsets are floored, `(width - crop) // 2`, as HF's `center_crop` does. Returns a
-    (3, crop, crop) uint8 array; `normalise` finishes the job on the device."""
+    (3, crop, crop) uint8 array; `normalise` finishes the job on the device. Reads only
+    `PIXEL_KEYS` (a key read beyond them fails here, not silently in the cache key)."""
+    preprocess = pixel_settings(preprocess)
     image = to_rgb(image)
     image = image.resize(resized_size(*image.size, preprocess), _RESAMPLE[str(preprocess["interpolation"])])
     crop = int(preprocess["crop"])
@@ -280,3 +361,7 @@ def normalise(images: torch.Tensor, preprocess: Mapping[str, Any], dtype: torch.
 def batches(n: int, batch_size: int) -> Iterator[slice]:
     for start in range(0, n, batch_size):
         yield slice(start, min(start + batch_size, n))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
