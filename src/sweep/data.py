@@ -18,6 +18,7 @@ import os
 import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -128,20 +129,23 @@ def _imagefolder(data: Mapping[str, Any], split: str) -> LabelledImages:
     return LabelledImages([_decoded(path) for path in paths], labels)
 
 
-def image_extensions() -> frozenset[str]:
+@cache
+def image_extensions() -> tuple[str, ...]:
     """The file extensions (lower case, with the dot) PIL can open: a class folder's other
-    files (a README, a box annotation) are not images."""
+    files (a README, a box annotation) are not images. Computed once: listing a tree checks
+    every name against them."""
     Image.init()
-    return frozenset(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
+    return tuple(sorted(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN))
 
 
 def _image_names(folder: Path) -> list[str]:
     """The image files in `folder`, sorted so the listing (and so the sample) is the same on
-    every file system. Dot files (macOS's `._name.JPEG`) are metadata, not images."""
+    every file system. Dot files (macOS's `._name.JPEG`) are metadata, not images. Names
+    only: the file type comes from the directory entry, with no stat per file."""
     extensions = image_extensions()
     with os.scandir(folder) as entries:
-        return sorted(entry.name for entry in entries if entry.is_file() and not entry.name.startswith(".")
-                      and os.path.splitext(entry.name)[1].lower() in extensions)
+        return sorted(entry.name for entry in entries if entry.name.lower().endswith(extensions)
+                      and not entry.name.startswith(".") and entry.is_file())
 
 
 def _check_class_folders(folder: Path) -> None:
