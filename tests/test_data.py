@@ -140,6 +140,8 @@ def test_an_image_folder_with_too_few_images_or_a_damaged_one_is_a_clear_error(t
     with pytest.raises(DataUnavailable, match=rf"class 2 has only 3 images in .*{imagenet_wnids()[2]}, 4 per class "
                                               r"were asked; lower data.val_per_class"):
         load_split(_folder_data(tmp_path, val_per_class=4), "val")
+    with pytest.raises(DataUnavailable, match="data.n_classes=1001 is more than the 1000 classes"):
+        load_split(_folder_data(tmp_path, n_classes=1001), "val")
     (tmp_path / "train" / imagenet_wnids()[1] / f"{imagenet_wnids()[1]}_3.JPEG").write_bytes(b"not a JPEG")
     with pytest.raises(DataUnavailable, match=rf"could not decode .*{imagenet_wnids()[1]}_3.JPEG"):
         load_split(_folder_data(tmp_path, train_per_class=4), "train")

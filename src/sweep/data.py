@@ -118,6 +118,9 @@ def _imagefolder(data: Mapping[str, Any], split: str) -> LabelledImages:
     folder = Path(str(data["root"])).expanduser() / str(data[f"{split}_dir"])
     per_class, n_classes = int(data[f"{split}_per_class"]), int(data["n_classes"])
     _check_class_folders(folder)
+    if n_classes > len(imagenet_wnids()):
+        raise DataUnavailable(f"data.n_classes={n_classes} is more than the {len(imagenet_wnids())} classes of "
+                              "ImageNet-1k, which the class folders are named by")
     wnids = imagenet_wnids()[:n_classes]
     names = [_class_files(folder, cls, wnid, per_class, split) for cls, wnid in enumerate(wnids)]
     # One pool of positions in the concatenated listing per class, so `_draw` samples it as
@@ -170,8 +173,8 @@ def _class_files(folder: Path, cls: int, wnid: str, per_class: int, split: str) 
                 f"Sort them into wnid folders: python -m sweep.data sort-val {folder} <labels> <new folder>"
                 if flat else "")
         raise DataUnavailable(
-            f"class {cls} has only 0 images: {class_folder} does not exist; data.n_classes needs the folders "
-            f"of the first data.n_classes classes of the standard order (lower data.n_classes){hint}")
+            f"class {cls} has only 0 images: {class_folder} does not exist; each of the first data.n_classes "
+            f"classes of the standard order needs its folder (lower data.n_classes){hint}")
     names = _image_names(class_folder)
     if len(names) < per_class:
         raise DataUnavailable(f"class {cls} has only {len(names)} images in {class_folder}, {per_class} per class "
