@@ -1,5 +1,6 @@
-"""Data: class-balanced seeded subsets, the ImageNet folder layout through `datasets`'
-imagefolder builder (on local files), and preprocessing to uint8 pixel-equal to the HF image processors."""
+"""Data: class-balanced seeded subsets, the ImageNet folder layout (listed per class folder,
+only the sampled files decoded; the flat ILSVRC2012 validation folder sorted into it), the
+images artifact's key, and preprocessing to uint8 pixel-equal to the HF image processors."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import torch
 from PIL import Image
 
 from hf_processors import HF_PROCESSORS, hf_processor, model_preprocess
-from sweep.data import (DataUnavailable, balanced_subset, check_available, imagenet_wnids, load_split,
+from imagenet_folder import make_imagenet_folder
+from sweep.data import (DataUnavailable, balanced_subset, check_available, imagenet_wnids, load_split, main,
                         normalise, preprocess_split, to_uint8)
 
 PREPROCESS = {"resize": 256, "resize_exact": False, "crop": 224, "interpolation": "bicubic",
@@ -65,6 +67,150 @@ def test_an_imagenet_folder_with_wrong_names_or_missing_is_a_clear_error(tmp_pat
         load_split(data, "train")
     with pytest.raises(DataUnavailable, match="does not exist"):
         check_available({**data, "root": str(tmp_path / "missing")})
+
+
+# -- a local folder in ImageNet layout -----------------------------------------------------
+# Each test image is one solid colour that encodes (class, file number), so a decoded image
+# says which file it came from; JPEG keeps a solid colour to within a few levels.
+
+def _colour(cls: int, k: int) -> tuple[int, int, int]:
+    """Distinct for cls < 7 and k < 32."""
+    return (cls * 40, k * 8, 128)
+
+
+def _identity(image: Image.Image) -> tuple[int, int]:
+    """(class, file number) of a `_colour` image."""
+    red, green, _ = np.asarray(image.convert("RGB"))[8, 8].astype(int)
+    return round(red / 40), round(green / 8)
+
+
+def _solid_tree(split_folder: Path, n_classes: int, per_class: int, order: int = 1) -> None:
+    """`split_folder/<wnid>/<wnid>_<k>.JPEG` for the first `n_classes` standard classes; `order`
+    -1 writes the files in reverse, so the listing is not the order they were made in."""
+    for cls, wnid in enumerate(imagenet_wnids()[:n_classes]):
+        (split_folder / wnid).mkdir(parents=True, exist_ok=True)
+        for k in list(range(per_class))[::order]:
+            Image.new("RGB", (16, 16), _colour(cls, k)).save(split_folder / wnid / f"{wnid}_{k}.JPEG")
+
+
+def _folder_data(root: Path, **settings) -> dict:
+    return {"source": "imagefolder", "root": str(root), "train_dir": "train", "val_dir": "val",
+            "n_classes": 3, "train_per_class": 2, "val_per_class": 2, "seed": 0, **settings}
+
+
+def test_an_image_folder_subset_is_balanced_seeded_and_labelled_in_the_standard_order(tmp_path):
+    for split in ("train", "val"):
+        _solid_tree(tmp_path / "a" / split, n_classes=3, per_class=12)
+        _solid_tree(tmp_path / "b" / split, n_classes=3, per_class=12, order=-1)
+    data = _folder_data(tmp_path / "a", train_per_class=4)
+    train = load_split(data, "train")
+    picked = [_identity(image) for image in train.images]
+    assert sorted(np.bincount(train.labels).tolist()) == [4, 4, 4] and len(set(picked)) == 12
+    # the label is the standard index of the folder the image came from (wnids[label])
+    assert [cls for cls, _ in picked] == train.labels
+    again = [_identity(image) for image in load_split(_folder_data(tmp_path / "b", train_per_class=4), "train").images]
+    assert again == picked, "the same files, made in another order, give the same subset: listings are sorted"
+    other = [_identity(image) for image in load_split({**data, "seed": 1}, "train").images]
+    assert sorted(np.bincount([cls for cls, _ in other]).tolist()) == [4, 4, 4] and set(other) != set(picked)
+
+
+def test_an_image_folder_decodes_only_the_sampled_files(tmp_path, monkeypatch):
+    _solid_tree(tmp_path / "train", n_classes=3, per_class=30)
+    _solid_tree(tmp_path / "val", n_classes=3, per_class=30)
+    for wnid in imagenet_wnids()[:3]:  # not images: never listed, so never opened
+        (tmp_path / "train" / wnid / f"._{wnid}_0.JPEG").write_bytes(b"macOS metadata, not a JPEG")
+        (tmp_path / "train" / wnid / "boxes.xml").write_text("<annotation/>")
+    opened: list[str] = []
+    real_open = Image.open
+
+    def counting_open(path, *args, **kwargs):
+        opened.append(Path(path).name)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(Image, "open", counting_open)
+    split = load_split(_folder_data(tmp_path, train_per_class=3), "train")
+    assert len(opened) == len(set(opened)) == len(split.images) == 9  # 9 of 90 images
+    assert sorted(opened) == sorted(f"{imagenet_wnids()[c]}_{k}.JPEG" for c, k in map(_identity, split.images))
+
+
+def test_an_image_folder_with_too_few_images_or_a_damaged_one_is_a_clear_error(tmp_path):
+    _solid_tree(tmp_path / "train", n_classes=3, per_class=4)
+    _solid_tree(tmp_path / "val", n_classes=3, per_class=4)
+    (tmp_path / "val" / imagenet_wnids()[2] / f"{imagenet_wnids()[2]}_0.JPEG").unlink()
+    with pytest.raises(DataUnavailable, match=rf"class 2 has only 3 images in .*{imagenet_wnids()[2]}, 4 per class "
+                                              r"were asked; lower data.val_per_class"):
+        load_split(_folder_data(tmp_path, val_per_class=4), "val")
+    with pytest.raises(DataUnavailable, match="data.n_classes=1001 is more than the 1000 classes"):
+        load_split(_folder_data(tmp_path, n_classes=1001), "val")
+    (tmp_path / "train" / imagenet_wnids()[1] / f"{imagenet_wnids()[1]}_3.JPEG").write_bytes(b"not a JPEG")
+    with pytest.raises(DataUnavailable, match=rf"could not decode .*{imagenet_wnids()[1]}_3.JPEG"):
+        load_split(_folder_data(tmp_path, train_per_class=4), "train")
+
+
+def test_the_flat_ilsvrc2012_validation_folder_is_sorted_into_wnid_folders(tmp_path, capsys):
+    """`python -m sweep.data sort-val FLAT LABELS OUT`, with either labels file."""
+    wnids = imagenet_wnids()
+    classes = [2, 0, 1, 1, 2, 0, 0, 1, 2]  # file i+1 is of class classes[i]
+    flat = tmp_path / "download" / "val"
+    flat.mkdir(parents=True)
+    for i, cls in enumerate(classes):
+        Image.new("RGB", (16, 16), _colour(cls, i)).save(flat / f"ILSVRC2012_val_{i + 1:08d}.JPEG")
+    one_a_line = tmp_path / "val_wnids.txt"
+    one_a_line.write_text("".join(f"{wnids[c]}\n" for c in classes))
+    kaggle = tmp_path / "LOC_val_solution.csv"
+    rows = [f"ILSVRC2012_val_{i + 1:08d},{wnids[c]} 1 2 30 40 {wnids[c]} 5 6 7 8" for i, c in enumerate(classes)]
+    kaggle.write_text("ImageId,PredictionString\n" + "\n".join(rows[::-1]) + "\n")
+    _solid_tree(tmp_path / "imagenet" / "train", n_classes=3, per_class=3)
+    # unsorted, the loader says what to do
+    flat_data = _folder_data(tmp_path / "download", train_dir=".", val_per_class=3)
+    with pytest.raises(DataUnavailable, match="flat ILSVRC2012 validation layout.*python -m sweep.data sort-val"):
+        load_split(flat_data, "val")
+    for labels, root in ((one_a_line, tmp_path / "imagenet"), (kaggle, tmp_path / "kaggle")):
+        assert main(["sort-val", str(flat), str(labels), str(root / "val")]) == 0
+        assert "linked 9 images" in capsys.readouterr().out
+        (root / "train").mkdir(exist_ok=True)
+        val = load_split(_folder_data(root, val_per_class=3), "val")
+        assert sorted(val.labels) == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+        assert all(classes[k] == cls == label for (cls, k), label in zip(map(_identity, val.images), val.labels))
+
+
+def test_sorting_the_flat_validation_folder_refuses_bad_labels_and_a_used_folder(tmp_path, capsys):
+    flat = tmp_path / "val"
+    flat.mkdir()
+    for i in range(3):
+        Image.new("RGB", (8, 8)).save(flat / f"ILSVRC2012_val_{i + 1:08d}.JPEG")
+    devkit = tmp_path / "ILSVRC2012_validation_ground_truth.txt"
+    devkit.write_text("490\n361\n171\n")
+    short = tmp_path / "two.txt"
+    short.write_text("n01440764\nn01440764\n")
+    used = tmp_path / "used"
+    (used / "n01440764").mkdir(parents=True)
+    good = tmp_path / "good.txt"
+    good.write_text("n01440764\n" * 3)
+    for labels, out, message in ((devkit, tmp_path / "out", "gives '490' for ILSVRC2012_val_00000001.JPEG, not an "
+                                                            "ImageNet-1k wnid"),
+                                 (short, tmp_path / "out", "has 2 labels for 3 images"),
+                                 (tmp_path / "missing.csv", tmp_path / "out", "missing.csv does not exist"),
+                                 (good, used, "is not empty")):
+        assert main(["sort-val", str(flat), str(labels), str(out)]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_images_key_depends_on_the_pixels_geometry_not_on_the_normalisation(tmp_path):
+    """ViT and BEiT (same geometry, other mean/std) share one decode; another crop is another."""
+    from sweep.artifacts import Artifacts, ComputeLedger
+    from sweep.cache import ArtifactCache
+
+    artifacts = Artifacts({"compute": {}}, ArtifactCache(tmp_path), torch.device("cpu"), ComputeLedger())
+    data = {"name": "digits", "source": "sklearn_digits", "n_classes": 2, "train_per_class": 2,
+            "val_per_class": 2, "seed": 0}
+    key, splits = artifacts.images(data, PREPROCESS)
+    other_norm, again = artifacts.images(data, {**PREPROCESS, "mean": [0.485, 0.456, 0.406], "std": [0.2, 0.2, 0.2]})
+    other_crop, _ = artifacts.images(data, {**PREPROCESS, "crop": 192})
+    assert other_norm == key != other_crop
+    assert torch.equal(again["val"].images, splits["val"].images)
+    assert len(list((tmp_path / "images").iterdir())) == 2
 
 
 def test_preprocessing_resizes_the_short_edge_crops_the_centre_and_normalises_on_device():

@@ -26,7 +26,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from sweep.cache import ArtifactCache, content_key
-from sweep.data import DECODER_VERSION, SPLITS, batches, load_split, normalise, preprocess_split
+from sweep.data import (DECODER_VERSION, SAMPLER_VERSION, SPLITS, batches, load_split, normalise, pixel_settings,
+                        preprocess_split)
 from sweep.metrics import rank_metrics
 from sweep.models import LoadedModel, load_model
 from sweep.probes import LinearHead, fit_probes
@@ -119,7 +120,8 @@ class Artifacts:
 
     # -- images ---------------------------------------------------------------------
     def images(self, data: Mapping[str, Any], preprocess: Mapping[str, Any]) -> tuple[str, dict[str, Split]]:
-        spec = {"data": dict(data), "preprocess": dict(preprocess), "decoder": DECODER_VERSION}
+        spec = {"data": dict(data), "preprocess": pixel_settings(preprocess), "decoder": DECODER_VERSION,
+                "sampler": SAMPLER_VERSION}
 
         def compute(out: Path) -> None:
             seconds = {}

@@ -1,17 +1,24 @@
 """Image sources and preprocessing: class-balanced seeded subsets as uint8 tensors.
 
 Three sources share one path from PIL images to tensors: ImageNet-1k from the hub
-(`datasets` streaming), a local folder in ImageNet layout (`datasets`' imagefolder
-builder), and scikit-learn's bundled digits (the offline default). Decoding and resizing
-happen once per (data, preprocessing) and are cached as uint8; normalisation happens on
-the compute device (`normalise`).
+(`datasets` streaming), a local folder in ImageNet layout (listed per class folder, sampled,
+and only the sampled files decoded), and scikit-learn's bundled digits (the offline
+default). Decoding and resizing happen once per (data, pixel geometry) and are cached as
+uint8; normalisation happens on the compute device (`normalise`).
+
+`python -m sweep.data sort-val FLAT LABELS OUT` turns the official flat ILSVRC2012
+validation folder into the per-class layout the image folder source reads (`sort_flat_val`).
 """
 
 from __future__ import annotations
 
+import argparse
+import csv
 import os
-from collections.abc import Iterable, Iterator, Mapping
+import sys
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -27,6 +34,11 @@ SPLITS = ("train", "val")
 # images decoded by an older version are never reused. 2: HF's floor rounding of the long
 # edge and its alpha blending onto white.
 DECODER_VERSION = 2
+# Part of the images artifact's key too: bump it whenever a source picks other images for
+# the same settings, so that a subset drawn by an older sampler is never reused. 2: a local
+# image folder is listed per class folder (sorted names) and sampled there, no longer
+# through `datasets`' imagefolder builder (whose file order differed).
+SAMPLER_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -47,15 +59,20 @@ def balanced_subset(labels: Iterable[int], per_class: int, n_classes: int, seed:
                     exclude: set[int] = frozenset()) -> list[int]:
     """Indices of `per_class` examples of each class, drawn with `seed`, in a seeded order."""
     labels = np.asarray(list(labels))
-    rng = np.random.default_rng(seed)
-    chosen: list[int] = []
-    for cls in range(n_classes):
-        pool = [i for i in np.flatnonzero(labels == cls) if i not in exclude]
+    pools = [[i for i in np.flatnonzero(labels == cls) if i not in exclude] for cls in range(n_classes)]
+    for cls, pool in enumerate(pools):
         if len(pool) < per_class:
             raise DataUnavailable(
                 f"class {cls} has only {len(pool)} images available, {per_class} per class were asked; "
                 "lower data.train_per_class / data.val_per_class")
-        chosen.extend(rng.choice(pool, size=per_class, replace=False).tolist())
+    return _draw(pools, per_class, seed)
+
+
+def _draw(pools: Sequence[Sequence[int]], per_class: int, seed: int) -> list[int]:
+    """`per_class` items of each pool (each holds enough), drawn with `seed`, then shuffled
+    with it: one draw for every source, so a folder and an index list sample alike."""
+    rng = np.random.default_rng(seed)
+    chosen = [item for pool in pools for item in rng.choice(pool, size=per_class, replace=False).tolist()]
     return [int(i) for i in rng.permutation(chosen)]
 
 
@@ -92,22 +109,156 @@ def _digits(data: Mapping[str, Any], split: str) -> LabelledImages:
 
 
 def _imagefolder(data: Mapping[str, Any], split: str) -> LabelledImages:
-    import datasets
+    """`data.<split>_per_class` images of each of the first `data.n_classes` standard classes.
 
+    Costs in proportion to the subset, not the tree: each class folder is listed (names
+    only, no stat per file) and only the sampled files are decoded — a full ImageNet train
+    tree has 1.28 M files."""
     check_available(data)
     folder = Path(str(data["root"])).expanduser() / str(data[f"{split}_dir"])
-    standard = {wnid: index for index, wnid in enumerate(imagenet_wnids())}
-    unknown = sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name not in standard)
+    per_class, n_classes = int(data[f"{split}_per_class"]), int(data["n_classes"])
+    _check_class_folders(folder)
+    if n_classes > len(imagenet_wnids()):
+        raise DataUnavailable(f"data.n_classes={n_classes} is more than the {len(imagenet_wnids())} classes of "
+                              "ImageNet-1k, which the class folders are named by")
+    wnids = imagenet_wnids()[:n_classes]
+    names = [_class_files(folder, cls, wnid, per_class, split) for cls, wnid in enumerate(wnids)]
+    # One pool of positions in the concatenated listing per class, so `_draw` samples it as
+    # `balanced_subset` samples an index list; a position's class is found from the starts.
+    starts = np.cumsum([0] + [len(files) for files in names])
+    chosen = _draw([range(starts[cls], starts[cls + 1]) for cls in range(n_classes)], per_class, int(data["seed"]))
+    labels = [int(np.searchsorted(starts, index, side="right")) - 1 for index in chosen]
+    paths = [folder / wnids[cls] / names[cls][index - starts[cls]] for index, cls in zip(chosen, labels)]
+    return LabelledImages([_decoded(path) for path in paths], labels)
+
+
+@cache
+def image_extensions() -> tuple[str, ...]:
+    """The file extensions (lower case, with the dot) PIL can open: a class folder's other
+    files (a README, a box annotation) are not images. Computed once: listing a tree checks
+    every name against them."""
+    Image.init()
+    return tuple(sorted(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN))
+
+
+def _image_names(folder: Path) -> list[str]:
+    """The image files in `folder`, sorted so the listing (and so the sample) is the same on
+    every file system. Dot files (macOS's `._name.JPEG`) are metadata, not images. Names
+    only: the file type comes from the directory entry, with no stat per file."""
+    extensions = image_extensions()
+    with os.scandir(folder) as entries:
+        return sorted(entry.name for entry in entries if entry.name.lower().endswith(extensions)
+                      and not entry.name.startswith(".") and entry.is_file())
+
+
+def _check_class_folders(folder: Path) -> None:
+    """Every folder in a split folder must be named by its ImageNet-1k wnid: another name is
+    a layout mistake, and its images would silently be left out."""
+    standard = set(imagenet_wnids())
+    with os.scandir(folder) as entries:
+        unknown = sorted(entry.name for entry in entries if entry.is_dir() and entry.name not in standard)
     if unknown:
         raise DataUnavailable(f"{folder} has folders that are not ImageNet-1k synsets: {unknown[:5]}; "
                               "each class folder must be named by its wnid (e.g. n01440764)")
-    # data_files, not data_dir: from a folder, `datasets` infers splits from file names, and
-    # ImageNet's validation files (ILSVRC2012_val_*.JPEG) would become a "validation" split.
-    dataset = datasets.load_dataset("imagefolder", data_files={"images": str(folder / "**")}, split="images")
-    names = dataset.features["label"].names
-    to_standard = [standard[name] for name in names]
-    labels = [to_standard[label] for label in dataset["label"]]
-    return _take_balanced(dataset, labels, data, split)
+
+
+def _class_files(folder: Path, cls: int, wnid: str, per_class: int, split: str) -> list[str]:
+    """The image names of class `cls` (standard index), checked to be at least `per_class`.
+    A missing folder is the usual sign of `data.n_classes` above the classes present, or of
+    the flat validation layout."""
+    class_folder = folder / wnid
+    if not class_folder.is_dir():
+        flat = _image_names(folder)
+        hint = (f"; {folder} holds {len(flat)} images directly, the flat ILSVRC2012 validation layout? "
+                f"Sort them into wnid folders: python -m sweep.data sort-val {folder} <labels> <new folder>"
+                if flat else "")
+        raise DataUnavailable(
+            f"class {cls} has only 0 images: {class_folder} does not exist; each of the first data.n_classes "
+            f"classes of the standard order needs its folder (lower data.n_classes){hint}")
+    names = _image_names(class_folder)
+    if len(names) < per_class:
+        raise DataUnavailable(f"class {cls} has only {len(names)} images in {class_folder}, {per_class} per class "
+                              f"were asked; lower data.{split}_per_class")
+    return names
+
+
+def _decoded(path: Path) -> Image.Image:
+    """The image, decoded now (its file closed): thousands of lazily opened files would run
+    out of file handles."""
+    try:
+        image = Image.open(path)
+        image.load()
+    except (OSError, SyntaxError, ValueError) as error:  # PIL's errors for a damaged file
+        raise DataUnavailable(f"could not decode {path} ({type(error).__name__}: {error})") from error
+    return image
+
+
+# -- the official flat validation folder ----------------------------------------------
+
+def sort_flat_val(flat: Path, labels: Path, out: Path) -> int:
+    """Link each image of the official flat ILSVRC2012 validation folder
+    (`ILSVRC2012_val_00000001.JPEG`, ...) into `out/<wnid>/`, the layout `data=imagefolder`
+    reads; returns how many were linked. Symbolic links, so the 6.4 GB are not copied, and
+    a one-off step rather than a setting, so the loader knows one layout only."""
+    names = _image_names(flat)
+    if not names:
+        raise DataUnavailable(f"{flat} holds no images; give the folder of ILSVRC2012_val_*.JPEG")
+    wnid_of = _val_labels(labels, names)
+    if out.exists() and any(out.iterdir()):
+        raise DataUnavailable(f"{out} is not empty; give a new folder for the sorted layout")
+    for wnid in set(wnid_of.values()):
+        (out / wnid).mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (out / wnid_of[name] / name).symlink_to((flat / name).resolve())
+    return len(names)
+
+
+def _val_labels(labels: Path, names: list[str]) -> dict[str, str]:
+    """Image file name -> wnid, from Kaggle's LOC_val_solution.csv (ImageId,PredictionString;
+    the prediction string's first word is the class) or from a text file with one wnid a
+    line, for the images in sorted order."""
+    if not labels.is_file():
+        raise DataUnavailable(f"labels file {labels} does not exist")
+    text = labels.read_text()
+    if text.startswith("ImageId,"):
+        by_id = {row["ImageId"]: row["PredictionString"].split()[0] for row in csv.DictReader(text.splitlines())}
+        missing = [name for name in names if os.path.splitext(name)[0] not in by_id]
+        if missing:
+            raise DataUnavailable(f"{labels} has no row for {len(missing)} of the images, e.g. {missing[0]}")
+        wnid_of = {name: by_id[os.path.splitext(name)[0]] for name in names}
+    else:
+        wnids = text.split()
+        if len(wnids) != len(names):
+            raise DataUnavailable(f"{labels} has {len(wnids)} labels for {len(names)} images; it must have "
+                                  "one wnid a line, for the images in sorted order")
+        wnid_of = dict(zip(names, wnids))
+    standard = set(imagenet_wnids())
+    for name, wnid in wnid_of.items():
+        if wnid not in standard:
+            raise DataUnavailable(
+                f"{labels} gives {wnid!r} for {name}, not an ImageNet-1k wnid; give one wnid a line (e.g. "
+                "n01751748) or Kaggle's LOC_val_solution.csv (the devkit's ILSVRC2012_validation_ground_truth.txt "
+                "numbers the classes in the devkit's own order, not by wnid)")
+    return wnid_of
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m sweep.data sort-val FLAT LABELS OUT` (see `sort_flat_val`)."""
+    parser = argparse.ArgumentParser(prog="python -m sweep.data", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    sort_val = commands.add_parser("sort-val", help="link the flat ILSVRC2012 validation images into wnid folders")
+    sort_val.add_argument("flat", type=Path, help="the folder of ILSVRC2012_val_*.JPEG")
+    sort_val.add_argument("labels", type=Path,
+                          help="LOC_val_solution.csv (Kaggle), or a text file with one wnid a line in file order")
+    sort_val.add_argument("out", type=Path, help="a new folder: it becomes <root>/<data.val_dir>")
+    args = parser.parse_args(argv)
+    try:
+        count = sort_flat_val(args.flat, args.labels, args.out)
+    except DataUnavailable as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"linked {count} images into {args.out}/<wnid>/")
+    return 0
 
 
 def _hub(data: Mapping[str, Any], split: str) -> LabelledImages:
@@ -130,12 +281,6 @@ def _hub(data: Mapping[str, Any], split: str) -> LabelledImages:
         ) from error
 
 
-def _take_balanced(dataset: Any, labels: list[int], data: Mapping[str, Any], split: str) -> LabelledImages:
-    per_class = int(data[f"{split}_per_class"])
-    indices = balanced_subset(labels, per_class, int(data["n_classes"]), int(data["seed"]))
-    return LabelledImages([dataset[i]["image"] for i in indices], [labels[i] for i in indices])
-
-
 def _stream_balanced(stream: Iterable[Mapping[str, Any]], data: Mapping[str, Any], split: str) -> LabelledImages:
     per_class, n_classes = int(data[f"{split}_per_class"]), int(data["n_classes"])
     counts = [0] * n_classes
@@ -153,6 +298,17 @@ def _stream_balanced(stream: Iterable[Mapping[str, Any]], data: Mapping[str, Any
 
 
 # -- preprocessing --------------------------------------------------------------------
+
+#: The preprocess settings that change the cached pixels, the only ones `to_uint8` may read:
+#: the images artifact is keyed by these (`pixel_settings`), so models that differ only in
+#: normalisation (mean, std, applied on the device by `normalise`) share one decode.
+PIXEL_KEYS = ("resize", "resize_exact", "crop", "interpolation")
+
+
+def pixel_settings(preprocess: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a model's `preprocess` that the cached uint8 pixels depend on."""
+    return {key: preprocess[key] for key in PIXEL_KEYS}
+
 
 _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
              "nearest": Image.Resampling.NEAREST}
@@ -185,7 +341,9 @@ def to_uint8(image: Image.Image, preprocess: Mapping[str, Any]) -> np.ndarray:
     """The pixels the model's HF image processor (its PIL path) gives, before rescaling and
     normalisation: RGB conversion (`to_rgb`), a PIL resize (`resized_size`), and a centre crop
     whose offsets are floored, `(width - crop) // 2`, as HF's `center_crop` does. Returns a
-    (3, crop, crop) uint8 array; `normalise` finishes the job on the device."""
+    (3, crop, crop) uint8 array; `normalise` finishes the job on the device. Reads only
+    `PIXEL_KEYS` (a key read beyond them fails here, not silently in the cache key)."""
+    preprocess = pixel_settings(preprocess)
     image = to_rgb(image)
     image = image.resize(resized_size(*image.size, preprocess), _RESAMPLE[str(preprocess["interpolation"])])
     crop = int(preprocess["crop"])
@@ -210,3 +368,7 @@ def normalise(images: torch.Tensor, preprocess: Mapping[str, Any], dtype: torch.
 def batches(n: int, batch_size: int) -> Iterator[slice]:
     for start in range(0, n, batch_size):
         yield slice(start, min(start + batch_size, n))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
