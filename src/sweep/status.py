@@ -38,7 +38,13 @@ def cell_state(cell_dir: Path, cell_id: str | None = None) -> str:
 
 
 def log_files(cell_dir: Path) -> list[Path]:
-    return sorted(cell_dir.glob("*.log"))
+    """The logs that tell what happened to a cell: its own folder's (a single `sweep-run`),
+    else its work unit's (units/<id>/*.log in the sweep folder, named by its record)."""
+    from sweep.units import unit_dir
+
+    own = sorted(cell_dir.glob("*.log"))
+    unit = (read_record(cell_dir) or {}).get("unit")
+    return own + (sorted(unit_dir(cell_dir.parent.parent, unit).glob("*.log")) if unit else [])
 
 
 @dataclass
@@ -120,9 +126,35 @@ def main(argv: list[str] | None = None) -> None:
     if args.cells:
         for spec, folder in cells:
             print(f"{cell_state(folder, spec.cell_id):<8} {spec.name}  {folder}")
+    units = units_text(args.sweep_dir)
+    if units:
+        print(units)
     summary = summarise_cells(cells)
     print(summary.text())
     sys.exit(0)
+
+
+def units_text(sweep_dir: Path) -> str:
+    """Each work unit launched in the sweep (newest launch last): its cells' states, and
+    what it cost once it ended (its summary.json)."""
+    from sweep.units import UNIT_SUMMARY, read_units, unit_dir
+
+    lines = []
+    for unit in read_units(sweep_dir):
+        folder = unit_dir(sweep_dir, unit["unit_id"])
+        if unit["prepare"]:
+            lines.append(f"  unit {unit['unit_id']}: prepares {unit['model']}'s artifacts")
+            continue
+        states = Counter(cell_state(sweep_dir / c["subdir"], c["cell_id"]) for c in unit["cells"])
+        ended = ""
+        if (folder / UNIT_SUMMARY).exists():
+            summary = json.loads((folder / UNIT_SUMMARY).read_text())
+            ended = (f"; ran {summary['cells']} cells in {summary['wall_s']:.0f} s, "
+                     f"{summary['block_calls']:,} block applications")
+        lines.append(f"  unit {unit['unit_id']}: {unit['model']}, {len(unit['cells'])} cells: "
+                     + ", ".join(f"{n} {state}" for state, n in sorted(states.items())) + ended
+                     + f"  (log: {folder / 'run.log'})")
+    return f"{len(lines)} work units launched:\n" + "\n".join(lines) if lines else ""
 
 
 
