@@ -147,3 +147,32 @@ def test_a_head_fitted_on_deits_two_token_features_reads_them_flattened():
     adapter.install_head("native", head)
     with torch.no_grad():
         torch.testing.assert_close(adapter.logits(hidden, "native"), head.logits(features.flatten(1)))
+
+
+def randomised(adapter, seed=3):
+    """Every parameter drawn at random: HF's init sets norms to (1, 0) and biases to 0, which
+    would hide a readout that skips a norm or a bias."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in adapter.model.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
+    return adapter
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("readout", ["native", "cls"])
+def test_an_intervention_at_the_last_layer_needs_only_the_cached_features(kind, readout):
+    """At L = N the engine never holds the hidden state: a readout's features of hidden state
+    N with its CLS replaced come from the unmodified features and the new CLS, exactly."""
+    adapter = randomised(tiny_adapter(kind))
+    if readout == "cls" and kind in ("beit", "dinov2", "clip"):
+        adapter.install_head("cls", LinearHead(torch.randn(N_CLASSES, 32), torch.randn(N_CLASSES)))
+    with torch.no_grad():
+        hidden = last_hidden(adapter, pixels())
+        donors = torch.roll(hidden[:, 0], 1, dims=0)
+        edited = adapter.logits(adapter.with_cls(hidden, donors), readout)
+        cached = adapter.float_readout_features(hidden, readout)
+        from_features = adapter.apply_head(readout, adapter.features_with_cls(cached, donors, readout))
+    assert torch.equal(edited, from_features)
+    assert not torch.equal(edited, adapter.logits(hidden, readout)) or (kind, readout) in (
+        ("beit", "native"), ("clip", "native"))  # their native readouts never read the CLS

@@ -141,3 +141,19 @@ def cfg_with(base, spec):
     cfg.layer, cfg.seed, cfg.readout.name = spec.layer, spec.seed if spec.seed is not None else 0, spec.readout
     cfg.intervention = compose_cell(f"intervention={spec.intervention}").intervention
     return cfg
+
+
+@pytest.mark.parametrize("model", ["toy_vit", "toy_deit", "toy_beit", "toy_dinov2", "toy_clip"])
+def test_an_identity_edit_at_the_last_layer_changes_nothing_bit_for_bit(cache_dir, model):
+    """At L = N no block runs (the readout reads the cached features with the CLS replaced):
+    an identity permutation there must give the unmodified model's outcomes exactly."""
+    cfgs = [compose_cell(f"model={model}", "layer=-1", *point) for point in (
+        ("intervention=none", "readout=native"), ("intervention=none", "readout=cls"),
+        ("intervention=shuffle", "intervention.permutation=identity", "readout=native"),
+        ("intervention=shuffle", "intervention.permutation=identity", "readout=cls"))]
+    specs = [cell_spec(cfg) for cfg in cfgs]
+    results, errors, summary = measure_all(cache_dir, specs, cfgs[0])
+    assert not errors and summary["block_calls_by_purpose"].get("unmodified", 0) == 0
+    for plain, edited in ((specs[0], specs[2]), (specs[1], specs[3])):
+        for key in ("predicted", "rank"):
+            assert torch.equal(results[plain.cell_id].outcomes[key], results[edited.cell_id].outcomes[key])

@@ -157,6 +157,14 @@ class Adapter(ABC):
     def logits(self, last_hidden: torch.Tensor, readout: str) -> torch.Tensor:
         return self.apply_head(readout, self.float_readout_features(last_hidden, readout))
 
+    def features_with_cls(self, unmodified: torch.Tensor, cls: torch.Tensor, readout: str) -> torch.Tensor:
+        """`readout`'s features of hidden state N with its CLS token replaced by `cls`, from
+        the unmodified model's features of that readout: an intervention at L = N then runs
+        no block and needs no hidden state. A readout of the CLS alone reads a one-token
+        hidden state; subclasses whose readouts read other tokens too combine the two."""
+        with _full_precision(cls):
+            return self.readout_features(cls.float()[:, None], readout)
+
     def projection_logits(self, cls: torch.Tensor, readout: str) -> torch.Tensor:
         """The class-embedding projection: the final norm and `readout`'s head on a lone CLS."""
         with _full_precision(cls):
@@ -258,6 +266,12 @@ class DeiTAdapter(ViTAdapter):
         normed = self._base.layernorm(last_hidden)
         return normed[:, :2] if readout == "native" else normed[:, 0]
 
+    def features_with_cls(self, unmodified: torch.Tensor, cls: torch.Tensor, readout: str) -> torch.Tensor:
+        if readout != "native":
+            return super().features_with_cls(unmodified, cls, readout)
+        with _full_precision(cls):  # native: the distillation token's features are unchanged
+            return torch.stack([self._base.layernorm(cls.float()), unmodified[:, 1]], dim=1)
+
     def native_head(self, readout: str) -> HeadFn:
         if readout == "cls":
             return self.model.cls_classifier
@@ -332,6 +346,11 @@ class BeitAdapter(ViTAdapter):
             return self._base.pooler(normed)
         return self._cls_norm(normed[:, 0])
 
+    def features_with_cls(self, unmodified: torch.Tensor, cls: torch.Tensor, readout: str) -> torch.Tensor:
+        if readout == "native" and self._base.pooler is not None and self._base.pooler.layernorm is not None:
+            return unmodified  # mean pooling reads the patch tokens only
+        return super().features_with_cls(unmodified, cls, readout)
+
     def native_head(self, readout: str) -> HeadFn:
         if readout == "cls":
             raise ReadoutUnavailable("BEiT has no native CLS head: set readouts.cls.head: fitted")
@@ -359,6 +378,12 @@ class Dinov2Adapter(ViTAdapter):
         if readout == "native":
             return torch.cat([normed[:, 0], normed[:, 1:].mean(dim=1)], dim=1)
         return normed[:, 0]
+
+    def features_with_cls(self, unmodified: torch.Tensor, cls: torch.Tensor, readout: str) -> torch.Tensor:
+        if readout != "native":
+            return super().features_with_cls(unmodified, cls, readout)
+        with _full_precision(cls):  # native: the patch mean (the second half) is unchanged
+            return torch.cat([self._base.layernorm(cls.float()), unmodified[:, self.hidden_size:]], dim=1)
 
     def native_head(self, readout: str) -> HeadFn:
         if readout == "cls":
@@ -428,6 +453,11 @@ class ClipAdapter(Adapter):
         if readout == "native":
             return last_hidden[:, 1:].mean(dim=1)
         return self._cls_embedding(last_hidden[:, 0])
+
+    def features_with_cls(self, unmodified: torch.Tensor, cls: torch.Tensor, readout: str) -> torch.Tensor:
+        if readout == "native":
+            return unmodified  # the mean of the patch tokens
+        return super().features_with_cls(unmodified, cls, readout)
 
     def _cls_embedding(self, cls: torch.Tensor) -> torch.Tensor:
         pooled = self._vision.post_layernorm(cls)

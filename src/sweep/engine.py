@@ -99,7 +99,9 @@ def _prepare(cfg: Mapping[str, Any], specs: Sequence[CellSpec], cache: ArtifactC
         if settings["head"] == "fitted":
             loaded.adapter.install_head(readout, artifacts.fitted_head(features, readout))
     probes = artifacts.probes(features) if not specs or any(s.intervention == "none" for s in specs) else None
-    val_images = splits["val"].images if any(s.intervention != "none" for s in specs) else None
+    n_layers = loaded.adapter.n_layers
+    needs_pixels = any(s.intervention != "none" and s.layer < n_layers for s in specs)
+    val_images = splits["val"].images if needs_pixels else None
     return _Prepared(artifacts, loaded, images_key, features, probes, val_images, time.perf_counter() - started)
 
 
@@ -193,6 +195,14 @@ class _Branch:
     @property
     def readouts(self) -> list[str]:
         return sorted({c.spec.readout for c in self.cells})
+
+    def add(self, part: slice, labels: torch.Tensor, logits_of: Callable[[str], torch.Tensor]) -> None:
+        """Every readout a cell of the branch asks for, computed once on the branch's output."""
+        for readout in self.readouts:
+            logits = logits_of(readout).cpu()
+            for cell in self.cells:
+                if cell.spec.readout == readout:
+                    cell.add(part, logits, labels)
 
 
 def measure_unit(cfg: Mapping[str, Any], specs: Sequence[CellSpec], cache: ArtifactCache, emit: Emit, *,
@@ -337,7 +347,7 @@ def _measure_branches(cfg: Mapping[str, Any], specs: Sequence[CellSpec], prepare
     by_layer: dict[int, list[_Branch]] = {}
     for branch in branches.values():
         by_layer.setdefault(branch.layer, []).append(branch)
-    deepest = max(by_layer)
+    deepest = max((layer for layer in by_layer if layer < n_layers), default=None)  # of the prefix to run
     bar = progress_bar(total=n - start, desc=f"unit {cfg['model']['name']}: {len(cells)} cells, "
                        f"{len(branches)} branches", unit="img")
     with torch.inference_mode(), artifacts.autocast():
@@ -345,20 +355,22 @@ def _measure_branches(cfg: Mapping[str, Any], specs: Sequence[CellSpec], prepare
             if part.stop <= start:
                 continue
             rows = part.stop - part.start
-            hidden = adapter.embed(artifacts.pixels(prepared.val_images[part]))
-            for layer in range(deepest + 1):
-                if layer:
-                    hidden = adapter.run_block(layer - 1, hidden)
-                    artifacts.ledger.add("unmodified", rows)
-                for branch in by_layer.get(layer, ()):
-                    branched = adapter.run_blocks(adapter.with_cls(hidden, branch.replacement[part]), layer, n_layers)
-                    branch.block_calls += (n_layers - layer) * rows
-                    artifacts.ledger.add("branch", (n_layers - layer) * rows)
-                    for readout in branch.readouts:
-                        logits = adapter.logits(branched, readout).cpu()
-                        for cell in branch.cells:
-                            if cell.spec.readout == readout:
-                                cell.add(part, logits, labels[part])
+            if deepest is not None:
+                hidden = adapter.embed(artifacts.pixels(prepared.val_images[part]))
+                for layer in range(deepest + 1):
+                    if layer:
+                        hidden = adapter.run_block(layer - 1, hidden)
+                        artifacts.ledger.add("unmodified", rows)
+                    for branch in by_layer.get(layer, ()):
+                        branched = adapter.run_blocks(adapter.with_cls(hidden, branch.replacement[part]), layer,
+                                                      n_layers)
+                        branch.block_calls += (n_layers - layer) * rows
+                        artifacts.ledger.add("branch", (n_layers - layer) * rows)
+                        branch.add(part, labels[part], lambda readout: adapter.logits(branched, readout))
+            for branch in by_layer.get(n_layers, ()):  # at L = N: the cached features, the CLS replaced
+                branch.add(part, labels[part], lambda readout, branch=branch: adapter.apply_head(
+                    readout, adapter.features_with_cls(features.readout["val"][readout][part].to(artifacts.device),
+                                                       branch.replacement[part], readout)))
             bar.update(rows)
             if checkpoints is not None and part.stop < n and checkpoints.due():
                 checkpoints.save(cells, meta)

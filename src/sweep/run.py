@@ -240,13 +240,19 @@ def _hydra_main(cfg: DictConfig) -> dict[str, Any]:
     mark_entered()
     redact_logs()
     try:
-        return run_cell(cfg)
+        record = run_cell(cfg)
     except SweepError as error:
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             raise  # the cell sweeper collects and reports failures
         print(f"error: {error}", file=sys.stderr)
         _remove_if_only_hydra_files(Path(HydraConfig.get().runtime.output_dir))
         sys.exit(2)
+    if HydraConfig.get().mode != RunMode.MULTIRUN and record.get("status") == "failed":
+        folder = Path(HydraConfig.get().runtime.output_dir)
+        print(f"error: {record['name']} failed: {record['error']} (its record: {folder / rec.RESULT_FILE})",
+              file=sys.stderr)
+        sys.exit(1)  # a sweep reads its cells' states from their records instead
+    return record
 
 
 def _remove_if_only_hydra_files(folder: Path) -> None:

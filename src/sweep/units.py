@@ -50,13 +50,12 @@ def branch_key(spec: CellSpec) -> tuple[int, str, int | None]:
 
 def cost_per_image(specs: Iterable[CellSpec]) -> int:
     """Block applications per validation image the engine spends on these cells: the
-    unmodified prefix up to the deepest intervened layer, then N - L per distinct branch
-    (the unmodified pass over train + val for the cached features comes on top, once per
-    model and data)."""
+    unmodified prefix up to the deepest intervened layer below N, then N - L per distinct
+    branch (an intervention at L = N runs no block; the unmodified pass over train + val
+    for the cached features comes on top, once per model and data)."""
     branches = {branch_key(s): s.n_layers - s.layer for s in specs if s.intervention != "none"}
-    if not branches:
-        return 0
-    return max(layer for layer, _, _ in branches) + sum(branches.values())
+    prefix = max((layer for (layer, _, _), suffix in branches.items() if suffix > 0), default=0)
+    return prefix + sum(branches.values())
 
 
 @dataclass(frozen=True)
