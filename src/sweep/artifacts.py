@@ -168,7 +168,6 @@ class Artifacts:
     # -- features -------------------------------------------------------------------
     def features(self, model_identity: Mapping[str, Any], loaded: LoadedModel, images_key: str,
                  splits: Mapping[str, Split]) -> Features:
-        adapter = loaded.adapter
         readouts = sorted(self.cfg["model"]["readouts"])
         spec = {"model": dict(model_identity), "images": images_key, "readouts": readouts,
                 **_readout_options(self.cfg["model"]["readouts"]),
