@@ -330,7 +330,7 @@ def _measure_branches(cfg: Mapping[str, Any], specs: Sequence[CellSpec], prepare
             replacement = replacement_cls(spec.intervention, spec.settings.intervention.values,
                                           cls_at_layer=features.cls["val"][spec.layer],
                                           cls_at_embedding=features.cls["val"][0], seed=spec.seed)
-            branches[key] = _Branch(spec.layer, replacement.to(artifacts.device), [])
+            branches[key] = _Branch(spec.layer, replacement, [])  # on the host: moved one batch at a time
         branches[key].cells.append(CellProgress(spec, n))
     cells = [c for b in branches.values() for c in b.cells]
 
@@ -362,15 +362,15 @@ def _measure_branches(cfg: Mapping[str, Any], specs: Sequence[CellSpec], prepare
                         hidden = adapter.run_block(layer - 1, hidden)
                         artifacts.ledger.add("unmodified", rows)
                     for branch in by_layer.get(layer, ()):
-                        branched = adapter.run_blocks(adapter.with_cls(hidden, branch.replacement[part]), layer,
-                                                      n_layers)
+                        cls = branch.replacement[part].to(artifacts.device, non_blocking=True)
+                        branched = adapter.run_blocks(adapter.with_cls(hidden, cls), layer, n_layers)
                         branch.block_calls += (n_layers - layer) * rows
                         artifacts.ledger.add("branch", (n_layers - layer) * rows)
                         branch.add(part, labels[part], lambda readout: adapter.logits(branched, readout))
             for branch in by_layer.get(n_layers, ()):  # at L = N: the cached features, the CLS replaced
                 branch.add(part, labels[part], lambda readout, branch=branch: adapter.apply_head(
                     readout, adapter.features_with_cls(features.readout["val"][readout][part].to(artifacts.device),
-                                                       branch.replacement[part], readout)))
+                                                       branch.replacement[part].to(artifacts.device), readout)))
             bar.update(rows)
             if checkpoints is not None and part.stop < n and checkpoints.due():
                 checkpoints.save(cells, meta)
