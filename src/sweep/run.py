@@ -123,7 +123,10 @@ def run_cell(cfg: DictConfig) -> dict[str, Any]:
         from sweep.artifacts import ComputeLedger
         from sweep.engine import prepare
 
-        prepared = prepare(cfg, [], cache, ComputeLedger())
+        ledger = ComputeLedger()
+        prepared = prepare(cfg, [], cache, ledger)
+        _write_unit_summary({"block_calls": ledger.total, "block_calls_by_purpose": dict(ledger.block_calls),
+                             "prepare_s": prepared.seconds}, 0, started, cache)
         log.info("unit %s: %s's artifacts are ready (%.1f s)", unit_id, cfg.model.name, prepared.seconds)
         return {"unit": unit_id, "prepared": True}
     leased = _take_leases(todo, run, statuses)
@@ -188,12 +191,18 @@ def _measure(cfg: DictConfig, cells: list[JobCell], cache: Any, run: SweepRun, u
                                                        trace=traceback.format_exc())
         raise
     # not on SystemExit (preemption, kill): the leases then die with their process or job
-    if unit_id is not None:  # for sweep-status and the benchmarks: what the unit cost, and how long it waited
-        atomic_write_json(Path(HydraConfig.get().runtime.output_dir) / UNIT_SUMMARY,
-                          {**summary, "cells": len(cells), "wall_s": time.perf_counter() - started,
-                           "lock_wait_s": cache.stats.lock_wait_s})
+    if unit_id is not None:
+        _write_unit_summary(summary, len(cells), started, cache)
     log.info("unit %s: %d cells in %.1f s, %s block applications", unit_id or "of one", len(cells),
              time.perf_counter() - started, f"{summary['block_calls']:,}")
+
+
+def _write_unit_summary(summary: dict[str, Any], n_cells: int, started: float, cache: Any) -> None:
+    """units/<id>/summary.json, for sweep-status and the benchmarks: what the unit ran, how
+    long it took, and how long it waited on another process's cache lock."""
+    atomic_write_json(Path(HydraConfig.get().runtime.output_dir) / UNIT_SUMMARY,
+                      {**summary, "cells": n_cells, "wall_s": time.perf_counter() - started,
+                       "lock_wait_s": cache.stats.lock_wait_s})
 
 
 def _write_cell(cell: JobCell, result: Any, error: BaseException | None, unit_id: str | None, started: float,
