@@ -69,23 +69,30 @@ def test_a_profile_asking_for_more_memory_than_any_node_has_is_refused_clearly(s
     assert "could not submit" in result.stderr and "Memory specification can not be satisfied" in result.stderr
 
 
-MEASURED = re.compile(r"\[sweep\.run\]\[INFO\] - (\S+): accuracy=", flags=re.M)  # run_cell's line after measuring
+MEASURED = re.compile(r"\[sweep\.run\]\[INFO\] - (\S+): accuracy=", flags=re.M)  # _write_cell's line after measuring
 
 
-def submitted_cells(submitit_dir: Path) -> list[str]:
-    """The cells one launch submitted, read from submitit's job pickles: (model, layer, intervention)."""
+def submitted_cells(submitit_dir: Path, sweep_dir: Path) -> list[str]:
+    """The cells one launch submitted: each submitit job pickle holds one work unit's
+    overrides (`sweep.unit.id=...`), and the unit's file names its cells."""
     cells = []
     for path in submitit_dir.rglob("*_submitted.pkl"):
         overrides = dict(o.split("=", 1) for o in pickle.loads(path.read_bytes()).args[0])
-        cells.append(f"{overrides['model']}-L{int(overrides['layer']):02d}-{overrides['intervention']}")
+        unit = json.loads((sweep_dir / "units" / overrides["sweep.unit.id"] / "unit.json").read_text())
+        cells.extend(cell["name"] for cell in unit["cells"])  # none for a `prepare-...` unit
     return sorted(cells)
 
 
 def test_a_relaunch_while_the_array_runs_submits_none_of_the_running_cells(slurm_env, tmp_path):
+    """Someone re-runs the sweep command while the first launch's SLURM array is still
+    running (or a cron job does). Cells that a running unit holds must not be submitted
+    again, and a unit submitted twice (once pending in the first array, once by the
+    re-launch) must still measure each of its cells once."""
+    # Two units of two cells; array_parallelism=1 keeps the second unit pending while the first runs.
     args = ["model=toy_vit", "layer=5,6", "intervention=none,shuffle", "readout=native", "seed=0", "sweep.name=busy",
-            "logger=none", "hydra/launcher=local_slurm"]
+            "logger=none", "sweep.unit.max_cells=2", "hydra/launcher=local_slurm", "hydra.launcher.array_parallelism=1"]
     sweep_dir = tmp_path / "multirun" / "busy"
-    first = multirun(args, {**slurm_env, "SWEEP_TEST_PAUSE": "toy_vit=25"}, tmp_path, background=True,
+    first = multirun(args, {**slurm_env, "SWEEP_TEST_PAUSE": "toy_vit=20"}, tmp_path, background=True,
                      stdout=open(tmp_path / "first.log", "w"), stderr=subprocess.STDOUT)
     deadline = time.time() + 240
     while not any(cell_state(f) == "running" for f in sweep_dir.glob("toy_vit/*")):
@@ -95,16 +102,17 @@ def test_a_relaunch_while_the_array_runs_submits_none_of_the_running_cells(slurm
     assert second.returncode == 0, second.stdout + second.stderr
     assert first.wait(timeout=400) == 0, (tmp_path / "first.log").read_text()
 
-    running = re.findall(r"running elsewhere, not launched: (\S+?)-native(?:-s0)? ", second.stdout)
-    assert running and f"{len(running)} running elsewhere, {4 - len(running)} to run" in second.stdout
+    running = re.findall(r"running elsewhere, not launched: (\S+) \(", second.stdout)
+    assert len(running) == 2 and "2 running elsewhere, 2 to run in 1 work units" in second.stdout, second.stdout
     first_dir, second_dir = sorted((sweep_dir / ".submitit").iterdir())
-    assert len(submitted_cells(first_dir)) == 4
-    assert not set(submitted_cells(second_dir)) & set(running)  # no running cell submitted again
+    assert len(submitted_cells(first_dir, sweep_dir)) == 4
+    resubmitted = submitted_cells(second_dir, sweep_dir)
+    assert len(resubmitted) == 2 and not set(resubmitted) & set(running)  # no running cell submitted again
     measured = [name for log in sorted((sweep_dir / ".submitit").rglob("*_log.out"))
                 for name in MEASURED.findall(log.read_text())]
     done = records(sweep_dir)
     print(f"re-launch during a SLURM array: {len(done)} cells, {len(running)} running at the re-launch, "
-          f"{len(submitted_cells(second_dir))} submitted by it, {len(measured)} measurements, "
+          f"{len(resubmitted)} submitted by it, {len(measured)} measurements, "
           f"{len(measured) - len(set(measured))} duplicates")
     assert len(done) == 4 and all(r["status"] == "complete" for r in done.values())
     assert sorted(measured) == sorted(r["name"] for r in done.values())  # each cell measured once
