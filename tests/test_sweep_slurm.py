@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from sweep.status import cell_state
-from sweeps import multirun, records
+from sweeps import checkpointed_rows, multirun, records
 
 pytestmark = pytest.mark.slurm
 GRID = ["model=toy_vit", "layer=4,5,6", "intervention=none,shuffle", "readout=native", "seed=0", "logger=none"]
@@ -116,3 +116,44 @@ def test_a_relaunch_while_the_array_runs_submits_none_of_the_running_cells(slurm
           f"{len(measured) - len(set(measured))} duplicates")
     assert len(done) == 4 and all(r["status"] == "complete" for r in done.values())
     assert sorted(measured) == sorted(r["name"] for r in done.values())  # each cell measured once
+
+
+def test_a_unit_preempted_mid_unit_is_requeued_resumes_at_its_checkpoints_and_equals_an_uninterrupted_run(
+        slurm_env, tmp_path):
+    """A unit's array task is preempted (SLURM sends USR2 before it kills) after its pass
+    has checkpointed and while its cells' records are being written. submitit requeues the
+    same job; the requeue must take over the unit's leases, resume each unwritten cell at its
+    checkpoint instead of measuring it again from the start, and end with the records, outcomes
+    and W&B runs of a run that was never preempted: none twice, nothing half-written."""
+    grid = ["model=toy_vit", "layer=2,4", "intervention=shuffle", "readout=native,cls", "seed=0", "logger=wandb",
+            "wandb.mode=offline", "sweep.unit.checkpoint_s=0", "compute.batch_size=32"]
+    calm = multirun([*grid, "sweep.name=calm"], slurm_env, tmp_path)
+    assert calm.returncode == 0, calm.stdout + calm.stderr
+    sweep_dir = tmp_path / "multirun" / "preempted"
+    # hold the unit's first cell just before its record: the pass is done, every cell has a checkpoint
+    env = {**slurm_env, "SWEEP_TEST_PAUSE": "toy_vit-L02-shuffle-cls=10"}
+    sweep = multirun([*grid, "sweep.name=preempted", "hydra/launcher=local_slurm"], env, tmp_path, background=True,
+                     stdout=open(tmp_path / "out.log", "w"), stderr=subprocess.STDOUT)
+    deadline = time.time() + 240
+    while not any("SWEEP_TEST_PAUSE: holding" in log.read_text() for log in sweep_dir.rglob("*_log.out")):
+        assert sweep.poll() is None and time.time() < deadline, (tmp_path / "out.log").read_text()
+        time.sleep(0.2)
+    rows = checkpointed_rows(sweep_dir)
+    assert len(rows) == 4 and min(rows.values()) > 0, rows
+    (lease,) = sweep_dir.glob("toy_vit/toy_vit-L02-shuffle-cls-*/started.json")
+    subprocess.run(["scancel", "--signal=USR2", json.loads(lease.read_text())["slurm_job_id"]], check=True,
+                   env=slurm_env)
+    assert sweep.wait(timeout=300) == 0, (tmp_path / "out.log").read_text()
+
+    assert json.loads(lease.read_text())["slurm_restart_count"] == "1"  # the unit ran a second time
+    assert records(sweep_dir) == records(tmp_path / "multirun" / "calm")
+    results = sorted(sweep_dir.rglob("result.json"))
+    assert len(results) == 4  # one record per cell
+    for path in results:
+        cell = path.parent
+        assert json.loads(path.read_text())["compute"]["resumed_rows"] == rows[cell.name]  # from its checkpoint
+        assert (cell / "outcomes.csv").read_text() == (
+            tmp_path / "multirun" / "calm" / cell.relative_to(sweep_dir) / "outcomes.csv").read_text()
+        assert len(list(cell.glob("wandb/offline-run-*"))) == 1, cell.name  # the preempted attempt's run replaced
+    leftovers = [p for p in sweep_dir.rglob("*") if p.name.endswith(".tmp") or p.name == "progress.safetensors"]
+    assert not leftovers
