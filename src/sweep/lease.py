@@ -174,6 +174,8 @@ class Lease:
                 raise LeaseHeld(current)
             if current is not None and current.get("released") is None:
                 log.warning("taking over the lease of %s: %s", cell_dir, why)
+                if not why.startswith("no heartbeat"):  # its owner is gone for sure, not only silent
+                    _remove_temporaries(cell_dir)
             now = time.time()
             content = {"host": socket.gethostname(), "pid": os.getpid(),
                        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
@@ -226,6 +228,16 @@ class Lease:
                     return
             except (OSError, filelock.Timeout) as error:  # a hiccup of the filesystem: try again next beat
                 log.warning("could not refresh the lease of %s: %s", self.cell_dir, error)
+
+
+def _remove_temporaries(cell_dir: Path) -> None:
+    """A dead owner killed inside an atomic write (sweep.cache.atomic_write_bytes: SIGKILL,
+    a lost node) leaves its `.<name>.<random>.tmp` behind, and nothing else would ever remove
+    it. Taking over (under the lock) makes this process the folder's only writer, so every
+    such file there is a dead writer's."""
+    for tmp in cell_dir.glob(".*.tmp"):
+        log.info("removing %s, left by the dead owner's interrupted write", tmp)
+        tmp.unlink(missing_ok=True)
 
 
 def _lock(cell_dir: Path) -> filelock.FileLock:
