@@ -131,7 +131,7 @@ def test_a_unit_preempted_mid_unit_is_requeued_resumes_at_its_checkpoints_and_eq
     assert calm.returncode == 0, calm.stdout + calm.stderr
     sweep_dir = tmp_path / "multirun" / "preempted"
     # hold the unit's first cell just before its record: the pass is done, every cell has a checkpoint
-    env = {**slurm_env, "SWEEP_TEST_PAUSE": "toy_vit-L02-shuffle-cls=10"}
+    env = {**slurm_env, "SWEEP_TEST_PAUSE": "toy_vit-L02-shuffle-cls=5"}
     sweep = multirun([*grid, "sweep.name=preempted", "hydra/launcher=local_slurm"], env, tmp_path, background=True,
                      stdout=open(tmp_path / "out.log", "w"), stderr=subprocess.STDOUT)
     deadline = time.time() + 240
