@@ -65,16 +65,18 @@ def test_the_dry_run_lists_exactly_the_cells_a_real_run_executes(cli_env, tmp_pa
 
 
 def test_a_cell_killed_mid_run_leaves_no_record_and_a_relaunch_runs_only_it(finished_sweep, cli_env, tmp_path):
+    """The sweep is killed while its last cell is being written: the cells written before
+    are done, that one has no record (and shows as killed), and the re-launch runs it alone."""
     args = [*GRID, "sweep.name=crashy", "logger=none"]
-    victim = "toy_clip-L04-shuffle"  # the last cell the local launcher runs
+    victim = "toy_clip-L04-shuffle"  # the last cell of the last unit the local launcher runs
     sweep = multirun(args, {**cli_env, "SWEEP_TEST_PAUSE": f"{victim}=120"}, tmp_path, background=True,
                      stdout=open(tmp_path / "out.log", "w"), stderr=open(tmp_path / "err.log", "w"))
     sweep_dir = tmp_path / "multirun" / "crashy"
     deadline = time.time() + 300
-    while not list(sweep_dir.glob(f"toy_clip/{victim}*/started.json")):
+    # A unit takes every cell's lease (started.json) when it starts: wait for the victim's own hold.
+    while f"SWEEP_TEST_PAUSE: holding {victim}" not in (tmp_path / "out.log").read_text():
         assert sweep.poll() is None and time.time() < deadline, (tmp_path / "err.log").read_text()
         time.sleep(0.2)
-    time.sleep(1)
     sweep.send_signal(signal.SIGKILL)
     sweep.wait()
     (victim_dir,) = sweep_dir.glob(f"toy_clip/{victim}*")
@@ -199,7 +201,7 @@ def test_a_unit_killed_at_random_points_resumes_at_its_checkpoints_and_ends_as_i
         if len(kills) == 0:  # mid-pass: once all 12 intervened cells have a checkpoint
             trigger, count, delay = "progress.safetensors", 12, rng.uniform(0, 1.0)
         elif len(kills) == 1:  # preparing: once the re-launch's job has taken over the leases
-            trigger, count, delay = "started.json", 1, rng.uniform(0, 2.0)
+            trigger, count, delay = "started.json", 1, rng.uniform(0, 1.0)
         elif len(kills) == 2 and len(rows_before) > 1:  # amid the records: after some, before the rest
             trigger, count, delay = "result.json", rng.randint(1, len(rows_before) - 1), rng.uniform(0, 0.15)
         else:
