@@ -14,12 +14,13 @@ The file stays after release, as the history of who ran the cell. A lease is *fr
 absent or released, *held* while its owner lives, and *dead* when its process is gone
 (this host), its SLURM job left the queue (`squeue`), a requeue of the same job runs now
 (higher SLURM_RESTART_COUNT), or its heartbeat is older than its `stale_after_s`. A dead
-lease is taken over. Taking, refreshing and releasing happen under a file lock
-(`.started.json.lock`, never deleted: unlinking a lock file others wait on would let two
-processes hold it) and re-read the lease under it, so two processes, on one host or on
-hosts sharing the filesystem (flock must work there, as for the artifact cache), cannot
-both own a cell. Readers (planner, sweep-status) read without the lock: the file is
-replaced atomically.
+lease is taken over; when its owner is gone for sure (not only silent), the taker also
+removes the `.*.tmp` files its interrupted atomic writes left in the folder. Taking,
+refreshing and releasing happen under a file lock (`.started.json.lock`, never deleted:
+unlinking a lock file others wait on would let two processes hold it) and re-read the
+lease under it, so two processes, on one host or on hosts sharing the filesystem (flock
+must work there, as for the artifact cache), cannot both own a cell. Readers (planner,
+sweep-status) read without the lock: the file is replaced atomically.
 """
 
 from __future__ import annotations
