@@ -26,3 +26,29 @@ def records(sweep_dir: Path) -> dict[str, dict]:
         record = json.loads(path.read_text())
         found[record["cell_id"]] = {k: record.get(k) for k in ("name", "status", "metrics", "counts")}
     return found
+
+
+def checkpointed_rows(sweep_dir) -> dict[str, int]:
+    """Per intervened cell without a record: the validation rows its progress file holds
+    (0 without one)."""
+    from safetensors import safe_open
+
+    rows = {}
+    for cell in sweep_dir.glob("toy_vit/*-shuffle-*"):
+        if not (cell / "result.json").exists():
+            rows[cell.name] = 0
+            if (cell / "progress.safetensors").exists():
+                with safe_open(cell / "progress.safetensors", framework="pt") as f:
+                    rows[cell.name] = int(f.metadata()["rows"])
+    return rows
+
+
+def fresh(paths, since: float) -> int:
+    """How many of `paths` were written after `since`."""
+    count = 0
+    for path in paths:
+        try:
+            count += path.stat().st_mtime >= since
+        except FileNotFoundError:  # replaced or removed meanwhile
+            pass
+    return count

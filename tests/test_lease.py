@@ -57,6 +57,23 @@ def test_a_live_owner_keeps_its_lease_and_a_dead_one_loses_it(tmp_path, monkeypa
     assert "no heartbeat for" in why_free({"host": "x", "token": "t", "heartbeat": time.time() - 61, "stale_after_s": 60})
 
 
+def test_taking_over_from_a_dead_owner_removes_the_temporaries_of_its_interrupted_writes(tmp_path):
+    """A unit SIGKILLed (or its node lost) inside an atomic write of a checkpoint or record
+    leaves `.<file>.<random>.tmp` in the cell's folder; nothing else ever removes it. The
+    owner that takes the lease over is the folder's only writer, so it removes them; an
+    owner that is only silent (a stale heartbeat, perhaps alive behind a network
+    partition) may still be writing, so its temporaries stay."""
+    cells = {"dead": {}, "silent": {"host": "node-elsewhere", "heartbeat": time.time() - 61}}
+    for name, fields in cells.items():
+        write_lease(tmp_path / name, **fields)
+        for half_written in (".progress.safetensors.0a1b2c3d4e5f.tmp", ".result.json.0a1b2c3d4e5f.tmp"):
+            (tmp_path / name / half_written).write_bytes(b"half")
+        take(tmp_path / name).release()
+    assert not list((tmp_path / "dead").glob(".*.tmp"))
+    assert len(list((tmp_path / "silent").glob(".*.tmp"))) == 2
+    assert (tmp_path / "dead" / LEASE_FILE).exists()  # the new owner's lease, released: the cell's history
+
+
 def test_a_requeued_slurm_job_takes_over_its_own_lease(tmp_path, monkeypatch):
     monkeypatch.setattr(leases, "queued_slurm_jobs", lambda: frozenset({"77"}))  # requeued: still in the queue
     write_lease(tmp_path, host="node-elsewhere", slurm_job_id="77", slurm_restart_count=None)

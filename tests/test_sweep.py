@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from sweeps import GRID, multirun, records
+from sweeps import GRID, checkpointed_rows, fresh, multirun, records
 
 
 @pytest.fixture(scope="module")
@@ -65,16 +65,18 @@ def test_the_dry_run_lists_exactly_the_cells_a_real_run_executes(cli_env, tmp_pa
 
 
 def test_a_cell_killed_mid_run_leaves_no_record_and_a_relaunch_runs_only_it(finished_sweep, cli_env, tmp_path):
+    """The sweep is killed while its last cell is being written: the cells written before
+    are done, that one has no record (and shows as killed), and the re-launch runs it alone."""
     args = [*GRID, "sweep.name=crashy", "logger=none"]
-    victim = "toy_clip-L04-shuffle"  # the last cell the local launcher runs
+    victim = "toy_clip-L04-shuffle"  # the last cell of the last unit the local launcher runs
     sweep = multirun(args, {**cli_env, "SWEEP_TEST_PAUSE": f"{victim}=120"}, tmp_path, background=True,
                      stdout=open(tmp_path / "out.log", "w"), stderr=open(tmp_path / "err.log", "w"))
     sweep_dir = tmp_path / "multirun" / "crashy"
     deadline = time.time() + 300
-    while not list(sweep_dir.glob(f"toy_clip/{victim}*/started.json")):
+    # A unit takes every cell's lease (started.json) when it starts: wait for the victim's own hold.
+    while f"SWEEP_TEST_PAUSE: holding {victim}" not in (tmp_path / "out.log").read_text():
         assert sweep.poll() is None and time.time() < deadline, (tmp_path / "err.log").read_text()
         time.sleep(0.2)
-    time.sleep(1)
     sweep.send_signal(signal.SIGKILL)
     sweep.wait()
     (victim_dir,) = sweep_dir.glob(f"toy_clip/{victim}*")
@@ -164,3 +166,78 @@ def test_cells_taken_from_results_from_are_done_in_status_and_in_the_table(cli_e
     for name, n in (("second", 2), ("third", 1)):
         table = load_local(tmp_path / "multirun" / name)
         assert len(table.complete) == n and table.missing.empty, name
+
+
+# A unit of 18 cells (6 read cached features, 12 run the shared-suffix pass), checkpointing
+# after every validation batch so that a kill lands between checkpoints.
+UNIT_GRID = ["model=toy_vit", "layer=0,2,4", "intervention=none,shuffle", "readout=native,cls", "seed=0,1",
+             "logger=wandb", "wandb.mode=offline", "sweep.unit.checkpoint_s=0", "compute.batch_size=32"]
+RESUMED = re.compile(r"resuming (\d+) cells at validation example (\d+) of (\d+)")
+
+
+def test_a_unit_killed_at_random_points_resumes_at_its_checkpoints_and_ends_as_if_never_killed(cli_env, tmp_path):
+    """A node dies, the OOM killer strikes, someone hits Ctrl-\\ — repeatedly, anywhere in a
+    unit's life (preparing, mid-pass, between checkpoints, while writing records). Each
+    re-launch must take over the dead unit's leases, resume every cell at its last
+    checkpoint (so a kill costs at most one checkpoint interval), write each cell once, and
+    leave no temporary, checkpoint or duplicate W&B run behind: the sweep ends exactly as
+    one run that was never killed."""
+    import random
+
+    rng = random.Random(20261201)
+    reference = multirun([*UNIT_GRID, "sweep.name=calm"], cli_env, tmp_path)  # trains the toy if no test did
+    assert reference.returncode == 0, reference.stdout + reference.stderr
+    calm_dir = tmp_path / "multirun" / "calm"
+    sweep_dir = tmp_path / "multirun" / "killed"
+    command = [*UNIT_GRID, "sweep.name=killed"]
+    kills, outputs, resumed_at = [], [], []
+    for attempt in range(8):
+        log = tmp_path / f"launch{attempt}.log"
+        rows_before = checkpointed_rows(sweep_dir)
+        launched = time.time()
+        sweep = multirun(command, cli_env, tmp_path, background=True, stdout=open(log, "w"),
+                         stderr=subprocess.STDOUT, start_new_session=True)
+        # Where each kill lands: an event of the unit's life, then a seeded-random delay.
+        if len(kills) == 0:  # mid-pass: once all 12 intervened cells have a checkpoint
+            trigger, count, delay = "progress.safetensors", 12, rng.uniform(0, 1.0)
+        elif len(kills) == 1:  # preparing: once the re-launch's job has taken over the leases
+            trigger, count, delay = "started.json", 1, rng.uniform(0, 1.0)
+        elif len(kills) == 2 and len(rows_before) > 1:  # amid the records: after some, before the rest
+            trigger, count, delay = "result.json", rng.randint(1, len(rows_before) - 1), rng.uniform(0, 0.15)
+        else:
+            trigger = None
+        if trigger:
+            while sweep.poll() is None and fresh(sweep_dir.rglob(trigger), since=launched) < count:
+                time.sleep(0.01)
+            time.sleep(delay)
+            if sweep.poll() is None:
+                os.killpg(sweep.pid, signal.SIGKILL)  # the whole group: the job and wandb's service
+                kills.append(f"{delay:.2f} s after {count} fresh {trigger}")
+        code = sweep.wait(timeout=300)
+        outputs.append(log.read_text())
+        found = RESUMED.search(outputs[-1])
+        # where every pending cell has a checkpoint, a launch that gets to the pass resumes there
+        if rows_before and min(rows_before.values()) > 0 and (found or code == 0):
+            assert found and (int(found[1]), int(found[2])) == (len(rows_before), min(rows_before.values())), \
+                (rows_before, outputs[-1])
+            resumed_at.append(int(found[2]))
+        if code == 0:
+            break
+        assert code == -signal.SIGKILL, outputs[-1]
+    else:
+        pytest.fail("the sweep never finished:\n" + "\n\n".join(outputs))
+    print(f"kills: {kills}; {len(outputs)} launches; re-launches resumed at validation examples {resumed_at}")
+    assert len(kills) == 3 and resumed_at
+
+    assert records(sweep_dir) == records(calm_dir) and len(records(calm_dir)) == 18
+    results = sorted(sweep_dir.rglob("result.json"))
+    assert len(results) == 18  # one record per cell, none duplicated
+    for path in results:
+        cell = path.parent
+        assert (cell / "outcomes.csv").read_text() == (calm_dir / cell.relative_to(sweep_dir) / "outcomes.csv"
+                                                       ).read_text(), cell.name
+        assert len(list(cell.glob("wandb/offline-run-*"))) == 1, cell.name  # one W&B run per cell
+    resumed = [json.loads(p.read_text())["compute"].get("resumed_rows", 0) for p in results]
+    assert max(resumed) > 0  # some cell's record was finished from a checkpoint, not from the start
+    leftovers = [p for p in sweep_dir.rglob("*") if p.name.endswith(".tmp") or p.name == "progress.safetensors"]
+    assert not leftovers

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from sweep.status import cell_state
-from sweeps import multirun, records
+from sweeps import checkpointed_rows, multirun, records
 
 pytestmark = pytest.mark.slurm
 GRID = ["model=toy_vit", "layer=4,5,6", "intervention=none,shuffle", "readout=native", "seed=0", "logger=none"]
@@ -69,23 +69,30 @@ def test_a_profile_asking_for_more_memory_than_any_node_has_is_refused_clearly(s
     assert "could not submit" in result.stderr and "Memory specification can not be satisfied" in result.stderr
 
 
-MEASURED = re.compile(r"\[sweep\.run\]\[INFO\] - (\S+): accuracy=", flags=re.M)  # run_cell's line after measuring
+MEASURED = re.compile(r"\[sweep\.run\]\[INFO\] - (\S+): accuracy=", flags=re.M)  # _write_cell's line after measuring
 
 
-def submitted_cells(submitit_dir: Path) -> list[str]:
-    """The cells one launch submitted, read from submitit's job pickles: (model, layer, intervention)."""
+def submitted_cells(submitit_dir: Path, sweep_dir: Path) -> list[str]:
+    """The cells one launch submitted: each submitit job pickle holds one work unit's
+    overrides (`sweep.unit.id=...`), and the unit's file names its cells."""
     cells = []
     for path in submitit_dir.rglob("*_submitted.pkl"):
         overrides = dict(o.split("=", 1) for o in pickle.loads(path.read_bytes()).args[0])
-        cells.append(f"{overrides['model']}-L{int(overrides['layer']):02d}-{overrides['intervention']}")
+        unit = json.loads((sweep_dir / "units" / overrides["sweep.unit.id"] / "unit.json").read_text())
+        cells.extend(cell["name"] for cell in unit["cells"])  # none for a `prepare-...` unit
     return sorted(cells)
 
 
 def test_a_relaunch_while_the_array_runs_submits_none_of_the_running_cells(slurm_env, tmp_path):
+    """Someone re-runs the sweep command while the first launch's SLURM array is still
+    running (or a cron job does). Cells that a running unit holds must not be submitted
+    again, and a unit submitted twice (once pending in the first array, once by the
+    re-launch) must still measure each of its cells once."""
+    # Two units of two cells; array_parallelism=1 keeps the second unit pending while the first runs.
     args = ["model=toy_vit", "layer=5,6", "intervention=none,shuffle", "readout=native", "seed=0", "sweep.name=busy",
-            "logger=none", "hydra/launcher=local_slurm"]
+            "logger=none", "sweep.unit.max_cells=2", "hydra/launcher=local_slurm", "hydra.launcher.array_parallelism=1"]
     sweep_dir = tmp_path / "multirun" / "busy"
-    first = multirun(args, {**slurm_env, "SWEEP_TEST_PAUSE": "toy_vit=25"}, tmp_path, background=True,
+    first = multirun(args, {**slurm_env, "SWEEP_TEST_PAUSE": "toy_vit=20"}, tmp_path, background=True,
                      stdout=open(tmp_path / "first.log", "w"), stderr=subprocess.STDOUT)
     deadline = time.time() + 240
     while not any(cell_state(f) == "running" for f in sweep_dir.glob("toy_vit/*")):
@@ -95,16 +102,58 @@ def test_a_relaunch_while_the_array_runs_submits_none_of_the_running_cells(slurm
     assert second.returncode == 0, second.stdout + second.stderr
     assert first.wait(timeout=400) == 0, (tmp_path / "first.log").read_text()
 
-    running = re.findall(r"running elsewhere, not launched: (\S+?)-native(?:-s0)? ", second.stdout)
-    assert running and f"{len(running)} running elsewhere, {4 - len(running)} to run" in second.stdout
+    running = re.findall(r"running elsewhere, not launched: (\S+) \(", second.stdout)
+    assert len(running) == 2 and "2 running elsewhere, 2 to run in 1 work units" in second.stdout, second.stdout
     first_dir, second_dir = sorted((sweep_dir / ".submitit").iterdir())
-    assert len(submitted_cells(first_dir)) == 4
-    assert not set(submitted_cells(second_dir)) & set(running)  # no running cell submitted again
+    assert len(submitted_cells(first_dir, sweep_dir)) == 4
+    resubmitted = submitted_cells(second_dir, sweep_dir)
+    assert len(resubmitted) == 2 and not set(resubmitted) & set(running)  # no running cell submitted again
     measured = [name for log in sorted((sweep_dir / ".submitit").rglob("*_log.out"))
                 for name in MEASURED.findall(log.read_text())]
     done = records(sweep_dir)
     print(f"re-launch during a SLURM array: {len(done)} cells, {len(running)} running at the re-launch, "
-          f"{len(submitted_cells(second_dir))} submitted by it, {len(measured)} measurements, "
+          f"{len(resubmitted)} submitted by it, {len(measured)} measurements, "
           f"{len(measured) - len(set(measured))} duplicates")
     assert len(done) == 4 and all(r["status"] == "complete" for r in done.values())
     assert sorted(measured) == sorted(r["name"] for r in done.values())  # each cell measured once
+
+
+def test_a_unit_preempted_mid_unit_is_requeued_resumes_at_its_checkpoints_and_equals_an_uninterrupted_run(
+        slurm_env, tmp_path):
+    """A unit's array task is preempted (SLURM sends USR2 before it kills) after its pass
+    has checkpointed and while its cells' records are being written. submitit requeues the
+    same job; the requeue must take over the unit's leases, resume each unwritten cell at its
+    checkpoint instead of measuring it again from the start, and end with the records, outcomes
+    and W&B runs of a run that was never preempted: none twice, nothing half-written."""
+    grid = ["model=toy_vit", "layer=2,4", "intervention=shuffle", "readout=native,cls", "seed=0", "logger=wandb",
+            "wandb.mode=offline", "sweep.unit.checkpoint_s=0", "compute.batch_size=32"]
+    calm = multirun([*grid, "sweep.name=calm"], slurm_env, tmp_path)
+    assert calm.returncode == 0, calm.stdout + calm.stderr
+    sweep_dir = tmp_path / "multirun" / "preempted"
+    # hold the unit's first cell just before its record: the pass is done, every cell has a checkpoint
+    env = {**slurm_env, "SWEEP_TEST_PAUSE": "toy_vit-L02-shuffle-cls=5"}
+    sweep = multirun([*grid, "sweep.name=preempted", "hydra/launcher=local_slurm"], env, tmp_path, background=True,
+                     stdout=open(tmp_path / "out.log", "w"), stderr=subprocess.STDOUT)
+    deadline = time.time() + 240
+    while not any("SWEEP_TEST_PAUSE: holding" in log.read_text() for log in sweep_dir.rglob("*_log.out")):
+        assert sweep.poll() is None and time.time() < deadline, (tmp_path / "out.log").read_text()
+        time.sleep(0.2)
+    rows = checkpointed_rows(sweep_dir)
+    assert len(rows) == 4 and min(rows.values()) > 0, rows
+    (lease,) = sweep_dir.glob("toy_vit/toy_vit-L02-shuffle-cls-*/started.json")
+    subprocess.run(["scancel", "--signal=USR2", json.loads(lease.read_text())["slurm_job_id"]], check=True,
+                   env=slurm_env)
+    assert sweep.wait(timeout=300) == 0, (tmp_path / "out.log").read_text()
+
+    assert json.loads(lease.read_text())["slurm_restart_count"] == "1"  # the unit ran a second time
+    assert records(sweep_dir) == records(tmp_path / "multirun" / "calm")
+    results = sorted(sweep_dir.rglob("result.json"))
+    assert len(results) == 4  # one record per cell
+    for path in results:
+        cell = path.parent
+        assert json.loads(path.read_text())["compute"]["resumed_rows"] == rows[cell.name]  # from its checkpoint
+        assert (cell / "outcomes.csv").read_text() == (
+            tmp_path / "multirun" / "calm" / cell.relative_to(sweep_dir) / "outcomes.csv").read_text()
+        assert len(list(cell.glob("wandb/offline-run-*"))) == 1, cell.name  # the preempted attempt's run replaced
+    leftovers = [p for p in sweep_dir.rglob("*") if p.name.endswith(".tmp") or p.name == "progress.safetensors"]
+    assert not leftovers

@@ -14,12 +14,13 @@ The file stays after release, as the history of who ran the cell. A lease is *fr
 absent or released, *held* while its owner lives, and *dead* when its process is gone
 (this host), its SLURM job left the queue (`squeue`), a requeue of the same job runs now
 (higher SLURM_RESTART_COUNT), or its heartbeat is older than its `stale_after_s`. A dead
-lease is taken over. Taking, refreshing and releasing happen under a file lock
-(`.started.json.lock`, never deleted: unlinking a lock file others wait on would let two
-processes hold it) and re-read the lease under it, so two processes, on one host or on
-hosts sharing the filesystem (flock must work there, as for the artifact cache), cannot
-both own a cell. Readers (planner, sweep-status) read without the lock: the file is
-replaced atomically.
+lease is taken over; when its owner is gone for sure (not only silent), the taker also
+removes the `.*.tmp` files its interrupted atomic writes left in the folder. Taking,
+refreshing and releasing happen under a file lock (`.started.json.lock`, never deleted:
+unlinking a lock file others wait on would let two processes hold it) and re-read the
+lease under it, so two processes, on one host or on hosts sharing the filesystem (flock
+must work there, as for the artifact cache), cannot both own a cell. Readers (planner,
+sweep-status) read without the lock: the file is replaced atomically.
 """
 
 from __future__ import annotations
@@ -174,6 +175,8 @@ class Lease:
                 raise LeaseHeld(current)
             if current is not None and current.get("released") is None:
                 log.warning("taking over the lease of %s: %s", cell_dir, why)
+                if not why.startswith("no heartbeat"):  # its owner is gone for sure, not only silent
+                    _remove_temporaries(cell_dir)
             now = time.time()
             content = {"host": socket.gethostname(), "pid": os.getpid(),
                        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
@@ -226,6 +229,16 @@ class Lease:
                     return
             except (OSError, filelock.Timeout) as error:  # a hiccup of the filesystem: try again next beat
                 log.warning("could not refresh the lease of %s: %s", self.cell_dir, error)
+
+
+def _remove_temporaries(cell_dir: Path) -> None:
+    """A dead owner killed inside an atomic write (sweep.cache.atomic_write_bytes: SIGKILL,
+    a lost node) leaves its `.<name>.<random>.tmp` behind, and nothing else would ever remove
+    it. Taking over (under the lock) makes this process the folder's only writer, so every
+    such file there is a dead writer's."""
+    for tmp in cell_dir.glob(".*.tmp"):
+        log.info("removing %s, left by the dead owner's interrupted write", tmp)
+        tmp.unlink(missing_ok=True)
 
 
 def _lock(cell_dir: Path) -> filelock.FileLock:
