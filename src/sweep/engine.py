@@ -320,9 +320,9 @@ def _layer_readouts(cfg: Mapping[str, Any], spec: CellSpec, prepared: _Prepared
 def _measure_branches(cfg: Mapping[str, Any], specs: Sequence[CellSpec], prepared: _Prepared, emit: Emit,
                       checkpoints: Checkpoints | None, shares: _Shares) -> None:
     started = time.perf_counter()
-    adapter, features, artifacts = prepared.loaded.adapter, prepared.features, prepared.artifacts
+    features = prepared.features
     labels = features.labels["val"]
-    n, batch_size, n_layers = len(labels), int(cfg["compute"]["batch_size"]), adapter.n_layers
+    n, batch_size = len(labels), int(cfg["compute"]["batch_size"])
     branches: dict[tuple, _Branch] = {}
     for spec in specs:
         key = branch_key(spec)
@@ -347,9 +347,28 @@ def _measure_branches(cfg: Mapping[str, Any], specs: Sequence[CellSpec], prepare
     by_layer: dict[int, list[_Branch]] = {}
     for branch in branches.values():
         by_layer.setdefault(branch.layer, []).append(branch)
+    try:
+        _pass(cfg, prepared, by_layer, cells, labels, start, checkpoints, meta)
+    except (SystemExit, KeyboardInterrupt):  # preemption (submitit's USR2 handler), Ctrl-C: keep what is done
+        if checkpoints is not None:
+            checkpoints.save(cells, meta)
+        raise
+    measured_s = time.perf_counter() - started
+    for branch in branches.values():
+        for cell in branch.cells:
+            _emit_guarded(emit, cell.spec, lambda cell=cell, branch=branch: _branch_result(
+                cfg, cell, prepared, shares.of(branch), measured_s, len(cells)))
+
+
+def _pass(cfg: Mapping[str, Any], prepared: _Prepared, by_layer: dict[int, list[_Branch]], cells: list[CellProgress],
+          labels: torch.Tensor, start: int, checkpoints: Checkpoints | None,
+          meta: Callable[[CellSpec], Mapping[str, str]]) -> None:
+    """The unit's one pass over the validation batches from `start` (see the module docstring)."""
+    adapter, features, artifacts = prepared.loaded.adapter, prepared.features, prepared.artifacts
+    n, batch_size, n_layers = len(labels), int(cfg["compute"]["batch_size"]), adapter.n_layers
     deepest = max((layer for layer in by_layer if layer < n_layers), default=None)  # of the prefix to run
     bar = progress_bar(total=n - start, desc=f"unit {cfg['model']['name']}: {len(cells)} cells, "
-                       f"{len(branches)} branches", unit="img")
+                       f"{sum(map(len, by_layer.values()))} branches", unit="img")
     with torch.inference_mode(), artifacts.autocast():
         for part in batches(n, batch_size):
             if part.stop <= start:
@@ -375,11 +394,6 @@ def _measure_branches(cfg: Mapping[str, Any], specs: Sequence[CellSpec], prepare
             if checkpoints is not None and part.stop < n and checkpoints.due():
                 checkpoints.save(cells, meta)
     bar.close()
-    measured_s = time.perf_counter() - started
-    for branch in branches.values():
-        for cell in branch.cells:
-            _emit_guarded(emit, cell.spec, lambda cell=cell, branch=branch: _branch_result(
-                cfg, cell, prepared, shares.of(branch), measured_s, len(cells)))
 
 
 def _branch_result(cfg: Mapping[str, Any], cell: CellProgress, prepared: _Prepared, share: float,

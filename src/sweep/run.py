@@ -153,6 +153,8 @@ def _take_leases(cells: list[JobCell], run: SweepRun, statuses: dict[str, Any]) 
             log.info("%s is running elsewhere (%s); skipping it here", cell.spec.name, held)
             statuses[cell.spec.name] = {**base, "status": "running elsewhere", "owner": held.holder}
             continue
+        if run.force:  # recompute: a checkpoint left by a kill after an earlier record must not be resumed
+            (cell.folder / rec.PROGRESS_FILE).unlink(missing_ok=True)
         if rec.is_complete(cell.folder, cell.spec.cell_id) and not run.force:
             log.info("%s was finished elsewhere while this launch waited; skipping", cell.spec.name)
             cell.lease.release()
