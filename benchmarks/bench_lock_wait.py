@@ -19,26 +19,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_sweep_compute import sweep  # noqa: E402
 from slurm_fixture import local_slurm_unavailable, start_local_slurm, stop_local_slurm  # noqa: E402
 
 GRID = ["model=toy_vit,toy_deit", "layer=range(0,7)", "intervention=none,shuffle", "readout=native,cls",
         "seed=0", "logger=none"]
-
-
-def sweep(args: list[str], cwd: Path, env: dict) -> float:
-    started = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "sweep.run", "-m", *args], cwd=cwd, env=env,
-                            capture_output=True, text=True)
-    if result.returncode != 0:
-        sys.exit(f"sweep failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-    return time.perf_counter() - started
 
 
 def lock_share(sweep_dir: Path) -> tuple[int, float, float]:
@@ -52,14 +43,14 @@ def main() -> None:
         sys.exit(f"cannot start the local SLURM cluster: {reason}")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        env = {**os.environ, **start_local_slurm(root / "slurm"), "SWEEP_CACHE_DIR": str(root / "cache"),
-               "SWEEP_PROGRESS": "0"}
+        os.environ.update(start_local_slurm(root / "slurm"))  # SLURM_CONF, for sbatch and the sweeps' squeue
+        cache = root / "cache"
         try:
-            sweep(["model=toy_vit,toy_deit", "layer=0", "logger=none", "sweep.name=warmup"], root, env)  # trains
+            sweep(["model=toy_vit,toy_deit", "layer=0", "logger=none", "sweep.name=warmup"], root, cache)  # trains
             for name, extra in (("per-model", []), ("split", ["sweep.unit.max_cells=8"])):
                 for kind in ("features", "probes", "head"):
-                    shutil.rmtree(root / "cache" / kind, ignore_errors=True)
-                seconds = sweep([*GRID, f"sweep.name={name}", "hydra/launcher=local_slurm", *extra], root, env)
+                    shutil.rmtree(cache / kind, ignore_errors=True)
+                seconds = sweep([*GRID, f"sweep.name={name}", "hydra/launcher=local_slurm", *extra], root, cache)
                 units, wall, waited = lock_share(root / "multirun" / name)
                 print(f"[{name}] {units} units in {seconds:.0f} s: unit time {wall:.1f} s, waiting on locks "
                       f"{waited:.2f} s = {100 * waited / wall:.1f} % of unit time")
