@@ -98,8 +98,10 @@ def write_cell(sweep_dir: Path, *, sweep_id: str, model: str, n_layers: int, lay
         "status": "complete",
         "metrics": metrics,
         "counts": {"n_train": 1000, "n_val": n_val, "n_classes": N_CLASSES},
-        "compute": {"block_calls": (n_layers - layer) * n_val, "block_calls_by_purpose": {"cell": 0},
-                    "resumed_from_hidden": True, "device": "cpu", "dtype": "float32", "batch_size": 128},
+        "unit": f"cells-{model}",
+        # a share of the unit's blocks: fractional, as real records' are
+        "compute": {"block_calls": (n_layers - layer) * n_val + 1 / 3, "resumed_rows": 0, "device": "cpu",
+                    "dtype": "float32", "batch_size": 128, "cpu_threads": 2},
         "timings": {"prepare_s": 0.1, "measure_s": 0.2, "total_s": 0.3 + 0.01 * layer},
         "artifacts": {"images": "i" * 24, "features": "f" * 24},
         "versions": {"sweep": "0.1.0", "git_commit": "abc123", "model_revision": f"{model}-rev"},

@@ -41,7 +41,7 @@ COLUMN_KINDS: dict[str, str] = {
     "data": "str", "permutation": "str", "probe_method": "str",
     **{metric: "float" for metric in METRICS},
     "n_train": "int", "n_val": "int", "n_classes": "int",
-    "block_calls": "int", "resumed_from_hidden": "bool", "device": "str", "dtype": "str", "total_s": "float",
+    "unit": "str", "block_calls": "float", "resumed_rows": "int", "device": "str", "dtype": "str", "total_s": "float",
     "git_commit": "str", "model_revision": "str", "error": "str",
 }
 COLUMNS: tuple[str, ...] = tuple(COLUMN_KINDS)
@@ -90,7 +90,8 @@ def record_row(record: Mapping[str, Any]) -> dict[str, Any]:
         "probe_method": (config.get("probe") or {}).get("method"),
         **{metric: metrics.get(metric) for metric in METRICS},
         **{key: counts.get(key) for key in ("n_train", "n_val", "n_classes")},
-        **{key: compute.get(key) for key in ("block_calls", "resumed_from_hidden", "device", "dtype")},
+        "unit": record.get("unit"),
+        **{key: compute.get(key) for key in ("block_calls", "resumed_rows", "device", "dtype")},
         "total_s": (record.get("timings") or {}).get("total_s"),
         "git_commit": versions.get("git_commit"),
         "model_revision": versions.get("model_revision"),
