@@ -51,6 +51,10 @@ def test_every_cell_writes_one_offline_wandb_run_in_its_own_folder(wandb_sweep):
                          "attn_implementation",                                            # the resolved config
                          f"{record['metrics']['accuracy']}"):                              # the summary
             assert expected.encode() in raw, expected
+        # the packages the record pins ride in the config; wandb's own requirements.txt (a
+        # scan of every installed package, most of a cell's bookkeeping time) is not written
+        assert f'"transformers":"{record["versions"]["transformers"]}"'.encode() in raw
+        assert not list(cell.glob("wandb/offline-run-*/files/requirements.txt"))
 
 
 def test_no_secret_reaches_any_file_the_sweep_writes(wandb_sweep):
