@@ -27,7 +27,8 @@ from collections.abc import Callable
 
 import torch
 
-from sweep.probes import LinearHead, fit_probes
+from sweep.linear_heads import LinearHead
+from sweep.probes import fit_probes
 
 RIDGE_TARGET_S = 30.0
 SPEEDUP_TARGET = 10.0
@@ -100,8 +101,8 @@ def main() -> None:
     # The probes module logs iteration counts at INFO; show them.
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(logging.Formatter("  [%(name)s] %(message)s"))
-    logging.getLogger("sweep.probes").addHandler(handler)
-    logging.getLogger("sweep.probes").setLevel(logging.INFO)
+    logging.getLogger("sweep.linear_heads").addHandler(handler)
+    logging.getLogger("sweep.linear_heads").setLevel(logging.INFO)
 
     first, last = args.strength
     strengths = [first + (last - first) * i / max(args.layers - 1, 1) for i in range(args.layers)]

@@ -13,7 +13,6 @@ cell's fixed overhead.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sweep.adapters import ClipAdapter, ReadoutUnavailable
-from sweep.probes import LinearHead
+from sweep.linear_heads import LinearHead
 from tiny_models import KINDS, N_CLASSES, pixels, tiny_adapter
 
 

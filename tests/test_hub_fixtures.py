@@ -24,7 +24,7 @@ from sweep.cell import measure
 from sweep.cellspec import cell_spec
 from sweep.errors import SweepError
 from sweep.models import IncompleteCheckpoint, LoadedModel, ModelUnavailable, folder_digest, load_model
-from sweep.probes import LinearHead
+from sweep.linear_heads import LinearHead
 
 FIXTURES = Path(__file__).parent / "fixtures" / "hub"
 N_LAYERS = 3  # make_hub_fixtures.N_LAYERS

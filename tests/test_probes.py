@@ -6,7 +6,8 @@ import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from sweep.probes import LinearHead, fit_probes
+from sweep.linear_heads import LinearHead
+from sweep.probes import fit_probes
 
 RIDGE = {"alpha": 0.5, "standardize": False, "fit_intercept": False}
 LOGISTIC = {"C": 0.5, "max_iter": 1000, "tol": 1e-6, "standardize": True, "solver": "torch"}

@@ -18,7 +18,8 @@ import pytest
 from conftest import compose_cell
 from sweep.cellspec import cell_spec
 from sweep.errors import ConfigError
-from sweep.settings import Integer, OneOf, Real, cuda_visible
+from sweep.rules import Integer, OneOf, Real
+from sweep.settings import cuda_visible
 
 # (overrides, environment, a fragment the message must contain)
 BATTERY: list[tuple[list[str], dict[str, str], str]] = [

@@ -23,7 +23,8 @@ import torch
 from torch import nn
 
 from sweep.errors import SweepError
-from sweep.probes import LinearHead
+from sweep.linear_heads import LinearHead
+from sweep.registry import Registry
 
 HeadFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -222,6 +223,11 @@ def _full_precision(tensor: torch.Tensor) -> torch.autocast:
     return torch.autocast(tensor.device.type, enabled=False)
 
 
+#: model.adapter -> the class that knows that architecture
+ADAPTERS: Registry[type[Adapter]] = Registry("model.adapter")
+
+
+@ADAPTERS.register("vit")
 class ViTAdapter(Adapter):
     """`ViTForImageClassification`: CLS readout through `vit.layernorm` and `classifier`."""
 
@@ -251,6 +257,7 @@ class ViTAdapter(Adapter):
         return self._base.layernorm(cls)
 
 
+@ADAPTERS.register("deit")
 class DeiTAdapter(ViTAdapter):
     """`DeiTForImageClassificationWithTeacher`: native logits average the CLS head and
     the distillation head; the CLS-only readout drops the distillation head."""
@@ -288,6 +295,7 @@ class DeiTAdapter(ViTAdapter):
         return None
 
 
+@ADAPTERS.register("beit")
 class BeitAdapter(ViTAdapter):
     """`BeitForImageClassification`: native readout is the pooler (mean of patch tokens
     through its own norm when `use_mean_pooling`); the CLS readout takes CLS through
@@ -360,6 +368,7 @@ class BeitAdapter(ViTAdapter):
         return self._cls_norm(self._base.layernorm(cls))
 
 
+@ADAPTERS.register("dinov2")
 class Dinov2Adapter(ViTAdapter):
     """`Dinov2ForImageClassification`: native head on CLS ‖ mean of patch tokens; the
     CLS-only readout needs a head of its own."""
@@ -391,6 +400,7 @@ class Dinov2Adapter(ViTAdapter):
         return self.model.classifier
 
 
+@ADAPTERS.register("clip")
 class ClipAdapter(Adapter):
     """`CLIPForImageClassification` (vision tower): hidden state 0 is taken after
     `pre_layrnorm`; the native readout is the mean of the patch tokens of hidden state N
@@ -473,22 +483,6 @@ class ClipAdapter(Adapter):
         return self._cls_embedding(cls)
 
 
-ADAPTERS: Mapping[str, type[Adapter]] = {
-    "vit": ViTAdapter,
-    "deit": DeiTAdapter,
-    "beit": BeitAdapter,
-    "dinov2": Dinov2Adapter,
-    "clip": ClipAdapter,
-}
-
-
-def adapter_class(kind: str) -> type[Adapter]:
-    try:
-        return ADAPTERS[kind]
-    except KeyError:
-        raise ValueError(f"unknown adapter '{kind}' (model.adapter); choose one of {', '.join(ADAPTERS)}") from None
-
-
 def make_adapter(kind: str, model: nn.Module, readouts: Mapping[str, Any] | None = None,
                  tensors: Mapping[str, torch.Tensor] | None = None) -> Adapter:
-    return adapter_class(kind)(model, readouts, tensors)
+    return ADAPTERS[kind](model, readouts, tensors)

@@ -23,7 +23,7 @@ from typing import Any
 import pandas as pd
 
 from sweep.cache import atomic_write_bytes, atomic_write_text
-from sweep.cellspec import INTERVENTIONS
+from sweep.interventions import INTERVENTIONS
 from sweep.errors import SweepError
 from sweep.lease import LEASE_FILE
 from sweep.record import OUTCOMES_FILE, RESULT_FILE
@@ -424,7 +424,7 @@ def _series_rank(series: str) -> tuple[int, str]:
     if series == "probe":
         return -1, ""
     intervention, _, readout = series.partition("/")
-    known = INTERVENTIONS.index(intervention) if intervention in INTERVENTIONS else len(INTERVENTIONS)
+    known = INTERVENTIONS.names.index(intervention) if intervention in INTERVENTIONS else len(INTERVENTIONS)
     return known, f"{intervention}/{readout}"
 
 

@@ -28,9 +28,10 @@ from safetensors.torch import load_file, save_file
 from sweep.cache import ArtifactCache, content_key
 from sweep.data import (DECODER_VERSION, SAMPLER_VERSION, SPLITS, batches, load_split, normalise, pixel_settings,
                         preprocess_split)
+from sweep.linear_heads import LinearHead
 from sweep.metrics import rank_metrics
 from sweep.models import LoadedModel, load_model
-from sweep.probes import LinearHead, fit_probes
+from sweep.probes import fit_probes
 from sweep.progress import progress_bar
 from sweep.toy import train_toy
 

@@ -15,13 +15,14 @@ from typing import Any
 from omegaconf import DictConfig
 
 from sweep.errors import ConfigError
-from sweep.settings import (INTERVENTIONS, SEEDED_INTERVENTIONS, CellSettings, Integer, Rule, check_data_folders,
-                            checked, parse_integer, parse_settings, plain)
+from sweep.interventions import INTERVENTIONS
+from sweep.rules import Integer, Rule, checked, plain
+from sweep.settings import CellSettings, check_data_folders, parse_integer, parse_settings
 
 RECORD_FORMAT = 2  # 2: the identity includes compute.attn_implementation and compute.flush_denormal,
                    # and the seed only where the intervention draws random numbers
 
-__all__ = ["INTERVENTIONS", "CellSpec", "LayerOutOfRange", "NotApplicable", "cell_spec", "resolve_layer"]
+__all__ = ["CellSpec", "LayerOutOfRange", "NotApplicable", "cell_spec", "resolve_layer"]
 
 
 class NotApplicable(ConfigError):
@@ -96,7 +97,7 @@ def cell_spec(cfg: DictConfig | Mapping[str, Any]) -> CellSpec:
     settings = parse_settings(cfg, is_toy=model.get("toy") is not None)
     layer = resolve_layer(parse_integer("layer", cfg["layer"], Integer()), n_layers, model_name)
     seed = parse_integer("seed", cfg["seed"], Integer(0))
-    if settings.intervention.choice not in SEEDED_INTERVENTIONS:
+    if not INTERVENTIONS[settings.intervention.choice].seeded:
         seed = None  # a grid over seeds measures such a cell once
     readout = checked("readout", plain(cfg["readout"]), {"name": Rule()})["name"]
     readouts = model["readouts"]

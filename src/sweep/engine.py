@@ -31,10 +31,10 @@ from sweep.artifacts import Artifacts, ComputeLedger, Features
 from sweep.cache import ArtifactCache, CorruptEntryError, atomic_write_bytes
 from sweep.cellspec import CellSpec
 from sweep.data import batches
-from sweep.interventions import replacement_cls
+from sweep.interventions import NONE, replacement_cls
 from sweep.metrics import NonFiniteLogits, rank_metrics, require_finite, top_k_accuracy, true_class_ranks
 from sweep.models import LoadedModel
-from sweep.probes import LinearHead
+from sweep.linear_heads import LinearHead
 from sweep.progress import progress_bar
 from sweep.units import branch_key
 
@@ -98,9 +98,9 @@ def _prepare(cfg: Mapping[str, Any], specs: Sequence[CellSpec], cache: ArtifactC
     for readout, settings in cfg["model"]["readouts"].items():
         if settings["head"] == "fitted":
             loaded.adapter.install_head(readout, artifacts.fitted_head(features, readout))
-    probes = artifacts.probes(features) if not specs or any(s.intervention == "none" for s in specs) else None
+    probes = artifacts.probes(features) if not specs or any(s.intervention == NONE for s in specs) else None
     n_layers = loaded.adapter.n_layers
-    needs_pixels = any(s.intervention != "none" and s.layer < n_layers for s in specs)
+    needs_pixels = any(s.intervention != NONE and s.layer < n_layers for s in specs)
     val_images = splits["val"].images if needs_pixels else None
     return _Prepared(artifacts, loaded, images_key, features, probes, val_images, time.perf_counter() - started)
 
@@ -221,8 +221,8 @@ def measure_unit(cfg: Mapping[str, Any], specs: Sequence[CellSpec], cache: Artif
         emit(spec, result, error)
         emit_s += time.perf_counter() - emitted
 
-    nones = [s for s in specs if s.intervention == "none"]
-    others = [s for s in specs if s.intervention != "none"]
+    nones = [s for s in specs if s.intervention == NONE]
+    others = [s for s in specs if s.intervention != NONE]
     shares = _Shares(ledger, len(specs), len(others))
     layer_readouts: dict[int, tuple[dict[str, float], dict[str, torch.Tensor]]] = {}
     for spec in nones:

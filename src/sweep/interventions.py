@@ -1,19 +1,121 @@
 """Interventions on the CLS token at one layer, as 'a replacement CLS for each example'.
 
+One class per intervention, registered under its `intervention.name`, declares its
+settings (checked when a cell is specified) and whether it draws random numbers (then its
+seed is part of what it measures; otherwise a grid over seeds measures it once). Adding an
+intervention is one class here and its `conf/intervention/<name>.yaml`.
+
 Every intervention is computed from the unmodified model's CLS tokens of the validation
 set at layer L (and at layer 0 for `reset`), which the features pass has already cached.
-That makes the shuffle's groups of 128 independent of the compute batch size and lets a
-cell start from a cached hidden state L instead of re-running the prefix.
+That makes the shuffle's groups of 128 independent of the compute batch size.
+
+Torch is imported where a replacement is computed, not here: the planner reads the
+registry (names, settings) for thousands of cells without it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
+from sweep.registry import Registry
+from sweep.rules import Integer, OneOf, Rule
 
-from sweep.settings import INTERVENTIONS, PERMUTATIONS
+if TYPE_CHECKING:
+    import torch
+
+#: the choice that leaves the model alone: its cells read the unmodified pass
+NONE = "none"
+PERMUTATIONS = ("derangement", "randperm", "identity")
+
+
+class Intervention:
+    """`replacement` gives the CLS each validation example carries after the edit, (n, D),
+    or None for "leave the model alone"."""
+
+    #: the settings of `intervention.<key>` besides its name
+    settings: ClassVar[Mapping[str, Rule]] = {}
+    #: draws random numbers: the seed is part of the cell's identity
+    seeded: ClassVar[bool] = False
+
+    def replacement(self, values: Mapping[str, Any], *, cls_at_layer: torch.Tensor,
+                    cls_at_embedding: torch.Tensor, seed: int | None) -> torch.Tensor | None:
+        raise NotImplementedError
+
+
+INTERVENTIONS: Registry[type[Intervention]] = Registry("intervention.name")
+
+
+@INTERVENTIONS.register(NONE)
+class Unmodified(Intervention):
+    def replacement(self, values, *, cls_at_layer, cls_at_embedding, seed):
+        return None
+
+
+@INTERVENTIONS.register("shuffle")
+class Shuffle(Intervention):
+    """The study's in-batch CLS shuffle, in groups of `group_size` (see shuffle_donors).
+    `group_size` >= 2: a group of one has nobody to swap with."""
+
+    settings = {"group_size": Integer(2), "permutation": OneOf(*PERMUTATIONS)}
+    seeded = True
+
+    def replacement(self, values, *, cls_at_layer, cls_at_embedding, seed):
+        donors = shuffle_donors(cls_at_layer.shape[0], group_size=int(values["group_size"]),
+                                permutation=str(values["permutation"]), seed=seed)
+        return cls_at_layer[donors]
+
+
+@INTERVENTIONS.register("zero")
+class Zero(Intervention):
+    def replacement(self, values, *, cls_at_layer, cls_at_embedding, seed):
+        import torch
+
+        return torch.zeros_like(cls_at_layer)
+
+
+@INTERVENTIONS.register("mean")
+class Mean(Intervention):
+    """Every example gets the validation set's mean CLS at the layer."""
+
+    def replacement(self, values, *, cls_at_layer, cls_at_embedding, seed):
+        n, dim = cls_at_layer.shape
+        return cls_at_layer.mean(dim=0, keepdim=True).expand(n, dim).clone()
+
+
+@INTERVENTIONS.register("noise")
+class Noise(Intervention):
+    """Gaussian noise with the layer's per-dimension spread, around its mean or zero."""
+
+    settings = {"center": OneOf("mean", "zero")}
+    seeded = True
+
+    def replacement(self, values, *, cls_at_layer, cls_at_embedding, seed):
+        import torch
+
+        n, dim = cls_at_layer.shape
+        centre = cls_at_layer.mean(dim=0) if values["center"] == "mean" else torch.zeros(dim)
+        std = cls_at_layer.std(dim=0)
+        noise = torch.randn(n, dim, generator=torch.Generator().manual_seed(seed), dtype=cls_at_layer.dtype)
+        return centre + std * noise
+
+
+@INTERVENTIONS.register("reset")
+class Reset(Intervention):
+    """The CLS goes back to what it was at the embedding (layer 0)."""
+
+    def replacement(self, values, *, cls_at_layer, cls_at_embedding, seed):
+        return cls_at_embedding.clone()
+
+
+def replacement_cls(name: str, settings: Mapping[str, Any], *, cls_at_layer: torch.Tensor,
+                    cls_at_embedding: torch.Tensor, seed: int | None) -> torch.Tensor | None:
+    """The CLS token each validation example carries after intervention `name`, shape (n, D).
+
+    `cls_at_layer` is the unmodified CLS at the intervened layer for every validation
+    example; `None` means "leave the model alone"."""
+    return INTERVENTIONS[name]().replacement(settings, cls_at_layer=cls_at_layer,
+                                             cls_at_embedding=cls_at_embedding, seed=seed)
 
 
 def shuffle_donors(n: int, *, group_size: int, permutation: str, seed: int) -> torch.Tensor:
@@ -23,6 +125,8 @@ def shuffle_donors(n: int, *, group_size: int, permutation: str, seed: int) -> t
     `group_size` mixes labels; then each group is permuted on its own. A trailing group
     of one cannot be deranged and is merged into the group before it.
     """
+    import torch
+
     if group_size < 2:
         raise ValueError(f"group_size must be >= 2 (a group of one has nobody to swap with); got {group_size}")
     if permutation not in PERMUTATIONS:
@@ -40,6 +144,8 @@ def shuffle_donors(n: int, *, group_size: int, permutation: str, seed: int) -> t
 
 
 def _permute(size: int, permutation: str, generator: torch.Generator) -> torch.Tensor:
+    import torch
+
     if permutation == "identity" or size == 1:
         return torch.arange(size)
     if permutation == "randperm":
@@ -49,31 +155,3 @@ def _permute(size: int, permutation: str, generator: torch.Generator) -> torch.T
         candidate = torch.randperm(size, generator=generator)
         if not bool((candidate == torch.arange(size)).any()):
             return candidate
-
-
-def replacement_cls(name: str, settings: Mapping[str, Any], *, cls_at_layer: torch.Tensor,
-                    cls_at_embedding: torch.Tensor, seed: int | None) -> torch.Tensor | None:
-    """The CLS token each validation example carries after the intervention, shape (n, D).
-
-    `cls_at_layer` is the unmodified CLS at the intervened layer for every validation
-    example; `None` means "leave the model alone".
-    """
-    n, dim = cls_at_layer.shape
-    if name == "none":
-        return None
-    if name == "shuffle":
-        donors = shuffle_donors(n, group_size=int(settings["group_size"]),
-                                permutation=str(settings["permutation"]), seed=seed)
-        return cls_at_layer[donors]
-    if name == "zero":
-        return torch.zeros_like(cls_at_layer)
-    if name == "mean":
-        return cls_at_layer.mean(dim=0, keepdim=True).expand(n, dim).clone()
-    if name == "noise":
-        centre = cls_at_layer.mean(dim=0) if settings["center"] == "mean" else torch.zeros(dim)
-        std = cls_at_layer.std(dim=0)
-        noise = torch.randn(n, dim, generator=torch.Generator().manual_seed(seed), dtype=cls_at_layer.dtype)
-        return centre + std * noise
-    if name == "reset":
-        return cls_at_embedding.clone()
-    raise ValueError(f"unknown intervention '{name}'; choose one of {', '.join(INTERVENTIONS)}")

@@ -23,7 +23,7 @@ import torch
 import transformers
 from safetensors import safe_open
 
-from sweep.adapters import Adapter, adapter_class
+from sweep.adapters import ADAPTERS, Adapter
 from sweep.cache import file_sha256
 from sweep.errors import SweepError
 
@@ -67,7 +67,7 @@ def load_model(model_cfg: Mapping[str, Any], weights: str | Path, *, device: tor
     head came from the checkpoint, and wrap it in its adapter. `hash_memo`: where file
     hashes of local folders are remembered (see `model_revision`)."""
     cls = hf_class(model_cfg)
-    kind = adapter_class(str(model_cfg["adapter"]))
+    kind = ADAPTERS[str(model_cfg["adapter"])]
     readouts = model_cfg.get("readouts") or {}
     kwargs = dict(model_cfg.get("load_kwargs") or {})
     # Shape mismatches are reported in the loading info instead of raised, so that the check

@@ -34,7 +34,7 @@ from matplotlib.ticker import MaxNLocator
 
 from sweep.aggregate import SourceError, SweepTable
 from sweep.cache import atomic_write_bytes, atomic_write_text
-from sweep.cellspec import INTERVENTIONS
+from sweep.interventions import INTERVENTIONS
 
 FORMATS = ("png", "pdf")
 FIGURES_FILE = "figures.json"
@@ -313,7 +313,7 @@ def controls(complete: pd.DataFrame, out_dir: Path) -> FigureResult:
     if native.empty:
         return _skipped(name, "no complete cells with the native readout")
     present = set(native["intervention"])
-    order = [i for i in INTERVENTIONS if i in present] + sorted(present - set(INTERVENTIONS))
+    order = [i for i in INTERVENTIONS if i in present] + sorted(present - set(INTERVENTIONS.names))
     spare = iter(SPARE_COLORS * len(order))
     colors = {i: INTERVENTION_COLORS.get(i) or next(spare) for i in order}
     models = list(dict.fromkeys(native["model"]))

@@ -12,161 +12,19 @@ Torch-free on purpose: the planner parses thousands of cells in a second.
 
 from __future__ import annotations
 
-import math
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
-
 from sweep.errors import ConfigError, DataUnavailable
-
-MISSING = "???"
-
-
-# --------------------------------------------------------------------------- rules
-
-
-class Rule:
-    """What one key accepts. `check` returns the value as its type or raises ConfigError."""
-
-    description = "a value"
-
-    def check(self, key: str, value: Any) -> Any:
-        if not self.accepts(value):
-            raise invalid(key, value, self.description)
-        return value
-
-    def accepts(self, value: Any) -> bool:
-        return True
-
-
-def invalid(key: str, value: Any, valid: str) -> ConfigError:
-    return ConfigError(f"{key}={_shown(value)} is invalid: it must be {valid}")
-
-
-def _shown(value: Any) -> str:
-    return "''" if value == "" else repr(value) if isinstance(value, str) and not value.strip() else str(value)
-
-
-class Integer(Rule):
-    """A whole number (not a bool, not 1.7) within [low, high]."""
-
-    def __init__(self, low: int | None = None, high: int | None = None) -> None:
-        self.low, self.high = low, high
-        bounds = [f">= {low}" if low is not None else "", f"<= {high}" if high is not None else ""]
-        self.description = "an integer" + (" " + " and ".join(b for b in bounds if b) if any(bounds) else "")
-
-    def accepts(self, value: Any) -> bool:
-        return (isinstance(value, int) and not isinstance(value, bool)
-                and (self.low is None or value >= self.low) and (self.high is None or value <= self.high))
-
-
-class Real(Rule):
-    """A finite number; `low_open` makes the lower bound strict (e.g. a regulariser > 0)."""
-
-    def __init__(self, low: float | None = None, *, low_open: bool = False) -> None:
-        self.low, self.low_open = low, low_open
-        self.description = "a number" + ("" if low is None else f" {'>' if low_open else '>='} {low:g}")
-
-    def accepts(self, value: Any) -> bool:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            return False
-        return self.low is None or (value > self.low if self.low_open else value >= self.low)
-
-    def check(self, key: str, value: Any) -> float:
-        return float(super().check(key, value))
-
-
-class OneOf(Rule):
-    def __init__(self, *choices: str) -> None:
-        self.choices = choices
-        self.description = "one of " + ", ".join(choices)
-
-    def accepts(self, value: Any) -> bool:
-        return isinstance(value, str) and value in self.choices
-
-
-class Flag(Rule):
-    description = "true or false"
-
-    def accepts(self, value: Any) -> bool:
-        return isinstance(value, bool)
-
-
-class Text(Rule):
-    description = "a non-empty string"
-
-    def accepts(self, value: Any) -> bool:
-        return isinstance(value, str) and bool(value.strip())
-
-
-class Optional(Rule):
-    def __init__(self, rule: Rule) -> None:
-        self.rule = rule
-        self.description = f"null or {rule.description}"
-
-    def check(self, key: str, value: Any) -> Any:
-        return None if value is None else self.rule.check(key, value)
-
-
-class TextList(Rule):
-    description = "a list of strings"
-
-    def check(self, key: str, value: Any) -> tuple[str, ...]:
-        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-            raise invalid(key, value, self.description)
-        return tuple(value)
-
-
-class Device(Rule):
-    """auto | cpu | cuda | cuda:N. Whether the device exists is checked where the cell runs
-    (`check_device`): the machine that plans a SLURM sweep is rarely the one with the GPUs."""
-
-    description = "auto, cpu, cuda or cuda:<index>"
-    _pattern = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
-
-    def accepts(self, value: Any) -> bool:
-        return isinstance(value, str) and bool(self._pattern.match(value))
-
-
-def checked(key: str, node: Any, rules: Mapping[str, Rule], *, hints: Mapping[str, str] = MappingProxyType({})
-            ) -> dict[str, Any]:
-    """`node` (a config group) checked against `rules`: every key present, none unknown,
-    every value valid. Returns the values in their types."""
-    if not isinstance(node, Mapping):
-        raise ConfigError(f"{key} must be a group of settings ({', '.join(rules)}), not {node!r}")
-    unknown = sorted(set(node) - set(rules))
-    if unknown:
-        raise ConfigError(f"{key}.{unknown[0]} is not a setting of {key}; its settings are: {', '.join(rules)}")
-    values = {}
-    for name, rule in rules.items():
-        value = node.get(name, MISSING)
-        if value == MISSING:
-            raise ConfigError(f"{key}.{name} is not set" + (f": {hints[name]}" if name in hints else
-                                                            f"; it must be {rule.description}"))
-        try:
-            values[name] = rule.check(f"{key}.{name}", value)
-        except ConfigError as error:
-            raise ConfigError(f"{error} ({hints[name]})" if name in hints else str(error)) from None
-    return values
-
-
-def plain(node: Any) -> Any:
-    """A config node as plain containers, interpolations resolved, `???` kept as text so
-    that `checked` can say which key is missing."""
-    if isinstance(node, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(node, resolve=True, throw_on_missing=False)
-    return node
-
-
-def frozen(values: Mapping[str, Any]) -> Mapping[str, Any]:
-    return MappingProxyType(dict(values))
-
+from sweep.interventions import INTERVENTIONS
+from sweep.probes import PROBES
+from sweep.registry import Registry
+from sweep.rules import (MISSING, Device, Flag, Integer, OneOf, Optional, Real, Rule, Text, TextList, checked,
+                         frozen, invalid, plain)
 
 # --------------------------------------------------------------------------- the groups
 
@@ -177,29 +35,6 @@ VERIFY_MODES = ("full", "size")
 LOGGERS = ("none", "wandb")
 WANDB_MODES = ("online", "offline", "disabled")
 WANDB_ENV_MODES = (*WANDB_MODES, "dryrun")
-
-PERMUTATIONS = ("derangement", "randperm", "identity")
-#: intervention -> its settings. `group_size` >= 2: a group of one has nobody to swap with.
-INTERVENTION_SETTINGS: Mapping[str, Mapping[str, Rule]] = {
-    "none": {},
-    "shuffle": {"group_size": Integer(2), "permutation": OneOf(*PERMUTATIONS)},
-    "zero": {},
-    "mean": {},
-    "noise": {"center": OneOf("mean", "zero")},
-    "reset": {},
-}
-INTERVENTIONS = tuple(INTERVENTION_SETTINGS)
-#: interventions that draw random numbers, so their seed is part of what they measure
-SEEDED_INTERVENTIONS = ("shuffle", "noise")
-
-PROBE_SOLVERS = ("torch", "sklearn")
-#: probe method -> its settings. Ridge needs alpha > 0: at 0 the normal equations of
-#: standardised features with more dimensions than examples are singular.
-PROBES: Mapping[str, Mapping[str, Rule]] = {
-    "ridge": {"alpha": Real(0, low_open=True), "standardize": Flag(), "fit_intercept": Flag()},
-    "logistic": {"C": Real(0, low_open=True), "max_iter": Integer(1), "tol": Real(0, low_open=True),
-                 "standardize": Flag(), "solver": OneOf(*PROBE_SOLVERS)},
-}
 
 _SUBSET = {"name": Text(), "source": Text(), "n_classes": Integer(2), "train_per_class": Integer(1),
            "val_per_class": Integer(1), "seed": Integer(0)}
@@ -306,6 +141,11 @@ def parse_fixed(cls: type, key: str, node: Any, hints: Mapping[str, str] = Mappi
     return cls(**checked(key, plain(node), cls.RULES, hints=hints))
 
 
+def rules_of(registry: Registry) -> dict[str, Mapping[str, Rule]]:
+    """A registry's choices, each with the settings its class declares."""
+    return {name: entry.settings for name, entry in registry.items()}
+
+
 def parse_variant(key: str, node: Any, selector: str, table: Mapping[str, Mapping[str, Rule]], *,
                   nested: str | None = None, hints: Mapping[str, str] = MappingProxyType({})) -> Variant:
     """`table[node[selector]]` checks the rest of the group (or its `nested` sub-group)."""
@@ -350,8 +190,8 @@ def parse_settings(cfg: Mapping[str, Any], *, is_toy: bool) -> CellSettings:
                "every node shares)"})
     return CellSettings(
         compute=parse_fixed(Compute, "compute", cfg["compute"]),
-        intervention=parse_variant("intervention", cfg["intervention"], "name", INTERVENTION_SETTINGS),
-        probe=parse_variant("probe", cfg["probe"], "method", PROBES, nested="settings"),
+        intervention=parse_variant("intervention", cfg["intervention"], "name", rules_of(INTERVENTIONS)),
+        probe=parse_variant("probe", cfg["probe"], "method", rules_of(PROBES), nested="settings"),
         data=parse_data(cfg["data"]),
         cache=cache,
         tracking=parse_tracking(cfg),
@@ -451,8 +291,8 @@ def settings_table() -> str:
              ("sweep.lease.heartbeat_s", "a number > 0, below sweep.lease.stale_after_s"),
              ("sweep.lease.stale_after_s", "a number > 0")]
     rows += [(f"sweep.unit.{key}", rule.description) for key, rule in UnitSize.RULES.items() if key != "id"]
-    variants = (("intervention", "name", INTERVENTION_SETTINGS, ""), ("probe", "method", PROBES, "settings."),
-                ("data", "source", DATA_SOURCES, ""))
+    variants = (("intervention", "name", rules_of(INTERVENTIONS), ""),
+                ("probe", "method", rules_of(PROBES), "settings."), ("data", "source", DATA_SOURCES, ""))
     for group, selector, table, nested in variants:
         rows.append((f"{group}.{selector}", "one of " + ", ".join(table)))
         if group == "data":

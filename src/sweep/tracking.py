@@ -29,7 +29,8 @@ from omegaconf import OmegaConf
 from sweep.cellspec import CellSpec
 from sweep.record import versions
 from sweep.redaction import redact
-from sweep.settings import WANDB_MODES, OneOf
+from sweep.rules import OneOf
+from sweep.settings import WANDB_MODES
 
 log = logging.getLogger(__name__)
 _said: set[str] = set()

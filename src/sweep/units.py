@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from sweep.cache import atomic_write_json
 from sweep.cellspec import CellSpec
 from sweep.errors import ConfigError
+from sweep.interventions import NONE
 from sweep.redaction import redact
 from sweep.settings import UnitSize
 
@@ -53,7 +54,7 @@ def cost_per_image(specs: Iterable[CellSpec]) -> int:
     unmodified prefix up to the deepest intervened layer below N, then N - L per distinct
     branch (an intervention at L = N runs no block; the unmodified pass over train + val
     for the cached features comes on top, once per model and data)."""
-    branches = {branch_key(s): s.n_layers - s.layer for s in specs if s.intervention != "none"}
+    branches = {branch_key(s): s.n_layers - s.layer for s in specs if s.intervention != NONE}
     prefix = max((layer for (layer, _, _), suffix in branches.items() if suffix > 0), default=0)
     return prefix + sum(branches.values())
 
