@@ -13,15 +13,11 @@ from pathlib import Path
 
 import pytest
 
-import sweep.cache
+import sweep.files
 from sweep.cache import (
-    LAST_USED_NAME,
     MANIFEST_NAME,
     ArtifactCache,
     CorruptEntryError,
-    atomic_write_bytes,
-    atomic_write_json,
-    atomic_write_text,
     content_key,
 )
 
@@ -223,11 +219,11 @@ def test_a_process_remembers_hashes_until_the_file_changes(tmp_path, monkeypatch
     # Cells in one sweep process read the same entries; hashing them once is enough while
     # the file's inode, size and timestamps stay put. (Normally only files whose
     # timestamps are 2 s old are remembered; here every file is, to see it happen.)
-    monkeypatch.setattr(sweep.cache, "_RACY_NS", -1)
-    monkeypatch.setattr(sweep.cache, "_HASH_MEMO", {})
+    monkeypatch.setattr(sweep.files, "_RACY_NS", -1)
+    monkeypatch.setattr(sweep.files, "_HASH_MEMO", {})
     hashed: list[str] = []
-    real_sha256 = sweep.cache._sha256
-    monkeypatch.setattr(sweep.cache, "_sha256", lambda path: hashed.append(path.name) or real_sha256(path))
+    real_sha256 = sweep.files.sha256
+    monkeypatch.setattr(sweep.files, "sha256", lambda path: hashed.append(path.name) or real_sha256(path))
     cache = ArtifactCache(tmp_path, verify="full")
     entry = cache.get_or_compute("features", SPEC, Features())
     for _ in range(3):
@@ -348,111 +344,5 @@ def test_concurrent_processes_compute_once(tmp_path):
     assert sorted(r["hits"] for r in results) == [0, 1, 1, 1]
 
 
-# ----------------------------------------------------------------------------- info & prune
-
-
-def populate(root: Path) -> tuple[ArtifactCache, dict[str, Path]]:
-    """Three entries of known sizes and ages: old (10 days), mid (5 days), new (now)."""
-    cache = ArtifactCache(root)
-    now = time.time()
-    entries = {}
-    for name, kind, size, age_days in [("old", "features", 3000, 10), ("mid", "features", 2000, 5), ("new", "weights", 1000, 0)]:
-        entry = cache.get_or_compute(kind, {"name": name}, lambda out, n=size: (out / "x.bin").write_bytes(b"\0" * n))
-        stamp = now - age_days * DAY
-        os.utime(entry / LAST_USED_NAME, (stamp, stamp))
-        entries[name] = entry
-    return cache, entries
-
-
-def test_info_counts_entries_and_bytes_per_kind(tmp_path):
-    cache, _ = populate(tmp_path)
-    info = cache.info()
-    assert info.root == tmp_path.absolute()
-    assert set(info.kinds) == {"features", "weights"}
-    assert info.kinds["features"].entries == 2 and info.kinds["weights"].entries == 1
-    # payload plus the manifest, which is part of the entry's footprint
-    assert 5000 < info.kinds["features"].bytes < 5000 + 4000
-    assert info.total_entries == 3 and info.total_bytes == sum(k.bytes for k in info.kinds.values())
-
-
-def test_info_on_a_missing_root_is_empty(tmp_path):
-    info = ArtifactCache(tmp_path / "nothing").info()
-    assert info.kinds == {} and info.total_bytes == 0
-    assert not (tmp_path / "nothing").exists()
-
-
-def test_prune_by_age(tmp_path):
-    cache, e = populate(tmp_path)
-    assert cache.prune(older_than_days=7, dry_run=True) == [e["old"]]
-    assert e["old"].exists()
-
-    assert cache.prune(older_than_days=7) == [e["old"]]
-    assert not e["old"].exists() and e["mid"].exists() and e["new"].exists()
-
-
-def test_prune_by_size_removes_least_recently_used_first(tmp_path):
-    cache, e = populate(tmp_path)
-    # A hit makes "old" the most recently used, so "mid" goes first.
-    cache.get_or_compute("features", {"name": "old"}, Features())
-    removed = cache.prune(max_size_gb=5500 / 1e9)  # fits "old" + "new" (4000 bytes + manifests), not all three
-    assert removed == [e["mid"]]
-    assert cache.info().total_bytes <= 5500
-
-
-def test_prune_needs_a_criterion(tmp_path):
-    with pytest.raises(ValueError, match="older_than_days and/or max_size_gb"):
-        ArtifactCache(tmp_path).prune()
-
-
-def test_prune_removes_stale_temp_dirs_but_not_fresh_ones(tmp_path):
-    cache, _ = populate(tmp_path)
-    stale = tmp_path / "tmp" / f"features.{'0' * 24}.node1.99.dead"
-    fresh = tmp_path / "tmp" / f"features.{'1' * 24}.node2.42.live"
-    for d in (stale, fresh):
-        d.mkdir(parents=True)
-        (d / "part.bin").write_bytes(b"x")
-    two_days_ago = time.time() - 2 * DAY
-    for p in (stale / "part.bin", stale):
-        os.utime(p, (two_days_ago, two_days_ago))
-
-    removed = cache.prune(older_than_days=100, stale_tmp_days=1)
-    assert removed == [stale]
-    assert fresh.exists()
-
-
-def test_prune_skips_entries_being_computed(tmp_path):
-    cache, e = populate(tmp_path)
-    kind, key = "features", e["old"].name
-    with cache._lock(kind, key, timeout=0):  # what a process recomputing this entry holds
-        assert cache.prune(older_than_days=7) == []
-    assert e["old"].exists()
-    assert cache.prune(older_than_days=7) == [e["old"]]
-
-
-# ----------------------------------------------------------------------------- atomic writes
-
-
-def test_atomic_writes_replace_whole_files(tmp_path):
-    target = tmp_path / "result.json"
-    atomic_write_json(target, {"accuracy": 0.8})
-    atomic_write_json(target, {"accuracy": 0.9})
-    assert json.loads(target.read_text()) == {"accuracy": 0.9}
-    atomic_write_text(tmp_path / "note.txt", "héllo")
-    assert (tmp_path / "note.txt").read_text(encoding="utf-8") == "héllo"
-    atomic_write_bytes(tmp_path / "blob", b"\x00\x01")
-    assert (tmp_path / "blob").read_bytes() == b"\x00\x01"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["blob", "note.txt", "result.json"]  # no temp files left
-
-
-def test_atomic_write_errors_are_clear_and_leave_nothing(tmp_path):
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        atomic_write_text(tmp_path / "missing" / "x.txt", "x")
-    with pytest.raises(ValueError):
-        atomic_write_json(tmp_path / "x.json", {"loss": float("nan")})
-    assert list(tmp_path.iterdir()) == []
-    atomic_write_json(tmp_path / "x.json", {"loss": float("nan")}, allow_nan=True)  # an explicit choice
-    assert (tmp_path / "x.json").read_text().strip().endswith('"loss": NaN\n}')
-
-
-def test_cache_module_does_not_import_torch():
-    assert run_python("import sys, sweep.cache; print('torch' in sys.modules)") == "False"
+def test_the_cache_modules_do_not_import_torch():
+    assert run_python("import sys, sweep.cache, sweep.cache_admin, sweep.files; print('torch' in sys.modules)") == "False"

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from sweep.cache import LAST_USED_NAME, ArtifactCache
+from sweep.cache_admin import info
 from sweep.cache_cli import human_size, main
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -93,7 +94,7 @@ def test_prune_by_size_dry_run_removes_nothing(cache_dir, capsys):
 
     assert main(["prune", "--dir", str(cache_dir), "--max-size-gb", "0.0035"]) == 0
     assert not entry(cache_dir, "features", "old").exists()
-    assert ArtifactCache(cache_dir).info().total_bytes <= 3_500_000
+    assert info(ArtifactCache(cache_dir)).total_bytes <= 3_500_000
 
 
 def test_prune_without_a_criterion_is_an_error(cache_dir):

@@ -16,7 +16,7 @@ import torch
 import transformers
 from safetensors.torch import load_file, save_file
 
-import sweep.cache
+import sweep.files
 from conftest import compose_cell
 from sweep.adapters import Adapter, ClipAdapter, ReadoutUnavailable
 from sweep.cache import ArtifactCache
@@ -285,15 +285,15 @@ def test_a_folder_in_the_hub_cache_is_named_by_its_commit(tmp_path):
 
 def test_a_folders_files_are_hashed_once_across_processes(tmp_path, monkeypatch):
     folder = copy_fixture("vit", tmp_path)
-    monkeypatch.setattr(sweep.cache, "_RACY_NS", 0)  # the copies are new; real weights are old
+    monkeypatch.setattr(sweep.files, "_RACY_NS", 0)  # the copies are new; real weights are old
     memo = tmp_path / "hashes.json"
     first = folder_digest(folder, memo)
-    monkeypatch.setattr(sweep.cache, "_HASH_MEMO", {})  # as in a new process
+    monkeypatch.setattr(sweep.files, "_HASH_MEMO", {})  # as in a new process
 
     def no_hashing(path):
         raise AssertionError(f"hashed {path} again")
 
-    monkeypatch.setattr(sweep.cache, "_sha256", no_hashing)
+    monkeypatch.setattr(sweep.files, "sha256", no_hashing)
     assert folder_digest(folder, memo) == first
 
 

@@ -22,9 +22,9 @@ from typing import Any
 
 import pandas as pd
 
-from sweep.cache import atomic_write_bytes, atomic_write_text
-from sweep.interventions import INTERVENTIONS
 from sweep.errors import SweepError
+from sweep.files import atomic_write_bytes, atomic_write_text
+from sweep.interventions import INTERVENTIONS
 from sweep.lease import LEASE_FILE
 from sweep.record import OUTCOMES_FILE, RESULT_FILE
 from sweep.reference import reference_warnings

@@ -1,6 +1,6 @@
 """`sweep-cache`: look at and prune the shared artifact cache from a login node.
 
-Kept free of torch (and of everything but sweep.cache) so it starts instantly.
+Kept free of torch (and of everything but the cache modules) so it starts instantly.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from sweep.cache import ArtifactCache, PruneItem
+from sweep.cache import ArtifactCache
+from sweep.cache_admin import PruneItem, apply_prune, info, plan_prune
 
 ENV_VAR = "SWEEP_CACHE_DIR"
 DEFAULT_DIR = ".cache/sweep"
@@ -78,12 +79,12 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _print_info(cache: ArtifactCache) -> None:
-    info = cache.info()
-    print(f"cache root: {info.root}")
-    if not info.root.exists():
+    held = info(cache)
+    print(f"cache root: {held.root}")
+    if not held.root.exists():
         print("(does not exist yet)")
-    rows = [(kind, str(k.entries), human_size(k.bytes)) for kind, k in sorted(info.kinds.items())]
-    rows.append(("total", str(info.total_entries), human_size(info.total_bytes)))
+    rows = [(kind, str(k.entries), human_size(k.bytes)) for kind, k in sorted(held.kinds.items())]
+    rows.append(("total", str(held.total_entries), human_size(held.total_bytes)))
     header = ("kind", "entries", "size")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(3)]
     fmt = f"{{:<{widths[0]}}}  {{:>{widths[1]}}}  {{:>{widths[2]}}}"
@@ -92,8 +93,8 @@ def _print_info(cache: ArtifactCache) -> None:
         if i == len(rows) - 1:
             print("-" * (sum(widths) + 4))
         print(fmt.format(*row))
-    if info.tmp_dirs:
-        print(f"temporary: {info.tmp_dirs} dirs, {human_size(info.tmp_bytes)} (in progress, or stale until pruned)")
+    if held.tmp_dirs:
+        print(f"temporary: {held.tmp_dirs} dirs, {human_size(held.tmp_bytes)} (in progress, or stale until pruned)")
 
 
 def _describe(item: PruneItem) -> str:
@@ -102,13 +103,14 @@ def _describe(item: PruneItem) -> str:
 
 
 def _prune(cache: ArtifactCache, args: argparse.Namespace) -> None:
-    plan = cache.plan_prune(
+    plan = plan_prune(
+        cache,
         older_than_days=args.older_than_days, max_size_gb=args.max_size_gb, stale_tmp_days=args.stale_tmp_days
     )
     if args.dry_run:
         chosen, verb = plan, "would remove"
     else:
-        removed = set(cache.apply_prune(plan))
+        removed = set(apply_prune(cache, plan))
         chosen, verb = [item for item in plan if item.path in removed], "removed"
         skipped = len(plan) - len(chosen)
     for item in chosen:

@@ -28,13 +28,14 @@ from safetensors import safe_open
 from safetensors.torch import save
 
 from sweep.artifacts import Artifacts, ComputeLedger, Features
-from sweep.cache import ArtifactCache, CorruptEntryError, atomic_write_bytes
+from sweep.cache import ArtifactCache, CorruptEntryError
 from sweep.cellspec import CellSpec
 from sweep.data import batches
+from sweep.files import atomic_write_bytes
 from sweep.interventions import NONE, replacement_cls
+from sweep.linear_heads import LinearHead
 from sweep.metrics import NonFiniteLogits, rank_metrics, require_finite, top_k_accuracy, true_class_ranks
 from sweep.models import LoadedModel
-from sweep.linear_heads import LinearHead
 from sweep.progress import progress_bar
 from sweep.units import branch_key
 

@@ -39,7 +39,7 @@ from typing import Any
 
 import filelock
 
-from sweep.cache import atomic_write_json
+from sweep.files import atomic_write_json
 
 LEASE_FILE = "started.json"
 LOCK_FILE = f".{LEASE_FILE}.lock"
@@ -232,7 +232,7 @@ class Lease:
 
 
 def _remove_temporaries(cell_dir: Path) -> None:
-    """A dead owner killed inside an atomic write (sweep.cache.atomic_write_bytes: SIGKILL,
+    """A dead owner killed inside an atomic write (sweep.files.atomic_write_bytes: SIGKILL,
     a lost node) leaves its `.<name>.<random>.tmp` behind, and nothing else would ever remove
     it. Taking over (under the lock) makes this process the folder's only writer, so every
     such file there is a dead writer's."""

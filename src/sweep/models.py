@@ -24,8 +24,8 @@ import transformers
 from safetensors import safe_open
 
 from sweep.adapters import ADAPTERS, Adapter
-from sweep.cache import file_sha256
 from sweep.errors import SweepError
+from sweep.files import file_sha256
 
 transformers.utils.logging.disable_progress_bar()  # our own bars report progress
 logger = logging.getLogger(__name__)

@@ -33,7 +33,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from sweep.aggregate import SourceError, SweepTable
-from sweep.cache import atomic_write_bytes, atomic_write_text
+from sweep.files import atomic_write_bytes, atomic_write_text
 from sweep.interventions import INTERVENTIONS
 
 FORMATS = ("png", "pdf")

@@ -15,8 +15,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from sweep.cache import atomic_write_json, atomic_write_text
 from sweep.cellspec import CellSpec
+from sweep.files import atomic_write_json, atomic_write_text
 
 RESULT_FILE = "result.json"
 OUTCOMES_FILE = "outcomes.csv"

@@ -28,10 +28,10 @@ from sweep import record as rec
 from sweep.cellspec import CellSpec, cell_spec
 from sweep.conf_path import CONF_DIR
 from sweep.errors import ConfigError, SweepError, entered, mark_entered
+from sweep.files import atomic_write_json
 from sweep.lease import Lease, LeaseHeld
 from sweep.redaction import redact_files, redact_logs
 from sweep.settings import SweepRun, check_device, parse_settings, parse_sweep
-from sweep.cache import atomic_write_json
 from sweep.units import UNIT_SUMMARY, UNITS_DIR, cell_config, read_unit
 
 log = logging.getLogger("sweep.run")

@@ -167,7 +167,7 @@ def record_folder(sweep_dir: Path, cell: dict) -> Path:
 def write_plan(plan: "Plan") -> None:  # noqa: F821 - sweep.plan imports this module's neighbours
     """Record every runnable cell of the sweep, so status can tell pending from unknown,
     and where each cell taken from sweep.results_from has its record."""
-    from sweep.cache import atomic_write_json
+    from sweep.files import atomic_write_json
 
     cells = []
     for c in plan.runnable:

@@ -21,9 +21,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from sweep.cache import atomic_write_json
 from sweep.cellspec import CellSpec
 from sweep.errors import ConfigError
+from sweep.files import atomic_write_json
 from sweep.interventions import NONE
 from sweep.redaction import redact
 from sweep.settings import UnitSize

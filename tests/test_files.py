@@ -1,0 +1,31 @@
+"""Files a reader never sees half-written."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sweep.files import atomic_write_bytes, atomic_write_json, atomic_write_text
+
+
+def test_atomic_writes_replace_whole_files(tmp_path):
+    target = tmp_path / "result.json"
+    atomic_write_json(target, {"accuracy": 0.8})
+    atomic_write_json(target, {"accuracy": 0.9})
+    assert json.loads(target.read_text()) == {"accuracy": 0.9}
+    atomic_write_text(tmp_path / "note.txt", "héllo")
+    assert (tmp_path / "note.txt").read_text(encoding="utf-8") == "héllo"
+    atomic_write_bytes(tmp_path / "blob", b"\x00\x01")
+    assert (tmp_path / "blob").read_bytes() == b"\x00\x01"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blob", "note.txt", "result.json"]  # no temp files left
+
+
+def test_atomic_write_errors_are_clear_and_leave_nothing(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        atomic_write_text(tmp_path / "missing" / "x.txt", "x")
+    with pytest.raises(ValueError):
+        atomic_write_json(tmp_path / "x.json", {"loss": float("nan")})
+    assert list(tmp_path.iterdir()) == []
+    atomic_write_json(tmp_path / "x.json", {"loss": float("nan")}, allow_nan=True)  # an explicit choice
+    assert (tmp_path / "x.json").read_text().strip().endswith('"loss": NaN\n}')
