@@ -22,7 +22,24 @@ from sweep.settings import CellSettings, check_data_folders, parse_integer, pars
 RECORD_FORMAT = 2  # 2: the identity includes compute.attn_implementation and compute.flush_denormal,
                    # and the seed only where the intervention draws random numbers
 
-__all__ = ["CellSpec", "LayerOutOfRange", "NotApplicable", "cell_spec", "resolve_layer"]
+#: config key -> its name in a cell's identity: the only settings that change what a cell
+#: measures. The cell id hashes their values; the sweep id hashes the overrides of exactly
+#: these keys, so that a setting of how or where cells run (batch size, device, logger,
+#: cache, launcher) never starts a new sweep folder.
+SCIENCE = {"model": "model", "data": "data", "intervention": "intervention", "readout": "readout",
+           "probe": "probe", "layer": "layer", "seed": "seed", "compute.dtype": "dtype",
+           "compute.attn_implementation": "attn_implementation", "compute.flush_denormal": "flush_denormal",
+           "toy_training": "toy_training"}
+
+
+def is_scientific(key: str) -> bool:
+    """Whether the config key `key` (dotted, as on a command line) is, or lies inside, one of
+    the keys of a cell's identity."""
+    key = key.lstrip("+~")
+    return any(key == science or key.startswith(science + ".") for science in SCIENCE)
+
+
+__all__ = ["SCIENCE", "CellSpec", "LayerOutOfRange", "NotApplicable", "cell_spec", "is_scientific", "resolve_layer"]
 
 
 class NotApplicable(ConfigError):

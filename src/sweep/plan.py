@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sweep.cellspec import CellSpec, NotApplicable, cell_spec
+from sweep.cellspec import CellSpec, NotApplicable, cell_spec, is_scientific
 from sweep.errors import ConfigError, SweepError
 from sweep.lease import describe as describe_lease
 from sweep.lease import read_lease, why_free
@@ -25,9 +25,6 @@ from sweep.record import RESULT_FILE, is_complete, read_record
 
 SHOWN_RUNNING = 10  # cells running elsewhere listed by name in the plan
 
-# Overrides that change how or where a sweep runs, not what it measures.
-NON_SCIENTIFIC_PREFIXES = ("hydra", "sweep.", "logger", "wandb.", "cache.", "compute.device", "compute.batch_size",
-                           "outcomes.")
 
 
 @dataclass(frozen=True)
@@ -82,11 +79,12 @@ class Plan:
 
 
 def derive_sweep_id(name: str | None, experiment: str | None, overrides: Iterable[str]) -> str:
-    """`sweep.name` if set; else the experiment's name and a hash of the scientific
-    overrides, so re-launching the same command resumes the same sweep."""
+    """`sweep.name` if set; else the experiment's name and a hash of the overrides of a
+    cell's identity (`cellspec.SCIENCE`), so re-launching the same command resumes the same
+    sweep, and changing how it runs does too."""
     if name:
         return str(name)
-    scientific = sorted(o for o in overrides if not o.lstrip("+~").startswith(NON_SCIENTIFIC_PREFIXES))
+    scientific = sorted(o for o in overrides if is_scientific(o.partition("=")[0]))
     digest = hashlib.sha256(json.dumps(scientific).encode()).hexdigest()[:8]
     return f"{experiment or 'sweep'}-{digest}"
 
