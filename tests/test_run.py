@@ -57,6 +57,26 @@ def test_bad_input_is_a_clear_error_before_any_work(cli_env, tmp_path, args, mes
     assert time.perf_counter() - started < 60  # generous: no weights were loaded, nothing trained
 
 
+def test_a_cell_folder_is_named_by_the_cell_and_a_bad_config_gets_none():
+    """`hydra.run.dir` is `runs/${cell:subdir}`. A config that is no valid cell has no folder
+    to name: resolving it raises the cell's ConfigError (once it was `runs/invalid/...`, one
+    folder shared by every bad config)."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+    from omegaconf.errors import InterpolationResolutionError
+
+    from sweep.cellspec import cell_spec
+    from sweep.conf_path import CONF_DIR
+    from sweep.run import CheckCell  # noqa: F401  (importing sweep.run registers ${cell:...})
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        good = compose("config", overrides=[*FAST, "model=toy_vit", "layer=3"], return_hydra_config=True)
+        bad = compose("config", overrides=[*FAST, "model=toy_vit", "layer=9"], return_hydra_config=True)
+    assert OmegaConf.select(good, "hydra.run.dir") == f"runs/{cell_spec(good).subdir}"
+    with pytest.raises(InterpolationResolutionError, match=r"LayerOutOfRange raised .*: layer=9 is out of range for toy_vit.*valid layers are 0\.\.6"):
+        OmegaConf.select(bad, "hydra.run.dir")
+
+
 def test_a_gated_hub_dataset_without_access_says_how_to_use_local_data(cli_env, tmp_path):
     env = {**cli_env, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     result = sweep_run(["model=toy_vit", "data=imagenet", "data.n_classes=10"], env, tmp_path)

@@ -110,6 +110,28 @@ def test_a_failing_cell_does_not_stop_the_others_and_is_reported(cli_env, tmp_pa
     assert "model.source=DIR" in result.stdout
 
 
+def test_a_unit_whose_batch_raised_takes_its_error_and_leaves_later_units_their_own(cli_env, tmp_path):
+    """One unit per batch, through submitit's local launcher. The first unit's job is killed
+    (as the OOM killer would kill it), so `launch` raises for its batch; the second batch
+    still runs, and its unit fails on its own (the real ViT needs the hub, offline here).
+    Each cell is reported with its own unit's error, none with the other's."""
+    env = {**cli_env, "HF_HUB_OFFLINE": "1", "SWEEP_TEST_PAUSE": "toy_vit-L06=600"}  # held until killed
+    log = tmp_path / "sweep.log"
+    sweep = multirun(["model=toy_vit,vit", "layer=6", "intervention=none", "readout=native", "sweep.name=killed",
+                      "logger=none", "hydra/launcher=submitit_local", "hydra.sweeper.max_batch_size=1"],
+                     env, tmp_path, background=True, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    deadline = time.time() + 300
+    while not (leases := list(tmp_path.glob("multirun/killed/toy_vit/*/started.json"))):
+        assert sweep.poll() is None and time.time() < deadline, log.read_text()
+        time.sleep(0.2)
+    os.kill(json.loads(leases[0].read_text())["pid"], signal.SIGKILL)  # the unit's job, not the sweep
+    assert sweep.wait(timeout=600) == 1, log.read_text()
+    output = log.read_text()
+    assert "2 cells: 2 failed" in output
+    assert "FAILED  toy_vit-L06-none-native: UncompletedJobError: Job " in output  # submitit: no result
+    assert "FAILED  vit-L06-none-native: ModelUnavailable: could not load vit" in output
+
+
 @pytest.mark.parametrize("args, message", [
     (["+experiment=nope"], "Could not find 'experiment/nope'"),
     (["+experiment=toy", "hydra/launcher=nope"], "Could not find 'hydra/launcher/nope'"),
@@ -241,3 +263,24 @@ def test_a_unit_killed_at_random_points_resumes_at_its_checkpoints_and_ends_as_i
     assert max(resumed) > 0  # some cell's record was finished from a checkpoint, not from the start
     leftovers = [p for p in sweep_dir.rglob("*") if p.name.endswith(".tmp") or p.name == "progress.safetensors"]
     assert not leftovers
+
+
+def test_only_an_error_raised_while_submitting_stops_the_sweep(tmp_path):
+    """A refused submission stops the sweep (every later batch would be refused alike); a
+    unit's job that failed does not. Both errors below are submitit's own, raised for real,
+    and both are a FailedJobError whose message names a folder that here says "sbatch":
+    only where each was raised tells them apart."""
+    import submitit
+
+    from hydra_plugins.sweep_cells.cell_sweeper import _is_submission_error
+
+    folder = tmp_path / "sbatch-Submission"
+    slurm = submitit.SlurmExecutor(folder=folder)
+    slurm.update_parameters(partition="no-such-partition", time=1)
+    with pytest.raises(Exception) as refused:  # sbatch refuses it (FileNotFoundError where it is not installed)
+        slurm.submit(print, "never runs")
+    job = submitit.LocalExecutor(folder=folder).submit(int, "not a number")  # the job raises ValueError
+    with pytest.raises(submitit.core.utils.FailedJobError, match="sbatch-Submission") as failed:
+        job.result()
+    assert _is_submission_error(refused.value)
+    assert not _is_submission_error(failed.value)

@@ -20,6 +20,7 @@ from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
@@ -39,18 +40,33 @@ log = logging.getLogger("sweep.run")
 
 def _cell_resolver(what: str, *, _root_: DictConfig) -> str:
     """`${cell:subdir}` / `${cell:id}` — folders keyed by cell so a re-run lands in place; a
-    work unit's job (sweep.unit.id, set by the cell sweeper) has its folder in units/."""
+    work unit's job (sweep.unit.id, set by the cell sweeper) has its folder in units/. A
+    config that is no valid cell has no folder: its ConfigError is raised here (`CheckCell`
+    reports it on the command line before Hydra gets here)."""
     unit = _root_.sweep.unit.id
     if unit is not None:
         return {"subdir": f"{UNITS_DIR}/{unit}", "id": str(unit), "name": str(unit)}[what]
-    try:
-        spec = cell_spec(_root_)
-    except (SweepError, KeyError, TypeError, ValueError):
-        return f"invalid/{_root_.model.name}-L{_root_.layer}"
+    spec = cell_spec(_root_)
     return {"subdir": spec.subdir, "id": spec.cell_id, "name": spec.name}[what]
 
 
 OmegaConf.register_new_resolver("cell", _cell_resolver, replace=True)
+
+
+class CheckCell(Callback):
+    """`hydra.callbacks.check_cell` (conf/config.yaml): `sweep-run` refuses a bad cell before
+    Hydra makes the run's folder, whose name (`${cell:subdir}`) needs a valid cell. Hydra
+    would report the resolver's error with a traceback of its own and OmegaConf's frames;
+    this is the one line every other bad input gets, and exit 2."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if config.sweep.unit.id is not None:  # a unit's job: its cells are checked as it reads them
+            return
+        try:
+            cell_spec(config)
+        except SweepError as error:
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(2)
 
 
 def _pause_for_crash_tests(name: str) -> None:

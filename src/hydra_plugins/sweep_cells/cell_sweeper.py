@@ -13,6 +13,7 @@ stop the others; the sweep ends with a summary read from the records on disk.
 import logging
 import shutil
 import sys
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -136,8 +137,11 @@ class CellSweeper(Sweeper):
         return returns
 
     def _launch(self, launcher: Any, plan: Plan, units: List[Unit], errors: Dict[str, str]) -> List[Any]:
-        """One Hydra job per unit, in batches of `max_batch_size`. `errors` gets, per cell, the
-        first line of what its unit's job raised (bad input leaves no record to read it from)."""
+        """One Hydra job per unit, in batches of `max_batch_size`. Returns one entry per unit, in
+        the order of `units`: its JobReturn, or the launcher's error where its batch's `launch`
+        raised, so that a batch that raised shifts no later unit's return onto another unit.
+        `errors` gets, per cell, the first line of what its unit's job raised or of the
+        launcher's error: bad input and a killed job leave no record to read it from."""
         for unit in units:
             write_unit(plan.sweep_dir, unit)
         size = self.max_batch_size or len(units)
@@ -145,17 +149,20 @@ class CellSweeper(Sweeper):
         for start in range(0, len(units), size):
             batch = units[start:start + size]
             try:
-                launched = launcher.launch([u.overrides(plan.sweep_id) for u in batch], initial_job_idx=start)
-            except Exception as error:  # a launcher failure (e.g. sbatch refusing) must not hide the rest
+                launched: List[Any] = list(launcher.launch([u.overrides(plan.sweep_id) for u in batch],
+                                                           initial_job_idx=start))
+            except Exception as error:  # a launcher failure (e.g. a job killed) must not hide the rest
                 if _is_submission_error(error):
                     raise SweepError(f"the launcher could not submit the units: {error}") from error
                 log.error("launcher reported: %s: %s", type(error).__name__, error)
-                continue
-            for unit, ret in zip(batch, launched):  # pairs within this batch only
-                if ret.status == JobStatus.FAILED:
+                launched = [error] * len(batch)
+            for unit, outcome in zip(batch, launched, strict=True):  # a launcher returns one per job, in order
+                returns.append(outcome)
+                failure = outcome if isinstance(outcome, Exception) else (
+                    outcome._return_value if outcome.status == JobStatus.FAILED else None)
+                if failure is not None:
                     for cell in unit.cells:
-                        errors[cell.spec.name] = _first_line(ret._return_value)
-            returns.extend(launched)
+                        errors[cell.spec.name] = _first_line(failure)
         return returns
 
     def _check_launcher(self, plan: Plan, *, dry_run: bool) -> None:
@@ -177,6 +184,16 @@ def _first_line(error: object) -> str:
     return f"{type(error).__name__}: {lines[0][:600]}"
 
 
-def _is_submission_error(error: Exception) -> bool:
-    text = f"{type(error).__name__} {error}"
-    return "sbatch" in text or "Submission" in text
+def _is_submission_error(error: BaseException) -> bool:
+    """Whether submitit raised `error` while submitting (sbatch refused the array, or could not
+    run), not while collecting a job's result (a unit killed, preempted past its requeues).
+    A refused submission stops the sweep: every later batch would be refused the same way.
+    Decided by where it was raised, inside `Executor.submit` / `map_array` / `submit_array`
+    (every submission goes through one of them), not by its wording, which names paths."""
+    import submitit  # not at import: Hydra imports every plugin to discover them
+
+    if isinstance(error, submitit.core.utils.FailedSubmissionError):
+        return True
+    submitting = {method.__code__ for method in (submitit.Executor.submit, submitit.Executor.map_array,
+                                                 submitit.Executor.submit_array)}
+    return any(frame.f_code in submitting for frame, _ in traceback.walk_tb(error.__traceback__))
