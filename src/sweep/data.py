@@ -271,8 +271,10 @@ def _hub(data: Mapping[str, Any], split: str) -> LabelledImages:
         raise DataUnavailable(
             f"data={data['name']} streams {data['hub_id']} from the hub, and HF_HUB_OFFLINE=1 forbids it: its "
             "images at this model's pixel geometry are not in cache.dir. Run `sweep-prepare` with this sweep's "
-            "overrides on a machine with internet (a login node) that shares cache.dir, then run again "
-            "(docs/sweeps.md, 'A cluster without internet')")
+            "overrides on a machine with internet (a login node) that shares cache.dir (the dataset is gated: "
+            f"accept its terms on the hub and export {data['token_env']}=<token> there), then run again "
+            "(docs/sweeps.md, 'A cluster without internet'); or use local data: data=imagefolder "
+            "data.root=/path/to/imagenet (train/<wnid>/*.JPEG, val/<wnid>/*.JPEG)")
     token = os.environ.get(str(data["token_env"])) or None
     try:
         stream = datasets.load_dataset(str(data["hub_id"]), split=hub_split, streaming=True, token=token)
