@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -65,10 +65,10 @@ class ImageNeed:
         return f"{p['crop']}px crop, {resize}, {p['interpolation']}"
 
 
-@dataclass
+@dataclass(frozen=True)
 class Needs:
-    models: list[ModelNeed] = field(default_factory=list)
-    images: list[ImageNeed] = field(default_factory=list)
+    models: list[ModelNeed]
+    images: list[ImageNeed]
 
 
 def grid_needs(cells: Iterable[Any]) -> Needs:
@@ -76,28 +76,21 @@ def grid_needs(cells: Iterable[Any]) -> Needs:
     each model once, each (cache, data, pixel geometry) once, in the grid's order."""
     from sweep.data import pixel_settings
 
-    models: dict[tuple[Any, ...], ModelNeed] = {}
-    images: dict[str, ImageNeed] = {}
+    models: dict[tuple[str, Any, bool], list[str]] = {}  # (source, revision, toy) -> names
+    images: dict[str, tuple[Cache, Mapping[str, Any], Mapping[str, Any], list[str]]] = {}
     for cell in cells:
-        model, cache = cell.config["model"], cell.spec.settings.cache
+        model, data, cache = cell.config["model"], cell.config["data"], cell.spec.settings.cache
         if not cache.enabled:
             raise ConfigError("cache.enabled=false is invalid for sweep-prepare: it builds the images into cache.dir "
                               "for the cells to read, and with the cache off they would decode them again (from the "
                               "network, for hub data); drop cache.enabled=false")
-        key = (str(model["source"]), model.get("revision"), model.get("toy") is not None)
-        found = models.get(key)
-        if found is None or model["name"] not in found.names:
-            names = (*found.names, model["name"]) if found else (model["name"],)
-            models[key] = ModelNeed(names, *key)
-        data = cell.config["data"]
+        names = models.setdefault((str(model["source"]), model.get("revision"), model.get("toy") is not None), [])
         image_key = json.dumps([cache.dir, data, pixel_settings(model["preprocess"])], sort_keys=True, default=str)
-        found_images = images.get(image_key)
-        if found_images is None:
-            images[image_key] = ImageNeed(cache, data, model["preprocess"], (model["name"],))
-        elif model["name"] not in found_images.models:
-            images[image_key] = ImageNeed(cache, data, found_images.preprocess,
-                                          (*found_images.models, model["name"]))
-    return Needs(list(models.values()), list(images.values()))
+        for users in (names, images.setdefault(image_key, (cache, data, model["preprocess"], []))[3]):
+            if model["name"] not in users:
+                users.append(model["name"])
+    return Needs([ModelNeed(tuple(names), *key) for key, names in models.items()],
+                 [ImageNeed(cache, data, preprocess, tuple(names)) for cache, data, preprocess, names in images.values()])
 
 
 # -- models -------------------------------------------------------------------------------
@@ -127,8 +120,8 @@ def fetch_model(need: ModelNeed) -> Held:
         return Held(f"{names}: local folder {folder}  {human_size(size)}", size)
     snapshot = _snapshot(need)
     size, commit = files_size(snapshot), snapshot_commit(snapshot)
-    pinned = "" if commit == need.revision else f" = commit {commit}"
-    return Held(f"{names}: {need.source} at revision {need.revision or 'main'}{pinned}  {human_size(size)}  "
+    named = "" if commit == need.revision else f" = commit {commit}"
+    return Held(f"{names}: {need.source} at revision {need.revision or 'main'}{named}  {human_size(size)}  "
                 f"({snapshot})", size)
 
 
@@ -230,10 +223,13 @@ def prepare_grid(sweep_id: str, cells: Sequence[Any], *, dry_run: bool) -> None:
     if failures:
         raise SweepError(f"sweep-prepare could not prepare {len(failures)} of "
                          f"{len(needs.models) + len(needs.images)} items:\n  " + "\n  ".join(failures))
-    branches = sorted({m.revision or "main" for m in needs.models if not m.toy and not _is_commit(m.revision)})
-    if branches:
-        say(f"revision {', '.join(branches)} names a branch, which moves: to keep these weights, set model.revision "
-            "to the commit shown above (in conf/model/<name>.yaml or on the command line)")
+    from sweep.models import is_hub_id
+
+    moving = sorted({m.revision or "main" for m in needs.models
+                     if not m.toy and is_hub_id(m.source) and not _is_commit(m.revision)})
+    if moving:
+        say(f"revision {', '.join(moving)} names a branch or tag, which can move: to keep these weights, set "
+            "model.revision to the commit shown above (in conf/model/<name>.yaml or on the command line)")
     say("on the compute nodes: export HF_HUB_OFFLINE=1 with the same HF_HOME (or HF_HUB_CACHE) and cache.dir, then "
         "sweep-run -m with the same overrides")
 
