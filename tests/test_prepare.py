@@ -114,7 +114,8 @@ def test_a_disabled_cache_is_refused_before_anything_is_fetched():
 def test_prepare_then_the_cell_runs_offline_from_what_it_holds(offline, imagenet_folder, tmp_path):
     env, commit = offline
     grid = [*cell_args(imagenet_folder), "layer=1,2", "intervention=none,shuffle"]
-    prepared = command("sweep-prepare", grid, env, tmp_path)
+    # the sweep's cells ask for a GPU; the login node that prepares them has none, and needs none
+    prepared = command("sweep-prepare", [*grid, "compute.device=cuda"], {**env, "CUDA_VISIBLE_DEVICES": ""}, tmp_path)
     assert prepared.returncode == 0, prepared.stderr
     out = prepared.stdout
     assert "sweep-prepare: sweep sweep-" in out and "4 cells: 1 model, 1 image set" in out
