@@ -112,6 +112,35 @@ def _read_json(path: Path) -> Any:
     return json.loads(path.read_text())
 
 
+def images_spec(data: Mapping[str, Any], preprocess: Mapping[str, Any]) -> dict[str, Any]:
+    """What the images artifact is keyed by: the data subset and what changes its pixels
+    (`pixel_settings`), not the normalisation, so models of one pixel geometry share a decode."""
+    return {"data": dict(data), "preprocess": pixel_settings(preprocess), "decoder": DECODER_VERSION,
+            "sampler": SAMPLER_VERSION}
+
+
+def cached_images(cache: ArtifactCache, data: Mapping[str, Any], preprocess: Mapping[str, Any]
+                  ) -> tuple[str, dict[str, Split]]:
+    """The data subset decoded at this pixel geometry (computed once, under the cache's lock):
+    its key and its splits. Needs no model, so `sweep-prepare` builds it on a login node."""
+    spec = images_spec(data, preprocess)
+
+    def compute(out: Path) -> None:
+        seconds = {}
+        for split in SPLITS:
+            started = time.perf_counter()
+            images, labels = preprocess_split(load_split(data, split), preprocess)
+            save_file({"images": images, "labels": labels}, out / f"{split}.safetensors")
+            seconds[split] = time.perf_counter() - started
+        _write_seconds(out, seconds)
+
+    folder = cache.get_or_compute("images", spec, compute, lazy=("*.safetensors",),
+                                  description=f"{data['name']} images")
+    splits = {split: Split(folder / f"{split}.safetensors", partial(cache.verified, folder, f"{split}.safetensors"))
+              for split in SPLITS}
+    return content_key("images", spec), splits
+
+
 class Artifacts:
     """Gets (or computes, once, under the cache's lock) what one cell needs."""
 
@@ -121,23 +150,7 @@ class Artifacts:
 
     # -- images ---------------------------------------------------------------------
     def images(self, data: Mapping[str, Any], preprocess: Mapping[str, Any]) -> tuple[str, dict[str, Split]]:
-        spec = {"data": dict(data), "preprocess": pixel_settings(preprocess), "decoder": DECODER_VERSION,
-                "sampler": SAMPLER_VERSION}
-
-        def compute(out: Path) -> None:
-            seconds = {}
-            for split in SPLITS:
-                started = time.perf_counter()
-                images, labels = preprocess_split(load_split(data, split), preprocess)
-                save_file({"images": images, "labels": labels}, out / f"{split}.safetensors")
-                seconds[split] = time.perf_counter() - started
-            _write_seconds(out, seconds)
-
-        folder = self.cache.get_or_compute("images", spec, compute, lazy=("*.safetensors",),
-                                           description=f"{data['name']} images")
-        splits = {split: Split(folder / f"{split}.safetensors", partial(self.cache.verified, folder, f"{split}.safetensors"))
-                  for split in SPLITS}
-        return content_key("images", spec), splits
+        return cached_images(self.cache, data, preprocess)
 
     # -- model ----------------------------------------------------------------------
     def model(self) -> tuple[dict[str, Any], LoadedModel]:

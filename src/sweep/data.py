@@ -264,7 +264,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _hub(data: Mapping[str, Any], split: str) -> LabelledImages:
     import datasets
 
+    from huggingface_hub import constants
+
     hub_split = str(data[f"{split}_split"])
+    if constants.HF_HUB_OFFLINE:  # a compute node without internet: the subset had to be prepared
+        raise DataUnavailable(
+            f"data={data['name']} streams {data['hub_id']} from the hub, and HF_HUB_OFFLINE=1 forbids it: its "
+            "images at this model's pixel geometry are not in cache.dir. Run `sweep-prepare` with this sweep's "
+            "overrides on a machine with internet (a login node) that shares cache.dir (the dataset is gated: "
+            f"accept its terms on the hub and export {data['token_env']}=<token> there), then run again "
+            "(docs/sweeps.md, 'A cluster without internet'); or use local data: data=imagefolder "
+            "data.root=/path/to/imagenet (train/<wnid>/*.JPEG, val/<wnid>/*.JPEG)")
     token = os.environ.get(str(data["token_env"])) or None
     try:
         stream = datasets.load_dataset(str(data["hub_id"]), split=hub_split, streaming=True, token=token)

@@ -3,6 +3,10 @@
 All three go through the same `from_pretrained` call (`trust_remote_code` off); a toy is
 just a local folder that `toy.train_toy` wrote with `save_pretrained` into the cache.
 
+A hub model comes from the Hugging Face cache when the hub cannot be reached: compute nodes
+without internet run with HF_HUB_OFFLINE=1 after `sweep-prepare` (sweep.prepare) filled the
+cache on a login node, and a model it did not fetch is refused by name before any other work.
+
 What loaded is checked, not assumed: transformers fills any weight a checkpoint lacks (or
 has in another shape) with a fresh random one and only logs it, so a renamed key in an old
 checkpoint would silently give a random backbone. Only the head may be missing or differ.
@@ -21,6 +25,10 @@ from typing import Any
 
 import torch
 import transformers
+from huggingface_hub import constants as hub_constants
+from huggingface_hub import try_to_load_from_cache
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
 from safetensors import safe_open
 
 from sweep.adapters import ADAPTERS, Adapter
@@ -35,6 +43,10 @@ IDENTITY_PATTERNS = ("config.json", "*.safetensors", "*.bin")
 #: weight files searched, in this order, for tensors the HF class does not load
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
+#: what `sweep-prepare` fetches of a hub model: its configuration and one format of its
+#: weights (sharded or not), safetensors where the repository has them, else torch's
+HUB_FILES = (("config.json", "model.safetensors", "model.safetensors.index.json", "model-*-of-*.safetensors"),
+             ("config.json", "pytorch_model.bin", "pytorch_model.bin.index.json", "pytorch_model-*-of-*.bin"))
 _SNAPSHOT = re.compile(r"/snapshots/([0-9a-f]{40})(/|$)")
 _LISTED = 8  # keys named in a refusal before "and N more"
 
@@ -74,6 +86,7 @@ def load_model(model_cfg: Mapping[str, Any], weights: str | Path, *, device: tor
     # below can name them; anything outside the head is refused there.
     kwargs["ignore_mismatched_sizes"] = True
     revision = model_cfg.get("revision")
+    require_offline_copy(model_cfg, weights)
     try:
         model, info = cls.from_pretrained(str(weights), revision=revision, trust_remote_code=False,
                                           attn_implementation=attn_implementation, output_loading_info=True,
@@ -81,8 +94,9 @@ def load_model(model_cfg: Mapping[str, Any], weights: str | Path, *, device: tor
     except OSError as error:
         raise ModelUnavailable(
             f"could not load {model_cfg['name']} from '{weights}' ({' '.join(str(error).split())[:120]}). "
-            "Without hub access, download it "
-            "elsewhere (`hf download <id> --local-dir DIR`) and set model.source=DIR") from error
+            "Without hub access, fetch it on a machine with internet with `sweep-prepare` and the same overrides "
+            "(into the Hugging Face cache this machine reads), or download it elsewhere "
+            "(`hf download <id> --local-dir DIR`) and set model.source=DIR") from error
     except torch.OutOfMemoryError:
         raise
     except RuntimeError as error:  # transformers 5 raises for weights it failed to convert or copy
@@ -98,7 +112,41 @@ def load_model(model_cfg: Mapping[str, Any], weights: str | Path, *, device: tor
     if adapter.n_layers != expected:
         raise ValueError(f"{model_cfg['name']} has {adapter.n_layers} blocks but conf/model says "
                          f"n_layers: {expected}; fix the YAML")
-    return LoadedModel(adapter, model_revision(model.config, weights, revision, hash_memo))
+    return LoadedModel(adapter, model_revision(weights, revision, hash_memo))
+
+
+def is_hub_id(weights: str | Path) -> bool:
+    """Whether `weights` (model.source) names a hub repository (`org/name`), not a local folder."""
+    if Path(str(weights)).expanduser().is_dir():
+        return False
+    try:
+        validate_repo_id(str(weights))
+    except HFValidationError:  # a path that does not exist: from_pretrained's own error names it
+        return False
+    return True
+
+
+def hub_snapshot(repo_id: str, revision: str | None) -> Path | None:
+    """The Hugging Face cache's snapshot folder of `repo_id` at `revision` (a branch, tag or
+    commit; None is the default branch), or None where the cache has no config.json for it.
+    Reads the cache only, never the network."""
+    config = try_to_load_from_cache(repo_id, "config.json", revision=revision or "main")
+    return Path(config).parent if isinstance(config, str) else None
+
+
+def require_offline_copy(model_cfg: Mapping[str, Any], weights: str | Path) -> None:
+    """With HF_HUB_OFFLINE=1 (a compute node without internet) a hub model must already be
+    in the Hugging Face cache: refuse one that is not, by name, revision and the command that
+    fetches it, before the cell reads any data or computes anything."""
+    if not hub_constants.HF_HUB_OFFLINE or not is_hub_id(weights):
+        return
+    revision = model_cfg.get("revision") or "main"
+    if hub_snapshot(str(weights), revision) is None:
+        raise ModelUnavailable(
+            f"model {model_cfg['name']} ({weights} at revision {revision}) is not in the Hugging Face cache "
+            f"({hub_constants.HF_HUB_CACHE}), and HF_HUB_OFFLINE=1 forbids downloading it. Run `sweep-prepare` with "
+            "this sweep's overrides on a machine with internet (a login node) that shares this cache (the same "
+            "HF_HOME or HF_HUB_CACHE), then run again (docs/sweeps.md, 'A cluster without internet')")
 
 
 # -- what loaded ---------------------------------------------------------------------------
@@ -187,15 +235,23 @@ def _read_tensor(path: Path, name: str) -> torch.Tensor | None:
 
 
 # -- identity --------------------------------------------------------------------------------
-def model_revision(config: Any, weights: str | Path, configured: str | None, hash_memo: Path | None) -> str:
-    """What names the weights: the hub commit where there is one (a hub load, or a folder
-    in the hub cache's `snapshots/<commit>/`), else a content hash of a local folder's
-    config and weight files, so that new weights in the same folder give new cache keys."""
+def model_revision(weights: str | Path, configured: str | None, hash_memo: Path | None) -> str:
+    """What names the weights: the hub commit where there is one (a hub load, read from the
+    snapshot folder the load filled in the Hugging Face cache, or a folder in the cache's
+    `snapshots/<commit>/`), else a content hash of a local folder's config and weight files,
+    so that new weights in the same folder give new cache keys. (transformers 5 no longer
+    keeps the commit on the config.)"""
     folder = Path(weights)
     if folder.is_dir():
-        snapshot = _SNAPSHOT.search(folder.absolute().as_posix())
-        return snapshot.group(1) if snapshot else folder_digest(folder, hash_memo)
-    return str(getattr(config, "_commit_hash", None) or configured or "unknown")
+        return snapshot_commit(folder) or folder_digest(folder, hash_memo)
+    snapshot = hub_snapshot(str(weights), configured)
+    return (snapshot_commit(snapshot) if snapshot else None) or str(configured or "unknown")
+
+
+def snapshot_commit(folder: Path) -> str | None:
+    """The commit of a Hugging Face cache snapshot folder (`.../snapshots/<commit>/...`)."""
+    snapshot = _SNAPSHOT.search(Path(folder).absolute().as_posix())
+    return snapshot.group(1) if snapshot else None
 
 
 def folder_digest(folder: Path, hash_memo: Path | None = None) -> str:
