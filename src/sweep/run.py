@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sweep import record as rec
 from sweep.cellspec import CellSpec, cell_spec
-from sweep.conf_path import CONF_DIR
+from sweep.conf_path import CONF_PACKAGE
 from sweep.errors import ConfigError, SweepError, entered, mark_entered
 from sweep.lease import Lease, LeaseHeld
 from sweep.redaction import redact_files, redact_logs
@@ -246,7 +246,7 @@ def _write_cell(cell: JobCell, result: Any, error: BaseException | None, unit_id
     return record
 
 
-@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
+@hydra.main(config_path=f"pkg://{CONF_PACKAGE}", config_name="config", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> dict[str, Any]:
     mark_entered()
     redact_logs()
