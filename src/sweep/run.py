@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sweep import record as rec
 from sweep.cellspec import CellSpec, cell_spec
-from sweep.conf_path import CONF_PACKAGE
+from sweep.conf_path import CONF_PACKAGE, check_not_shadowed
 from sweep.errors import ConfigError, SweepError, entered, mark_entered
 from sweep.lease import Lease, LeaseHeld
 from sweep.redaction import redact_files, redact_logs
@@ -98,6 +98,7 @@ def run_cell(cfg: DictConfig) -> dict[str, Any]:
     Returns the one cell's record, or for a unit each cell's status."""
     started = time.perf_counter()
     redact_files(Path(HydraConfig.get().runtime.output_dir) / ".hydra")  # Hydra keeps the command line verbatim
+    check_not_shadowed(list(HydraConfig.get().runtime.config_sources))
     cells, unit_id, prepare_only = job_cells(cfg)
     run = parse_sweep(cfg.sweep)
     statuses: dict[str, Any] = {}
