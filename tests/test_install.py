@@ -19,6 +19,7 @@ import sysconfig
 import venv
 import zipfile
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -31,6 +32,18 @@ SHIPPED = "import sweep.conf_path as c; print(c.CONF_DIR)"
 CELL = ["model=toy_vit", "layer=3", "intervention=shuffle", "readout=native", "seed=0"]
 
 
+class Installed(NamedTuple):
+    wheel: Path
+    bin: Path  # the fresh venv's bin/: python and the four commands
+
+
+def ok(command: list, **kwargs) -> str:
+    """Run a setup step; its stderr is the failure's message."""
+    result = subprocess.run([str(c) for c in command], capture_output=True, text=True, **kwargs)
+    assert result.returncode == 0, f"{command} failed: {result.stderr}"
+    return result.stdout
+
+
 def build_wheel(into: Path) -> Path:
     """`pip wheel` offline, from a copy of what a source distribution holds."""
     source = into / "source"
@@ -38,8 +51,8 @@ def build_wheel(into: Path) -> Path:
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(REPO / name, source / name)
     shutil.copytree(REPO / "src", source / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
-                    "-q", "-w", str(into / "dist"), str(source)], check=True, capture_output=True, text=True)
+    ok([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q",
+        "-w", into / "dist", source])
     (wheel,) = (into / "dist").glob("sweep-*.whl")
     return wheel
 
@@ -48,21 +61,18 @@ def fresh_venv(where: Path, wheel: Path) -> Path:
     """A venv holding only the wheel; its dependencies come from this venv by a `.pth` line."""
     venv.EnvBuilder(with_pip=False).create(where)
     python = where / "bin" / "python"
-    purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                             check=True, capture_output=True, text=True).stdout.strip()
+    purelib = ok([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).strip()
     (Path(purelib) / "sweep-deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     # --ignore-installed: the dependencies' folder also lists this venv's editable sweep
-    subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--ignore-installed",
-                    str(wheel)], check=True, capture_output=True, text=True)
+    ok([python, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--ignore-installed", wheel])
     return where / "bin"
 
 
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory) -> dict:
-    """The wheel and the bin/ folder of a fresh venv it is installed in."""
+def installed(tmp_path_factory) -> Installed:
     root = tmp_path_factory.mktemp("install")
     wheel = build_wheel(root / "build")
-    return {"wheel": wheel, "bin": fresh_venv(root / "venv", wheel)}
+    return Installed(wheel, fresh_venv(root / "venv", wheel))
 
 
 @pytest.fixture
@@ -71,15 +81,15 @@ def env(cli_env) -> dict:
     return {k: v for k, v in cli_env.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
 
 
-def run(installed, command: str, args, env, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([str(installed["bin"] / command), *args], env=env, cwd=cwd, capture_output=True,
+def run(installed: Installed, command: str, args: list, env: dict, cwd: Path) -> subprocess.CompletedProcess:
+    """One of the installed commands, as a user runs it."""
+    return subprocess.run([str(installed.bin / command), *args], env=env, cwd=cwd, capture_output=True,
                           text=True, timeout=600)
 
 
-def shipped_configs(installed, env) -> Path:
+def shipped_configs(installed: Installed, env: dict) -> Path:
     """Where the installed package keeps its YAML files (what docs/sweeps.md tells users to run)."""
-    return Path(subprocess.run([str(installed["bin"] / "python"), "-c", SHIPPED], env=env, capture_output=True,
-                               text=True, check=True).stdout.strip())
+    return Path(ok([installed.bin / "python", "-c", SHIPPED], env=env).strip())
 
 
 def user_folder(where: Path, shipped: Path) -> Path:
@@ -94,19 +104,19 @@ def user_folder(where: Path, shipped: Path) -> Path:
 
 
 def test_the_wheel_ships_the_configuration_and_the_sweeper(installed):
-    names = set(zipfile.ZipFile(installed["wheel"]).namelist())
+    names = set(zipfile.ZipFile(installed.wheel).namelist())
     for name in ("sweep/conf/__init__.py", "sweep/conf/config.yaml", "sweep/conf/reference.yaml",
                  "sweep/conf/model/toy_vit.yaml", "sweep/conf/experiment/toy.yaml",
                  "sweep/conf/hydra/launcher/slurm.yaml", "sweep/conf/hydra/launcher/local.yaml",
                  "hydra_plugins/sweep_cells/cell_sweeper.py"):
-        assert name in names, f"{name} is not in {installed['wheel'].name}"
+        assert name in names, f"{name} is not in {installed.wheel.name}"
 
 
 def test_the_wheels_copy_is_the_one_that_runs(installed, env, tmp_path):
-    where = subprocess.run([str(installed["bin"] / "python"), "-c",
-                            "import sweep, hydra_plugins.sweep_cells as p; print(sweep.__file__); print(p.__file__)"],
-                           env=env, cwd=tmp_path, capture_output=True, text=True, check=True).stdout.split()
-    venv_root = installed["bin"].parent
+    where = ok([installed.bin / "python", "-c",
+                "import sweep, hydra_plugins.sweep_cells as p; print(sweep.__file__); print(p.__file__)"],
+               env=env, cwd=tmp_path).split()
+    venv_root = installed.bin.parent
     assert all(Path(path).is_relative_to(venv_root) for path in where), where
 
 
@@ -130,11 +140,10 @@ def test_a_users_model_and_cluster_profile_are_picked_up_by_a_multirun(installed
     assert sorted((r["model"], r["layer"]) for r in records) == [("my_vit", 2), ("my_vit", 3),
                                                                  ("toy_vit", 2), ("toy_vit", 3)]
     assert all(r["status"] == "complete" for r in records)
-    choices = subprocess.run([str(installed["bin"] / "python"), "-c",
-                              "import sys; from omegaconf import OmegaConf; "
-                              "print(OmegaConf.load(sys.argv[1]).hydra.runtime.choices['hydra/launcher'])",
-                              str(sweep_dir / "multirun.yaml")], env=env, capture_output=True, text=True, check=True)
-    assert choices.stdout.strip() == "mine"
+    choices = ok([installed.bin / "python", "-c", "import sys; from omegaconf import OmegaConf; "
+                  "print(OmegaConf.load(sys.argv[1]).hydra.runtime.choices['hydra/launcher'])",
+                  sweep_dir / "multirun.yaml"], env=env)
+    assert choices.strip() == "mine"
 
     # the other commands, from the wheel too: status, the table (reads the shipped reference.yaml), the cache
     status = run(installed, "sweep-status", [str(sweep_dir)], env, work)

@@ -103,8 +103,8 @@ def cell_spec(cfg: DictConfig | Mapping[str, Any]) -> CellSpec:
     if readout not in readouts:
         raise NotApplicable(
             f"model {model_name} has no '{readout}' readout (it has: {', '.join(readouts)}); "
-            + (f"its model config (model/{model_name}.yaml) declares no readout of the CLS token alone; use readout=native"
-               if readout == "cls" else "choose one of those"))
+            + (f"its model config (model/{model_name}.yaml) declares no readout of the CLS token alone; "
+               "use readout=native" if readout == "cls" else "choose one of those"))
     check_data_folders(settings.data.values)
     compute = settings.compute
     science: dict[str, Any] = {

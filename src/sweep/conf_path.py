@@ -47,7 +47,7 @@ def check_not_shadowed(sources: Sequence[Mapping[str, Any]]) -> None:
                 pick = f"--config-name {mine}" if group == "." else f"{group}={mine}"
                 raise ConfigError(
                     f"{path} is hidden by the shipped {name.as_posix()} (folders from --config-dir and "
-                    "hydra.searchpath come after the shipped configs, so Hydra would use the shipped one). Give yours "
-                    f"a new name, e.g. {name.with_stem(mine).as_posix()}, and pick it with {pick}; to change a "
-                    f"few of the shipped settings, start it with `defaults: [{name.stem}]` "
+                    "hydra.searchpath come after the shipped configs, so Hydra would use the shipped one). "
+                    f"Give yours a new name, e.g. {name.with_stem(mine).as_posix()}, and pick it with {pick}; "
+                    f"to change a few of the shipped settings, start it with `defaults: [{name.stem}]` "
                     "(docs/sweeps.md, Your own configs)")

@@ -96,8 +96,8 @@ def load_model(model_cfg: Mapping[str, Any], weights: str | Path, *, device: tor
     adapter = kind(model, readouts=readouts, tensors=tensors)
     expected = int(model_cfg["n_layers"])
     if adapter.n_layers != expected:
-        raise ValueError(f"{model_cfg['name']} has {adapter.n_layers} blocks but its model config (model/{model_cfg['name']}.yaml) says "
-                         f"n_layers: {expected}; fix the YAML")
+        raise ValueError(f"{model_cfg['name']} has {adapter.n_layers} blocks but its model config "
+                         f"(model/{model_cfg['name']}.yaml) says n_layers: {expected}; fix the YAML")
     return LoadedModel(adapter, model_revision(model.config, weights, revision, hash_memo))
 
 
