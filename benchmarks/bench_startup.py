@@ -37,10 +37,10 @@ def timed(args: list[str], cwd: Path, env: dict) -> tuple[float, str]:
 def fake_records(cwd: Path, env: dict) -> int:
     """Complete records for every cell the planner would run (ids from the planner itself)."""
     code = ("import json, sys\nfrom pathlib import Path\n"
-            "from hydra import compose, initialize_config_dir\nfrom sweep.conf_path import CONF_DIR\n"
+            "from hydra import compose, initialize_config_module\nfrom sweep.conf_path import CONF_PACKAGE\n"
             "from sweep.plan import Dimension, GroupComposer, make_plan\n"
             "from omegaconf import OmegaConf\n"
-            "with initialize_config_dir(config_dir=str(CONF_DIR), version_base='1.3'):\n"
+            "with initialize_config_module(config_module=CONF_PACKAGE, version_base='1.3'):\n"
             "    compose_groups = lambda g: OmegaConf.to_container(compose('config', overrides=list(g)), resolve=True)\n"
             "    dims = [Dimension('model', True, tuple(f'model={m}' for m in 'toy_vit toy_deit toy_beit toy_dinov2 toy_clip'.split()), (None,) * 5),\n"
             "            Dimension('intervention', True, tuple(f'intervention={i}' for i in 'none shuffle zero mean noise reset'.split()), (None,) * 6),\n"

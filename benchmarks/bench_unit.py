@@ -9,7 +9,7 @@ and how many array tasks the study needs.
 shapes: a unit of {13 layers (L = 0..12) x shuffle x {native, cls} x seed 0} over 128
   validation images, for randomly initialised ViT-B/16, BEiT-B/16 (the ft22k flags) and
   CLIP-ViT-B/32 (a full CLIPModel checkpoint, so `visual_projection` is read as for the hub
-  model) at 224 px, each written with `save_pretrained` and loaded through conf/model
+  model) at 224 px, each written with `save_pretrained` and loaded through its model config
   (`model.source=<folder> model.revision=null`), data from a local ImageNet-layout folder
   (`data=imagefolder`). `sweep.engine.prepare` fills the cache first (features, heads,
   probes: what a sweep's preparing unit does), then `measure_unit` runs on the cached
@@ -108,17 +108,17 @@ def write_image_folder(root: Path, n_classes: int, train_per_class: int, val_per
 
 
 def compose_unit(kind: str, source: Path, data_root: Path, cache_dir: Path, args: argparse.Namespace):
-    from hydra import compose, initialize_config_dir
+    from hydra import compose, initialize_config_module
 
     from sweep.cellspec import cell_spec
-    from sweep.conf_path import CONF_DIR
+    from sweep.conf_path import CONF_PACKAGE
 
     common = [f"model={kind}", f"model.source={source}", "model.revision=null", "data=imagefolder",
               f"data.root={data_root}", f"data.n_classes={args.classes}", f"data.train_per_class={args.train_per_class}",
               f"data.val_per_class={args.val // args.classes}", "compute.device=cpu", "logger=none",
               f"cache.dir={cache_dir}", f"compute.batch_size={args.batch_size}"]
     cfgs = []
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+    with initialize_config_module(config_module=CONF_PACKAGE, version_base="1.3"):
         for layer in LAYERS:
             for readout in READOUTS:
                 cfgs.append(compose("config", overrides=[*common, f"layer={layer}", "intervention=shuffle",
@@ -127,7 +127,7 @@ def compose_unit(kind: str, source: Path, data_root: Path, cache_dir: Path, args
 
 
 def bare_seconds_per_image(kind: str, source: Path, cfg, images, repeats: int) -> float:
-    """`model(pixel_values=x)` of the HF class conf/model loads, on pre-normalised batches."""
+    """`model(pixel_values=x)` of the HF class the model config loads, on pre-normalised batches."""
     import torch
 
     from sweep.data import batches, normalise
@@ -232,17 +232,17 @@ def toy_sweep(root: Path, name: str, cache_dir: Path, extra: list[str], env: dic
 def write_cell_parts(cache_dir: Path, work: Path, n: int) -> dict[str, list[float]]:
     """`_write_cell`'s parts on real results of a toy unit, each timed directly (per cell;
     the process's first W&B run also pays wandb's import and service start)."""
-    from hydra import compose, initialize_config_dir
+    from hydra import compose, initialize_config_module
 
     from sweep import record as rec
     from sweep.cache import ArtifactCache
     from sweep.cellspec import cell_spec
-    from sweep.conf_path import CONF_DIR
+    from sweep.conf_path import CONF_PACKAGE
     from sweep.engine import measure_unit
     from sweep.lease import Lease
     from sweep.tracking import tracker
 
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+    with initialize_config_module(config_module=CONF_PACKAGE, version_base="1.3"):
         cfgs = [compose("config", overrides=["model=toy_vit", f"layer={layer}", "intervention=shuffle",
                                              f"readout={readout}", "seed=0", f"cache.dir={cache_dir}",
                                              *TOY_TRAINING, "logger=wandb", "wandb.mode=offline", "sweep.id=bench-parts",

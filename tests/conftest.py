@@ -6,9 +6,9 @@ sys.path.insert(0, str(Path(__file__).parent))  # tests share helpers such as ti
 import os
 
 import pytest
-from hydra import compose, initialize_config_dir
+from hydra import compose, initialize_config_module
 
-from sweep.conf_path import CONF_DIR
+from sweep.conf_path import CONF_PACKAGE
 
 # Small and quick, but trained well enough that the controls are meaningful.
 FAST = ["toy_training.epochs=30", "data.train_per_class=60", "data.val_per_class=40",
@@ -17,7 +17,7 @@ FAST = ["toy_training.epochs=30", "data.train_per_class=60", "data.val_per_class
 
 def compose_cell(*overrides: str):
     """The config `sweep-run` would run, composed in-process."""
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+    with initialize_config_module(config_module=CONF_PACKAGE, version_base="1.3"):
         return compose("config", overrides=[*FAST, *overrides])
 
 

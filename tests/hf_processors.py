@@ -1,4 +1,4 @@
-"""HF's own image processors, built locally from the values in conf/model/<name>.yaml
+"""HF's own image processors, built locally from the values in the shipped model/<name>.yaml
 (nothing is fetched; the hub checkpoints' preprocessor_config.json say the same). The PIL
 classes are the slow path every install has (no torchvision needed)."""
 

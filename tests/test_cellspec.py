@@ -1,15 +1,15 @@
 """A cell's identity: layer indexing, validation before any weights load, stable ids."""
 
 import pytest
-from hydra import compose, initialize_config_dir
+from hydra import compose, initialize_config_module
 
 from sweep.cellspec import LayerOutOfRange, cell_spec, resolve_layer
-from sweep.conf_path import CONF_DIR
+from sweep.conf_path import CONF_PACKAGE
 from sweep.errors import ConfigError
 
 
 def config(*overrides):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+    with initialize_config_module(config_module=CONF_PACKAGE, version_base="1.3"):
         return compose("config", overrides=list(overrides))
 
 

@@ -226,7 +226,7 @@ def test_preprocessing_resizes_the_short_edge_crops_the_centre_and_normalises_on
 # -- fidelity to the HF image processors ----------------------------------------------
 # The real models were trained and evaluated on their image processor's pixels; `to_uint8`
 # + `normalise` must give the same ones. Each processor is built here from the values in
-# conf/model/<name>.yaml (nothing is fetched); the hub checkpoints' preprocessor_config.json
+# the shipped model/<name>.yaml (nothing is fetched); the hub checkpoints' preprocessor_config.json
 # say the same. The PIL classes are the slow path every install has (no torchvision needed).
 
 # name -> (PIL mode, (width, height), file format). Random-noise pixels, so any off-by-one in

@@ -28,7 +28,7 @@ from sweep.linear_heads import LinearHead
 
 FIXTURES = Path(__file__).parent / "fixtures" / "hub"
 N_LAYERS = 3  # make_hub_fixtures.N_LAYERS
-#: fixture folder -> the conf/model it is a small copy of
+#: fixture folder -> the model config it is a small copy of
 CONF = {"vit": "vit", "deit": "deit", "beit": "beit", "beit_shared": "beit", "dinov2": "dinov2", "clip": "clip"}
 ALL = tuple(CONF)
 N_CLASSES = 1000
@@ -55,7 +55,7 @@ def last_hidden(adapter: Adapter, x: torch.Tensor) -> torch.Tensor:
 
 
 def with_fitted_heads(fixture: str, x: torch.Tensor) -> Adapter:
-    """The fixture's adapter with random heads installed where conf/model fits them here,
+    """The fixture's adapter with random heads installed where the model config fits them here,
     as a cell installs its fitted heads."""
     adapter = load(fixture).adapter
     generator = torch.Generator().manual_seed(7)

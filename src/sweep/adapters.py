@@ -2,7 +2,7 @@
 
 The science code (features, interventions, cells) talks only to `Adapter`. Every
 difference between ViT, DeiT, BEiT, DINOv2 and CLIP lives here, or in
-`conf/model/*.yaml` (which adapter, which readouts exist, which heads are fitted).
+the model configs, `model/*.yaml` (which adapter, which readouts exist, which heads are fitted).
 
 Layer indexing (docs/science.md): hidden state L = 0 is the embedding output (the
 input of block 1), L = k is the output of block k. `module_producing(L)` is the module
@@ -40,18 +40,18 @@ class Adapter(ABC):
     cell can start from a cached hidden state and skip the unmodified prefix.
     """
 
-    #: readouts this architecture can express; conf/model/*.yaml picks among them
+    #: readouts this architecture can express; model/*.yaml picks among them
     supported_readouts: tuple[str, ...] = ("native", "cls")
     #: top-level modules of the HF model that hold its head(s): the only weights a checkpoint
     #: may lack or have in another shape (and only where every head is fitted here)
     head_modules: tuple[str, ...] = ("classifier",)
-    #: settings a readout may have in conf/model/*.yaml, besides where its head comes from
+    #: settings a readout may have in model/*.yaml, besides where its head comes from
     readout_options: tuple[str, ...] = ()
     cls_index: int = 0
 
     def __init__(self, model: nn.Module, readouts: Mapping[str, Any] | None = None,
                  tensors: Mapping[str, torch.Tensor] | None = None) -> None:
-        """`readouts`: conf/model's `readouts` (their settings); `tensors`: what
+        """`readouts`: the model config's `readouts` (their settings); `tensors`: what
         `checkpoint_tensors` asked for, read from the checkpoint by the loader."""
         self.model = model.eval()
         self._fitted: dict[str, nn.Linear] = {}

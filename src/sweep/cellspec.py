@@ -95,7 +95,7 @@ def _model(node: Any) -> dict[str, Any]:
         raise ConfigError(f"model must be a group of settings, not {model!r}")
     for key, rule in (("name", None), ("n_layers", Integer(1)), ("readouts", None), ("projection_readout", None)):
         if key not in model:
-            raise ConfigError(f"model.{key} is not set (conf/model/{model.get('name', '<name>')}.yaml)")
+            raise ConfigError(f"model.{key} is not set (its model config, model/{model.get('name', '<name>')}.yaml)")
         if rule is not None:
             rule.check(f"model.{key}", model[key])
     if model["projection_readout"] not in model["readouts"]:
@@ -121,8 +121,8 @@ def cell_spec(cfg: DictConfig | Mapping[str, Any]) -> CellSpec:
     if readout not in readouts:
         raise NotApplicable(
             f"model {model_name} has no '{readout}' readout (it has: {', '.join(readouts)}); "
-            + ("its conf/model file declares no readout of the CLS token alone; use readout=native"
-               if readout == "cls" else "choose one of those"))
+            + (f"its model config (model/{model_name}.yaml) declares no readout of the CLS token alone; "
+               "use readout=native" if readout == "cls" else "choose one of those"))
     check_data_folders(settings.data.values)
     compute = settings.compute
     science: dict[str, Any] = {

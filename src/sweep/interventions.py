@@ -3,7 +3,7 @@
 One class per intervention, registered under its `intervention.name`, declares its
 settings (checked when a cell is specified) and whether it draws random numbers (then its
 seed is part of what it measures; otherwise a grid over seeds measures it once). Adding an
-intervention is one class here and its `conf/intervention/<name>.yaml`.
+intervention is one class here and its `src/sweep/conf/intervention/<name>.yaml`.
 
 Every intervention is computed from the unmodified model's CLS tokens of the validation
 set at layer L (and at layer 0 for `reset`), which the features pass has already cached.

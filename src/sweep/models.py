@@ -110,8 +110,8 @@ def load_model(model_cfg: Mapping[str, Any], weights: str | Path, *, device: tor
     adapter = kind(model, readouts=readouts, tensors=tensors)
     expected = int(model_cfg["n_layers"])
     if adapter.n_layers != expected:
-        raise ValueError(f"{model_cfg['name']} has {adapter.n_layers} blocks but conf/model says "
-                         f"n_layers: {expected}; fix the YAML")
+        raise ValueError(f"{model_cfg['name']} has {adapter.n_layers} blocks but its model config "
+                         f"(model/{model_cfg['name']}.yaml) says n_layers: {expected}; fix the YAML")
     return LoadedModel(adapter, model_revision(weights, revision, hash_memo))
 
 
@@ -182,7 +182,7 @@ def check_loading_info(info: Mapping[str, Any], heads: Iterable[str], *, where: 
         raise IncompleteCheckpoint(
             f"{where} did not load completely; {'; '.join(problems)}. Those weights would be random: "
             f"{may} missing or differ. Check model.source and model.hf_class, and that the checkpoint "
-            "is the architecture conf/model describes")
+            "is the architecture its model config (model/<name>.yaml) describes")
 
 
 def _mismatch_key(item: Any) -> str:

@@ -43,7 +43,7 @@ HELP_HEADER = ("sweep-prepare: on a machine with internet (a login node), fetch 
 class ModelNeed:
     """One model of the grid, by where its weights come from."""
 
-    names: tuple[str, ...]   # the conf/model names that load it
+    names: tuple[str, ...]   # the model config names that load it
     source: str
     revision: str | None
     toy: bool
@@ -229,7 +229,7 @@ def prepare_grid(sweep_id: str, cells: Sequence[Any], *, dry_run: bool) -> None:
                      if not m.toy and is_hub_id(m.source) and not _is_commit(m.revision)})
     if moving:
         say(f"revision {', '.join(moving)} names a branch or tag, which can move: to keep these weights, set "
-            "model.revision to the commit shown above (in conf/model/<name>.yaml or on the command line)")
+            "model.revision to the commit shown above (in model/<name>.yaml of the config or on the command line)")
     say("on the compute nodes: export HF_HUB_OFFLINE=1 with the same HF_HOME (or HF_HUB_CACHE) and cache.dir, then "
         "sweep-run -m with the same overrides")
 

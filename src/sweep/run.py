@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sweep import record as rec
 from sweep.cellspec import CellSpec, cell_spec
-from sweep.conf_path import CONF_DIR
+from sweep.conf_path import CONF_PACKAGE, check_not_shadowed
 from sweep.errors import ConfigError, SweepError, entered, mark_entered
 from sweep.files import atomic_write_json
 from sweep.lease import Lease, LeaseHeld
@@ -54,7 +54,7 @@ OmegaConf.register_new_resolver("cell", _cell_resolver, replace=True)
 
 
 class CheckCell(Callback):
-    """`hydra.callbacks.check_cell` (conf/config.yaml): `sweep-run` refuses a bad cell before
+    """`hydra.callbacks.check_cell` (src/sweep/conf/config.yaml): `sweep-run` refuses a bad cell before
     Hydra makes the run's folder, whose name (`${cell:subdir}`) needs a valid cell. Hydra
     would report the resolver's error with a traceback of its own and OmegaConf's frames;
     this is the one line every other bad input gets, and exit 2."""
@@ -114,6 +114,7 @@ def run_cell(cfg: DictConfig) -> dict[str, Any]:
     Returns the one cell's record, or for a unit each cell's status."""
     started = time.perf_counter()
     redact_files(Path(HydraConfig.get().runtime.output_dir) / ".hydra")  # Hydra keeps the command line verbatim
+    check_not_shadowed(list(HydraConfig.get().runtime.config_sources))
     cells, unit_id, prepare_only = job_cells(cfg)
     run = parse_sweep(cfg.sweep)
     statuses: dict[str, Any] = {}
@@ -262,7 +263,7 @@ def _write_cell(cell: JobCell, result: Any, error: BaseException | None, unit_id
     return record
 
 
-@hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")
+@hydra.main(config_path=f"pkg://{CONF_PACKAGE}", config_name="config", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> dict[str, Any]:
     mark_entered()
     redact_logs()

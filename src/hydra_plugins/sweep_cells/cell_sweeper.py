@@ -26,6 +26,7 @@ from hydra.core.utils import JobStatus
 from hydra.types import HydraContext, RunMode, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from sweep.conf_path import check_not_shadowed
 from sweep.errors import SweepError, mark_entered
 from sweep.redaction import redact, redact_file, redact_logs
 from sweep.settings import check_device, cuda_visible, parse_sweep
@@ -109,6 +110,7 @@ class CellSweeper(Sweeper):
 
     # -- running it -------------------------------------------------------------------
     def _sweep(self, arguments: List[str]) -> Any:
+        check_not_shadowed(list(self.config.hydra.runtime.config_sources))
         run = parse_sweep(self.config.sweep)
         plan = self._plan(arguments, force=run.force)
         self._check_launcher(plan, dry_run=run.dry_run)
