@@ -235,6 +235,7 @@ def write_cell_parts(cache_dir: Path, work: Path, n: int) -> dict[str, list[floa
     from hydra import compose, initialize_config_module
 
     from sweep import record as rec
+    from sweep.layout import OUTCOMES_FILE
     from sweep.cache import ArtifactCache
     from sweep.cellspec import cell_spec
     from sweep.conf_path import CONF_PACKAGE
@@ -264,11 +265,11 @@ def write_cell_parts(cache_dir: Path, work: Path, n: int) -> dict[str, list[floa
                   "metrics": result.metrics, "counts": result.counts, "compute": result.compute,
                   "timings": result.timings, "artifacts": result.artifacts,
                   "versions": {**rec.versions(), "model_revision": result.model_revision},
-                  "outcomes_file": rec.OUTCOMES_FILE}
+                  "outcomes_file": OUTCOMES_FILE}
         t3 = time.perf_counter()
         with tracker(cfg, spec, cfg.sweep.id, folder) as track:
             t4 = time.perf_counter()
-            track.log_record(record, folder / rec.OUTCOMES_FILE)
+            track.log_record(record, folder / OUTCOMES_FILE)
             t5 = time.perf_counter()
             rec.write_record(folder, record)
             t6 = time.perf_counter()

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from sweep import lease as leases
-from sweep.lease import LEASE_FILE, Lease, LeaseHeld, pid_alive, read_lease, why_free
-from sweep.status import cell_state
+from sweep.layout import LEASE_FILE
+from sweep.lease import Lease, LeaseHeld, pid_alive, read_lease, why_free
+from sweep.cell_state import cell_state
 
 FAR_PID = 2**22 + 12345  # above any pid_max: never a live process
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from sweep.status import cell_state
+from sweep.cell_state import cell_state
 from sweeps import checkpointed_rows, multirun, records
 
 pytestmark = pytest.mark.slurm

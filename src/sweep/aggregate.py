@@ -25,10 +25,9 @@ import pandas as pd
 from sweep.errors import SweepError
 from sweep.files import atomic_write_bytes, atomic_write_text
 from sweep.interventions import INTERVENTIONS
-from sweep.lease import LEASE_FILE
-from sweep.record import OUTCOMES_FILE, RESULT_FILE
+from sweep.layout import OUTCOMES_FILE, RESULT_FILE, SweepPaths
 from sweep.reference import reference_warnings
-from sweep.status import PLAN_FILE, log_files, record_folder
+from sweep.status import log_files, record_folder
 
 METRICS = ("accuracy", "top5", "chance", "probe_accuracy", "last_probe_accuracy", "projection_accuracy",
            "projection_top5", "identifiability", "identifiability_exact")
@@ -182,7 +181,7 @@ def load_local(sweep_dir: Path) -> SweepTable:
     recorded: set[str] = set()
     plan = _read_plan(sweep_dir)
     taken = [record_folder(sweep_dir, c) / RESULT_FILE for c in (plan or {}).get("cells", []) if c.get("record_dir")]
-    for path in [*sorted(sweep_dir.glob(f"*/*/{RESULT_FILE}")), *taken]:
+    for path in [*SweepPaths(sweep_dir).record_files(), *taken]:
         folder = path.parent
         try:
             record = json.loads(path.read_text())
@@ -213,7 +212,7 @@ def load_local(sweep_dir: Path) -> SweepTable:
 
 
 def _read_plan(sweep_dir: Path) -> dict[str, Any] | None:
-    path = sweep_dir / PLAN_FILE
+    path = SweepPaths(sweep_dir).plan
     if not path.exists():
         return None
     try:
@@ -232,8 +231,7 @@ def _missing_local(sweep_dir: Path, plan: Mapping[str, Any] | None, recorded: se
         seen.add(folder)
         if cell["cell_id"] not in recorded and folder not in reported:
             missing.append({"name": cell["name"], "folder": str(folder)})
-    for started in sorted(sweep_dir.glob(f"*/*/{LEASE_FILE}")):
-        folder = started.parent
+    for folder in SweepPaths(sweep_dir).cell_folders():
         if folder not in seen and not (folder / RESULT_FILE).exists():
             missing.append({"name": folder.name, "folder": str(folder)})
     return missing
@@ -582,29 +580,10 @@ def _count(key: str, value: str) -> int:
     return number
 
 
-def _not_a_sweep(folder: Path) -> str | None:
-    """Why `folder` holds no sweep, with the likely intended folder, or None."""
-    if (folder / PLAN_FILE).exists() or _has(folder, f"*/*/{RESULT_FILE}") or _has(folder, f"*/*/{LEASE_FILE}"):
-        return None
-    if (folder / RESULT_FILE).exists():
-        return f"{folder} is one cell's folder; give its sweep folder (two levels up: {folder.parent.parent})"
-    if _has(folder, f"*/{RESULT_FILE}"):
-        return f"{folder} holds one model's cells; give the sweep folder (one level up: {folder.parent})"
-    inner = sorted({p.parents[2] for p in folder.glob(f"*/*/*/{RESULT_FILE}")})
-    if inner:
-        return f"{folder} holds several sweeps; give one of: {', '.join(str(p) for p in inner[:5])}"
-    return f"{folder} has no cell records (<model>/<cell>/{RESULT_FILE}) and no {PLAN_FILE}; sweeps live in " \
-           f"multirun/<sweep id>"
-
-
-def _has(folder: Path, pattern: str) -> bool:
-    return next(folder.glob(pattern), None) is not None
-
-
 def load(options: Options) -> tuple[SweepTable, Path]:
     """The table, and the folder its outputs go to."""
     if options.source == "local":
-        why = _not_a_sweep(options.sweep_dir)
+        why = SweepPaths(options.sweep_dir).why_not_a_sweep()
         if why:
             raise UsageError(why)
         table = load_local(options.sweep_dir)

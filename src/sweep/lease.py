@@ -40,8 +40,8 @@ from typing import Any
 import filelock
 
 from sweep.files import atomic_write_json
+from sweep.layout import LEASE_FILE
 
-LEASE_FILE = "started.json"
 LOCK_FILE = f".{LEASE_FILE}.lock"
 LOCK_TIMEOUT_S = 60.0  # the lock is held for one read and one write
 SQUEUE_TTL_S = 5.0      # one squeue call answers for every lease read within this time

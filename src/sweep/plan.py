@@ -19,9 +19,9 @@ from typing import Any
 
 from sweep.cellspec import CellSpec, NotApplicable, cell_spec, is_scientific
 from sweep.errors import ConfigError, SweepError
-from sweep.lease import describe as describe_lease
-from sweep.lease import read_lease, why_free
-from sweep.record import RESULT_FILE, is_complete, read_record
+from sweep.cell_state import read_state
+from sweep.layout import records_under
+from sweep.record import read_record
 
 SHOWN_RUNNING = 10  # cells running elsewhere listed by name in the plan
 
@@ -119,7 +119,7 @@ def index_results(folders: Iterable[str | Path]) -> dict[str, Path]:
         root = Path(folder)
         if not root.is_dir():
             raise ConfigError(f"sweep.results_from names {root}, which is not a folder")
-        for path in root.rglob(RESULT_FILE):
+        for path in records_under(root):
             record = read_record(path.parent)
             if record and record.get("status") == "complete":
                 found[str(record["cell_id"])] = path.parent
@@ -207,14 +207,13 @@ def make_plan(grids: Sequence[Sequence[Dimension]], compose: Callable[[tuple[str
                 continue
             seen[cell.spec.cell_id] = values.get("seed")
             here = sweep_dir / cell.spec.subdir
-            if not force and is_complete(here, cell.spec.cell_id):
+            state = read_state(here, cell.spec.cell_id)
+            if not force and state.state == "done":
                 cell.done_at = here
             elif not force and cell.spec.cell_id in elsewhere:
                 cell.done_at = elsewhere[cell.spec.cell_id]
-            else:
-                lease = read_lease(here)
-                if why_free(lease) is None:
-                    cell.running = describe_lease(lease)
+            elif state.live:
+                cell.running = state.owner
         plan.cells.append(cell)
     if plan.cells and not plan.runnable:
         reasons = Counter(c.skipped for c in plan.skipped)

@@ -17,10 +17,8 @@ from typing import Any
 
 from sweep.cellspec import CellSpec
 from sweep.files import atomic_write_json, atomic_write_text
+from sweep.layout import OUTCOMES_FILE, RESULT_FILE
 
-RESULT_FILE = "result.json"
-OUTCOMES_FILE = "outcomes.csv"
-PROGRESS_FILE = "progress.safetensors"  # a running cell's checkpoint (sweep.engine); never a record
 PACKAGES = ("sweep", "torch", "transformers", "datasets", "hydra-core", "submitit", "wandb", "scikit-learn", "numpy")
 
 

@@ -30,10 +30,11 @@ from sweep.cellspec import CellSpec, cell_spec
 from sweep.conf_path import CONF_PACKAGE, check_not_shadowed
 from sweep.errors import ConfigError, SweepError, entered, mark_entered
 from sweep.files import atomic_write_json
+from sweep.layout import OUTCOMES_FILE, PROGRESS_FILE, RESULT_FILE, UNIT_SUMMARY, UNITS_DIR
 from sweep.lease import Lease, LeaseHeld
 from sweep.redaction import redact_files, redact_logs
 from sweep.settings import SweepRun, check_device, parse_settings, parse_sweep
-from sweep.units import UNIT_SUMMARY, UNITS_DIR, cell_config, read_unit
+from sweep.units import cell_config, read_unit
 
 log = logging.getLogger("sweep.run")
 
@@ -171,7 +172,7 @@ def _take_leases(cells: list[JobCell], run: SweepRun, statuses: dict[str, Any]) 
             statuses[cell.spec.name] = {**base, "status": "running elsewhere", "owner": held.holder}
             continue
         if run.force:  # recompute: a checkpoint left by a kill after an earlier record must not be resumed
-            (cell.folder / rec.PROGRESS_FILE).unlink(missing_ok=True)
+            (cell.folder / PROGRESS_FILE).unlink(missing_ok=True)
         if rec.is_complete(cell.folder, cell.spec.cell_id) and not run.force:
             log.info("%s was finished elsewhere while this launch waited; skipping", cell.spec.name)
             cell.lease.release()
@@ -195,7 +196,7 @@ def _measure(cfg: DictConfig, cells: list[JobCell], cache: Any, run: SweepRun, u
         statuses[spec.name] = _write_cell(cell, result, error, unit_id, started)
         written.add(spec.cell_id)
 
-    checkpoints = Checkpoints(lambda spec: by_id[spec.cell_id].folder / rec.PROGRESS_FILE, run.unit.checkpoint_s)
+    checkpoints = Checkpoints(lambda spec: by_id[spec.cell_id].folder / PROGRESS_FILE, run.unit.checkpoint_s)
     try:
         summary = measure_unit(cfg, [cell.spec for cell in cells], cache, emit, checkpoints=checkpoints)
     except SweepError:  # bad input, not a failed measurement: leave the cells pending
@@ -238,7 +239,7 @@ def _write_cell(cell: JobCell, result: Any, error: BaseException | None, unit_id
                   "compute": result.compute, "timings": {**result.timings, "total_s": time.perf_counter() - started},
                   "artifacts": result.artifacts,
                   "versions": {**rec.versions(), "model_revision": result.model_revision},
-                  "outcomes_file": rec.OUTCOMES_FILE if cfg.outcomes.save else None}
+                  "outcomes_file": OUTCOMES_FILE if cfg.outcomes.save else None}
     else:
         if rec.is_complete(cell.folder, spec.cell_id):  # never overwrite a finished measurement
             lease.release()
@@ -252,9 +253,9 @@ def _write_cell(cell: JobCell, result: Any, error: BaseException | None, unit_id
                         "this measurement is dropped so that the cell has one writer", spec.name)
             lease.release()  # stops the heartbeat; the lease itself is the new owner's
             return {**base, "status": "taken over"}
-        track.log_record(record, cell.folder / rec.OUTCOMES_FILE if result is not None and cfg.outcomes.save else None)
+        track.log_record(record, cell.folder / OUTCOMES_FILE if result is not None and cfg.outcomes.save else None)
         rec.write_record(cell.folder, record)
-    (cell.folder / rec.PROGRESS_FILE).unlink(missing_ok=True)
+    (cell.folder / PROGRESS_FILE).unlink(missing_ok=True)
     lease.release()
     if result is not None:
         log.info("%s: %s", spec.name, ", ".join(f"{k}={v:.4f}" for k, v in result.metrics.items()))
@@ -277,7 +278,7 @@ def _hydra_main(cfg: DictConfig) -> dict[str, Any]:
         sys.exit(2)
     if HydraConfig.get().mode != RunMode.MULTIRUN and record.get("status") == "failed":
         folder = Path(HydraConfig.get().runtime.output_dir)
-        print(f"error: {record['name']} failed: {record['error']} (its record: {folder / rec.RESULT_FILE})",
+        print(f"error: {record['name']} failed: {record['error']} (its record: {folder / RESULT_FILE})",
               file=sys.stderr)
         sys.exit(1)  # a sweep reads its cells' states from their records instead
     return record

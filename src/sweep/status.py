@@ -1,12 +1,5 @@
-"""`sweep-status`: what state each cell of a sweep is in, read from its folder alone.
-
-done     — result.json with status "complete"
-failed   — result.json with status "failed" (error and traceback inside)
-corrupt  — result.json that cannot be parsed (the planner runs such a cell again)
-running  — no record, and a live owner holds its lease (started.json, see sweep.lease)
-killed   — no record, and its lease's owner is dead: its process is gone on this host (a
-           zombie counts as gone), its SLURM job left the queue, or its heartbeat is stale
-pending  — nothing yet (or a lease given up without a record, e.g. after bad input)
+"""`sweep-status`: what state each cell of a sweep is in (`sweep.cell_state`), read from
+its folder alone, and what each work unit did.
 """
 
 from __future__ import annotations
@@ -18,33 +11,22 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from sweep.lease import LEASE_FILE, describe, read_lease, why_free
-from sweep.record import RESULT_FILE, read_record
+from sweep.cell_state import cell_state, read_state
+from sweep.layout import RESULT_FILE, CellPaths, SweepPaths
+from sweep.record import read_record
 
-PLAN_FILE = "plan.json"
-
-
-def cell_state(cell_dir: Path, cell_id: str | None = None) -> str:
-    record = read_record(cell_dir)
-    if record is None and (cell_dir / RESULT_FILE).exists():
-        return "corrupt"
-    if record is not None and (cell_id is None or record.get("cell_id") == cell_id):
-        return "done" if record.get("status") == "complete" else "failed"
-    lease = read_lease(cell_dir)
-    if lease is None or lease.get("released") is not None:
-        return "pending"
-    return "running" if why_free(lease) is None else "killed"
+if TYPE_CHECKING:
+    from sweep.plan import Plan  # sweep.plan imports this module
 
 
 def log_files(cell_dir: Path) -> list[Path]:
     """The logs that tell what happened to a cell: its own folder's (a single `sweep-run`),
     else its work unit's (units/<id>/*.log in the sweep folder, named by its record)."""
-    from sweep.units import unit_dir
-
-    own = sorted(cell_dir.glob("*.log"))
+    own = CellPaths(cell_dir).own_logs()
     unit = (read_record(cell_dir) or {}).get("unit")
-    return own + (sorted(unit_dir(cell_dir.parent.parent, unit).glob("*.log")) if unit else [])
+    return own + (sorted(SweepPaths(cell_dir.parent.parent).unit_dir(unit).glob("*.log")) if unit else [])
 
 
 @dataclass
@@ -81,19 +63,20 @@ def summarise_cells(cells: Iterable[tuple[object, Path]], *, finished: bool = Fa
     summary = Summary()
     errors = errors or {}
     for spec, folder in cells:
-        state = cell_state(folder, getattr(spec, "cell_id", None))
+        found = read_state(folder, getattr(spec, "cell_id", None))
+        state = found.state
         if finished and state in ("killed", "pending"):
             state = "failed" if spec.name in errors else "crashed"
         summary.counts[state] += 1
-        if state == "failed" and read_record(folder) is None:
+        if state == "failed" and found.record is None:
             summary.failed.append((spec.name, folder, errors[spec.name]))
         elif state == "failed":
-            error = str(read_record(folder).get("error")).strip().splitlines() or ["?"]
+            error = str(found.record.get("error")).strip().splitlines() or ["?"]
             summary.failed.append((spec.name, folder, error[0][:300]))
         elif state == "corrupt":
             summary.corrupt.append((spec.name, folder))
         elif state == "running":
-            summary.running.append((spec.name, folder, describe(read_lease(folder) or {})))
+            summary.running.append((spec.name, folder, found.owner or "?"))
         elif state != "done":
             summary.missing.append((spec.name, folder, state))
     return summary
@@ -107,12 +90,11 @@ class _Named:
 
 def sweep_cells(sweep_dir: Path) -> list[tuple[_Named, Path]]:
     """The sweep's planned cells (from plan.json), else every cell folder found."""
-    plan_path = sweep_dir / PLAN_FILE
-    if plan_path.exists():
-        plan = json.loads(plan_path.read_text())
+    paths = SweepPaths(sweep_dir)
+    if paths.plan.exists():
+        plan = json.loads(paths.plan.read_text())
         return [(_Named(c["name"], c["cell_id"]), record_folder(sweep_dir, c)) for c in plan["cells"]]
-    folders = {p.parent for name in (RESULT_FILE, LEASE_FILE) for p in sweep_dir.glob(f"*/*/{name}")}
-    return [(_Named(f.name, None), f) for f in sorted(folders)]
+    return [(_Named(f.name, None), f) for f in paths.cell_folders()]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -137,18 +119,18 @@ def main(argv: list[str] | None = None) -> None:
 def units_text(sweep_dir: Path) -> str:
     """Each work unit launched in the sweep (newest launch last): its cells' states, and
     what it cost once it ended (its summary.json)."""
-    from sweep.units import UNIT_SUMMARY, read_units, unit_dir
+    from sweep.units import read_units
 
-    lines = []
+    lines, paths = [], SweepPaths(sweep_dir)
     for unit in read_units(sweep_dir):
-        folder = unit_dir(sweep_dir, unit["unit_id"])
+        folder = paths.unit_dir(unit["unit_id"])
         if unit["prepare"]:
             lines.append(f"  unit {unit['unit_id']}: prepares {unit['model']}'s artifacts")
             continue
         states = Counter(cell_state(sweep_dir / c["subdir"], c["cell_id"]) for c in unit["cells"])
         ended = ""
-        if (folder / UNIT_SUMMARY).exists():
-            summary = json.loads((folder / UNIT_SUMMARY).read_text())
+        if paths.unit_summary(unit["unit_id"]).exists():
+            summary = json.loads(paths.unit_summary(unit["unit_id"]).read_text())
             ended = (f"; ran {summary['cells']} cells in {summary['wall_s']:.0f} s, "
                      f"{summary['block_calls']:,} block applications")
         lines.append(f"  unit {unit['unit_id']}: {unit['model']}, {len(unit['cells'])} cells: "
@@ -164,7 +146,7 @@ def record_folder(sweep_dir: Path, cell: dict) -> Path:
     return Path(cell["record_dir"]) if cell.get("record_dir") else sweep_dir / cell["subdir"]
 
 
-def write_plan(plan: "Plan") -> None:  # noqa: F821 - sweep.plan imports this module's neighbours
+def write_plan(plan: Plan) -> None:
     """Record every runnable cell of the sweep, so status can tell pending from unknown,
     and where each cell taken from sweep.results_from has its record."""
     from sweep.files import atomic_write_json
@@ -175,7 +157,7 @@ def write_plan(plan: "Plan") -> None:  # noqa: F821 - sweep.plan imports this mo
         elsewhere = c.done_at is not None and c.done_at.resolve() != here.resolve()
         cells.append({"name": c.spec.name, "cell_id": c.spec.cell_id, "subdir": c.spec.subdir,
                       **({"record_dir": str(c.done_at.resolve())} if elsewhere else {})})
-    atomic_write_json(plan.sweep_dir / PLAN_FILE, {"sweep_id": plan.sweep_id, "cells": cells})
+    atomic_write_json(SweepPaths(plan.sweep_dir).plan, {"sweep_id": plan.sweep_id, "cells": cells})
 
 
 if __name__ == "__main__":

@@ -25,14 +25,12 @@ from sweep.cellspec import CellSpec
 from sweep.errors import ConfigError
 from sweep.files import atomic_write_json
 from sweep.interventions import NONE
+from sweep.layout import SweepPaths
 from sweep.redaction import redact
 from sweep.settings import UnitSize
 
 #: the config nodes in which cells of one unit may differ: what a cell measures
 MEASURED = ("layer", "seed", "intervention", "readout")
-UNITS_DIR = "units"
-UNIT_FILE = "unit.json"
-UNIT_SUMMARY = "summary.json"  # written by the unit's job when it ends: block applications, wall and lock-wait time
 PREPARE = "prepare"  # a unit without cells that fills the artifact cache for split models
 
 
@@ -134,17 +132,13 @@ def preparation_units(units: Sequence[Unit]) -> list[Unit]:
 
 # -- the unit file -------------------------------------------------------------------
 
-def unit_dir(sweep_dir: Path, unit_id: str) -> Path:
-    return Path(sweep_dir) / UNITS_DIR / unit_id
-
-
 def write_unit(sweep_dir: Path, unit: Unit) -> Path:
     """units/<id>/unit.json: every cell's name, id, folder, overrides and measured nodes."""
     cells = [] if unit.prepare else [
         {"name": c.spec.name, "cell_id": c.spec.cell_id, "subdir": c.spec.subdir,
          "overrides": [redact(o) for o in c.overrides],  # for people reading it: the job has its own
          "measured": {k: c.config[k] for k in MEASURED}} for c in unit.cells]
-    path = unit_dir(sweep_dir, unit.unit_id) / UNIT_FILE
+    path = SweepPaths(sweep_dir).unit_file(unit.unit_id)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, {"unit_id": unit.unit_id, "model": unit.model, "prepare": unit.prepare,
                              "cost_per_image": unit.cost, "cells": cells})
@@ -152,7 +146,7 @@ def write_unit(sweep_dir: Path, unit: Unit) -> Path:
 
 
 def read_unit(sweep_dir: Path, unit_id: str) -> dict[str, Any]:
-    path = unit_dir(sweep_dir, unit_id) / UNIT_FILE
+    path = SweepPaths(sweep_dir).unit_file(unit_id)
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError) as error:
@@ -163,7 +157,7 @@ def read_unit(sweep_dir: Path, unit_id: str) -> dict[str, Any]:
 def read_units(sweep_dir: Path) -> list[dict[str, Any]]:
     """Every unit file of a sweep (for sweep-status), oldest first."""
     found = []
-    for path in sorted(Path(sweep_dir).glob(f"{UNITS_DIR}/*/{UNIT_FILE}"), key=lambda p: p.stat().st_mtime):
+    for path in sorted(SweepPaths(sweep_dir).unit_files(), key=lambda p: p.stat().st_mtime):
         try:
             found.append(json.loads(path.read_text()))
         except (OSError, ValueError):
