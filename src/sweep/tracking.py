@@ -1,4 +1,6 @@
 """Weights & Biases for one cell: one run per cell, grouped by sweep, resumable on requeue.
+(`wandb_run` holds the rules below for every run of a sweep; the sweep's summary run,
+sweep.dashboard, starts through it too.)
 
 `result.json` stays the source of truth; W&B is the dashboard, and the measurement never
 depends on it. The run is written into the cell's own folder. Online is attempted only when
@@ -284,7 +286,9 @@ def wandb_run(wandb_cfg: Mapping[str, Any], init: dict[str, Any], *, run_dir: Pa
     every run of the sweep follows: the mode from `choose_mode` (said once with
     `offline_hint` when it falls back), a stable id resumed on re-run with the earlier
     attempts' folders removed, every call bounded in time, and no W&B failure leaving
-    here. `init`: group, job_type, name, id, tags and config of the run."""
+    here. `init`: group, job_type, name, id, tags and config of the run. `side_dir` must
+    not be `run_dir/.wandb`: wandb writes its runs there instead of `run_dir/wandb/` when
+    that folder exists and `wandb/` does not."""
     mode, why = choose_mode(wandb_cfg)
     if why:
         say_once(f"W&B: logging offline because {why}. {offline_hint}")
