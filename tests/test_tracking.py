@@ -326,3 +326,29 @@ def test_a_killed_attempt_and_its_rerun_leave_one_run_folder(cli_env, tmp_path):
     (folder,) = run_folders(cell)
     (log,) = folder.glob("run-*.wandb")
     assert f"{record['metrics']['accuracy']}".encode() in log.read_bytes()  # the re-run's summary
+
+
+def test_a_rate_limit_mid_run_costs_a_units_other_cells_no_wait(cli_env, tmp_path):
+    """The server accepts the first cell's run, then rate-limits its uploads: that cell's run
+    is left for `wandb sync` after finish_timeout, and the unit's other cell and the sweep's
+    summary run go straight offline: the server never hears of them."""
+    env = {k: v for k, v in cli_env.items() if k != "WANDB_MODE"}
+    env.update(WANDB_API_KEY=SECRETS["WANDB_API_KEY"], HOME=str(tmp_path))
+    with StandInServer("uploads-429") as server:
+        result = multirun(["model=toy_vit", "layer=5,6", "intervention=none", "sweep.name=limited", "logger=wandb",
+                           "wandb.mode=online", f"wandb.base_url={server.url}", "wandb.init_timeout_s=5",
+                           "wandb.finish_timeout_s=5"], env, tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    sweep_dir = tmp_path / "multirun" / "limited"
+    records = [json.loads(p.read_text()) for p in sorted(sweep_dir.glob("toy_vit/*/result.json"))]
+    assert [r["status"] for r in records] == ["complete", "complete"]
+    contacted = [r for r in records if run_id("limited", r["cell_id"]).encode() in server.received]
+    assert len(contacted) == 1, output  # the first cell only
+    (online,) = run_folders(next(sweep_dir.glob(f"toy_vit/{contacted[0]['name']}-*")))
+    assert online.name.startswith("run-")  # its data, for `wandb sync`
+    assert "finishing the W&B run (uploading its data) failed" in output
+    assert "W&B failed earlier in this process" in output  # why the rest went offline
+    offline = [folder for folder in sweep_dir.rglob("offline-run-*") if not folder.is_symlink()]
+    assert len(offline) == 2  # the other cell's run and the summary run
+    assert b"aggregate" not in bytes(server.received)
