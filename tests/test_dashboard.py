@@ -14,8 +14,8 @@ import pytest
 import yaml
 from fake_sweep import make_sweep
 
-from sweep.dashboard import accuracy_lines, log_replacing, summary_run_id, summary_settings
 from sweep.aggregate import COLUMNS, load_local
+from sweep.dashboard import accuracy_lines, log_replacing, summary_run_id, summary_settings
 from sweep.errors import ConfigError
 from sweeps import multirun
 from wandb_files import OfflineRun, offline_runs
