@@ -148,6 +148,7 @@ def test_cli_writes_into_the_sweep_folder_by_default(tmp_path, capsys):
     (["{sweep}", "colour=red"], "unknown key 'colour'; valid keys: source, out, figures, bootstrap"),
     (["{sweep}", "bootstrap=many"], "bootstrap='many'"),
     (["{sweep}", "figures=maybe"], "figures='maybe'"),
+    (["{sweep}", "wandb.log=maybe"], "wandb.log='maybe': use true or false"),
     (["source=wandb", "sweep.name=x"], "source=wandb needs wandb.project"),
     (["{sweep}", "sweep.name=x"], "only apply to source=wandb"),
     (["{sweep}/tiny_a"], "one model's cells; give the sweep folder"),

@@ -11,7 +11,6 @@ added by a `.pth` line is not executed), so the wheel's copy is the one that run
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys

@@ -18,9 +18,11 @@ from pathlib import Path
 import pytest
 
 from conftest import FAST
+from sweep.aggregate import AXES
 from sweep.errors import ConfigError
 from sweep.tracking import WandbTracker, check_mode, choose_mode, run_id
 from sweeps import multirun
+from wandb_files import OfflineRun
 
 SECRETS = {"WANDB_API_KEY": "local-0123456789abcdef0123456789abcdef01234567", "HF_TOKEN": "hf_SeCrEt0123456789"}
 
@@ -55,6 +57,10 @@ def test_every_cell_writes_one_offline_wandb_run_in_its_own_folder(wandb_sweep):
         # scan of every installed package, most of a cell's bookkeeping time) is not written
         assert f'"transformers":"{record["versions"]["transformers"]}"'.encode() in raw
         assert not list(cell.glob("wandb/offline-run-*/files/requirements.txt"))
+        # what users group and filter by, as top-level config keys beside the nested config
+        config = OfflineRun.read(log.parent).config
+        assert {axis: config[f"cell_{axis}"] for axis in AXES} == {axis: record[axis] for axis in AXES}
+        assert config["model"]["name"] == record["model"] and config["layer"] == record["layer"]
 
 
 def test_no_secret_reaches_any_file_the_sweep_writes(wandb_sweep):
@@ -134,14 +140,31 @@ def test_errors_while_logging_or_finishing_become_one_offline_message(caplog, tm
     assert "wandb sync /cell/wandb/run-x" in message
 
 
+def test_an_online_run_failing_mid_run_sends_the_processs_later_cells_straight_offline(caplog, monkeypatch,
+                                                                                       tmp_path):
+    import sweep.tracking
+
+    monkeypatch.setattr(sweep.tracking, "_online_failed", None)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    track = WandbTracker("toy-cell", tmp_path, log_outcomes=False)
+    track.run, track.online = FailingRun(), True  # as if wandb.init had succeeded online
+    track.finish(exit_code=0)
+    mode, why = choose_mode({"mode": "online", "base_url": "x", "reachability_timeout_s": 1})
+    assert mode == "offline" and "finishing the W&B run (uploading its data) failed (TimeoutError" in why
+
+
 # A stand-in W&B server on 127.0.0.1 (ephemeral port), one failure mode each:
 #   refused        nothing listens (the port is bound, so nothing else can take it)
 #   silent         accepts the connection and never answers
 #   http-500       answers every request with 500
 #   http-401       answers every request with 401 (the server rejects the key)
+#   http-429       rate-limits every request: 429 with a Retry-After header
 #   malformed-key  would answer, but the key is too short for wandb to even try
 #   uploads-hang   accepts the run (resume status, upsert) and never answers the uploads
+#   uploads-429    accepts the run, then rate-limits the uploads (429 + Retry-After) mid-run
 class StandInServer:
+    RETRY_AFTER_S = 30  # longer than the test's timeouts: a client that waits it out fails the test
+
     def __init__(self, mode: str) -> None:
         self.mode, self.received, self.closed = mode, bytearray(), threading.Event()
         if mode in ("refused", "silent"):
@@ -185,6 +208,8 @@ class StandInServer:
                     server.closed.wait()  # hold the request until the test ends
                     return
                 self.send_response(status)
+                if status == 429:
+                    self.send_header("Retry-After", str(server.RETRY_AFTER_S))
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(reply)))
                 self.end_headers()
@@ -198,11 +223,11 @@ class StandInServer:
         return Handler
 
     def reply(self, body: bytes) -> tuple[int | None, bytes]:
-        if self.mode in ("http-500", "http-401"):
+        if self.mode in ("http-500", "http-401", "http-429"):
             return int(self.mode[-3:]), b'{"errors": [{"message": "stand-in server says no"}]}'
-        if self.mode == "uploads-hang" and b"RunResumeStatus" in body:
+        if self.mode.startswith("uploads-") and b"RunResumeStatus" in body:
             return 200, b'{"data": {"model": null}}'  # a new run
-        if self.mode == "uploads-hang" and b"UpsertBucket" in body:
+        if self.mode.startswith("uploads-") and b"UpsertBucket" in body:
             name = json.loads(body)["variables"]["name"]
             bucket = {"id": "UnVuOjE=", "name": name, "displayName": name, "historyLineCount": 0,
                       "eventsLineCount": 0, "config": "{}", "summaryMetrics": "{}",
@@ -210,6 +235,8 @@ class StandInServer:
             return 200, json.dumps({"data": {"upsertBucket": {"inserted": True, "bucket": bucket}}}).encode()
         if self.mode == "uploads-hang":
             return None, b""
+        if self.mode == "uploads-429":
+            return 429, b'{"errors": [{"message": "rate limit exceeded"}]}'
         return 200, b'{"data": {}}'
 
     def __enter__(self) -> "StandInServer":
@@ -245,7 +272,7 @@ def assert_no_secret_under(folder: Path, env: dict, also: bytes = b"") -> None:
                 assert secret not in path.read_bytes(), f"{name} leaked into {path}"
 
 
-FAILURES = ["refused", "silent", "http-500", "http-401", "malformed-key", "uploads-hang"]
+FAILURES = ["refused", "silent", "http-500", "http-401", "http-429", "malformed-key", "uploads-hang", "uploads-429"]
 
 
 @pytest.mark.parametrize("mode", FAILURES)
@@ -270,12 +297,12 @@ def test_a_wandb_failure_costs_the_cell_nothing_but_its_dashboard(mode, cli_env,
     assert status == "complete"
     assert len(messages) == 1 and "offline" in messages[0] and "wandb sync" in messages[0], output
     (folder,) = run_folders(cell)
-    assert folder.name.startswith("run-" if mode == "uploads-hang" else "offline-run-")
+    assert folder.name.startswith("run-" if mode.startswith("uploads-") else "offline-run-")
     assert (folder / f"run-{run_id(None, json.loads((cell / 'result.json').read_text())['cell_id'])}.wandb").exists()
     if mode not in ("refused", "malformed-key"):
         assert b"/graphql" in server.received  # wandb talked to the configured server, not its default
     assert_no_secret_under(tmp_path, env, bytes(server.received))
-    assert seconds < 60
+    assert seconds < 60, output
 
 
 def test_a_killed_attempt_and_its_rerun_leave_one_run_folder(cli_env, tmp_path):
@@ -299,3 +326,29 @@ def test_a_killed_attempt_and_its_rerun_leave_one_run_folder(cli_env, tmp_path):
     (folder,) = run_folders(cell)
     (log,) = folder.glob("run-*.wandb")
     assert f"{record['metrics']['accuracy']}".encode() in log.read_bytes()  # the re-run's summary
+
+
+def test_a_rate_limit_mid_run_costs_a_units_other_cells_no_wait(cli_env, tmp_path):
+    """The server accepts the first cell's run, then rate-limits its uploads: that cell's run
+    is left for `wandb sync` after finish_timeout, and the unit's other cell and the sweep's
+    summary run go straight offline: the server never hears of them."""
+    env = {k: v for k, v in cli_env.items() if k != "WANDB_MODE"}
+    env.update(WANDB_API_KEY=SECRETS["WANDB_API_KEY"], HOME=str(tmp_path))
+    with StandInServer("uploads-429") as server:
+        result = multirun(["model=toy_vit", "layer=5,6", "intervention=none", "sweep.name=limited", "logger=wandb",
+                           "wandb.mode=online", f"wandb.base_url={server.url}", "wandb.init_timeout_s=5",
+                           "wandb.finish_timeout_s=5"], env, tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    sweep_dir = tmp_path / "multirun" / "limited"
+    records = [json.loads(p.read_text()) for p in sorted(sweep_dir.glob("toy_vit/*/result.json"))]
+    assert [r["status"] for r in records] == ["complete", "complete"]
+    contacted = [r for r in records if run_id("limited", r["cell_id"]).encode() in server.received]
+    assert len(contacted) == 1, output  # the first cell only
+    (online,) = run_folders(next(sweep_dir.glob(f"toy_vit/{contacted[0]['name']}-*")))
+    assert online.name.startswith("run-")  # its data, for `wandb sync`
+    assert "finishing the W&B run (uploading its data) failed" in output
+    assert "W&B failed earlier in this process" in output  # why the rest went offline
+    offline = [folder for folder in sweep_dir.rglob("offline-run-*") if not folder.is_symlink()]
+    assert len(offline) == 2  # the other cell's run and the summary run
+    assert b"aggregate" not in bytes(server.received)

@@ -22,7 +22,7 @@ from typing import Any
 
 import pandas as pd
 
-from sweep.errors import SweepError
+from sweep.errors import ConfigError, SweepError
 from sweep.files import atomic_write_bytes, atomic_write_text
 from sweep.interventions import INTERVENTIONS
 from sweep.layout import OUTCOMES_FILE, RESULT_FILE, SweepPaths
@@ -484,10 +484,13 @@ keys (default in brackets):
   bootstrap.seed=<n>   seed of the bootstrap's random numbers [0]
   wandb.project=<p>    W&B project (source=wandb) [no default]
   wandb.entity=<e>     W&B entity (source=wandb) [your W&B default entity]
-  sweep.name=<id>      the sweep id, i.e. the runs' W&B group (source=wandb) [no default]"""
+  sweep.name=<id>      the sweep id, i.e. the runs' W&B group (source=wandb) [no default]
+  wandb.log=true|false log the table, figures and accuracy-vs-layer plots as the sweep's
+                       summary run in its W&B group (docs/tracking.md) [false]"""
 
-DEFAULTS = {"source": "local", "figures": "true", "bootstrap": "1000", "bootstrap.seed": "0"}
-KEYS = ("source", "out", "figures", "bootstrap", "bootstrap.seed", "wandb.project", "wandb.entity", "sweep.name")
+DEFAULTS = {"source": "local", "figures": "true", "bootstrap": "1000", "bootstrap.seed": "0", "wandb.log": "false"}
+KEYS = ("source", "out", "figures", "bootstrap", "bootstrap.seed", "wandb.project", "wandb.entity", "sweep.name",
+        "wandb.log")
 SOURCES = ("local", "wandb")
 _TRUE, _FALSE = ("true", "yes", "1", "on"), ("false", "no", "0", "off")
 
@@ -503,6 +506,7 @@ class Options:
     figures: bool
     n_boot: int
     boot_seed: int
+    wandb_log: bool
 
 
 def parse_args(argv: Sequence[str]) -> Options | None:
@@ -536,7 +540,8 @@ def parse_args(argv: Sequence[str]) -> Options | None:
                       out=Path(settings["out"]) if settings.get("out") else None,
                       figures=_boolean("figures", settings["figures"]),
                       n_boot=_count("bootstrap", settings["bootstrap"]),
-                      boot_seed=_count("bootstrap.seed", settings["bootstrap.seed"]))
+                      boot_seed=_count("bootstrap.seed", settings["bootstrap.seed"]),
+                      wandb_log=_boolean("wandb.log", settings["wandb.log"]))
     _check_source(options)
     return options
 
@@ -605,6 +610,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if options is None:
             print(USAGE)
             return 0
+        summary_run = _summary_settings(options)
         table, out_dir = load(options)
     except UsageError as error:
         print(f"sweep-aggregate: error: {error}\n\n{USAGE}", file=sys.stderr)
@@ -621,25 +627,47 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     written = write_results(table, out_dir)
     print(f"wrote {', '.join(str(p) for p in written)}")
+    figures = None
     if options.figures:
         try:
-            _draw(table, out_dir / FIGURES_DIR, n_boot=options.n_boot, seed=options.boot_seed)
+            figures = _draw(table, out_dir / FIGURES_DIR, n_boot=options.n_boot, seed=options.boot_seed)
         except SourceError as error:
             print(f"sweep-aggregate: error while drawing: {error}", file=sys.stderr)
             return 1
+    if summary_run is not None:
+        from sweep.dashboard import log_summary_run  # wandb is slow to import; only when logging
+
+        folder = log_summary_run(table, figures, summary_run, out_dir)
+        if folder is not None:
+            print(f"W&B: the sweep's summary run (group {table.sweep_id}, job_type aggregate) is in {folder}")
     return 0
 
 
-def _draw(table: SweepTable, figures_dir: Path, *, n_boot: int, seed: int) -> None:
+def _summary_settings(options: Options) -> Any:
+    """The checked W&B settings of the summary run (wandb.log=true), or None: a bad setting
+    stops the command before the table is read."""
+    if not options.wandb_log:
+        return None
+    from sweep.dashboard import summary_settings
+
+    try:
+        return summary_settings(options.sweep_dir, project=options.project, entity=options.entity)
+    except ConfigError as error:
+        raise UsageError(f"wandb.log=true: {error}") from error
+
+
+def _draw(table: SweepTable, figures_dir: Path, *, n_boot: int, seed: int) -> dict[str, Any]:
     from sweep.plotting import draw_figures  # matplotlib is slow to import; only when drawing
 
-    for name, figure in draw_figures(table, figures_dir, n_boot=n_boot, seed=seed).items():
+    figures = draw_figures(table, figures_dir, n_boot=n_boot, seed=seed)
+    for name, figure in figures.items():
         if figure.skipped:
             print(f"figure {name}: skipped ({figure.skipped})")
             continue
         print(f"figure {name}: {', '.join(str(p) for p in figure.paths)}")
         for note in figure.notes:
             print(f"  note: {note}")
+    return figures
 
 
 if __name__ == "__main__":

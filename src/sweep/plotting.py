@@ -364,10 +364,16 @@ def _plot(ax: Any, line: Line, **style: Any) -> None:
         ax.fill_between(line.layers, line.low, line.high, color=style.get("color"), alpha=0.2, linewidth=0)
 
 
-def _chance(ax: Any, rows: pd.DataFrame) -> None:
+def chance_level(rows: pd.DataFrame) -> float | None:
+    """The chance accuracy the panel draws for these rows (their mean), or None without one."""
     chance = rows["chance"].dropna()
-    if not chance.empty:
-        ax.axhline(float(chance.mean()), label=CHANCE, **CHANCE_STYLE)
+    return None if chance.empty else float(chance.mean())
+
+
+def _chance(ax: Any, rows: pd.DataFrame) -> None:
+    level = chance_level(rows)
+    if level is not None:
+        ax.axhline(level, label=CHANCE, **CHANCE_STYLE)
 
 
 def _style(ax: Any, model: str, rows: pd.DataFrame, *, ylabel: str) -> None:

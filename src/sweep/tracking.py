@@ -1,4 +1,6 @@
 """Weights & Biases for one cell: one run per cell, grouped by sweep, resumable on requeue.
+(`wandb_run` holds the rules below for every run of a sweep; the sweep's summary run,
+sweep.dashboard, starts through it too.)
 
 `result.json` stays the source of truth; W&B is the dashboard, and the measurement never
 depends on it. The run is written into the cell's own folder. Online is attempted only when
@@ -18,7 +20,7 @@ import os
 import shutil
 import socket
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -159,24 +161,26 @@ class WandbTracker:
     run offline (its data stays in the cell's wandb/ folder, for `wandb sync`) and is said
     once; after that the run is left alone."""
 
-    def __init__(self, name: str, cell_dir: Path, log_outcomes: bool) -> None:
-        self.name, self.cell_dir, self.log_outcomes = name, cell_dir, log_outcomes
+    def __init__(self, name: str, run_dir: Path, log_outcomes: bool) -> None:
+        self.name, self.run_dir, self.log_outcomes = name, run_dir, log_outcomes
         self.run: Any = None
+        self.online = False  # the run started online
         self.broken = False
 
     def start(self, mode: str, init: dict[str, Any]) -> None:
         """Init in `mode`; if online fails, fall back to offline; if that fails, no run."""
         global _online_failed
-        _remove_run_folders(self.cell_dir / "wandb", init["id"])
+        _remove_run_folders(self.run_dir / "wandb", init["id"])
         try:
             self.run = self._init(mode, init)
+            self.online = mode == "online"
             return
         except Exception as error:
             why = f"wandb.init failed ({_brief(error)})"
         if mode == "online":
             _online_failed = f"W&B failed earlier in this process ({why})"
             _teardown()
-            _remove_run_folders(self.cell_dir / "wandb", init["id"])
+            _remove_run_folders(self.run_dir / "wandb", init["id"])
             try:
                 self.run = self._init("offline", init)
             except Exception as error:
@@ -199,24 +203,39 @@ class WandbTracker:
                     self.name, why, folder, folder)
 
     def _failed(self, what: str, error: BaseException) -> None:
+        """The first failure of a started run: said once. An online run's failure (a rate
+        limit or a hang mid-run) also sends the process's later runs straight offline, so
+        that each cell of a unit does not wait out the same server again."""
+        global _online_failed
         if not self.broken:
             self.broken = True
-            self._say_offline(f"{what} failed ({_brief(error)})")
+            why = f"{what} failed ({_brief(error)})"
+            if self.online:
+                _online_failed = f"W&B failed earlier in this process ({why})"
+            self._say_offline(why)
 
-    def log_record(self, record: Mapping[str, Any], outcomes: Path | None) -> None:
+    def guarded(self, what: str, action: Callable[[Any], None]) -> None:
+        """`action(run)`, unless the run is gone or broken; its first error makes the run
+        offline with one message (`what` failed), and later actions are skipped."""
         if self.run is None or self.broken:
             return
         try:
+            action(self.run)
+        except Exception as error:
+            self._failed(what, error)
+
+    def log_record(self, record: Mapping[str, Any], outcomes: Path | None) -> None:
+        def send(run: Any) -> None:
             from sweep.aggregate import record_row
 
-            self.run.summary.update(record_row(record))
+            run.summary.update(record_row(record))
             if self.log_outcomes and outcomes is not None and outcomes.exists():
                 import pandas as pd
                 import wandb
 
-                self.run.log({"outcomes": wandb.Table(dataframe=pd.read_csv(outcomes))})
-        except Exception as error:
-            self._failed("logging to W&B", error)
+                run.log({"outcomes": wandb.Table(dataframe=pd.read_csv(outcomes))})
+
+        self.guarded("logging to W&B", send)
 
     def finish(self, exit_code: int) -> None:
         """Bounded by `finish_timeout`; a timeout (finish_timeout_raises) or an error leaves
@@ -230,6 +249,16 @@ class WandbTracker:
             _teardown()
 
 
+def cell_keys(spec: CellSpec) -> dict[str, Any]:
+    """The fields users group and filter cell runs by, as top-level config keys
+    `cell_<axis>`: the nested config keeps `model`, `intervention` and `readout` as groups
+    and `layer` / `seed` as typed (`-1`, a seed the intervention ignores); these are the
+    cell's own values, as its record has them."""
+    from sweep.aggregate import AXES
+
+    return {f"cell_{axis}": getattr(spec, axis) for axis in AXES}
+
+
 @contextmanager
 def tracker(cfg: Any, spec: CellSpec, sweep_id: str | None, cell_dir: Path) -> Iterator[NullTracker | WandbTracker]:
     """The cell's tracker. Raises only ConfigError (a bad `wandb.mode`), before any work;
@@ -237,31 +266,50 @@ def tracker(cfg: Any, spec: CellSpec, sweep_id: str | None, cell_dir: Path) -> I
     if str(cfg.logger.name) == "none":
         yield NullTracker()
         return
+    side = Path(cfg.sweep.root).resolve() / ".wandb" if sweep_id else cell_dir / ".wandb-cache"
     wandb_cfg = cfg.wandb
+    init = dict(
+        group=sweep_id or "single-cells", job_type=spec.intervention, name=spec.name,
+        id=run_id(sweep_id, spec.cell_id),
+        tags=[spec.model, spec.intervention, spec.readout, f"L{spec.layer}", *wandb_cfg.tags],
+        config={**scrubbed_config(cfg), **cell_keys(spec), "versions": versions()})
+    offline_hint = ("The runs are in each cell's wandb/ folder; upload them later with `wandb sync <cell "
+                    "folder>/wandb/offline-run-*` (or `wandb sync --sync-all` there).")
+    with wandb_run(wandb_cfg, init, run_dir=cell_dir, side_dir=side, offline_hint=offline_hint,
+                   log_outcomes=bool(wandb_cfg.log_outcomes)) as track:
+        yield track
+
+
+@contextmanager
+def wandb_run(wandb_cfg: Mapping[str, Any], init: dict[str, Any], *, run_dir: Path, side_dir: Path,
+              offline_hint: str, log_outcomes: bool = False) -> Iterator[WandbTracker]:
+    """One W&B run in `run_dir` (wandb's cache and staging in `side_dir`) under the rules
+    every run of the sweep follows: the mode from `choose_mode` (said once with
+    `offline_hint` when it falls back), a stable id resumed on re-run with the earlier
+    attempts' folders removed, every call bounded in time, and no W&B failure leaving
+    here. `init`: group, job_type, name, id, tags and config of the run. `side_dir` must
+    not be `run_dir/.wandb`: wandb writes its runs there instead of `run_dir/wandb/` when
+    that folder exists and `wandb/` does not."""
     mode, why = choose_mode(wandb_cfg)
     if why:
-        say_once(f"W&B: logging offline because {why}. The runs are in each cell's wandb/ folder; upload them "
-                 f"later with `wandb sync <cell folder>/wandb/offline-run-*` (or `wandb sync --sync-all` there).")
-    side = Path(cfg.sweep.root).resolve() / ".wandb" if sweep_id else cell_dir / ".wandb-cache"
-    os.environ.update({"WANDB_DIR": str(cell_dir), "WANDB_CACHE_DIR": str(side / "cache"),
-                       "WANDB_DATA_DIR": str(side / "data")})
+        say_once(f"W&B: logging offline because {why}. {offline_hint}")
+    os.environ.update({"WANDB_DIR": str(run_dir), "WANDB_CACHE_DIR": str(side_dir / "cache"),
+                       "WANDB_DATA_DIR": str(side_dir / "data")})
     # wandb-core's own error reports go to base_url too; against a server that hangs they
     # hold the cell's exit ~10 s, and compute nodes have nowhere to send them anyway.
     os.environ.setdefault("WANDB_ERROR_REPORTING", "false")
     init = dict(
-        project=str(wandb_cfg.project), entity=wandb_cfg.entity, group=sweep_id or "single-cells",
-        job_type=spec.intervention, name=spec.name, id=run_id(sweep_id, spec.cell_id), resume="allow",
-        tags=[spec.model, spec.intervention, spec.readout, f"L{spec.layer}", *wandb_cfg.tags],
-        config={**scrubbed_config(cfg), "versions": versions()}, dir=str(cell_dir), reinit="finish_previous",
-        settings=dict(console="off", silent=True, base_url=str(wandb_cfg.base_url),
-                      init_timeout=float(wandb_cfg.init_timeout_s),
-                      finish_timeout=float(wandb_cfg.finish_timeout_s), finish_timeout_raises=True,
+        project=str(wandb_cfg["project"]), entity=wandb_cfg["entity"], resume="allow", **init, dir=str(run_dir),
+        reinit="finish_previous",
+        settings=dict(console="off", silent=True, base_url=str(wandb_cfg["base_url"]),
+                      init_timeout=float(wandb_cfg["init_timeout_s"]),
+                      finish_timeout=float(wandb_cfg["finish_timeout_s"]), finish_timeout_raises=True,
                       x_disable_stats=True, disable_git=True, save_code=False,
                       # wandb's requirements.txt re-reads every installed package's metadata
                       # (~70 ms a run, most of a cell's bookkeeping); the config's `versions`
                       # carries what the record pins instead
                       x_save_requirements=False))
-    track = WandbTracker(spec.name, cell_dir, bool(wandb_cfg.log_outcomes))
+    track = WandbTracker(init["name"], run_dir, log_outcomes)
     track.start(mode, init)
     failed = True
     try:

@@ -134,6 +134,7 @@ class CellSweeper(Sweeper):
         summary = summarise_cells([(c.spec, plan.sweep_dir / c.spec.subdir) for c in plan.pending if c.spec],
                                   finished=True, errors=errors)
         print(summary.text(), flush=True)
+        _summary_run(plan, self.config)
         if summary.failed or summary.missing or summary.corrupt:  # cells running elsewhere are not this launch's
             sys.exit(1)
         return returns
@@ -179,6 +180,23 @@ class CellSweeper(Sweeper):
                 "hydra/launcher=slurm submits to SLURM, but `sbatch` is not on this machine's PATH. Run where SLURM "
                 "is installed, start the local test cluster (launchers/local-slurm/start.sh), or run locally with "
                 "hydra/launcher=basic or hydra/launcher=submitit_local")
+
+
+def _summary_run(plan: Plan, config: DictConfig) -> None:
+    """logger=wandb: once every unit has returned, the sweep's aggregation with its summary
+    run in W&B (`sweep-aggregate <sweep folder> wandb.log=true`, sweep.dashboard). The
+    records are the sweep's result: nothing here may fail it, so any error is one warning."""
+    if str(config.logger.name) != "wandb":
+        return
+    from sweep.aggregate import main as aggregate
+
+    try:
+        code = aggregate([str(plan.sweep_dir), "wandb.log=true"])
+    except Exception as error:
+        code = f"{type(error).__name__}: {error}"
+    if code != 0:
+        log.warning("the sweep's aggregation for W&B did not complete (%s); the records are unaffected. Run "
+                    "`sweep-aggregate %s wandb.log=true` to retry.", code, plan.sweep_dir)
 
 
 def _first_line(error: object) -> str:
