@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -12,8 +11,9 @@ import pandas as pd
 import pytest
 from fake_sweep import make_sweep
 
-from sweep.aggregate import (COLUMNS, SourceError, load_local, load_wandb, main, read_results, record_row,
-                             write_results)
+from sweep.aggregate import SourceError, load_local, load_wandb, read_results, write_results
+from sweep.aggregate_cli import main
+from sweep.record import COLUMNS, record_row
 
 
 @pytest.fixture(scope="module")
@@ -116,61 +116,6 @@ def test_a_wandb_run_that_crashed_before_logging_is_reported_failed(sweep):
     table = load_wandb([crashed], sweep.sweep_id)
     assert table.frame.empty and list(table.frame.columns) == list(COLUMNS)
     assert "crashed" in table.failed["error"].iloc[0]
-
-
-def test_cli_prints_the_table_and_the_problems_and_writes_files(sweep, tmp_path, capsys):
-    out = tmp_path / "agg"
-    assert main([str(sweep.sweep_dir), f"out={out}", "figures=false"]) == 0
-    printed = capsys.readouterr().out
-    assert "accuracy in % by layer" in printed
-    assert "tiny_a  probe" in printed and "shuffle/cls" in printed
-    assert f"missing: {sweep.missing_name}" in printed
-    failed_line = next(line for line in printed.splitlines() if line.startswith("failed:"))
-    assert sweep.failed_name in failed_line and "(RuntimeError: CUDA out of memory)" in failed_line
-    assert "run.log" in failed_line  # the log to read
-    table_lines = printed.split("accuracy in % by layer")[1].split("\nmissing:")[0].splitlines()
-    assert max(len(line) for line in table_lines) <= 100
-    assert (out / "results.csv").exists() and (out / "results.parquet").exists()
-    assert not (out / "figures").exists()
-
-
-def test_cli_writes_into_the_sweep_folder_by_default(tmp_path, capsys):
-    small = make_sweep(tmp_path, models={"tiny_a": 2}, seeds=(0,), controls=(), problems=False)
-    assert main([str(small.sweep_dir), "bootstrap=20"]) == 0
-    printed = capsys.readouterr().out
-    assert (small.sweep_dir / "results.csv").exists()
-    assert "figure main_result:" in printed and (small.sweep_dir / "figures" / "main_result.png").exists()
-
-
-@pytest.mark.parametrize("argv, message", [
-    (["/no/such/sweep"], "does not exist.*multirun/<sweep id>"),
-    ([], "give its folder"),
-    (["{sweep}", "colour=red"], "unknown key 'colour'; valid keys: source, out, figures, bootstrap"),
-    (["{sweep}", "bootstrap=many"], "bootstrap='many'"),
-    (["{sweep}", "figures=maybe"], "figures='maybe'"),
-    (["{sweep}", "wandb.log=maybe"], "wandb.log='maybe': use true or false"),
-    (["source=wandb", "sweep.name=x"], "source=wandb needs wandb.project"),
-    (["{sweep}", "sweep.name=x"], "only apply to source=wandb"),
-    (["{sweep}/tiny_a"], "one model's cells; give the sweep folder"),
-])
-def test_cli_usage_errors_exit_2_and_say_what_to_do(sweep, capsys, argv, message):
-    argv = [a.replace("{sweep}", str(sweep.sweep_dir)) for a in argv]
-    assert main(argv) == 2
-    error = capsys.readouterr().err
-    assert re.search(message, error), error
-    assert "usage: sweep-aggregate" in error
-
-
-def test_cli_with_no_record_yet_lists_the_planned_cells_and_exits_1(tmp_path, capsys):
-    sweep_dir = tmp_path / "just-launched"
-    sweep_dir.mkdir()
-    plan = {"sweep_id": "just-launched", "cells": [{"name": "vit-L00-none-native-s0", "cell_id": "0" * 16,
-                                                     "subdir": "vit/vit-L00-none-native-s0-00000000"}]}
-    (sweep_dir / "plan.json").write_text(json.dumps(plan))
-    assert main([str(sweep_dir)]) == 1
-    captured = capsys.readouterr()
-    assert "missing: vit-L00-none-native-s0" in captured.out
-    assert "nothing written" in captured.err and not (sweep_dir / "results.csv").exists()
 
 
 def test_aggregation_and_plotting_do_not_import_torch():

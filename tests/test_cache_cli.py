@@ -52,7 +52,7 @@ def entry(root: Path, kind: str, name: str) -> Path:
 
 
 def test_info_prints_a_table_per_kind(cache_dir):
-    result = sweep_cache("info", "--dir", str(cache_dir))
+    result = sweep_cache("info", f"cache.dir={cache_dir}")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == f"cache root: {cache_dir}"
@@ -76,7 +76,7 @@ def test_help_states_the_default_directory():
 
 
 def test_prune_by_age_removes_only_old_entries(cache_dir):
-    result = sweep_cache("prune", "--dir", str(cache_dir), "--older-than-days", "7")
+    result = sweep_cache("prune", f"cache.dir={cache_dir}", "older_than_days=7")
     assert result.returncode == 0, result.stderr
     assert f"removed {entry(cache_dir, 'features', 'old')}" in result.stdout
     assert "freed 2.0 MB in 1 directories" in result.stdout
@@ -86,21 +86,21 @@ def test_prune_by_age_removes_only_old_entries(cache_dir):
 
 def test_prune_by_size_dry_run_removes_nothing(cache_dir, capsys):
     # 6 MB cached, limit 3.5 MB: the old entry goes first, then the least recently used of the rest.
-    assert main(["prune", "--dir", str(cache_dir), "--max-size-gb", "0.0035", "--dry-run"]) == 0
+    assert main(["prune", f"cache.dir={cache_dir}", "max_size_gb=0.0035", "dry_run=true"]) == 0
     out = capsys.readouterr().out
     assert f"would remove {entry(cache_dir, 'features', 'old')}" in out
     assert "would free" in out
     assert entry(cache_dir, "features", "old").exists()
 
-    assert main(["prune", "--dir", str(cache_dir), "--max-size-gb", "0.0035"]) == 0
+    assert main(["prune", f"cache.dir={cache_dir}", "max_size_gb=0.0035"]) == 0
     assert not entry(cache_dir, "features", "old").exists()
     assert info(ArtifactCache(cache_dir)).total_bytes <= 3_500_000
 
 
 def test_prune_without_a_criterion_is_an_error(cache_dir):
-    result = sweep_cache("prune", "--dir", str(cache_dir))
+    result = sweep_cache("prune", f"cache.dir={cache_dir}")
     assert result.returncode == 2
-    assert "prune needs --older-than-days and/or --max-size-gb" in result.stderr
+    assert "prune needs older_than_days and/or max_size_gb" in result.stderr
     assert entry(cache_dir, "features", "old").exists()
 
 
@@ -120,3 +120,13 @@ def test_cli_does_not_import_torch():
     code = "import sys, sweep.cache_cli; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(SRC)}, capture_output=True, text=True)
     assert result.stdout.strip() == "False", result.stderr
+
+
+def test_a_bad_setting_names_the_key_the_value_and_what_is_valid(cache_dir):
+    result = sweep_cache("prune", f"cache.dir={cache_dir}", "older_than_days=soon")
+    assert result.returncode == 2
+    assert "older_than_days=soon is invalid: it must be a number >= 0" in result.stderr
+    assert "usage: sweep-cache prune" in result.stderr
+    flags = sweep_cache("prune", "--older-than-days", "7")
+    assert flags.returncode == 2 and "settings are key=value" in flags.stderr
+    assert entry(cache_dir, "features", "old").exists()

@@ -3,7 +3,8 @@ should reach is flagged in one line (a wrong resize or a head that did not load)
 
 from __future__ import annotations
 
-from sweep.aggregate import _frame, record_row
+from sweep.aggregate import _frame
+from sweep.record import record_row
 from sweep.reference import load_reference, reference_warnings
 
 

@@ -13,7 +13,7 @@ def test_sweep_status_counts_and_lists(tmp_path, capsys):
     folder(tmp_path, "a", {"cell_id": "1", "status": "complete"})
     folder(tmp_path, "b", {"cell_id": "2", "status": "failed", "error": "ValueError: boom"})
     try:
-        main([str(tmp_path), "--cells"])
+        main([str(tmp_path), "cells=true"])
     except SystemExit as exit_:
         assert exit_.code == 0
     out = capsys.readouterr().out
@@ -44,3 +44,16 @@ def test_cells_taken_from_another_sweep_count_as_done(tmp_path, capsys):
     except SystemExit:
         pass
     assert "2 cells: 1 done, 1 pending" in capsys.readouterr().out
+
+
+def test_a_bad_command_line_says_what_is_valid(tmp_path, capsys):
+    for argv, message in (([str(tmp_path), "cells=maybe"], "cells=maybe is invalid: it must be true or false"),
+                          ([str(tmp_path), "--cells"], "settings are key=value (cells)"),
+                          ([], "which sweep? give its folder"),
+                          ([str(tmp_path / "nowhere")], "is not a folder; sweeps live in multirun/<sweep id>")):
+        try:
+            main(argv)
+        except SystemExit as exit_:
+            assert exit_.code == 2
+        error = capsys.readouterr().err
+        assert message in error and "usage: sweep-status" in error, error

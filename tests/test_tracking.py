@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from conftest import FAST
-from sweep.aggregate import AXES
+from sweep.record import AXES
 from sweep.errors import ConfigError
 from sweep.tracking import WandbTracker, check_mode, choose_mode, run_id
 from sweeps import multirun

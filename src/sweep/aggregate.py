@@ -14,7 +14,6 @@ from __future__ import annotations
 import io
 import json
 import re
-import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,92 +21,22 @@ from typing import Any
 
 import pandas as pd
 
-from sweep.errors import ConfigError, SweepError
+from sweep.errors import SweepError
 from sweep.files import atomic_write_bytes, atomic_write_text
 from sweep.interventions import INTERVENTIONS
 from sweep.layout import OUTCOMES_FILE, RESULT_FILE, SweepPaths
-from sweep.reference import reference_warnings
+from sweep.record import AXES, COLUMNS, DTYPES, record_row, scalar
 from sweep.status import log_files, record_folder
 
-METRICS = ("accuracy", "top5", "chance", "probe_accuracy", "last_probe_accuracy", "projection_accuracy",
-           "projection_top5", "identifiability", "identifiability_exact")
-
-# Column -> kind. One definition for both sources: the kind fixes the pandas dtype, so a
-# column that happens to be all-missing in one source still compares equal to the other.
-COLUMN_KINDS: dict[str, str] = {
-    "cell_id": "str", "name": "str", "sweep_id": "str", "status": "str",
-    "model": "str", "layer": "int", "n_layers": "int", "intervention": "str", "readout": "str", "seed": "int",
-    "data": "str", "permutation": "str", "probe_method": "str",
-    **{metric: "float" for metric in METRICS},
-    "n_train": "int", "n_val": "int", "n_classes": "int",
-    "unit": "str", "block_calls": "float", "resumed_rows": "int", "device": "str", "dtype": "str", "total_s": "float",
-    "git_commit": "str", "model_revision": "str", "error": "str",
-}
-COLUMNS: tuple[str, ...] = tuple(COLUMN_KINDS)
-_DTYPES = {"str": "string", "int": "Int64", "float": "float64", "bool": "boolean"}
-DTYPES: dict[str, str] = {column: _DTYPES[kind] for column, kind in COLUMN_KINDS.items()}
-
 SORT_KEYS = ["model", "intervention", "readout", "seed", "layer", "cell_id"]
-REQUIRED_FIELDS = ("cell_id", "name", "status", "model", "layer", "intervention", "readout", "seed")
 RESULT_FILES = ("results.csv", "results.parquet")
 FIGURES_DIR = "figures"
 SHOWN_PROBLEMS = 20  # failed/missing lines printed before "... and N more"
 
 
-class UsageError(SweepError):
-    """The command line cannot be acted on; main() prints it with the usage and exits 2."""
-
-
 class SourceError(SweepError):
     """The records could not be read (W&B unreachable, an unreadable plan.json or
     outcomes file), or they cannot make one table; main() exits 1."""
-
-
-# --------------------------------------------------------------------------- one row per cell
-
-
-def record_row(record: Mapping[str, Any]) -> dict[str, Any]:
-    """The flat row of one cell, in COLUMNS order, with JSON-scalar values only.
-
-    It is both the local table's row and what the W&B tracker logs as the run summary, so
-    the W&B path rebuilds rows identical to the local ones. Failed records have no
-    metrics, counts or compute: those columns are None.
-    """
-    absent = [key for key in REQUIRED_FIELDS if key not in record]
-    if absent:
-        raise ValueError(f"not a cell record (see docs/results.md): it lacks {', '.join(absent)}")
-    config = record.get("config") or {}
-    metrics = record.get("metrics") or {}
-    counts = record.get("counts") or {}
-    compute = record.get("compute") or {}
-    versions = record.get("versions") or {}
-    row = {
-        **{key: record.get(key) for key in ("cell_id", "name", "sweep_id", "status", "model", "layer", "n_layers",
-                                            "intervention", "readout", "seed")},
-        "data": (config.get("data") or {}).get("name"),
-        "permutation": (config.get("intervention") or {}).get("permutation"),
-        "probe_method": (config.get("probe") or {}).get("method"),
-        **{metric: metrics.get(metric) for metric in METRICS},
-        **{key: counts.get(key) for key in ("n_train", "n_val", "n_classes")},
-        "unit": record.get("unit"),
-        **{key: compute.get(key) for key in ("block_calls", "resumed_rows", "device", "dtype")},
-        "total_s": (record.get("timings") or {}).get("total_s"),
-        "git_commit": versions.get("git_commit"),
-        "model_revision": versions.get("model_revision"),
-        "error": record.get("error"),
-    }
-    return {column: _scalar(column, row[column]) for column in COLUMNS}
-
-
-def _scalar(column: str, value: Any) -> str | int | float | bool | None:
-    """Plain Python scalars only: W&B summaries and CSV cells hold nothing else, and the
-    tracker hands in-memory values (numpy/torch scalars have .item())."""
-    if value is not None and not isinstance(value, (str, int, float, bool)) and hasattr(value, "item"):
-        value = value.item()
-    if value is None or isinstance(value, (str, int, float, bool)):
-        return value
-    raise TypeError(f"column {column!r} must hold a str, int, float, bool or None, not {type(value).__name__}: "
-                    f"{value!r}")
 
 
 def _frame(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
@@ -239,7 +168,6 @@ def _missing_local(sweep_dir: Path, plan: Mapping[str, Any] | None, recorded: se
 
 # --------------------------------------------------------------------------- one configuration per series
 
-AXES = ("model", "layer", "intervention", "readout", "seed")
 SERIES = ("model", "intervention", "readout")  # what the table averages over seeds and draws over layers
 SHOWN_CELLS = 3
 
@@ -324,7 +252,7 @@ def load_wandb(runs: Iterable[Any], sweep_id: str) -> SweepTable:
             else:
                 missing.append({"name": run.name, "folder": where})
             continue
-        row = {column: _scalar(column, summary.get(column)) for column in COLUMNS}
+        row = {column: scalar(column, summary.get(column)) for column in COLUMNS}
         rows.append(row)
         if row["status"] == "failed":
             failed.append({"name": row["name"], "error": row["error"], "folder": where})
@@ -457,218 +385,10 @@ def problems_text(table: SweepTable) -> list[str]:
 def _more(count: int, what: str) -> list[str]:
     if count <= SHOWN_PROBLEMS:
         return []
-    return [f"... and {count - SHOWN_PROBLEMS} more {what} (sweep-status <sweep folder> --cells lists every cell)"]
+    return [f"... and {count - SHOWN_PROBLEMS} more {what} (sweep-status <sweep folder> cells=true lists every cell)"]
 
 
 def _log_of(folder: str) -> str:
     path = Path(folder)
     logs = log_files(path) if path.is_dir() else []
     return ", ".join(str(log) for log in logs) or folder
-
-
-# --------------------------------------------------------------------------- command line
-
-USAGE = """\
-usage: sweep-aggregate <sweep folder> [key=value ...]
-       sweep-aggregate source=wandb wandb.project=<project> sweep.name=<sweep id> [key=value ...]
-
-Reads a sweep's cell records into results.csv and results.parquet, prints accuracy by
-layer, lists missing and failed cells, and draws the study's figures into <out>/figures.
-Sweeps live in multirun/<sweep id> (the `sweep.root` setting of sweep-run).
-
-keys (default in brackets):
-  source=local|wandb   where the records come from [local]
-  out=<folder>         where tables and figures go [the sweep folder; aggregate/<sweep id> for wandb]
-  figures=true|false   draw the figures [true]
-  bootstrap=<n>        bootstrap resamples for the figures' 95% bands; 0 = no bands [1000]
-  bootstrap.seed=<n>   seed of the bootstrap's random numbers [0]
-  wandb.project=<p>    W&B project (source=wandb) [no default]
-  wandb.entity=<e>     W&B entity (source=wandb) [your W&B default entity]
-  sweep.name=<id>      the sweep id, i.e. the runs' W&B group (source=wandb) [no default]
-  wandb.log=true|false log the table, figures and accuracy-vs-layer plots as the sweep's
-                       summary run in its W&B group (docs/tracking.md) [false]"""
-
-DEFAULTS = {"source": "local", "figures": "true", "bootstrap": "1000", "bootstrap.seed": "0", "wandb.log": "false"}
-KEYS = ("source", "out", "figures", "bootstrap", "bootstrap.seed", "wandb.project", "wandb.entity", "sweep.name",
-        "wandb.log")
-SOURCES = ("local", "wandb")
-_TRUE, _FALSE = ("true", "yes", "1", "on"), ("false", "no", "0", "off")
-
-
-@dataclass(frozen=True)
-class Options:
-    source: str
-    sweep_dir: Path | None
-    sweep_name: str | None
-    project: str | None
-    entity: str | None
-    out: Path | None
-    figures: bool
-    n_boot: int
-    boot_seed: int
-    wandb_log: bool
-
-
-def parse_args(argv: Sequence[str]) -> Options | None:
-    """`<folder>` and key=value tokens (Hydra-like, without Hydra: nothing here is a config
-    to compose). None means help was asked for."""
-    given: dict[str, str] = {}
-    folders: list[str] = []
-    for token in argv:
-        if token in ("-h", "--help"):
-            return None
-        if token.startswith("-"):
-            raise UsageError(f"unknown option {token!r}: options are key=value ({', '.join(KEYS)})")
-        key, equals, value = token.partition("=")
-        if not equals:
-            folders.append(token)
-        elif key not in KEYS:
-            raise UsageError(f"unknown key {key!r}; valid keys: {', '.join(KEYS)}")
-        elif key in given:
-            raise UsageError(f"{key} is given twice")
-        else:
-            given[key] = value
-    settings = {**DEFAULTS, **given}
-    source = settings["source"]
-    if source not in SOURCES:
-        raise UsageError(f"source={source!r}: choose one of {', '.join(SOURCES)}")
-    if len(folders) > 1:
-        raise UsageError(f"give one sweep folder, not {len(folders)}: {' '.join(folders)}")
-    options = Options(source=source, sweep_dir=Path(folders[0]) if folders else None,
-                      sweep_name=settings.get("sweep.name") or None, project=settings.get("wandb.project") or None,
-                      entity=settings.get("wandb.entity") or None,
-                      out=Path(settings["out"]) if settings.get("out") else None,
-                      figures=_boolean("figures", settings["figures"]),
-                      n_boot=_count("bootstrap", settings["bootstrap"]),
-                      boot_seed=_count("bootstrap.seed", settings["bootstrap.seed"]),
-                      wandb_log=_boolean("wandb.log", settings["wandb.log"]))
-    _check_source(options)
-    return options
-
-
-def _check_source(options: Options) -> None:
-    if options.source == "local":
-        wandb_keys = [k for k, v in (("sweep.name", options.sweep_name), ("wandb.project", options.project),
-                                     ("wandb.entity", options.entity)) if v]
-        if wandb_keys:
-            raise UsageError(f"{', '.join(wandb_keys)} only apply to source=wandb; a local sweep is named by its "
-                             f"folder: sweep-aggregate multirun/<sweep id>")
-        if options.sweep_dir is None:
-            raise UsageError("which sweep? give its folder: sweep-aggregate multirun/<sweep id>")
-        if not options.sweep_dir.is_dir():
-            raise UsageError(f"{options.sweep_dir} does not exist or is not a folder; sweeps live in "
-                             f"multirun/<sweep id> (the sweep.root setting of sweep-run)")
-    else:
-        if options.sweep_dir is not None:
-            raise UsageError(f"source=wandb reads runs from W&B, not a folder ({options.sweep_dir}); "
-                             f"name the sweep with sweep.name=<sweep id>")
-        absent = [k for k, v in (("wandb.project", options.project), ("sweep.name", options.sweep_name)) if not v]
-        if absent:
-            raise UsageError(f"source=wandb needs {' and '.join(absent)}")
-
-
-def _boolean(key: str, value: str) -> bool:
-    if value.lower() in _TRUE:
-        return True
-    if value.lower() in _FALSE:
-        return False
-    raise UsageError(f"{key}={value!r}: use true or false")
-
-
-def _count(key: str, value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        number = -1
-    if number < 0:
-        raise UsageError(f"{key}={value!r}: expected a whole number >= 0")
-    return number
-
-
-def load(options: Options) -> tuple[SweepTable, Path]:
-    """The table, and the folder its outputs go to."""
-    if options.source == "local":
-        why = SweepPaths(options.sweep_dir).why_not_a_sweep()
-        if why:
-            raise UsageError(why)
-        table = load_local(options.sweep_dir)
-        return table, options.out or options.sweep_dir
-    try:
-        runs = fetch_wandb_runs(options.project, options.entity, options.sweep_name)
-    except Exception as error:  # wandb raises its own types for auth, network and missing projects
-        raise SourceError(f"could not read the runs of group {options.sweep_name} in W&B project "
-                          f"{options.project}: {type(error).__name__}: {error}") from error
-    table = load_wandb(runs, options.sweep_name)
-    return table, options.out or Path("aggregate") / options.sweep_name
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Exit 0 when a table was written (even with missing or failed cells: it draws what
-    it has), 1 when there was nothing to read, 2 on usage errors."""
-    try:
-        options = parse_args(sys.argv[1:] if argv is None else argv)
-        if options is None:
-            print(USAGE)
-            return 0
-        summary_run = _summary_settings(options)
-        table, out_dir = load(options)
-    except UsageError as error:
-        print(f"sweep-aggregate: error: {error}\n\n{USAGE}", file=sys.stderr)
-        return 2
-    except SourceError as error:
-        print(f"sweep-aggregate: error: {error}", file=sys.stderr)
-        return 1
-    print(summary_text(table))
-    for line in problems_text(table) + reference_warnings(table.complete):
-        print(line)
-    if table.frame.empty:
-        print("sweep-aggregate: no cell has a record yet; nothing written (sweep-status shows their state)",
-              file=sys.stderr)
-        return 1
-    written = write_results(table, out_dir)
-    print(f"wrote {', '.join(str(p) for p in written)}")
-    figures = None
-    if options.figures:
-        try:
-            figures = _draw(table, out_dir / FIGURES_DIR, n_boot=options.n_boot, seed=options.boot_seed)
-        except SourceError as error:
-            print(f"sweep-aggregate: error while drawing: {error}", file=sys.stderr)
-            return 1
-    if summary_run is not None:
-        from sweep.dashboard import log_summary_run  # wandb is slow to import; only when logging
-
-        folder = log_summary_run(table, figures, summary_run, out_dir)
-        if folder is not None:
-            print(f"W&B: the sweep's summary run (group {table.sweep_id}, job_type aggregate) is in {folder}")
-    return 0
-
-
-def _summary_settings(options: Options) -> Any:
-    """The checked W&B settings of the summary run (wandb.log=true), or None: a bad setting
-    stops the command before the table is read."""
-    if not options.wandb_log:
-        return None
-    from sweep.dashboard import summary_settings
-
-    try:
-        return summary_settings(options.sweep_dir, project=options.project, entity=options.entity)
-    except ConfigError as error:
-        raise UsageError(f"wandb.log=true: {error}") from error
-
-
-def _draw(table: SweepTable, figures_dir: Path, *, n_boot: int, seed: int) -> dict[str, Any]:
-    from sweep.plotting import draw_figures  # matplotlib is slow to import; only when drawing
-
-    figures = draw_figures(table, figures_dir, n_boot=n_boot, seed=seed)
-    for name, figure in figures.items():
-        if figure.skipped:
-            print(f"figure {name}: skipped ({figure.skipped})")
-            continue
-        print(f"figure {name}: {', '.join(str(p) for p in figure.paths)}")
-        for note in figure.notes:
-            print(f"  note: {note}")
-    return figures
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,11 +1,12 @@
 """`sweep-cache`: look at and prune the shared artifact cache from a login node.
 
-Kept free of torch (and of everything but the cache modules) so it starts instantly.
+Kept free of torch (and of everything but the cache modules) so it starts instantly. The
+command-line grammar is the one of every sweep command beside sweep-run (`sweep.cli`):
+`sweep-cache prune older_than_days=30 max_size_gb=500 dry_run=true`.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
@@ -15,6 +16,8 @@ from pathlib import Path
 
 from sweep.cache import ArtifactCache
 from sweep.cache_admin import PruneItem, apply_prune, info, plan_prune
+from sweep.cli import HELP, Command, Setting, UsageError
+from sweep.rules import Flag, Optional, Real, Text
 
 ENV_VAR = "SWEEP_CACHE_DIR"
 DEFAULT_DIR = ".cache/sweep"
@@ -23,7 +26,7 @@ DIR_HELP = f"cache root (default: ${ENV_VAR} if set, else {DEFAULT_DIR} relative
 
 
 def human_size(n_bytes: float) -> str:
-    """Decimal units, the same GB that --max-size-gb means."""
+    """Decimal units, the same GB that max_size_gb means."""
     for unit in ("B", "kB", "MB", "GB", "TB"):
         if abs(n_bytes) < 1000 or unit == "TB":
             return f"{n_bytes:.0f} {unit}" if unit == "B" else f"{n_bytes:.1f} {unit}"
@@ -32,7 +35,7 @@ def human_size(n_bytes: float) -> str:
 
 
 def resolve_dir(arg: str | None) -> Path:
-    """--dir, else the environment, else the default, the same rule as the Hydra config.
+    """cache.dir=, else the environment, else the default, the same rule as the Hydra config.
     An empty SWEEP_CACHE_DIR is an error rather than silently meaning the cwd."""
     if arg is not None:
         return Path(arg)
@@ -44,38 +47,27 @@ def resolve_dir(arg: str | None) -> Path:
     return Path(env)
 
 
-def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sweep-cache", description="Inspect and prune the sweep artifact cache.")
-    commands = parser.add_subparsers(dest="command", required=True)
+def _dir_setting() -> Setting:
+    return Setting(Optional(Text()), None, DIR_HELP)
 
-    info = commands.add_parser("info", help="entries and sizes per artifact kind")
-    info.add_argument("--dir", help=DIR_HELP)
 
-    prune = commands.add_parser(
-        "prune",
-        help="remove least recently used entries",
-        description="Remove entries unused for a while and/or the least recently used ones until the cache "
-        "fits a size. Entries being computed are skipped. Stale temporary directories are removed too.",
-    )
-    prune.add_argument("--dir", help=DIR_HELP)
-    prune.add_argument("--older-than-days", type=float, metavar="D", help="remove entries unused for more than D days")
-    prune.add_argument(
-        "--max-size-gb",
-        type=float,
-        metavar="G",
-        help="then remove least recently used entries until at most G GB (1e9 bytes) remain",
-    )
-    prune.add_argument(
-        "--stale-tmp-days",
-        type=float,
-        default=1.0,
-        metavar="D",
-        help="remove temporary directories untouched for more than D days (default: %(default)s)",
-    )
-    prune.add_argument("--dry-run", action="store_true", help="only print what would be removed")
-    prune.set_defaults(subparser=prune)
-    info.set_defaults(subparser=info)
-    return parser
+INFO = Command(prog="sweep-cache info", summary="Entries and sizes per artifact kind.",
+               settings={"cache.dir": _dir_setting()})
+PRUNE = Command(
+    prog="sweep-cache prune",
+    summary="Remove entries unused for a while and/or the least recently used ones until the cache fits a size. "
+            "Entries being computed are skipped. Stale temporary directories are removed too.",
+    settings={
+        "cache.dir": _dir_setting(),
+        "older_than_days": Setting(Optional(Real(0)), None, "remove entries unused for more than this many days"),
+        "max_size_gb": Setting(Optional(Real(0)), None, "then remove least recently used entries until at most "
+                                                        "this many GB (1e9 bytes) remain"),
+        "stale_tmp_days": Setting(Real(0), 1.0, "remove temporary directories untouched for more than this many days"),
+        "dry_run": Setting(Flag(), False, "only print what would be removed"),
+    })
+COMMANDS = {"info": INFO, "prune": PRUNE}
+USAGE = ("usage: sweep-cache info [key=value ...]\n       sweep-cache prune [key=value ...]\n\n"
+         "Inspect and prune the sweep artifact cache; `sweep-cache <command> --help` lists a command's settings.")
 
 
 def _print_info(cache: ArtifactCache) -> None:
@@ -102,12 +94,11 @@ def _describe(item: PruneItem) -> str:
     return f"{item.path}  {human_size(item.bytes)}  last used {used}  ({item.reason})"
 
 
-def _prune(cache: ArtifactCache, args: argparse.Namespace) -> None:
-    plan = plan_prune(
-        cache,
-        older_than_days=args.older_than_days, max_size_gb=args.max_size_gb, stale_tmp_days=args.stale_tmp_days
-    )
-    if args.dry_run:
+def _prune(cache: ArtifactCache, settings: dict) -> None:
+    dry_run = settings["dry_run"]
+    plan = plan_prune(cache, older_than_days=settings["older_than_days"], max_size_gb=settings["max_size_gb"],
+                      stale_tmp_days=settings["stale_tmp_days"])
+    if dry_run:
         chosen, verb = plan, "would remove"
     else:
         removed = set(apply_prune(cache, plan))
@@ -116,25 +107,40 @@ def _prune(cache: ArtifactCache, args: argparse.Namespace) -> None:
     for item in chosen:
         print(f"{verb} {_describe(item)}")
     freed = sum(item.bytes for item in chosen)
-    print(f"{'would free' if args.dry_run else 'freed'} {human_size(freed)} in {len(chosen)} directories")
-    if not args.dry_run and skipped:
+    print(f"{'would free' if dry_run else 'freed'} {human_size(freed)} in {len(chosen)} directories")
+    if not dry_run and skipped:
         print(f"skipped {skipped} in use (being computed or used since the scan)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _build_parser()
-    args = parser.parse_args(argv)
-    if args.command == "prune" and args.older_than_days is None and args.max_size_gb is None:
-        args.subparser.error("prune needs --older-than-days and/or --max-size-gb (refusing to guess what to remove)")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in HELP:
+        print(USAGE)
+        return 0 if argv else 2
+    name, command = argv[0], COMMANDS.get(argv[0])
+    try:
+        if command is None:
+            raise UsageError(f"unknown command {name!r}; the commands are: {', '.join(COMMANDS)}")
+        parsed = command.parse(argv[1:])
+        if parsed is None:
+            print(command.usage())
+            return 0
+        _, settings = parsed
+        if name == "prune" and settings["older_than_days"] is None and settings["max_size_gb"] is None:
+            raise UsageError("prune needs older_than_days and/or max_size_gb (refusing to guess what to remove)")
+    except UsageError as error:
+        print(f"sweep-cache: error: {error}\n\n{(command.usage() if command else USAGE)}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        cache = ArtifactCache(resolve_dir(args.dir))
-        if args.command == "info":
+        cache = ArtifactCache(resolve_dir(settings["cache.dir"]))
+        if name == "info":
             _print_info(cache)
         else:
-            _prune(cache, args)
+            _prune(cache, settings)
     except ValueError as exc:
-        args.subparser.exit(2, f"sweep-cache {args.command}: error: {exc}\n")
+        print(f"sweep-cache {name}: error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

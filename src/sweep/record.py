@@ -1,4 +1,6 @@
-"""The cell's record: `result.json` (documented in docs/results.md) and its outcomes file.
+"""The cell's record: `result.json` (documented in docs/results.md), its outcomes file,
+and the flat row of the results table that a record becomes (`record_row`: the local
+table's row and the W&B run's summary alike, so both sources give the same table).
 
 `result.json` is written atomically and last, so its presence with status "complete" is
 what "this cell is done" means everywhere (resume, status, aggregation).
@@ -83,3 +85,76 @@ def write_outcomes(cell_dir: Path, outcomes: Mapping[str, Any]) -> None:
 
 def write_record(cell_dir: Path, record: dict[str, Any]) -> None:
     atomic_write_json(cell_dir / RESULT_FILE, record)
+
+
+# --------------------------------------------------------------------------- the table's schema
+
+METRICS = ("accuracy", "top5", "chance", "probe_accuracy", "last_probe_accuracy", "projection_accuracy",
+           "projection_top5", "identifiability", "identifiability_exact")
+
+# Column -> kind. One definition for both sources: the kind fixes the pandas dtype, so a
+# column that happens to be all-missing in one source still compares equal to the other.
+COLUMN_KINDS: dict[str, str] = {
+    "cell_id": "str", "name": "str", "sweep_id": "str", "status": "str",
+    "model": "str", "layer": "int", "n_layers": "int", "intervention": "str", "readout": "str", "seed": "int",
+    "data": "str", "permutation": "str", "probe_method": "str",
+    **{metric: "float" for metric in METRICS},
+    "n_train": "int", "n_val": "int", "n_classes": "int",
+    "unit": "str", "block_calls": "float", "resumed_rows": "int", "device": "str", "dtype": "str", "total_s": "float",
+    "git_commit": "str", "model_revision": "str", "error": "str",
+}
+COLUMNS: tuple[str, ...] = tuple(COLUMN_KINDS)
+_DTYPES = {"str": "string", "int": "Int64", "float": "float64", "bool": "boolean"}
+DTYPES: dict[str, str] = {column: _DTYPES[kind] for column, kind in COLUMN_KINDS.items()}
+
+REQUIRED_FIELDS = ("cell_id", "name", "status", "model", "layer", "intervention", "readout", "seed")
+
+#: what identifies a grid point of a sweep (and what W&B runs are grouped and filtered by)
+AXES = ("model", "layer", "intervention", "readout", "seed")
+
+
+# --------------------------------------------------------------------------- the row of a record
+
+
+def record_row(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The flat row of one cell, in COLUMNS order, with JSON-scalar values only.
+
+    It is both the local table's row and what the W&B tracker logs as the run summary, so
+    the W&B path rebuilds rows identical to the local ones. Failed records have no
+    metrics, counts or compute: those columns are None.
+    """
+    absent = [key for key in REQUIRED_FIELDS if key not in record]
+    if absent:
+        raise ValueError(f"not a cell record (see docs/results.md): it lacks {', '.join(absent)}")
+    config = record.get("config") or {}
+    metrics = record.get("metrics") or {}
+    counts = record.get("counts") or {}
+    compute = record.get("compute") or {}
+    versions = record.get("versions") or {}
+    row = {
+        **{key: record.get(key) for key in ("cell_id", "name", "sweep_id", "status", "model", "layer", "n_layers",
+                                            "intervention", "readout", "seed")},
+        "data": (config.get("data") or {}).get("name"),
+        "permutation": (config.get("intervention") or {}).get("permutation"),
+        "probe_method": (config.get("probe") or {}).get("method"),
+        **{metric: metrics.get(metric) for metric in METRICS},
+        **{key: counts.get(key) for key in ("n_train", "n_val", "n_classes")},
+        "unit": record.get("unit"),
+        **{key: compute.get(key) for key in ("block_calls", "resumed_rows", "device", "dtype")},
+        "total_s": (record.get("timings") or {}).get("total_s"),
+        "git_commit": versions.get("git_commit"),
+        "model_revision": versions.get("model_revision"),
+        "error": record.get("error"),
+    }
+    return {column: scalar(column, row[column]) for column in COLUMNS}
+
+
+def scalar(column: str, value: Any) -> str | int | float | bool | None:
+    """Plain Python scalars only: W&B summaries and CSV cells hold nothing else, and the
+    tracker hands in-memory values (numpy/torch scalars have .item())."""
+    if value is not None and not isinstance(value, (str, int, float, bool)) and hasattr(value, "item"):
+        value = value.item()
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    raise TypeError(f"column {column!r} must hold a str, int, float, bool or None, not {type(value).__name__}: "
+                    f"{value!r}")

@@ -4,7 +4,6 @@ its folder alone, and what each work unit did.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections import Counter
@@ -14,8 +13,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sweep.cell_state import cell_state, read_state
+from sweep.cli import Command, Setting, UsageError
 from sweep.layout import RESULT_FILE, CellPaths, SweepPaths
 from sweep.record import read_record
+from sweep.rules import Flag
 
 if TYPE_CHECKING:
     from sweep.plan import Plan  # sweep.plan imports this module
@@ -97,18 +98,34 @@ def sweep_cells(sweep_dir: Path) -> list[tuple[_Named, Path]]:
     return [(_Named(f.name, None), f) for f in paths.cell_folders()]
 
 
+COMMAND = Command(
+    prog="sweep-status",
+    summary="The cells of a sweep by state (done / failed / corrupt / running / killed / pending), read from its "
+            "folder alone, and the work units it launched.",
+    words=(("<sweep folder>", "the sweep's folder, e.g. multirun/<sweep id>"),),
+    settings={"cells": Setting(Flag(), False, "list every cell with its state")})
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="sweep-status", description="Cells of a sweep: done / failed / running / pending.")
-    parser.add_argument("sweep_dir", type=Path, help="the sweep's folder, e.g. multirun/<sweep id>")
-    parser.add_argument("--cells", action="store_true", help="list every cell with its state")
-    args = parser.parse_args(argv)
-    if not args.sweep_dir.is_dir():
-        parser.error(f"{args.sweep_dir} is not a folder; sweeps live in multirun/<sweep id>")
-    cells = sweep_cells(args.sweep_dir)
-    if args.cells:
+    try:
+        parsed = COMMAND.parse(sys.argv[1:] if argv is None else argv)
+        if parsed is None:
+            print(COMMAND.usage())
+            sys.exit(0)
+        words, settings = parsed
+        if not words:
+            raise UsageError("which sweep? give its folder: sweep-status multirun/<sweep id>")
+        sweep_dir = Path(words[0])
+        if not sweep_dir.is_dir():
+            raise UsageError(f"{sweep_dir} is not a folder; sweeps live in multirun/<sweep id>")
+    except UsageError as error:
+        print(f"sweep-status: error: {error}\n\n{COMMAND.usage()}", file=sys.stderr)
+        sys.exit(2)
+    cells = sweep_cells(sweep_dir)
+    if settings["cells"]:
         for spec, folder in cells:
             print(f"{cell_state(folder, spec.cell_id):<8} {spec.name}  {folder}")
-    units = units_text(args.sweep_dir)
+    units = units_text(sweep_dir)
     if units:
         print(units)
     summary = summarise_cells(cells)

@@ -29,7 +29,7 @@ from urllib.parse import urlparse
 from omegaconf import OmegaConf
 
 from sweep.cellspec import CellSpec
-from sweep.record import versions
+from sweep.record import AXES, record_row, versions
 from sweep.redaction import redact
 from sweep.rules import OneOf
 from sweep.settings import WANDB_MODES
@@ -226,8 +226,6 @@ class WandbTracker:
 
     def log_record(self, record: Mapping[str, Any], outcomes: Path | None) -> None:
         def send(run: Any) -> None:
-            from sweep.aggregate import record_row
-
             run.summary.update(record_row(record))
             if self.log_outcomes and outcomes is not None and outcomes.exists():
                 import pandas as pd
@@ -254,8 +252,6 @@ def cell_keys(spec: CellSpec) -> dict[str, Any]:
     `cell_<axis>`: the nested config keeps `model`, `intervention` and `readout` as groups
     and `layer` / `seed` as typed (`-1`, a seed the intervention ignores); these are the
     cell's own values, as its record has them."""
-    from sweep.aggregate import AXES
-
     return {f"cell_{axis}": getattr(spec, axis) for axis in AXES}
 
 

@@ -188,7 +188,7 @@ def _summary_run(plan: Plan, config: DictConfig) -> None:
     records are the sweep's result: nothing here may fail it, so any error is one warning."""
     if str(config.logger.name) != "wandb":
         return
-    from sweep.aggregate import main as aggregate
+    from sweep.aggregate_cli import main as aggregate
 
     try:
         code = aggregate([str(plan.sweep_dir), "wandb.log=true"])
