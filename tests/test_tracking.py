@@ -59,8 +59,8 @@ def test_every_cell_writes_one_offline_wandb_run_in_its_own_folder(wandb_sweep):
         assert not list(cell.glob("wandb/offline-run-*/files/requirements.txt"))
         # what users group and filter by, as top-level config keys beside the nested config
         config = OfflineRun.read(log.parent).config
-        assert {axis: config[f"cell_{axis}"] for axis in AXES} == {axis: record[axis] for axis in AXES}
-        assert config["model"]["name"] == record["model"] and config["layer"] == record["layer"]
+        assert {axis: config[axis] for axis in AXES} == {axis: record[axis] for axis in AXES}
+        assert config["config"]["model"]["name"] == record["model"] and config["config"]["layer"] == record["layer"]
 
 
 def test_no_secret_reaches_any_file_the_sweep_writes(wandb_sweep):

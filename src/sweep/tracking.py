@@ -248,11 +248,11 @@ class WandbTracker:
 
 
 def cell_keys(spec: CellSpec) -> dict[str, Any]:
-    """The fields users group and filter cell runs by, as top-level config keys
-    `cell_<axis>`: the nested config keeps `model`, `intervention` and `readout` as groups
-    and `layer` / `seed` as typed (`-1`, a seed the intervention ignores); these are the
-    cell's own values, as its record has them."""
-    return {f"cell_{axis}": getattr(spec, axis) for axis in AXES}
+    """The fields users group and filter cell runs by, as top-level config keys with the
+    cell's own values, as its record has them (`layer` the resolved hidden-state index,
+    `seed` null for an intervention that draws no random numbers). The resolved config, whose
+    `model`, `intervention` and `readout` are groups, sits beside them under `config`."""
+    return {axis: getattr(spec, axis) for axis in AXES}
 
 
 @contextmanager
@@ -268,7 +268,7 @@ def tracker(cfg: Any, spec: CellSpec, sweep_id: str | None, cell_dir: Path) -> I
         group=sweep_id or "single-cells", job_type=spec.intervention, name=spec.name,
         id=run_id(sweep_id, spec.cell_id),
         tags=[spec.model, spec.intervention, spec.readout, f"L{spec.layer}", *wandb_cfg.tags],
-        config={**scrubbed_config(cfg), **cell_keys(spec), "versions": versions()})
+        config={**cell_keys(spec), "config": scrubbed_config(cfg), "versions": versions()})
     offline_hint = ("The runs are in each cell's wandb/ folder; upload them later with `wandb sync <cell "
                     "folder>/wandb/offline-run-*` (or `wandb sync --sync-all` there).")
     with wandb_run(wandb_cfg, init, run_dir=cell_dir, side_dir=side, offline_hint=offline_hint,
