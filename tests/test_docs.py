@@ -223,7 +223,7 @@ def _run_all(calls: list[list[str]]) -> list[dict]:
     import sweep.errors
 
     targets = {e.name: e.value for e in entry_points(group="console_scripts") if e.name in COMMANDS}
-    targets.update({name: value for name, value in MODULES.items()})
+    targets.update(MODULES)
     results = []
     for command, *args in calls:
         GlobalHydra.instance().clear()
@@ -238,7 +238,8 @@ def _run_all(calls: list[list[str]]) -> list[dict]:
             except SystemExit as exit:
                 code = exit.code if isinstance(exit.code, int) else (0 if exit.code is None else 1)
             except Exception as error:  # noqa: BLE001 - reported as the line's failure
-                code, _ = 1, stderr.write(f"{type(error).__name__}: {error}")
+                stderr.write(f"{type(error).__name__}: {error}")
+                code = 1
         results.append({"argv": [command, *args], "code": code, "stderr": stderr.getvalue()[-3000:]})
     return results
 
