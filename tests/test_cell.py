@@ -11,6 +11,7 @@ from conftest import compose_cell
 from sweep.cache import ArtifactCache
 from sweep.cell import measure
 from sweep.cellspec import cell_spec
+from sweep.errors import ConfigError
 
 
 def run(cache, *overrides):
@@ -174,3 +175,14 @@ def test_flushing_denormals_is_part_of_the_features_identity(cache_dir, plain_vi
     flushed = run(cache_dir, "model=toy_vit", "intervention=none", "layer=-1")
     kept = run(cache_dir, "model=toy_vit", "intervention=none", "layer=-1", "compute.flush_denormal=false")
     assert flushed.artifacts["features"] == plain_vit.artifacts["features"] != kept.artifacts["features"]
+
+
+def test_a_class_transformers_does_not_have_is_refused_before_any_data_is_read(tmp_path):
+    """`model.toy.config_class` and `model.hf_class` name classes of transformers, which the
+    planner does not import; the cell resolves them first, before it decodes images or
+    trains the toy."""
+    for override, key in (("model.toy.config_class=ViTConfg", "model.toy.config_class=ViTConfg"),
+                          ("model.hf_class=ViTForImageClassificashun", "model.hf_class=ViTForImageClassificashun")):
+        with pytest.raises(ConfigError, match=rf"{key} is invalid: transformers \S+ has no class of that name"):
+            run(tmp_path / "cache", "model=toy_vit", "layer=3", override)
+    assert not [path for path in (tmp_path / "cache").rglob("*") if path.is_file()]  # nothing decoded or trained

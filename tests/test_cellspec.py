@@ -38,3 +38,25 @@ def test_identity_depends_on_science_not_on_where_or_how_fast_it_runs():
     for change in ("seed=1", "readout=cls", "intervention.permutation=randperm", "data.val_per_class=50"):
         other = cell_spec(config("model=toy_vit", "layer=3", "intervention=shuffle", change))
         assert other.cell_id != base.cell_id, change
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.adapter=resnet", r"model.adapter=resnet is invalid: it must be one of vit, deit, beit, dinov2, clip"),
+    ("model.readouts.native.head=fited", r"model.readouts.native.head=fited is invalid: it must be one of native, fitted"),
+    ("+model.readouts.cls.visual_projection=true", r"model.readouts.cls.visual_projection is not a setting of ViTAdapter"),
+    ("+model.readouts.mean.head=fitted", r"model.readouts.mean is not a readout of ViTAdapter; it supports native, cls"),
+])
+def test_a_model_config_its_adapter_cannot_read_is_refused_when_the_cell_is_specified(override, message):
+    with pytest.raises(ConfigError, match=message):
+        cell_spec(config("model=toy_vit", "layer=3", override))
+
+
+def test_specifying_cells_imports_neither_torch_nor_transformers():
+    """The planner specifies thousands of cells; the adapters' registry it checks models
+    against must not pull torch in (nor transformers, for `model.hf_class`)."""
+    import subprocess
+    import sys
+
+    code = "import sys, sweep.cellspec, sweep.plan; print('torch' in sys.modules, 'transformers' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split() \
+        == ["False", "False"]

@@ -51,7 +51,7 @@ def test_a_primary_config_of_ones_own_is_picked_by_its_name(tmp_path):
 def test_sweep_run_refuses_it_before_any_work(cli_env, tmp_path):
     mine = tmp_path / "mine" / "model"
     mine.mkdir(parents=True)
-    (mine / "toy_vit.yaml").write_text((CONF_DIR / "model" / "toy_vit.yaml").read_text().replace("n_layers: 6", "n_layers: 4"))
+    (mine / "toy_vit.yaml").write_text((CONF_DIR / "model" / "toy_vit.yaml").read_text() + "n_layers: 4\n")
     result = subprocess.run([sys.executable, "-m", "sweep.run", "-m", "--config-dir", str(tmp_path / "mine"),
                              "model=toy_vit", "layer=1", "logger=none"], env=cli_env, cwd=tmp_path, capture_output=True, text=True,
                             timeout=300)

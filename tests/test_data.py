@@ -13,7 +13,7 @@ from PIL import Image
 
 from hf_processors import HF_PROCESSORS, hf_processor, model_preprocess
 from imagenet_folder import make_imagenet_folder
-from sweep.data import (DataUnavailable, balanced_subset, check_available, imagenet_wnids, load_split, main,
+from sweep.data import (DataUnavailable, balanced_subset, imagenet_wnids, load_split, main,
                         normalise, preprocess_split, to_uint8)
 
 PREPROCESS = {"resize": 256, "resize_exact": False, "crop": 224, "interpolation": "bicubic",
@@ -66,7 +66,7 @@ def test_an_imagenet_folder_with_wrong_names_or_missing_is_a_clear_error(tmp_pat
     with pytest.raises(DataUnavailable, match="not ImageNet-1k synsets"):
         load_split(data, "train")
     with pytest.raises(DataUnavailable, match="does not exist"):
-        check_available({**data, "root": str(tmp_path / "missing")})
+        load_split({**data, "root": str(tmp_path / "missing")}, "train")
 
 
 # -- a local folder in ImageNet layout -----------------------------------------------------

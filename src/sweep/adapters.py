@@ -9,6 +9,10 @@ input of block 1), L = k is the output of block k. `module_producing(L)` is the 
 whose forward output *is* hidden state L, so a forward hook there (registered with
 ``prepend=True``) edits the tensor that HF records as ``hidden_states[L]`` and that
 block L + 1 consumes.
+
+Torch is imported where a model is touched, not at import: the planner checks a model
+config's `adapter` and `readouts` against the registry (`check_readouts`) when a cell is
+specified, for thousands of cells, without it.
 """
 
 from __future__ import annotations
@@ -17,16 +21,21 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
-
-from sweep.errors import SweepError
-from sweep.linear_heads import LinearHead
+from sweep.errors import ConfigError, SweepError
 from sweep.registry import Registry
+from sweep.rules import OneOf
 
-HeadFn = Callable[[torch.Tensor], torch.Tensor]
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from sweep.linear_heads import LinearHead
+
+HeadFn = Callable[["torch.Tensor"], "torch.Tensor"]
+#: where a readout's head comes from (`model.readouts.<name>.head`)
+HEADS = ("native", "fitted")
 
 
 class ReadoutUnavailable(SweepError):
@@ -56,15 +65,25 @@ class Adapter(ABC):
         self.model = model.eval()
         self._fitted: dict[str, nn.Linear] = {}
         self.readout_settings = {str(name): dict(settings or {}) for name, settings in (readouts or {}).items()}
-        self._check_readout_settings()
+        self.check_readouts(self.readout_settings)
 
-    def _check_readout_settings(self) -> None:
-        valid = ("head", *self.readout_options)
-        for name, settings in self.readout_settings.items():
+    @classmethod
+    def check_readouts(cls, readouts: Mapping[str, Any]) -> None:
+        """Refuse a model config's `readouts` this architecture cannot express: cheap and
+        torch-free, so `cell_spec` runs it when the cell is specified."""
+        valid = ("head", *cls.readout_options)
+        for name, settings in readouts.items():
+            if name not in cls.supported_readouts:
+                raise ConfigError(f"model.readouts.{name} is not a readout of {cls.__name__}; it supports "
+                                  f"{', '.join(cls.supported_readouts)}")
+            if not isinstance(settings, Mapping):
+                raise ConfigError(f"model.readouts.{name} must be a group of settings ({{head: native|fitted}}), "
+                                  f"not {settings!r}")
             for key in settings:
                 if key not in valid:
-                    raise SweepError(f"model.readouts.{name}.{key} is not a setting of {type(self).__name__}; "
-                                     f"valid settings: {', '.join(valid)}")
+                    raise ConfigError(f"model.readouts.{name}.{key} is not a setting of {cls.__name__}; "
+                                      f"valid settings: {', '.join(valid)}")
+            OneOf(*HEADS).check(f"model.readouts.{name}.head", settings.get("head"))
 
     @classmethod
     def checkpoint_tensors(cls, readouts: Mapping[str, Any]) -> dict[str, str]:
@@ -175,6 +194,8 @@ class Adapter(ABC):
         """Use a head fitted here for `readout`; the native readout's goes into the HF
         classifier itself so that the HF model's own forward uses it too."""
         self.check_readout(readout)
+        import torch
+
         linear = self._fitted_slot(readout, head.weight.shape[1], head.weight.shape[0])
         with torch.no_grad():
             linear.weight.copy_(head.weight)
@@ -184,6 +205,8 @@ class Adapter(ABC):
     def _fitted_slot(self, readout: str, in_features: int, n_classes: int) -> nn.Linear:
         slot = self._hf_classifier() if readout == "native" else None
         if slot is None or slot.in_features != in_features or slot.out_features != n_classes:
+            from torch import nn
+
             param = next(self.model.parameters())
             slot = nn.Linear(in_features, n_classes).to(param.device, param.dtype)
             if readout == "native":
@@ -220,6 +243,8 @@ class Adapter(ABC):
 
 
 def _full_precision(tensor: torch.Tensor) -> torch.autocast:
+    import torch
+
     return torch.autocast(tensor.device.type, enabled=False)
 
 
@@ -276,6 +301,8 @@ class DeiTAdapter(ViTAdapter):
     def features_with_cls(self, unmodified: torch.Tensor, cls: torch.Tensor, readout: str) -> torch.Tensor:
         if readout != "native":
             return super().features_with_cls(unmodified, cls, readout)
+        import torch
+
         with _full_precision(cls):  # native: the distillation token's features are unchanged
             return torch.stack([self._base.layernorm(cls.float()), unmodified[:, 1]], dim=1)
 
@@ -382,6 +409,8 @@ class Dinov2Adapter(ViTAdapter):
         return self._base.encoder.layer
 
     def readout_features(self, last_hidden: torch.Tensor, readout: str) -> torch.Tensor:
+        import torch
+
         self.check_readout(readout)
         normed = self._base.layernorm(last_hidden)
         if readout == "native":
@@ -391,6 +420,8 @@ class Dinov2Adapter(ViTAdapter):
     def features_with_cls(self, unmodified: torch.Tensor, cls: torch.Tensor, readout: str) -> torch.Tensor:
         if readout != "native":
             return super().features_with_cls(unmodified, cls, readout)
+        import torch
+
         with _full_precision(cls):  # native: the patch mean (the second half) is unchanged
             return torch.cat([self._base.layernorm(cls.float()), unmodified[:, self.hidden_size:]], dim=1)
 
@@ -414,6 +445,9 @@ class ClipAdapter(Adapter):
 
     def __init__(self, model: nn.Module, readouts: Mapping[str, Any] | None = None,
                  tensors: Mapping[str, torch.Tensor] | None = None) -> None:
+        import torch
+        from torch import nn
+
         super().__init__(model, readouts, tensors)
         self._projection: nn.Linear | None = None
         if self._uses_projection(self.readout_settings):

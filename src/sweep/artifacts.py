@@ -30,7 +30,7 @@ from sweep.data import (DECODER_VERSION, SAMPLER_VERSION, SPLITS, batches, load_
                         preprocess_split)
 from sweep.linear_heads import LinearHead
 from sweep.metrics import rank_metrics
-from sweep.models import LoadedModel, load_model
+from sweep.models import LoadedModel, check_classes, load_model
 from sweep.probes import fit_probes
 from sweep.progress import progress_bar
 from sweep.toy import train_toy
@@ -156,6 +156,7 @@ class Artifacts:
     def model(self) -> tuple[dict[str, Any], LoadedModel]:
         """Load the configured model; returns its identity (for artifact specs) too."""
         model_cfg = self.cfg["model"]
+        check_classes(model_cfg)  # before a toy's training reads its images
         weights: str | Path = str(model_cfg["source"])
         identity = {k: model_cfg[k] for k in ("hf_class", "adapter", "source", "revision", "load_kwargs")}
         if model_cfg.get("toy") is not None:

@@ -14,6 +14,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from sweep.adapters import ADAPTERS
 from sweep.errors import ConfigError
 from sweep.interventions import INTERVENTIONS
 from sweep.rules import Integer, Rule, checked, plain
@@ -90,14 +91,22 @@ class CellSpec:
 
 
 def _model(node: Any) -> dict[str, Any]:
+    """The model node, with what can be checked without loading it: its architecture is
+    one the adapters know and can read out as its `readouts` say. (`hf_class` and
+    `toy.config_class` name classes of transformers, which the planner does not import:
+    they are checked as the cell's unit starts, before any data is read.)"""
     model = plain(node)
     if not isinstance(model, Mapping):
         raise ConfigError(f"model must be a group of settings, not {model!r}")
-    for key, rule in (("name", None), ("n_layers", Integer(1)), ("readouts", None), ("projection_readout", None)):
+    for key, rule in (("name", None), ("adapter", None), ("hf_class", None), ("n_layers", Integer(1)),
+                      ("readouts", None), ("projection_readout", None)):
         if key not in model:
             raise ConfigError(f"model.{key} is not set (its model config, model/{model.get('name', '<name>')}.yaml)")
         if rule is not None:
             rule.check(f"model.{key}", model[key])
+    if not isinstance(model["readouts"], Mapping):
+        raise ConfigError(f"model.readouts must be a group of readouts, not {model['readouts']!r}")
+    ADAPTERS[model["adapter"]].check_readouts(model["readouts"])
     if model["projection_readout"] not in model["readouts"]:
         raise ConfigError(f"model.projection_readout={model['projection_readout']} is invalid: it must be one of "
                           f"the model's readouts ({', '.join(model['readouts'])})")

@@ -88,13 +88,6 @@ def load_split(data: Mapping[str, Any], split: str) -> LabelledImages:
     return loader(data, split)
 
 
-def check_available(data: Mapping[str, Any]) -> None:
-    """Cheap checks that run before any model is loaded (the cell's spec runs them too)."""
-    from sweep.settings import check_data_folders
-
-    check_data_folders(data)
-
-
 def _digits(data: Mapping[str, Any], split: str) -> LabelledImages:
     from sklearn.datasets import load_digits
 
@@ -113,8 +106,12 @@ def _imagefolder(data: Mapping[str, Any], split: str) -> LabelledImages:
 
     Costs in proportion to the subset, not the tree: each class folder is listed (names
     only, no stat per file) and only the sampled files are decoded — a full ImageNet train
-    tree has 1.28 M files."""
-    check_available(data)
+    tree has 1.28 M files. That the folders exist is checked when a cell is specified, before
+    any model loads (`settings.check_data_folders`, from `cell_spec`); again here, for
+    readers of a split outside a cell."""
+    from sweep.settings import check_data_folders
+
+    check_data_folders(data)
     folder = Path(str(data["root"])).expanduser() / str(data[f"{split}_dir"])
     per_class, n_classes = int(data[f"{split}_per_class"]), int(data["n_classes"])
     _check_class_folders(folder)

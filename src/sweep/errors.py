@@ -6,7 +6,12 @@ class SweepError(Exception):
 
 
 class ConfigError(SweepError, ValueError):
-    """A setting is invalid; raised before any expensive work starts."""
+    """A setting is invalid. Raised before any expensive work: when the cell is specified
+    (`cellspec.cell_spec`: by `sweep-run` before Hydra makes the run's folder, by a sweep's
+    plan before anything is launched), or, for what the planner cannot check, as the cell's
+    work unit starts and before it reads any data or loads a model: a CUDA device of the
+    machine that runs it, and the classes of transformers a model config names
+    (`model.hf_class`, `model.toy.config_class`; the planner does not import transformers)."""
 
 
 class DataUnavailable(SweepError):

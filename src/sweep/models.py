@@ -32,7 +32,7 @@ from huggingface_hub.utils import validate_repo_id
 from safetensors import safe_open
 
 from sweep.adapters import ADAPTERS, Adapter
-from sweep.errors import SweepError
+from sweep.errors import ConfigError, SweepError
 from sweep.files import file_sha256
 
 transformers.utils.logging.disable_progress_bar()  # our own bars report progress
@@ -65,12 +65,26 @@ class LoadedModel:
     revision: str
 
 
-def hf_class(model_cfg: Mapping[str, Any]) -> type:
-    name = str(model_cfg["hf_class"])
+def transformers_class(key: str, name: Any) -> type:
+    """The class of transformers that the setting `key` names (`model.hf_class`,
+    `model.toy.config_class`)."""
     try:
-        return getattr(transformers, name)
+        return getattr(transformers, str(name))
     except AttributeError:
-        raise ValueError(f"transformers has no class '{name}' (model.hf_class)") from None
+        raise ConfigError(f"{key}={name} is invalid: transformers {transformers.__version__} has no class "
+                          "of that name") from None
+
+
+def hf_class(model_cfg: Mapping[str, Any]) -> type:
+    return transformers_class("model.hf_class", model_cfg["hf_class"])
+
+
+def check_classes(model_cfg: Mapping[str, Any]) -> None:
+    """Resolve the classes a model config names. The planner cannot (it does not import
+    transformers), so a cell's unit does it first, before any data is read or a toy trains."""
+    hf_class(model_cfg)
+    if model_cfg.get("toy") is not None:
+        transformers_class("model.toy.config_class", model_cfg["toy"]["config_class"])
 
 
 def load_model(model_cfg: Mapping[str, Any], weights: str | Path, *, device: torch.device,

@@ -14,12 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import transformers
 from omegaconf import DictConfig, OmegaConf
 from torch.nn import functional as F
 
 from sweep.data import batches, normalise
-from sweep.models import hf_class
+from sweep.models import hf_class, transformers_class
 from sweep.progress import progress_bar
 
 
@@ -27,7 +26,7 @@ def build_toy(model_cfg: Mapping[str, Any], seed: int) -> torch.nn.Module:
     """A freshly initialised toy of `model.hf_class` from `model.toy.config`."""
     toy = model_cfg["toy"]
     settings = OmegaConf.to_container(toy["config"]) if isinstance(toy["config"], DictConfig) else dict(toy["config"])
-    config = getattr(transformers, str(toy["config_class"]))(**settings)
+    config = transformers_class("model.toy.config_class", toy["config_class"])(**settings)
     torch.manual_seed(seed)
     return hf_class(model_cfg)(config)
 

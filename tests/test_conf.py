@@ -1,0 +1,59 @@
+"""The shipped configuration (`sweep.conf`): files that extend others with Hydra's `defaults:`
+compose to exactly the settings they always had, so no cell changes its identity."""
+
+import pytest
+from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
+
+from sweep.cellspec import cell_spec
+from sweep.conf_path import CONF_PACKAGE
+from sweep.errors import ConfigError
+
+# The cell ids of two cells per model, as they were when the toys were written out in full
+# (each toy now starts from model/toy_base.yaml). The id hashes the whole composed model
+# node, so any key a toy gains, loses or changes (e.g. a real model's load_kwargs or
+# visual_projection leaking into its toy) shows here. Update these only together with a
+# deliberate change of what a cell measures (and then bump cellspec.RECORD_FORMAT).
+CELL_IDS = {
+    "vit": ("15145a66037f8ccc", "c168c638e52a87bb"), "deit": ("2989ccb90085d5f8", "c0e37ba42a870051"),
+    "beit": ("d314ba1acaa945fb", "fe387744445702d6"), "dinov2": ("2a71a1f16424c1b7", "2b973c44f8e945a0"),
+    "clip": ("b9729bfe32e35acc", "a03507a657b66458"), "toy_vit": ("a8e7fbd10be84f4b", "166a62b6fb205e9e"),
+    "toy_deit": ("2dc5e456a1e89340", "4f40f3c441ceb3b5"), "toy_beit": ("1e8c085c792deb4b", "9e62a12e03a428ab"),
+    "toy_dinov2": ("150c949001b8a8de", "117a675b425e415a"), "toy_clip": ("b5b28d46be1a8c49", "4f2306d52d76511e"),
+}
+SHUFFLE_L3, NONE_LAST_CLS = ["layer=3", "intervention=shuffle", "readout=native", "seed=0"], \
+    ["layer=-1", "intervention=none", "readout=cls"]
+
+
+def composed(*overrides: str, hydra: bool = False):
+    with initialize_config_module(config_module=CONF_PACKAGE, version_base="1.3"):
+        return compose("config", overrides=list(overrides), return_hydra_config=hydra)
+
+
+@pytest.mark.parametrize("model", sorted(CELL_IDS))
+def test_each_model_keeps_its_cell_ids(model):
+    ids = tuple(cell_spec(composed(f"model={model}", *cell)).cell_id for cell in (SHUFFLE_L3, NONE_LAST_CLS))
+    assert ids == CELL_IDS[model]
+
+
+def test_a_toy_is_toy_base_plus_its_architecture():
+    toy_clip = OmegaConf.to_container(composed("model=toy_clip").model)
+    assert toy_clip["source"] == "toy" and toy_clip["load_kwargs"] == {} and toy_clip["n_layers"] == 4
+    assert toy_clip["readouts"]["cls"] == {"head": "fitted", "visual_projection": False}
+    assert OmegaConf.to_container(composed("model=toy_vit").model)["n_layers"] == 6  # toy_base's
+
+
+def test_toy_base_alone_is_not_a_model():
+    with pytest.raises(ConfigError, match=r"model\.name is not set"):
+        cell_spec(composed("model=toy_base"))
+
+
+def test_the_local_slurm_profile_is_the_shipped_one_sized_for_one_cpu_node():
+    slurm = composed("hydra/launcher=slurm", hydra=True).hydra.launcher
+    local = composed("hydra/launcher=local_slurm", hydra=True).hydra.launcher
+    own = {"partition": "debug", "timeout_min": 60, "cpus_per_task": 1, "gpus_per_node": None, "mem_gb": 2,
+           "array_parallelism": 4, "signal_delay_s": 30}
+    assert {key: local[key] for key in own} == own
+    for key in set(slurm) - set(own):  # the rest (setup lines, submitit folder, requeues) is slurm.yaml's
+        assert OmegaConf.to_container(local, resolve=False)[key] == OmegaConf.to_container(slurm, resolve=False)[key], key
+    assert local.setup == ["export PYTHONUNBUFFERED=1", "export OMP_NUM_THREADS=1"]  # its own cpus_per_task
