@@ -1,0 +1,101 @@
+"""How uncertain a mean over seeds is: the 95 % interval of the table and the figures.
+
+A series' value at one layer (say shuffle/native at L = 3) is the mean over its seeds of a
+per-seed accuracy on the validation images. It varies for two reasons: which images were
+drawn (example sampling; the same images for every seed) and which permutations were drawn
+(the seed). The interval covers both, by a variance decomposition of the seeds x examples
+outcome matrix rather than a bootstrap: with the 2-5 seeds a sweep affords, resampling
+seeds cannot show a spread the few seeds did not happen to hit (a bootstrap over 3 values
+has 10 distinct means), so its intervals are too narrow. docs/science.md ("Error bars")
+states the estimator, its assumptions and the coverage check (tests/test_intervals.py).
+
+    var(mean) = s2_seeds / S  +  s2_examples / n
+    s2_seeds    = variance of the S per-seed accuracies (permutation draws, plus the
+                  example noise that differs between seeds), S - 1 degrees of freedom
+    s2_examples = variance of the n per-example accuracies averaged over seeds (what the
+                  images share across seeds; p(1 - p) for one seed), n - 1 degrees of freedom
+    interval    = mean -+ t(df) * sqrt(var(mean)), df by Welch-Satterthwaite
+
+so with few seeds and a large spread between them the interval widens like Student's t on
+S - 1 degrees of freedom, and where the seeds agree it narrows to the examples' normal
+interval. A seedless cell (seed null: none, zero, mean, reset) has the example part only.
+One seed of a seeded series cannot show the spread between seeds: it has no interval.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.special import stdtrit
+
+LEVEL = 0.95
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A mean over seeds with its LEVEL interval and the two variance parts it adds up.
+
+    low/high are NaN where no honest interval exists (one seed of a seeded series)."""
+
+    mean: float
+    low: float
+    high: float
+    seeds: int
+    seed_variance: float     # of the mean: s2_seeds / S (0 for a seedless cell, NaN for one seed)
+    example_variance: float  # of the mean: s2_examples / n
+    df: float
+
+    @property
+    def half_width(self) -> float:
+        return (self.high - self.low) / 2
+
+
+def outcome_interval(outcomes: Sequence[np.ndarray] | np.ndarray, *, seeded: bool,
+                     level: float = LEVEL) -> Interval:
+    """The interval of the mean accuracy over seeds from per-example outcomes (0/1 or any
+    per-example score): one row per seed, the same examples in the same order in every row
+    (as every cell of a sweep scores the same validation images). `seeded`: the rows are
+    draws of a random intervention; a seedless cell is one row."""
+    matrix = np.asarray(outcomes, dtype=float)
+    if matrix.ndim != 2 or matrix.shape[1] == 0:
+        raise ValueError(f"outcomes must be seeds x examples with at least one example, not shape {matrix.shape}")
+    seeds, examples = matrix.shape
+    per_example = matrix.mean(axis=0)
+    example_variance = float(per_example.var()) / examples  # ddof=0: p(1 - p) / n for one seed
+    return _combine(matrix.mean(axis=1), example_variance, examples, seeded=seeded, level=level)
+
+
+def summary_interval(accuracies: Sequence[float] | np.ndarray, n_examples: int, *, seeded: bool,
+                     level: float = LEVEL) -> Interval:
+    """The same interval from the per-seed accuracies alone (a W&B summary, the results
+    table): the example part is bounded by the binomial p(1 - p) / n, which is never below
+    what the images share across seeds (`outcome_interval`'s example part on the same
+    cells)."""
+    accuracies = np.asarray(accuracies, dtype=float)
+    if n_examples < 1:
+        raise ValueError(f"n_examples must be >= 1, not {n_examples}")
+    mean = float(accuracies.mean())
+    return _combine(accuracies, mean * (1 - mean) / n_examples, n_examples, seeded=seeded, level=level)
+
+
+def _combine(per_seed: np.ndarray, example_variance: float, examples: int, *, seeded: bool,
+             level: float) -> Interval:
+    seeds = len(per_seed)
+    if seeds == 0:
+        raise ValueError("no seed to average over")
+    if not seeded and seeds > 1:
+        raise ValueError(f"a seedless cell is one measurement, not {seeds}")
+    mean = float(per_seed.mean())
+    if seeded and seeds == 1:
+        return Interval(mean, math.nan, math.nan, 1, math.nan, example_variance, math.nan)
+    seed_variance = float(per_seed.var(ddof=1)) / seeds if seeded else 0.0
+    total = seed_variance + example_variance
+    if total == 0:  # every outcome equal (a perfect or a constant series): nothing varies
+        return Interval(mean, mean, mean, seeds, 0.0, 0.0, math.inf)
+    parts = [(seed_variance, seeds - 1), (example_variance, examples - 1)]
+    df = total ** 2 / sum(v ** 2 / d for v, d in parts if v > 0)  # Welch-Satterthwaite
+    half = float(stdtrit(df, 0.5 + level / 2)) * math.sqrt(total)
+    return Interval(mean, mean - half, mean + half, seeds, seed_variance, example_variance, float(df))
