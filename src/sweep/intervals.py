@@ -9,17 +9,20 @@ seeds cannot show a spread the few seeds did not happen to hit (a bootstrap over
 has 10 distinct means), so its intervals are too narrow. docs/science.md ("Error bars")
 states the estimator, its assumptions and the coverage check (tests/test_intervals.py).
 
-    var(mean) = s2_seeds / S  +  s2_examples / n
-    s2_seeds    = variance of the S per-seed accuracies (permutation draws, plus the
-                  example noise that differs between seeds), S - 1 degrees of freedom
-    s2_examples = variance of the n per-example accuracies averaged over seeds (what the
-                  images share across seeds; p(1 - p) for one seed), n - 1 degrees of freedom
-    interval    = mean -+ t(df) * sqrt(var(mean)), df by Welch-Satterthwaite
+    var(mean) = s2_seeds / S  +  s2_images / n
+    s2_seeds  = variance of the S per-seed accuracies: permutation draws, plus the example
+                noise that differs between seeds; S - 1 degrees of freedom
+    s2_images = what the n images share across seeds: the variance of the per-example
+                means less the seed x image interaction's share (two-way ANOVA; p(1 - p)
+                for one seed, and at most p(1 - p) where only accuracies are known);
+                n - 1 degrees of freedom
+    interval  = mean -+ t(df) * sqrt(var(mean)), df by Welch-Satterthwaite
 
-so with few seeds and a large spread between them the interval widens like Student's t on
-S - 1 degrees of freedom, and where the seeds agree it narrows to the examples' normal
-interval. A seedless cell (seed null: none, zero, mean, reset) has the example part only.
-One seed of a seeded series cannot show the spread between seeds: it has no interval.
+so with few seeds and a large spread between them the interval is Student's t on the
+per-seed accuracies (S - 1 degrees of freedom), and where the images' own spread dominates
+it narrows to their normal interval. A seedless cell (seed null: none, zero, mean, reset)
+has the example part only. One seed of a seeded series cannot show the spread between
+seeds: it has no interval.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ class Interval:
     high: float
     seeds: int
     seed_variance: float     # of the mean: s2_seeds / S (0 for a seedless cell, NaN for one seed)
-    example_variance: float  # of the mean: s2_examples / n
+    example_variance: float  # of the mean: s2_images / n
     df: float
 
     @property
@@ -63,9 +66,18 @@ def outcome_interval(outcomes: Sequence[np.ndarray] | np.ndarray, *, seeded: boo
     if matrix.ndim != 2 or matrix.shape[1] == 0:
         raise ValueError(f"outcomes must be seeds x examples with at least one example, not shape {matrix.shape}")
     seeds, examples = matrix.shape
-    per_example = matrix.mean(axis=0)
-    example_variance = float(per_example.var()) / examples  # ddof=0: p(1 - p) / n for one seed
-    return _combine(matrix.mean(axis=1), example_variance, examples, seeded=seeded, level=level)
+    per_seed, per_example, mean = matrix.mean(axis=1), matrix.mean(axis=0), float(matrix.mean())
+    if seeds == 1:
+        return _combine(mean, 1, 0.0, float(per_example.var()) / examples, examples, seeded=seeded, level=level)
+    # the per-seed accuracies show the seeds' spread and the example noise that differs
+    # between seeds; what every seed shares is the images' own spread: the spread of the
+    # per-example means less the seed-by-image interaction's share (two-way ANOVA)
+    residual = matrix - per_seed[:, None] - per_example[None, :] + mean
+    interaction = float((residual ** 2).sum()) / ((seeds - 1) * max(examples - 1, 1))
+    seed_variance = float(per_seed.var(ddof=1)) / seeds
+    shared = float(per_example.var(ddof=1)) - interaction / seeds if examples > 1 else 0.0
+    example_variance = max(shared, 0.0) / examples
+    return _combine(mean, seeds, seed_variance, example_variance, examples, seeded=seeded, level=level)
 
 
 def summary_interval(accuracies: Sequence[float] | np.ndarray, n_examples: int, *, seeded: bool,
@@ -77,21 +89,20 @@ def summary_interval(accuracies: Sequence[float] | np.ndarray, n_examples: int, 
     accuracies = np.asarray(accuracies, dtype=float)
     if n_examples < 1:
         raise ValueError(f"n_examples must be >= 1, not {n_examples}")
-    mean = float(accuracies.mean())
-    return _combine(accuracies, mean * (1 - mean) / n_examples, n_examples, seeded=seeded, level=level)
-
-
-def _combine(per_seed: np.ndarray, example_variance: float, examples: int, *, seeded: bool,
-             level: float) -> Interval:
-    seeds = len(per_seed)
-    if seeds == 0:
+    if len(accuracies) == 0:
         raise ValueError("no seed to average over")
+    mean = float(accuracies.mean())
+    seed_variance = float(accuracies.var(ddof=1)) / len(accuracies) if len(accuracies) > 1 else 0.0
+    return _combine(mean, len(accuracies), seed_variance, mean * (1 - mean) / n_examples, n_examples,
+                    seeded=seeded, level=level)
+
+
+def _combine(mean: float, seeds: int, seed_variance: float, example_variance: float, examples: int, *,
+             seeded: bool, level: float) -> Interval:
     if not seeded and seeds > 1:
         raise ValueError(f"a seedless cell is one measurement, not {seeds}")
-    mean = float(per_seed.mean())
     if seeded and seeds == 1:
         return Interval(mean, math.nan, math.nan, 1, math.nan, example_variance, math.nan)
-    seed_variance = float(per_seed.var(ddof=1)) / seeds if seeded else 0.0
     total = seed_variance + example_variance
     if total == 0:  # every outcome equal (a perfect or a constant series): nothing varies
         return Interval(mean, mean, mean, seeds, 0.0, 0.0, math.inf)
