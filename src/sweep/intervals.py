@@ -11,7 +11,9 @@ states the estimator, its assumptions and the coverage check (tests/test_interva
 
     var(mean) = s2_seeds / S  +  s2_images / n
     s2_seeds  = variance of the S per-seed accuracies: permutation draws, plus the example
-                noise that differs between seeds; S - 1 degrees of freedom
+                noise that differs between seeds; S - 1 degrees of freedom. Seeds that
+                agree by chance more closely than that noise allows get the noise (the
+                seed x image interaction / n, many degrees of freedom) instead
     s2_images = what the n images share across seeds: the variance of the per-example
                 means less the seed x image interaction's share (two-way ANOVA; p(1 - p)
                 for one seed, and at most p(1 - p) where only accuracies are known);
@@ -68,16 +70,21 @@ def outcome_interval(outcomes: Sequence[np.ndarray] | np.ndarray, *, seeded: boo
     seeds, examples = matrix.shape
     per_seed, per_example, mean = matrix.mean(axis=1), matrix.mean(axis=0), float(matrix.mean())
     if seeds == 1:
-        return _combine(mean, 1, 0.0, float(per_example.var()) / examples, examples, seeded=seeded, level=level)
+        return _combine(mean, 1, (0.0, 0), (float(per_example.var()) / examples, examples - 1), seeded=seeded,
+                        level=level)
     # the per-seed accuracies show the seeds' spread and the example noise that differs
     # between seeds; what every seed shares is the images' own spread: the spread of the
     # per-example means less the seed-by-image interaction's share (two-way ANOVA)
     residual = matrix - per_seed[:, None] - per_example[None, :] + mean
     interaction = float((residual ** 2).sum()) / ((seeds - 1) * max(examples - 1, 1))
-    seed_variance = float(per_seed.var(ddof=1)) / seeds
+    seed_variance, seed_df = float(per_seed.var(ddof=1)) / seeds, seeds - 1
+    noise = interaction / (examples * seeds)
+    if seed_variance < noise:  # seeds that agree by chance: their examples' noise, well known, is the floor
+        seed_variance, seed_df = noise, (seeds - 1) * (examples - 1)
     shared = float(per_example.var(ddof=1)) - interaction / seeds if examples > 1 else 0.0
     example_variance = max(shared, 0.0) / examples
-    return _combine(mean, seeds, seed_variance, example_variance, examples, seeded=seeded, level=level)
+    return _combine(mean, seeds, (seed_variance, seed_df), (example_variance, examples - 1), seeded=seeded,
+                    level=level)
 
 
 def summary_interval(accuracies: Sequence[float] | np.ndarray, n_examples: int, *, seeded: bool,
@@ -93,12 +100,14 @@ def summary_interval(accuracies: Sequence[float] | np.ndarray, n_examples: int, 
         raise ValueError("no seed to average over")
     mean = float(accuracies.mean())
     seed_variance = float(accuracies.var(ddof=1)) / len(accuracies) if len(accuracies) > 1 else 0.0
-    return _combine(mean, len(accuracies), seed_variance, mean * (1 - mean) / n_examples, n_examples,
-                    seeded=seeded, level=level)
+    return _combine(mean, len(accuracies), (seed_variance, len(accuracies) - 1),
+                    (mean * (1 - mean) / n_examples, n_examples - 1), seeded=seeded, level=level)
 
 
-def _combine(mean: float, seeds: int, seed_variance: float, example_variance: float, examples: int, *,
+def _combine(mean: float, seeds: int, seed_part: tuple[float, int], example_part: tuple[float, int], *,
              seeded: bool, level: float) -> Interval:
+    """parts: (variance of the mean, degrees of freedom of its estimate)."""
+    (seed_variance, _), (example_variance, _) = seed_part, example_part
     if not seeded and seeds > 1:
         raise ValueError(f"a seedless cell is one measurement, not {seeds}")
     if seeded and seeds == 1:
@@ -106,7 +115,6 @@ def _combine(mean: float, seeds: int, seed_variance: float, example_variance: fl
     total = seed_variance + example_variance
     if total == 0:  # every outcome equal (a perfect or a constant series): nothing varies
         return Interval(mean, mean, mean, seeds, 0.0, 0.0, math.inf)
-    parts = [(seed_variance, seeds - 1), (example_variance, examples - 1)]
-    df = total ** 2 / sum(v ** 2 / d for v, d in parts if v > 0)  # Welch-Satterthwaite
+    df = total ** 2 / sum(v ** 2 / d for v, d in (seed_part, example_part) if v > 0)  # Welch-Satterthwaite
     half = float(stdtrit(df, 0.5 + level / 2)) * math.sqrt(total)
     return Interval(mean, mean - half, mean + half, seeds, seed_variance, example_variance, float(df))
