@@ -370,7 +370,8 @@ def _half_width(point: pd.DataFrame) -> float:
     n_val = point["n_val"].dropna()
     if values.empty or n_val.empty:
         return math.nan
-    interval = summary_interval(values.to_numpy(dtype=float), int(n_val.min()), seeded=bool(point["seed"].notna().any()))
+    seeded = bool(point["seed"].notna().any())
+    interval = summary_interval(values.to_numpy(dtype=float), int(n_val.min()), seeded=seeded)
     return math.inf if math.isnan(interval.low) else interval.half_width
 
 

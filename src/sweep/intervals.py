@@ -101,7 +101,7 @@ def summary_interval(accuracies: Sequence[float] | np.ndarray, n_examples: int, 
     mean = float(accuracies.mean())
     seed_variance = float(accuracies.var(ddof=1)) / len(accuracies) if len(accuracies) > 1 else 0.0
     return _combine(mean, len(accuracies), (seed_variance, len(accuracies) - 1),
-                    (mean * (1 - mean) / n_examples, n_examples - 1), seeded=seeded, level=level)
+                    (mean * (1 - mean) / n_examples, max(n_examples - 1, 1)), seeded=seeded, level=level)
 
 
 def _combine(mean: float, seeds: int, seed_part: tuple[float, int], example_part: tuple[float, int], *,
