@@ -50,7 +50,7 @@ def subdir(model: str, name: str, sweep_id: str) -> str:
 def outcomes(accuracy: float, *, n_val: int, seed: int, probe_accuracy: float | None = None,
              projection_accuracy: float | None = None) -> dict[str, np.ndarray]:
     """Per-example columns with exactly round(accuracy * n_val) correct examples, placed at
-    random (seeded) so that the bootstrap has something to resample."""
+    random (seeded) so that the bands' example part has something to measure."""
     rng = np.random.default_rng(seed)
     label = np.arange(n_val) % N_CLASSES
 

@@ -11,8 +11,10 @@ import pandas as pd
 import pytest
 from fake_sweep import make_sweep
 
-from sweep.aggregate import SourceError, load_local, load_wandb, read_results, write_results
+from sweep.aggregate import SourceError, interval_pivot, load_local, load_wandb, read_results, summary_text, \
+    write_results
 from sweep.aggregate_cli import main
+from sweep.intervals import summary_interval
 from sweep.record import COLUMNS, record_row
 
 
@@ -78,6 +80,21 @@ def test_outcomes_are_per_cell_and_read_on_demand(sweep, table):
     assert failed_id not in table.outcomes
 
 
+def test_the_summary_shows_each_mean_over_seeds_with_the_half_width_of_its_interval(table):
+    complete = table.complete
+    point = complete[(complete["model"] == "tiny_b") & (complete["intervention"] == "shuffle")
+                     & (complete["readout"] == "native") & (complete["layer"] == 3)]
+    expected = summary_interval(point["accuracy"], 200, seeded=True)  # 2 seeds of 200 images
+    assert expected.seeds == 2 and expected.seed_variance > 0
+    assert interval_pivot(complete).loc[("tiny_b", "shuffle/native"), 3] == pytest.approx(expected.half_width)
+
+    intervals = summary_text(table).split("± in points")[1].splitlines()
+    shuffle = next(line for line in intervals if line.startswith("tiny_b  shuffle/native"))
+    assert shuffle.split()[3 + 3] == f"{100 * expected.half_width:.1f}"  # model, series, cells, L0..L3
+    # one seed of a seeded series cannot show the spread between seeds; tiny_a has no L4
+    assert next(line for line in intervals if line.startswith("tiny_a  zero/native")).endswith("   ?   ?   ?   ?   -")
+
+
 def test_results_files_hold_the_frame(table, tmp_path):
     written = write_results(table, tmp_path / "out")
     assert [p.name for p in written] == ["results.csv", "results.parquet"]
@@ -107,7 +124,7 @@ def test_wandb_runs_give_the_same_table_as_the_folders(sweep, table):
     pd.testing.assert_frame_equal(from_wandb.frame, table.frame)
     assert list(from_wandb.failed["name"]) == [sweep.failed_name]
     assert list(from_wandb.missing["name"]) == ["tiny_b-L00-noise-native-s1"]
-    assert from_wandb.outcomes is None  # the bootstrap falls back to seeds only
+    assert from_wandb.outcomes is None  # the figures' bands bound the examples' part from the records
 
 
 def test_a_wandb_run_that_crashed_before_logging_is_reported_failed(sweep):

@@ -35,7 +35,7 @@ def test_cli_prints_the_table_and_the_problems_and_writes_files(sweep, tmp_path,
 
 def test_cli_writes_into_the_sweep_folder_by_default(tmp_path, capsys):
     small = make_sweep(tmp_path, models={"tiny_a": 2}, seeds=(0,), controls=(), problems=False)
-    assert main([str(small.sweep_dir), "bootstrap=20"]) == 0
+    assert main([str(small.sweep_dir)]) == 0
     printed = capsys.readouterr().out
     assert (small.sweep_dir / "results.csv").exists()
     assert "figure main_result:" in printed and (small.sweep_dir / "figures" / "main_result.png").exists()
@@ -45,8 +45,7 @@ def test_cli_writes_into_the_sweep_folder_by_default(tmp_path, capsys):
     (["/no/such/sweep"], "does not exist.*multirun/<sweep id>"),
     ([], "give its folder"),
     (["{sweep}", "colour=red"], "colour is not a setting of sweep-aggregate; its settings are: source, out, figures"),
-    (["{sweep}", "bootstrap=many"], "bootstrap=many is invalid: it must be an integer >= 0"),
-    (["{sweep}", "bootstrap=-1"], "bootstrap=-1 is invalid: it must be an integer >= 0"),
+    (["{sweep}", "bootstrap=1000"], "bootstrap is not a setting of sweep-aggregate"),  # bands need no resampling
     (["{sweep}", "figures=maybe"], "figures=maybe is invalid: it must be true or false"),
     (["{sweep}", "wandb.log=maybe"], "wandb.log=maybe is invalid: it must be true or false"),
     (["{sweep}", "source=s3"], "source=s3 is invalid: it must be one of local, wandb"),
@@ -82,4 +81,4 @@ def test_help_lists_every_setting_with_its_default(capsys):
     assert printed.startswith("usage: sweep-aggregate [<sweep folder>] [key=value ...]")
     for key in COMMAND.settings:
         assert f"  {key} " in printed
-    assert "bootstrap resamples for the figures' 95% bands; 0 = no bands (an integer >= 0) [1000]" in printed
+    assert re.search(r"  figures +draw the figures \(true or false\) \[true\]", printed)

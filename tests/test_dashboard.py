@@ -28,7 +28,7 @@ SERIES = ["probe", "shuffle (native readout)", "shuffle (CLS-only readout)", "ch
 def aggregate(sweep_dir: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     """`sweep-aggregate <sweep> wandb.log=true` offline, in its own process as a user runs it."""
     env = {**os.environ, "WANDB_MODE": "offline", "HOME": str(sweep_dir.parent), **(env or {})}
-    return subprocess.run([sys.executable, "-m", "sweep.aggregate_cli", str(sweep_dir), "bootstrap=20", "wandb.log=true",
+    return subprocess.run([sys.executable, "-m", "sweep.aggregate_cli", str(sweep_dir), "wandb.log=true",
                            *args], env=env, capture_output=True, text=True, timeout=300)
 
 

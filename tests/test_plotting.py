@@ -7,15 +7,15 @@ import dataclasses
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 from fake_sweep import make_sweep
 
-from sweep.aggregate import load_local
-from sweep.plotting import (MAIN_SERIES, banded_line, draw_figures, hierarchical_interval, main_result,
-                            seed_interval)
+from sweep.aggregate import SourceError, load_local
+from sweep.intervals import outcome_interval
+from sweep.plotting import MAIN_SERIES, banded_line, draw_figures, main_result
 
 MAIN = ["probe", "shuffle (native readout)", "shuffle (CLS-only readout)", "chance"]
-N_BOOT = 200
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def table(tmp_path_factory):
 @pytest.fixture(scope="module")
 def drawn(table, tmp_path_factory):
     out = tmp_path_factory.mktemp("figures")
-    return out, draw_figures(table, out, n_boot=N_BOOT, seed=0)
+    return out, draw_figures(table, out)
 
 
 def index(out):
@@ -52,7 +52,7 @@ def test_main_result_has_a_panel_per_model_with_the_studys_series(drawn):
         assert panel["series"] == MAIN and panel["missing"] == []
         assert panel["xlabel"] == "layer"
     assert main["panels"][0]["ylabel"] == "accuracy"
-    assert "over seeds and examples" in main["notes"][0]
+    assert "CI over permutation draws (seeds) and examples" in main["notes"][0]
 
 
 def test_identifiability_and_controls_panels(drawn):
@@ -70,7 +70,7 @@ def test_a_sweep_of_none_cells_draws_what_it_has(tmp_path):
     sweep = make_sweep(tmp_path, models={"tiny_a": 3}, interventions=("none",), seeds=(0,), controls=(),
                        problems=False)
     out = tmp_path / "figures"
-    figures = draw_figures(load_local(sweep.sweep_dir), out, n_boot=N_BOOT, seed=0)
+    figures = draw_figures(load_local(sweep.sweep_dir), out)
     assert not any(figure.skipped for figure in figures.values())
     main = index(out)["main_result"]
     assert all(panel["series"] == ["probe", "chance"] for panel in main["panels"])
@@ -82,52 +82,54 @@ def test_a_sweep_of_none_cells_draws_what_it_has(tmp_path):
 def test_a_sweep_without_complete_cells_skips_every_figure_and_says_why(table, tmp_path):
     (tmp_path / "main_result.png").write_bytes(b"stale")
     empty = dataclasses.replace(table, frame=table.frame[table.frame["status"] == "failed"])
-    figures = draw_figures(empty, tmp_path, n_boot=N_BOOT, seed=0)
+    figures = draw_figures(empty, tmp_path)
     assert figures["main_result"].skipped == "no complete intervention=none or intervention=shuffle cells"
     assert "intervention=none" in figures["identifiability"].skipped
     assert index(tmp_path)["controls"] == {"skipped": figures["controls"].skipped}
     assert not (tmp_path / "main_result.png").exists(), "a skipped figure's old file would contradict figures.json"
 
 
-def test_without_outcomes_the_band_is_over_seeds_only_and_says_so(table, tmp_path):
-    figure = main_result(table.complete, None, tmp_path, n_boot=N_BOOT, seed=0)  # outcomes=None: the W&B source
-    assert "over seeds only (no per-example outcomes)" in figure.notes[0]
+def test_without_outcomes_the_examples_part_is_bounded_and_says_so(table, tmp_path):
+    figure = main_result(table.complete, None, tmp_path)  # outcomes=None: the W&B source
+    assert "the examples' part bounded by p(1-p)/n (no per-example outcomes)" in figure.notes[0]
 
 
 def test_bands_contain_the_mean_line(table):
     rows = table.complete[table.complete["model"] == "tiny_b"]
     for spec in MAIN_SERIES:
-        line = banded_line(spec.select(rows), spec, table.outcomes, n_boot=N_BOOT, seed=0, model="tiny_b")
-        assert list(line.layers) == [0, 1, 2, 3, 4] and line.band == "examples"
-        assert np.all(line.low <= line.mean + 1e-12) and np.all(line.mean <= line.high + 1e-12)
+        line = banded_line(spec.select(rows), spec, table.outcomes)
+        assert list(line.layers) == [0, 1, 2, 3, 4] and line.band == "outcomes"
+        assert np.all(line.low <= line.mean) and np.all(line.mean <= line.high) and np.all(line.low < line.high)
 
 
-def test_identical_seeds_give_a_narrow_band_around_the_mean():
-    rng = np.random.default_rng(0)
-    correct = rng.random(5000) < 0.7
-    mean = correct.mean()
-    low, high = hierarchical_interval([correct, correct, correct], n_boot=1000, rng=np.random.default_rng(1))
-    assert low <= mean <= high
-    assert high - low < 0.03  # only example resampling is left: about ±1.96 * sqrt(.21 / 15000)
-    spread = [rng.random(5000) < p for p in (0.4, 0.7, 0.95)]
-    wide_low, wide_high = hierarchical_interval(spread, n_boot=1000, rng=np.random.default_rng(1))
-    assert wide_high - wide_low > 5 * (high - low)
-
-
-def test_a_perfect_series_has_a_zero_width_band():
-    perfect = np.ones(100, dtype=bool)
-    assert hierarchical_interval([perfect, perfect], n_boot=100, rng=np.random.default_rng(0)) == (1.0, 1.0)
-    assert seed_interval([0.5], n_boot=100, rng=np.random.default_rng(0)) == (0.5, 0.5)
-
-
-def test_seeded_bootstrap_is_deterministic(table):
-    seeds = [np.random.default_rng(s).random(300) < 0.5 for s in range(3)]
-    first = hierarchical_interval(seeds, n_boot=500, rng=np.random.default_rng(7))
-    assert hierarchical_interval(seeds, n_boot=500, rng=np.random.default_rng(7)) == first
-    assert hierarchical_interval(seeds, n_boot=500, rng=np.random.default_rng(8)) != first
-
+def test_a_band_is_the_interval_of_the_seeds_outcomes_side_by_side(table):
+    # the figure and the table share sweep.intervals: the band is its interval of the
+    # seeds x examples outcomes of each layer's cells
     spec, rows = MAIN_SERIES[1], table.complete[table.complete["model"] == "tiny_a"]
-    once, again, other = (banded_line(spec.select(rows), spec, table.outcomes, n_boot=N_BOOT, seed=seed, model="tiny_a")
-                          for seed in (3, 3, 4))
-    assert np.array_equal(once.low, again.low) and np.array_equal(once.high, again.high)
-    assert not np.array_equal(once.low, other.low)
+    at_layer = spec.select(rows)[lambda r: r["layer"] == 2]
+    outcomes = np.stack([spec.correct(table.outcomes[cell_id]) for cell_id in at_layer["cell_id"]])
+    expected = outcome_interval(outcomes, seeded=True)
+    line = banded_line(spec.select(rows), spec, table.outcomes)
+    assert (line.low[2], line.mean[2], line.high[2]) == pytest.approx((expected.low, expected.mean, expected.high))
+    assert expected.seeds == 2
+
+
+def test_one_seed_of_a_seeded_series_draws_no_band_and_says_so(tmp_path):
+    sweep = make_sweep(tmp_path, models={"tiny_a": 2}, seeds=(0,), controls=(), problems=False)
+    figure = main_result(load_local(sweep.sweep_dir).complete, None, tmp_path)
+    assert ("tiny_a: no band for shuffle (native readout) at layer 0, 1, 2 (one seed cannot show the spread "
+            "between seeds)") in figure.notes
+
+
+def test_outcomes_of_other_images_are_refused_naming_the_cells(tmp_path):
+    sweep = make_sweep(tmp_path, models={"tiny_a": 2}, seeds=(0, 1), readouts=("native",), controls=(),
+                       problems=False)
+    table = load_local(sweep.sweep_dir)
+    shuffled = table.complete[(table.complete["intervention"] == "shuffle") & (table.complete["layer"] == 1)]
+    path = table.outcomes.files[shuffled["cell_id"].iloc[1]]
+    outcomes = pd.read_csv(path)
+    outcomes["label"] = outcomes["label"].sample(frac=1, random_state=0).to_numpy()  # another image order
+    outcomes.to_csv(path, index=False)
+    with pytest.raises(SourceError, match=f"outcomes of cells {shuffled['cell_id'].iloc[0]} and "
+                                          f"{shuffled['cell_id'].iloc[1]} .* list different images"):
+        banded_line(MAIN_SERIES[1].select(table.complete), MAIN_SERIES[1], table.outcomes)

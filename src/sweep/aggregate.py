@@ -1,7 +1,7 @@
 """`sweep-aggregate`: a sweep's cell records as one table, and the study's figures.
 
 Two sources give the same table: the cell folders on disk (`result.json`, and
-`outcomes.csv` for per-example bootstrap bands) and the W&B runs of the sweep, whose
+`outcomes.csv` for the figures' per-example bands) and the W&B runs of the sweep, whose
 summary holds exactly `record_row(record)` (the tracker logs it). Both paths go through
 `record_row` and `_frame`, so the columns, their order and their dtypes cannot drift apart.
 
@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ import pandas as pd
 
 from sweep.errors import SweepError
 from sweep.files import atomic_write_bytes, atomic_write_text
+from sweep.intervals import LEVEL, summary_interval
 from sweep.interventions import INTERVENTIONS
 from sweep.layout import OUTCOMES_FILE, RESULT_FILE, SweepPaths
 from sweep.record import AXES, COLUMNS, DTYPES, record_row, scalar
@@ -315,7 +317,7 @@ def read_results(path: Path) -> pd.DataFrame:
 
 def summary_text(table: SweepTable) -> str:
     """What a user checks first: how many cells, and accuracy (%) by layer per model and
-    series, compact enough for a 100-column terminal."""
+    series with the half-width of its 95% interval, compact enough for a 100-column terminal."""
     frame = table.frame
     n_complete = int((frame["status"] == "complete").sum())
     lines = [f"sweep {table.sweep_id} ({table.source}): {len(frame)} cells with a record — {n_complete} complete, "
@@ -323,26 +325,61 @@ def summary_text(table: SweepTable) -> str:
     pivot = accuracy_pivot(table.complete)
     if not pivot.empty:
         lines += ["", "accuracy in % by layer, mean over seeds (probe: the layer-L CLS probe of the none cells)",
-                  *_format_pivot(pivot)]
+                  *_format_pivot(pivot, _percent),
+                  "", f"± in points: half-width of that mean's {LEVEL:.0%} interval over permutation draws and "
+                      f"examples", "(docs/science.md, Error bars; ?: one seed of a seeded series, no interval)",
+                  *_format_pivot(interval_pivot(table.complete), _points)]
     return "\n".join(lines)
 
 
-def accuracy_pivot(complete: pd.DataFrame) -> pd.DataFrame:
-    """(model, series) x layer -> mean accuracy over seeds, plus a `cells` count. Series are
+def _long(complete: pd.DataFrame) -> pd.DataFrame:
+    """One row per (model, series, layer, seed) value the table shows. Series are
     `<intervention>/<readout>`, and `probe` for the none cells' probe accuracy."""
-    parts = []
+    columns = ["model", "series", "layer", "seed", "cell_id", "n_val", "value"]
     shown = complete.assign(series=complete["intervention"] + "/" + complete["readout"], value=complete["accuracy"])
-    parts.append(shown[["model", "series", "layer", "seed", "cell_id", "value"]])
     probe = complete[(complete["intervention"] == "none") & complete["probe_accuracy"].notna()]
     probe = probe.drop_duplicates(["model", "layer", "seed"])  # the probe does not depend on the readout
-    parts.append(probe.assign(series="probe", value=probe["probe_accuracy"])[list(parts[0].columns)])
-    long = pd.concat(parts, ignore_index=True)
+    probe = probe.assign(series="probe", value=probe["probe_accuracy"])
+    return pd.concat([shown[columns], probe[columns]], ignore_index=True)
+
+
+def accuracy_pivot(complete: pd.DataFrame) -> pd.DataFrame:
+    """(model, series) x layer -> mean accuracy over seeds, plus a `cells` count."""
+    long = _long(complete)
     if long.empty:
         return pd.DataFrame()
-    means = long.groupby(["model", "series", "layer"])["value"].mean().unstack("layer")
-    means.insert(0, "cells", long.groupby(["model", "series"])["cell_id"].count())
-    order = sorted(means.index, key=lambda key: (key[0], *_series_rank(key[1])))
-    return means.loc[order]
+    return _pivot(long, long.groupby(["model", "series", "layer"])["value"].mean())
+
+
+def interval_pivot(complete: pd.DataFrame) -> pd.DataFrame:
+    """(model, series) x layer -> half-width of the mean's interval (sweep.intervals), from
+    the records alone (per-seed accuracies and n_val), so it is the same from W&B as from
+    the folders; inf for one seed of a seeded series (no finite interval), NaN where the
+    series has no cell at that layer."""
+    long = _long(complete)
+    if long.empty:
+        return pd.DataFrame()
+    keys = ["model", "series", "layer"]
+    points = long.groupby(keys)
+    half_widths = pd.Series([_half_width(point) for _, point in points], index=points.size().index)
+    return _pivot(long, half_widths)
+
+
+def _half_width(point: pd.DataFrame) -> float:
+    values = point["value"].dropna()
+    n_val = point["n_val"].dropna()
+    if values.empty or n_val.empty:
+        return math.nan
+    seeded = bool(point["seed"].notna().any())
+    interval = summary_interval(values.to_numpy(dtype=float), int(n_val.min()), seeded=seeded)
+    return math.inf if math.isnan(interval.low) else interval.half_width
+
+
+def _pivot(long: pd.DataFrame, by_point: pd.Series) -> pd.DataFrame:
+    table = by_point.unstack("layer")
+    table.insert(0, "cells", long.groupby(["model", "series"])["cell_id"].count())
+    order = sorted(table.index, key=lambda key: (key[0], *_series_rank(key[1])))
+    return table.loc[order]
 
 
 def _series_rank(series: str) -> tuple[int, str]:
@@ -354,14 +391,27 @@ def _series_rank(series: str) -> tuple[int, str]:
     return known, f"{intervention}/{readout}"
 
 
-def _format_pivot(pivot: pd.DataFrame) -> list[str]:
+def _percent(value: float) -> str:
+    return "   -" if pd.isna(value) else f"{100 * value:4.0f}"
+
+
+def _points(value: float) -> str:
+    """Four characters: " 4.2" below 10 points, "  13" from 10, "   ?" for no interval."""
+    if pd.isna(value):
+        return "   -"
+    if math.isinf(value):
+        return "   ?"
+    return f"{100 * value:4.1f}" if 100 * value < 9.95 else f"{100 * value:4.0f}"
+
+
+def _format_pivot(pivot: pd.DataFrame, cell: Callable[[float], str]) -> list[str]:
     layers = [column for column in pivot.columns if column != "cells"]
     model_width = max(5, *(len(model) for model, _ in pivot.index))
     series_width = max(6, *(len(series) for _, series in pivot.index))
     head = f"{'model':<{model_width}}  {'series':<{series_width}}  cells " + "".join(f"{f'L{l}':>4}" for l in layers)
     lines = [head]
     for (model, series), values in pivot.iterrows():
-        cells = "".join("   -" if pd.isna(values[l]) else f"{100 * values[l]:4.0f}" for l in layers)
+        cells = "".join(cell(values[l]) for l in layers)
         lines.append(f"{model:<{model_width}}  {series:<{series_width}}  {int(values['cells']):>5} {cells}")
     return lines
 

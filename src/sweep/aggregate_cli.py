@@ -19,7 +19,7 @@ from sweep.cli import Command, Setting, UsageError
 from sweep.errors import ConfigError
 from sweep.layout import SweepPaths
 from sweep.reference import reference_warnings
-from sweep.rules import Flag, Integer, OneOf, Optional, Text
+from sweep.rules import Flag, OneOf, Optional, Text
 
 COMMAND = Command(
     prog="sweep-aggregate",
@@ -33,8 +33,6 @@ COMMAND = Command(
         "out": Setting(Optional(Text()), None, "where tables and figures go (default: the sweep folder; "
                                                "aggregate/<sweep id> for wandb)"),
         "figures": Setting(Flag(), True, "draw the figures"),
-        "bootstrap": Setting(Integer(0), 1000, "bootstrap resamples for the figures' 95% bands; 0 = no bands"),
-        "bootstrap.seed": Setting(Integer(0), 0, "seed of the bootstrap's random numbers"),
         "wandb.project": Setting(Optional(Text()), None, "W&B project (source=wandb)"),
         "wandb.entity": Setting(Optional(Text()), None, "W&B entity (default: your W&B default entity)"),
         "sweep.name": Setting(Optional(Text()), None, "the sweep id, i.e. the runs' W&B group (source=wandb)"),
@@ -52,8 +50,6 @@ class Options:
     entity: str | None
     out: Path | None
     figures: bool
-    n_boot: int
-    boot_seed: int
     wandb_log: bool
 
 
@@ -66,8 +62,7 @@ def parse_args(argv: Sequence[str]) -> Options | None:
     options = Options(source=settings["source"], sweep_dir=Path(words[0]) if words else None,
                       sweep_name=settings["sweep.name"], project=settings["wandb.project"],
                       entity=settings["wandb.entity"], out=Path(settings["out"]) if settings["out"] else None,
-                      figures=settings["figures"], n_boot=settings["bootstrap"], boot_seed=settings["bootstrap.seed"],
-                      wandb_log=settings["wandb.log"])
+                      figures=settings["figures"], wandb_log=settings["wandb.log"])
     _check_source(options)
     return options
 
@@ -138,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     figures = None
     if options.figures:
         try:
-            figures = _draw(table, out_dir / FIGURES_DIR, n_boot=options.n_boot, seed=options.boot_seed)
+            figures = _draw(table, out_dir / FIGURES_DIR)
         except SourceError as error:
             print(f"sweep-aggregate: error while drawing: {error}", file=sys.stderr)
             return 1
@@ -164,10 +159,10 @@ def _summary_settings(options: Options) -> Any:
         raise UsageError(f"wandb.log=true: {error}") from error
 
 
-def _draw(table: SweepTable, figures_dir: Path, *, n_boot: int, seed: int) -> dict[str, Any]:
+def _draw(table: SweepTable, figures_dir: Path) -> dict[str, Any]:
     from sweep.plotting import draw_figures  # matplotlib is slow to import; only when drawing
 
-    figures = draw_figures(table, figures_dir, n_boot=n_boot, seed=seed)
+    figures = draw_figures(table, figures_dir)
     for name, figure in figures.items():
         if figure.skipped:
             print(f"figure {name}: skipped ({figure.skipped})")

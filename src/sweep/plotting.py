@@ -2,7 +2,7 @@
 
 main_result      accuracy vs layer: probe (blue), shuffle with the native readout (orange),
                  shuffle with the CLS-only readout (green), chance (dashed), mean over seeds
-                 with 95% bootstrap bands
+                 with 95% bands over permutation draws and examples (sweep.intervals)
 identifiability  the class-embedding view: per-layer probe, last-layer head applied to
                  layer L's CLS (projection), identifiability, last-layer probe
 controls         accuracy vs layer for every intervention present, native readout
@@ -20,7 +20,6 @@ import io
 import json
 import math
 import textwrap
-import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,11 +33,11 @@ from matplotlib.ticker import MaxNLocator
 
 from sweep.aggregate import SourceError, SweepTable
 from sweep.files import atomic_write_bytes, atomic_write_text
+from sweep.intervals import LEVEL, Interval, outcome_interval, summary_interval
 from sweep.interventions import INTERVENTIONS
 
 FORMATS = ("png", "pdf")
 FIGURES_FILE = "figures.json"
-CI_LEVEL = 0.95
 PANEL_SIZE = (3.4, 2.9)   # inches per panel
 MAX_COLUMNS = 5           # the study's five models fit in one row
 PNG_DPI = 150
@@ -66,55 +65,14 @@ class Panel:
 @dataclass(frozen=True)
 class FigureResult:
     """What happened to one figure: written files, or why it was skipped, plus notes a
-    reader needs (which bands fell back to seeds only, which series are absent)."""
+    reader needs (where a band's example part is only bounded, which points have no band,
+    which series are absent)."""
 
     name: str
     paths: list[Path]
     skipped: str | None
     panels: list[Panel]
     notes: list[str]
-
-
-# --------------------------------------------------------------------------- bootstrap
-
-
-def hierarchical_interval(per_seed: Sequence[np.ndarray], *, n_boot: int,
-                          rng: np.random.Generator) -> tuple[float, float]:
-    """CI_LEVEL interval of the mean over seeds of per-seed accuracy, resampling seeds with
-    replacement, then examples within each drawn seed: the band covers both the spread
-    between seeds and the finite validation set.
-
-    Outcomes are 0/1, so resampling a seed's n examples with replacement is exactly a
-    Binomial(n, that seed's accuracy) draw: drawing it directly keeps 1000 resamples of
-    50k examples cheap.
-    """
-    if not per_seed or any(len(correct) == 0 for correct in per_seed):
-        raise ValueError("every seed needs at least one outcome to bootstrap over")
-    sizes = np.array([len(correct) for correct in per_seed])
-    accuracy = np.array([np.mean(correct) for correct in per_seed])
-    picks = rng.integers(0, len(per_seed), size=(n_boot, len(per_seed)))
-    resampled = rng.binomial(sizes[picks], accuracy[picks]) / sizes[picks]
-    return _interval(resampled.mean(axis=1))
-
-
-def seed_interval(values: Sequence[float], *, n_boot: int, rng: np.random.Generator) -> tuple[float, float]:
-    """CI_LEVEL interval of the mean over seeds, resampling seeds only: what is left when
-    per-example outcomes are not available (W&B source). One seed gives a zero-width band."""
-    values = np.asarray(values, dtype=float)
-    picks = rng.integers(0, len(values), size=(n_boot, len(values)))
-    return _interval(values[picks].mean(axis=1))
-
-
-def _interval(replicates: np.ndarray) -> tuple[float, float]:
-    tail = (1 - CI_LEVEL) / 2
-    low, high = np.quantile(replicates, [tail, 1 - tail])
-    return float(low), float(high)
-
-
-def _point_rng(seed: int, *parts: object) -> np.random.Generator:
-    """One generator per (model, series, layer): a band does not change when another
-    model or series is added to the sweep."""
-    return np.random.default_rng([seed, zlib.crc32("/".join(map(str, parts)).encode())])
 
 
 # --------------------------------------------------------------------------- series
@@ -127,7 +85,7 @@ class Line:
     mean: np.ndarray
     low: np.ndarray | None = None
     high: np.ndarray | None = None
-    band: str | None = None  # "examples", "seeds", "mixed": what the band resamples
+    band: str | None = None  # "outcomes", "records", "mixed": what the band's example part is read from
 
 
 @dataclass(frozen=True)
@@ -165,39 +123,44 @@ def mean_line(rows: pd.DataFrame, metric: str, label: str) -> Line:
     return Line(label, means.index.to_numpy(dtype=int), means.to_numpy(dtype=float))
 
 
-def banded_line(rows: pd.DataFrame, spec: SeriesSpec, outcomes: Mapping[str, pd.DataFrame] | None, *,
-                n_boot: int, seed: int, model: str) -> Line:
-    """Mean over seeds per layer with a bootstrap band: over seeds and examples where every
-    seed's outcomes are at hand, over seeds only otherwise."""
+def banded_line(rows: pd.DataFrame, spec: SeriesSpec, outcomes: Mapping[str, pd.DataFrame] | None) -> Line:
+    """Mean over seeds per layer with its sweep.intervals band: the example part from the
+    per-example outcomes where every cell of the layer has them, from the records'
+    accuracies and n_val otherwise (W&B). A seeded point with one seed has no band (NaN)."""
     rows = rows.dropna(subset=[spec.metric])
-    layers, means, lows, highs, kinds = [], [], [], [], set()
+    layers, intervals, kinds = [], [], set()
     for layer, at_layer in rows.groupby("layer", sort=True):
         layers.append(int(layer))
-        means.append(float(at_layer[spec.metric].mean()))
-        if n_boot == 0:
-            continue
-        rng = _point_rng(seed, model, spec.label, layer)
-        per_seed = _seed_outcomes(at_layer, spec, outcomes)
-        if per_seed is None:
-            low, high = seed_interval(at_layer[spec.metric].to_numpy(dtype=float), n_boot=n_boot, rng=rng)
-            kinds.add("seeds")
-        else:
-            low, high = hierarchical_interval(per_seed, n_boot=n_boot, rng=rng)
-            kinds.add("examples")
-        lows.append(low)
-        highs.append(high)
-    if n_boot == 0:
-        return Line(spec.label, np.array(layers), np.array(means))
+        interval, kind = layer_interval(at_layer, spec, outcomes)
+        intervals.append(interval)
+        kinds.add(kind)
     band = kinds.pop() if len(kinds) == 1 else "mixed"
-    return Line(spec.label, np.array(layers), np.array(means), np.array(lows), np.array(highs), band)
+    return Line(spec.label, np.array(layers), np.array([i.mean for i in intervals]),
+                np.array([i.low for i in intervals]), np.array([i.high for i in intervals]), band)
+
+
+def layer_interval(at_layer: pd.DataFrame, spec: SeriesSpec,
+                   outcomes: Mapping[str, pd.DataFrame] | None) -> tuple[Interval, str]:
+    """One point's interval, and what its example part was read from ("outcomes" or
+    "records"). Rows without a seed are a seedless cell (one measurement)."""
+    seeded = bool(at_layer["seed"].notna().any())
+    per_seed = _seed_outcomes(at_layer, spec, outcomes)
+    if per_seed is not None:
+        return outcome_interval(per_seed, seeded=seeded), "outcomes"
+    n_val = at_layer["n_val"].dropna()
+    if n_val.empty:
+        raise SourceError(f"cells {', '.join(at_layer['cell_id'])} record no n_val, needed for the "
+                          f"{spec.label!r} band")
+    return summary_interval(at_layer[spec.metric].to_numpy(dtype=float), int(n_val.min()), seeded=seeded), "records"
 
 
 def _seed_outcomes(at_layer: pd.DataFrame, spec: SeriesSpec,
-                   outcomes: Mapping[str, pd.DataFrame] | None) -> list[np.ndarray] | None:
-    """Each seed's 0/1 outcomes, or None when any cell of this layer lacks them."""
+                   outcomes: Mapping[str, pd.DataFrame] | None) -> np.ndarray | None:
+    """Seeds x examples 0/1 outcomes, or None when any cell of this layer lacks them. Every
+    cell must list the same images in the same order (the interval pairs them up)."""
     if outcomes is None or not all(cell_id in outcomes for cell_id in at_layer["cell_id"]):
         return None
-    per_seed = []
+    per_seed, labels = [], {}
     for cell_id in at_layer["cell_id"]:
         table = outcomes[cell_id]
         try:
@@ -205,20 +168,28 @@ def _seed_outcomes(at_layer: pd.DataFrame, spec: SeriesSpec,
         except KeyError as error:
             raise SourceError(f"outcomes of cell {cell_id} lack column {error}, needed for the "
                              f"{spec.label!r} band (docs/results.md lists the columns)") from error
-    return per_seed
+        if "label" in table:
+            labels[cell_id] = table["label"].to_numpy()
+    first = next(iter(labels.items()), None)
+    for cell_id, label in labels.items():
+        if not np.array_equal(label, first[1]):
+            raise SourceError(f"outcomes of cells {first[0]} and {cell_id} ({spec.label!r}, one layer) list "
+                              f"different images ({len(first[1])} and {len(label)} rows, or other labels): "
+                              f"the band pairs examples across seeds")
+    return np.stack(per_seed)
 
 
 # --------------------------------------------------------------------------- figures
 
 
-def draw_figures(table: SweepTable, out_dir: Path, *, n_boot: int, seed: int) -> dict[str, FigureResult]:
+def draw_figures(table: SweepTable, out_dir: Path) -> dict[str, FigureResult]:
     """Draw every figure the table has data for into `out_dir` (PNG + PDF each) and write
     figures.json. A skipped figure's old files are removed, so the folder always matches
     figures.json."""
     out_dir.mkdir(parents=True, exist_ok=True)
     complete = table.frame[table.frame["status"] == "complete"]
     results = [
-        main_result(complete, table.outcomes, out_dir, n_boot=n_boot, seed=seed),
+        main_result(complete, table.outcomes, out_dir),
         identifiability(complete, out_dir),
         controls(complete, out_dir),
     ]
@@ -226,12 +197,12 @@ def draw_figures(table: SweepTable, out_dir: Path, *, n_boot: int, seed: int) ->
         if result.skipped:
             for fmt in FORMATS:
                 (out_dir / f"{result.name}.{fmt}").unlink(missing_ok=True)
-    _write_index(out_dir, results, n_boot=n_boot, seed=seed)
+    _write_index(out_dir, results)
     return {result.name: result for result in results}
 
 
-def main_result(complete: pd.DataFrame, outcomes: Mapping[str, pd.DataFrame] | None, out_dir: Path, *,
-                n_boot: int, seed: int) -> FigureResult:
+def main_result(complete: pd.DataFrame, outcomes: Mapping[str, pd.DataFrame] | None,
+                out_dir: Path) -> FigureResult:
     """Decodable (probe) vs used (accuracy after the CLS shuffle), per layer and model."""
     name = "main_result"
     relevant = complete[complete["intervention"].isin(["none", "shuffle"])]
@@ -248,29 +219,31 @@ def main_result(complete: pd.DataFrame, outcomes: Mapping[str, pd.DataFrame] | N
             if selected.empty:
                 missing.append(spec.label)
                 continue
-            line = banded_line(selected, spec, outcomes, n_boot=n_boot, seed=seed, model=model)
+            line = banded_line(selected, spec, outcomes)
             _plot(ax, line, color=spec.color)
             bands.add(line.band)
+            unbanded = line.layers[np.isnan(line.low)]
+            if len(unbanded):
+                notes.append(f"{model}: no band for {spec.label} at layer {', '.join(map(str, unbanded))} "
+                             f"(one seed cannot show the spread between seeds)")
         _chance(ax, rows)
         _style(ax, model, rows, ylabel="accuracy")
         panels.append(_panel(ax, missing))
         if missing:
             notes.append(f"{model}: no cells for {', '.join(missing)}")
-    band_text = _band_text(bands - {None}, n_boot)
+    band_text = _band_text(bands - {None})
     notes.insert(0, band_text)
     _suptitle(fig, f"Label information in CLS: decodable vs used. Mean over seeds; {band_text}")
     return _finish(fig, axes, name, panels, notes, out_dir)
 
 
-def _band_text(kinds: set[str], n_boot: int) -> str:
-    if n_boot == 0 or not kinds:
-        return "no bands (bootstrap=0)"
-    if kinds == {"examples"}:
-        return f"bands: {CI_LEVEL:.0%} bootstrap CI over seeds and examples"
-    if kinds == {"seeds"}:
-        return f"bands: {CI_LEVEL:.0%} bootstrap CI over seeds only (no per-example outcomes)"
-    return (f"bands: {CI_LEVEL:.0%} bootstrap CI over seeds and examples, over seeds only where "
-            f"per-example outcomes are missing")
+def _band_text(kinds: set[str]) -> str:
+    what = f"bands: {LEVEL:.0%} CI over permutation draws (seeds) and examples"
+    if kinds == {"records"}:
+        return f"{what}, the examples' part bounded by p(1-p)/n (no per-example outcomes)"
+    if kinds == {"outcomes"} or not kinds:
+        return what
+    return f"{what}, the examples' part bounded by p(1-p)/n where per-example outcomes are missing"
 
 
 def identifiability(complete: pd.DataFrame, out_dir: Path) -> FigureResult:
@@ -435,7 +408,7 @@ def _skipped(name: str, reason: str) -> FigureResult:
     return FigureResult(name=name, paths=[], skipped=reason, panels=[], notes=[])
 
 
-def _write_index(out_dir: Path, results: Sequence[FigureResult], *, n_boot: int, seed: int) -> None:
+def _write_index(out_dir: Path, results: Sequence[FigureResult]) -> None:
     figures: dict[str, Any] = {}
     for result in results:
         if result.skipped:
@@ -446,5 +419,5 @@ def _write_index(out_dir: Path, results: Sequence[FigureResult], *, n_boot: int,
             "panels": [dataclasses.asdict(panel) for panel in result.panels],
             "notes": result.notes,
         }
-    index = {"bootstrap": {"resamples": n_boot, "seed": seed, "level": CI_LEVEL}, "figures": figures}
+    index = {"bands": {"level": LEVEL, "method": "sweep.intervals (docs/science.md, Error bars)"}, "figures": figures}
     atomic_write_text(out_dir / FIGURES_FILE, json.dumps(index, indent=2) + "\n")
