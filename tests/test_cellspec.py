@@ -38,3 +38,14 @@ def test_identity_depends_on_science_not_on_where_or_how_fast_it_runs():
     for change in ("seed=1", "readout=cls", "intervention.permutation=randperm", "data.val_per_class=50"):
         other = cell_spec(config("model=toy_vit", "layer=3", "intervention=shuffle", change))
         assert other.cell_id != base.cell_id, change
+
+
+def test_a_knockout_at_the_last_layer_is_refused_there_is_no_block_to_cut():
+    with pytest.raises(LayerOutOfRange, match=r"intervention=knockout acts in the blocks after layer L.*0\.\.5"):
+        cell_spec(config("model=toy_vit", "layer=-1", "intervention=knockout"))
+    spec = cell_spec(config("model=toy_vit", "layer=5", "intervention=knockout", "seed=3"))
+    assert spec.seed is None and spec.science["intervention"] == {"name": "knockout", "edge": "patches_to_cls",
+                                                                  "span": "after"}
+    bad = "intervention.edge=cls_to_cls"
+    with pytest.raises(ConfigError, match="intervention.edge=cls_to_cls is invalid.*patches_to_cls, cls_to_patches"):
+        cell_spec(config("model=toy_vit", "layer=2", "intervention=knockout", bad))
