@@ -292,11 +292,11 @@ class _Knockout:
         if self.edge is None:
             return None
         mask = torch.zeros(n_queries, n_keys, dtype=like.dtype, device=like.device)
-        others = [i for i in range(n_keys) if i != self.cls_index]
         if self.edge == "patches_to_cls":
-            mask[self.cls_index, others] = float("-inf")
+            mask[self.cls_index] = float("-inf")     # the CLS query's row ...
         else:  # cls_to_patches
-            mask[others, self.cls_index] = float("-inf")
+            mask[:, self.cls_index] = float("-inf")  # the CLS key's column ...
+        mask[self.cls_index, self.cls_index] = 0.0   # ... but for the CLS reading itself
         return mask[None, None]
 
 
