@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from sweep.adapters import ClipAdapter, ReadoutUnavailable
+from sweep.errors import SweepError
 from sweep.interventions import AttentionCut
 from sweep.linear_heads import LinearHead
 from tiny_models import KINDS, N_CLASSES, pixels, tiny_adapter
@@ -249,3 +250,16 @@ def test_each_edge_cuts_one_direction_in_the_blocks_it_names_only(kind, attn):
     assert not torch.allclose(results["patches_to_cls"][:, 0], plain[:, 0], atol=1e-3)
     torch.testing.assert_close(results["cls_to_patches"][:, 0], plain[:, 0])
     assert not torch.allclose(results["cls_to_patches"][:, 1:], plain[:, 1:], atol=1e-3)
+
+
+def test_a_knockout_refuses_an_attention_it_does_not_wrap_and_restores_what_it_set():
+    """Only sdpa and eager are wrapped; here block 1 already runs the knockout function (a
+    knockout inside a knockout), and the cut of block 2 set before the refusal is undone."""
+    adapter = tiny_adapter("vit", attn="sdpa")
+    with knockout(adapter, "patches_to_cls", [0]):
+        with pytest.raises(SweepError, match="wraps sdpa, eager; ViTAttention runs config._attn_implementation="
+                                             "'sweep_knockout'"):
+            with knockout(adapter, "patches_to_cls", [1, 0]):
+                pass
+        assert adapter.attention_module(1).config._attn_implementation == "sdpa"
+    assert adapter.attention_module(0).config._attn_implementation == "sdpa"

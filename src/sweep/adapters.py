@@ -245,20 +245,21 @@ class Adapter(ABC):
         if cut is None:
             yield
             return
-        modules = [self.attention_module(index) for index in cut.blocks]
-        for module in modules:
-            inner = module.config._attn_implementation
-            if inner not in KNOCKOUT_INNER:
-                raise SweepError(f"attention knockout wraps {', '.join(KNOCKOUT_INNER)}; {type(module).__name__} "
-                                 f"runs config._attn_implementation={inner!r}")
-            own = copy.copy(module.config)
-            own._attn_implementation = KNOCKOUT_ATTENTION
-            module.__dict__[_KNOCKOUT_STATE] = _Knockout(cut.edge, inner, self.cls_index, module.config)
-            module.config = own
+        cut_modules: list[nn.Module] = []
         try:
+            for module in (self.attention_module(index) for index in cut.blocks):
+                inner = module.config._attn_implementation
+                if inner not in KNOCKOUT_INNER:
+                    raise SweepError(f"attention knockout wraps {', '.join(KNOCKOUT_INNER)}; {type(module).__name__} "
+                                     f"runs config._attn_implementation={inner!r}")
+                own = copy.copy(module.config)  # a leaf config (no sub-configs): the copy shares nothing it sets
+                own._attn_implementation = KNOCKOUT_ATTENTION
+                module.__dict__[_KNOCKOUT_STATE] = _Knockout(cut.edge, inner, self.cls_index, module.config)
+                module.config = own
+                cut_modules.append(module)
             yield
         finally:
-            for module in modules:
+            for module in cut_modules:
                 module.config = module.__dict__.pop(_KNOCKOUT_STATE).config
 
 
