@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from sweep.adapters import ClipAdapter, ReadoutUnavailable
+from sweep.errors import SweepError
+from sweep.interventions import AttentionCut
 from sweep.linear_heads import LinearHead
 from tiny_models import KINDS, N_CLASSES, pixels, tiny_adapter
 
@@ -176,3 +178,88 @@ def test_an_intervention_at_the_last_layer_needs_only_the_cached_features(kind, 
     assert torch.equal(edited, from_features)
     assert not torch.equal(edited, adapter.logits(hidden, readout)) or (kind, readout) in (
         ("beit", "native"), ("clip", "native"))  # their native readouts never read the CLS
+
+
+# -- attention knockout ---------------------------------------------------------------
+
+IMPLEMENTATIONS = ("sdpa", "eager")
+
+
+def knockout(adapter, edge, blocks):
+    return adapter.attention_cut(AttentionCut(edge, tuple(blocks)))
+
+
+@pytest.mark.parametrize("attn", IMPLEMENTATIONS)
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_knockout_that_cuts_nothing_is_bit_for_bit_the_plain_attention(kind, attn):
+    """Every block's attention routed through the knockout function with no edge to cut gives
+    the configured implementation's bits; a real cut through the same route does change them
+    (so the route is taken), and afterwards the blocks run as before."""
+    adapter, x = randomised(tiny_adapter(kind, attn=attn)), pixels()
+    n = adapter.n_layers
+    assert adapter.attention_module(0).config._attn_implementation == attn
+    with torch.no_grad():
+        hidden = adapter.embed(x)
+        plain = adapter.run_blocks(hidden, 0, n)
+        with knockout(adapter, None, range(n)):
+            routed = adapter.run_blocks(hidden, 0, n)
+        with knockout(adapter, "patches_to_cls", range(n)):
+            cut = adapter.run_blocks(hidden, 0, n)
+        after = adapter.run_blocks(hidden, 0, n)
+    assert torch.equal(routed, plain)
+    assert not torch.allclose(cut, plain, atol=1e-3)
+    assert torch.equal(after, plain)
+    assert all(adapter.attention_module(i).config._attn_implementation == attn for i in range(n))
+
+
+@pytest.mark.parametrize("attn", IMPLEMENTATIONS)
+@pytest.mark.parametrize("kind", KINDS)
+def test_cutting_patches_to_cls_in_every_block_leaves_the_cls_a_function_of_its_embedding(kind, attn):
+    """With the CLS query reading no other token in any block from L = 0, two different images
+    end with the same CLS (the embedding's CLS is the same for every image); unmodified they
+    do not."""
+    adapter = randomised(tiny_adapter(kind, attn=attn))
+    n = adapter.n_layers
+    with torch.no_grad():
+        first, second = adapter.embed(pixels(seed=1)), adapter.embed(pixels(seed=2))
+        assert torch.equal(first[:, 0], second[:, 0])
+        with knockout(adapter, "patches_to_cls", range(n)):
+            cut = [adapter.run_blocks(hidden, 0, n)[:, 0] for hidden in (first, second)]
+        plain = [adapter.run_blocks(hidden, 0, n)[:, 0] for hidden in (first, second)]
+    torch.testing.assert_close(cut[0], cut[1], rtol=0, atol=1e-6)
+    assert not torch.allclose(plain[0], plain[1], atol=1e-3)
+
+
+@pytest.mark.parametrize("attn", IMPLEMENTATIONS)
+@pytest.mark.parametrize("kind", KINDS)
+def test_each_edge_cuts_one_direction_in_the_blocks_it_names_only(kind, attn):
+    """In block 2 alone: `patches_to_cls` changes the CLS's output and leaves every other
+    token's (their queries are untouched), `cls_to_patches` the other way round; block 1 runs
+    as it does without a cut. BEiT's rows stay as they were too: the cut is added to its
+    relative position bias, not put in its place."""
+    adapter, x = randomised(tiny_adapter(kind, attn=attn)), pixels()
+    with torch.no_grad():
+        hidden = adapter.run_block(0, adapter.embed(x))
+        plain = adapter.run_block(1, hidden)
+        results = {}
+        for edge in ("patches_to_cls", "cls_to_patches"):
+            with knockout(adapter, edge, [1]):
+                assert torch.equal(adapter.run_block(0, adapter.embed(x)), hidden)
+                results[edge] = adapter.run_block(1, hidden)
+    torch.testing.assert_close(results["patches_to_cls"][:, 1:], plain[:, 1:])
+    assert not torch.allclose(results["patches_to_cls"][:, 0], plain[:, 0], atol=1e-3)
+    torch.testing.assert_close(results["cls_to_patches"][:, 0], plain[:, 0])
+    assert not torch.allclose(results["cls_to_patches"][:, 1:], plain[:, 1:], atol=1e-3)
+
+
+def test_a_knockout_refuses_an_attention_it_does_not_wrap_and_restores_what_it_set():
+    """Only sdpa and eager are wrapped; here block 1 already runs the knockout function (a
+    knockout inside a knockout), and the cut of block 2 set before the refusal is undone."""
+    adapter = tiny_adapter("vit", attn="sdpa")
+    with knockout(adapter, "patches_to_cls", [0]):
+        with pytest.raises(SweepError, match="wraps sdpa, eager; ViTAttention runs config._attn_implementation="
+                                             "'sweep_knockout'"):
+            with knockout(adapter, "patches_to_cls", [1, 0]):
+                pass
+        assert adapter.attention_module(1).config._attn_implementation == "sdpa"
+    assert adapter.attention_module(0).config._attn_implementation == "sdpa"

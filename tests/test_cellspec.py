@@ -60,3 +60,14 @@ def test_specifying_cells_imports_neither_torch_nor_transformers():
     code = "import sys, sweep.cellspec, sweep.plan; print('torch' in sys.modules, 'transformers' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split() \
         == ["False", "False"]
+
+
+def test_a_knockout_at_the_last_layer_is_refused_there_is_no_block_to_cut():
+    with pytest.raises(LayerOutOfRange, match=r"intervention=knockout acts in the blocks after layer L.*0\.\.5"):
+        cell_spec(config("model=toy_vit", "layer=-1", "intervention=knockout"))
+    spec = cell_spec(config("model=toy_vit", "layer=5", "intervention=knockout", "seed=3"))
+    assert spec.seed is None and spec.science["intervention"] == {"name": "knockout", "edge": "patches_to_cls",
+                                                                  "span": "after"}
+    bad = "intervention.edge=cls_to_cls"
+    with pytest.raises(ConfigError, match="intervention.edge=cls_to_cls is invalid.*patches_to_cls, cls_to_patches"):
+        cell_spec(config("model=toy_vit", "layer=2", "intervention=knockout", bad))

@@ -157,3 +157,44 @@ def test_an_identity_edit_at_the_last_layer_changes_nothing_bit_for_bit(cache_di
     for plain, edited in ((specs[0], specs[2]), (specs[1], specs[3])):
         for key in ("predicted", "rank"):
             assert torch.equal(results[plain.cell_id].outcomes[key], results[edited.cell_id].outcomes[key])
+
+
+KNOCKOUTS = [(edge, span) for edge in ("patches_to_cls", "cls_to_patches") for span in ("single", "after")]
+
+
+def knockout_cell(layer, edge, span, readout, *extra):
+    return cell(layer, "knockout", readout, 0, f"intervention.edge={edge}", f"intervention.span={span}", *extra)
+
+
+def test_knockout_cells_share_one_suffix_per_setting_and_give_what_each_gives_alone(cache_dir):
+    """A knockout is a branch like any other: one suffix per (layer, edge, span), read by
+    every readout, and a unit's numbers are the cell's alone, bit for bit."""
+    cells = [knockout_cell(1, edge, span, readout) for edge, span in KNOCKOUTS for readout in ("native", "cls")]
+    cells.append(cell(1, "shuffle", "cls", 0))
+    specs = [spec for _, spec in cells]
+    results, errors, summary = measure_all(cache_dir, specs, cells[0][0])
+    assert not errors
+    n_val, n_layers = results[specs[0].cell_id].counts["n_val"], specs[0].n_layers
+    assert summary["block_calls_by_purpose"]["branch"] == 5 * (n_layers - 1) * n_val  # four knockouts, one shuffle
+    assert len({tuple(results[s.cell_id].outcomes["predicted"].tolist()) for s in specs if s.readout == "cls"}) == 5
+    for cfg, spec in cells:
+        alone = measure(cfg, spec, ArtifactCache(cache_dir))
+        assert results[spec.cell_id].metrics == alone.metrics, spec.name
+        for key, values in alone.outcomes.items():
+            assert torch.equal(results[spec.cell_id].outcomes[key], values), (spec.name, key)
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_cutting_patches_to_cls_after_layer_0_leaves_the_cls_readout_at_chance(cache_dir, attn):
+    """The CLS then never reads the image: every example gets the same CLS, hence one
+    prediction, hence chance accuracy on balanced classes, while the toy itself reads the
+    digits well."""
+    extra = (f"compute.attn_implementation={attn}",)
+    plain_cfg, plain = cell(0, "none", "cls", 0, *extra)
+    _, knocked = knockout_cell(0, "patches_to_cls", "after", "cls", *extra)
+    results, errors, _ = measure_all(cache_dir, [plain, knocked], plain_cfg)
+    assert not errors
+    result = results[knocked.cell_id]
+    assert len(set(result.outcomes["predicted"].tolist())) == 1
+    assert result.metrics["accuracy"] == pytest.approx(result.metrics["chance"])
+    assert results[plain.cell_id].metrics["accuracy"] > 3 * result.metrics["chance"]

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from sweep.interventions import replacement_cls, shuffle_donors
+from sweep.interventions import INTERVENTIONS, AttentionCut, attention_cut, replacement_cls, shuffle_donors
 
 
 def test_derangement_moves_every_cls_and_stays_within_groups_of_128():
@@ -60,3 +60,16 @@ def test_replacements(cls):
     assert torch.equal(noise, make("noise", center="mean"))  # seeded
     shuffled = make("shuffle", group_size=128, permutation="derangement")
     assert sorted(map(tuple, shuffled.tolist())) == sorted(map(tuple, at_layer.tolist()))
+
+
+def test_a_knockout_replaces_no_cls_and_cuts_block_L_plus_1_or_every_block_after_L(cls):
+    at_layer, at_embedding = cls
+    assert replacement_cls("knockout", {"edge": "patches_to_cls", "span": "after"}, cls_at_layer=at_layer,
+                           cls_at_embedding=at_embedding, seed=None) is None
+    assert not INTERVENTIONS["knockout"].seeded
+    # block k + 1 sits at index k: from hidden state 2 of a 6-block model, block 3 or blocks 3..6
+    assert attention_cut("knockout", {"edge": "cls_to_patches", "span": "single"}, layer=2, n_layers=6) == \
+        AttentionCut("cls_to_patches", (2,))
+    assert attention_cut("knockout", {"edge": "patches_to_cls", "span": "after"}, layer=2, n_layers=6) == \
+        AttentionCut("patches_to_cls", (2, 3, 4, 5))
+    assert attention_cut("shuffle", {"group_size": 128, "permutation": "derangement"}, layer=2, n_layers=6) is None

@@ -40,9 +40,13 @@ HF_CLASSES = {
 KINDS = tuple(HF_CLASSES)
 
 
-def tiny_adapter(kind: str, seed: int = 0) -> Adapter:
+def tiny_adapter(kind: str, seed: int = 0, attn: str | None = None) -> Adapter:
+    """`attn`: the attention implementation (compute.attn_implementation); None: HF's default."""
     torch.manual_seed(seed)
-    model = HF_CLASSES[kind](tiny_config(kind))  # starts in train mode; the adapter sets eval
+    config = tiny_config(kind)
+    if attn is not None:
+        config._attn_implementation = attn
+    model = HF_CLASSES[kind](config)  # starts in train mode; the adapter sets eval
     return make_adapter(kind, model)
 
 

@@ -13,6 +13,13 @@ block L + 1 consumes.
 Torch is imported where a model is touched, not at import: the planner checks a model
 config's `adapter` and `readouts` against the registry (`check_readouts`) when a cell is
 specified, for thousands of cells, without it.
+
+Attention knockout goes through transformers' attention interface, the one place where all
+five HF classes compute attention (`ALL_ATTENTION_FUNCTIONS.get_interface(config.
+_attn_implementation, <the modeling file's eager_attention_forward>)`): `attention_cut`
+(with `sweep.attention`) points the attention modules of the cut blocks at `KNOCKOUT_ATTENTION`, which adds the cut
+to whatever mask the block passes (BEiT's relative position bias, else none) and calls the
+configured implementation (sdpa or that file's eager function) with it.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 from sweep.errors import ConfigError, SweepError
@@ -31,6 +38,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
+    from sweep.interventions import AttentionCut
     from sweep.linear_heads import LinearHead
 
 HeadFn = Callable[["torch.Tensor"], "torch.Tensor"]
@@ -241,11 +249,26 @@ class Adapter(ABC):
         edited[:, self.cls_index] = cls.to(hidden.dtype)
         return edited
 
+    def attention_module(self, index: int) -> nn.Module:
+        """The module of block `index` that calls transformers' attention interface."""
+        return self.blocks[index].attention
+
+    def attention_cut(self, cut: AttentionCut | None) -> AbstractContextManager[None]:
+        """Run the blocks of `cut` with its attention edges cut while inside (None: no cut);
+        see `sweep.attention`."""
+        from sweep.attention import cut_attention
+
+        if cut is None:
+            return nullcontext()
+        return cut_attention([self.attention_module(index) for index in cut.blocks], cut.edge, self.cls_index)
+
 
 def _full_precision(tensor: torch.Tensor) -> torch.autocast:
     import torch
 
     return torch.autocast(tensor.device.type, enabled=False)
+
+
 
 
 #: model.adapter -> the class that knows that architecture
@@ -491,6 +514,9 @@ class ClipAdapter(Adapter):
 
     def run_block(self, index: int, hidden: torch.Tensor) -> torch.Tensor:
         return self.blocks[index](hidden, None)
+
+    def attention_module(self, index: int) -> nn.Module:
+        return self.blocks[index].self_attn
 
     def readout_features(self, last_hidden: torch.Tensor, readout: str) -> torch.Tensor:
         self.check_readout(readout)

@@ -123,8 +123,14 @@ def cell_spec(cfg: DictConfig | Mapping[str, Any]) -> CellSpec:
     settings = parse_settings(cfg, is_toy=model.get("toy") is not None)
     layer = resolve_layer(parse_integer("layer", cfg["layer"], Integer()), n_layers, model_name)
     seed = parse_integer("seed", cfg["seed"], Integer(0))
-    if not INTERVENTIONS[settings.intervention.choice].seeded:
+    intervention = INTERVENTIONS[settings.intervention.choice]
+    if not intervention.seeded:
         seed = None  # a grid over seeds measures such a cell once
+    if intervention.needs_a_block and layer == n_layers:
+        raise LayerOutOfRange(
+            f"layer={cfg['layer']} is L = {n_layers}, the last hidden state of {model_name}: intervention="
+            f"{settings.intervention.choice} acts in the blocks after layer L and there is none; valid layers are "
+            f"0..{n_layers - 1}, or -{n_layers + 1}..-2 from the end")
     readout = checked("readout", plain(cfg["readout"]), {"name": Rule()})["name"]
     readouts = model["readouts"]
     if readout not in readouts:

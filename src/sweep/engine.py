@@ -4,8 +4,9 @@ The unit loads its model and cached artifacts once. Cells without an interventio
 the cached readout features (no block runs). For the others, each validation batch runs
 the unmodified forward once, up to the deepest intervened layer; at every layer L that a
 cell needs, it branches once per distinct (intervention, seed) — the *branch* — replaces
-the CLS token, runs blocks L + 1..N once, and applies every readout that a cell of the
-branch asks for to that one output. Replacement CLS tokens come from the cached CLS
+the CLS token (or, for a knockout, cuts attention edges in the blocks after L), runs
+blocks L + 1..N once, and applies every readout that a cell of the branch asks for to that
+one output. Replacement CLS tokens come from the cached CLS
 features of the whole validation set (a shuffle's donor may sit in any batch). Nothing but
 one batch's hidden states is ever held, and none is written anywhere.
 
@@ -27,12 +28,13 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save
 
+from sweep.adapters import Adapter
 from sweep.artifacts import Artifacts, ComputeLedger, Features
 from sweep.cache import ArtifactCache, CorruptEntryError
 from sweep.cellspec import CellSpec
 from sweep.data import batches
 from sweep.files import atomic_write_bytes
-from sweep.interventions import NONE, replacement_cls
+from sweep.interventions import NONE, AttentionCut, attention_cut, replacement_cls
 from sweep.linear_heads import LinearHead
 from sweep.metrics import NonFiniteLogits, rank_metrics, require_finite, top_k_accuracy, true_class_ranks
 from sweep.models import LoadedModel
@@ -189,9 +191,17 @@ class Checkpoints:
 @dataclass
 class _Branch:
     layer: int
-    replacement: torch.Tensor
+    replacement: torch.Tensor | None  # the CLS each example carries at `layer`; None: left as it is
     cells: list[CellProgress]
     block_calls: int = 0
+    cut: AttentionCut | None = None   # attention edges cut in the blocks after `layer`
+
+    def output(self, adapter: Adapter, hidden: torch.Tensor, part: slice, device: torch.device) -> torch.Tensor:
+        """Hidden state N of this branch from the unmodified hidden state `layer` of batch `part`."""
+        if self.replacement is not None:
+            hidden = adapter.with_cls(hidden, self.replacement[part].to(device, non_blocking=True))
+        with adapter.attention_cut(self.cut):
+            return adapter.run_blocks(hidden, self.layer, adapter.n_layers)
 
     @property
     def readouts(self) -> list[str]:
@@ -338,10 +348,11 @@ def _measure_branches(cfg: Mapping[str, Any], specs: Sequence[CellSpec], prepare
     for spec in specs:
         key = branch_key(spec)
         if key not in branches:
-            replacement = replacement_cls(spec.intervention, spec.settings.intervention.values,
-                                          cls_at_layer=features.cls["val"][spec.layer],
+            values = spec.settings.intervention.values
+            replacement = replacement_cls(spec.intervention, values, cls_at_layer=features.cls["val"][spec.layer],
                                           cls_at_embedding=features.cls["val"][0], seed=spec.seed)
-            branches[key] = _Branch(spec.layer, replacement, [])  # on the host: moved one batch at a time
+            cut = attention_cut(spec.intervention, values, layer=spec.layer, n_layers=spec.n_layers)
+            branches[key] = _Branch(spec.layer, replacement, [], cut=cut)  # on the host: moved one batch at a time
         branches[key].cells.append(CellProgress(spec, n))
     cells = [c for b in branches.values() for c in b.cells]
 
@@ -392,8 +403,7 @@ def _pass(cfg: Mapping[str, Any], prepared: _Prepared, by_layer: dict[int, list[
                         hidden = adapter.run_block(layer - 1, hidden)
                         artifacts.ledger.add("unmodified", rows)
                     for branch in by_layer.get(layer, ()):
-                        cls = branch.replacement[part].to(artifacts.device, non_blocking=True)
-                        branched = adapter.run_blocks(adapter.with_cls(hidden, cls), layer, n_layers)
+                        branched = branch.output(adapter, hidden, part, artifacts.device)
                         branch.block_calls += (n_layers - layer) * rows
                         artifacts.ledger.add("branch", (n_layers - layer) * rows)
                         branch.add(part, labels[part], lambda readout: adapter.logits(branched, readout))

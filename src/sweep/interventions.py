@@ -1,4 +1,4 @@
-"""Interventions on the CLS token at one layer, as 'a replacement CLS for each example'.
+"""Interventions at one layer: 'a replacement CLS for each example', or a cut in attention.
 
 One class per intervention, registered under its `intervention.name`, declares its
 settings (checked when a cell is specified) and whether it draws random numbers (then its
@@ -7,7 +7,9 @@ intervention is one class here and its `src/sweep/conf/intervention/<name>.yaml`
 
 Every intervention is computed from the unmodified model's CLS tokens of the validation
 set at layer L (and at layer 0 for `reset`), which the features pass has already cached.
-That makes the shuffle's groups of 128 independent of the compute batch size.
+That makes the shuffle's groups of 128 independent of the compute batch size. `knockout`
+replaces no CLS: it names the attention edges to cut in the blocks after L (an
+`AttentionCut`, applied by the adapter through transformers' attention interface).
 
 Torch is imported where a replacement is computed, not here: the planner reads the
 registry (names, settings) for thousands of cells without it.
@@ -16,6 +18,7 @@ registry (names, settings) for thousands of cells without it.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from sweep.registry import Registry
@@ -27,20 +30,42 @@ if TYPE_CHECKING:
 #: the choice that leaves the model alone: its cells read the unmodified pass
 NONE = "none"
 PERMUTATIONS = ("derangement", "randperm", "identity")
+#: attention edges a knockout cuts: the CLS query reading every other token's key, or every
+#: other token's query reading the CLS key ("patches": every token but the CLS, so DeiT's
+#: distillation token too)
+EDGES = ("patches_to_cls", "cls_to_patches")
+#: which blocks after layer L a knockout cuts: block L + 1 alone, or every block L + 1..N
+SPANS = ("single", "after")
+
+
+@dataclass(frozen=True)
+class AttentionCut:
+    """Attention edges cut in some blocks: `blocks` are block indices (block k + 1 at index
+    k, as `Adapter.blocks`). `edge` None cuts nothing: the attention function runs as
+    installed, only routed through the knockout wrapper (its bit-for-bit control)."""
+
+    edge: str | None
+    blocks: tuple[int, ...]
 
 
 class Intervention:
     """`replacement` gives the CLS each validation example carries after the edit, (n, D),
-    or None for "leave the model alone"."""
+    or None where no CLS is replaced; `attention_cut` the attention edges cut after layer L,
+    or None where attention is left alone."""
 
     #: the settings of `intervention.<key>` besides its name
     settings: ClassVar[Mapping[str, Rule]] = {}
     #: draws random numbers: the seed is part of the cell's identity
     seeded: ClassVar[bool] = False
+    #: acts in the blocks after layer L, so at L = N (no block after it) it has nothing to do
+    needs_a_block: ClassVar[bool] = False
 
     def replacement(self, values: Mapping[str, Any], *, cls_at_layer: torch.Tensor,
                     cls_at_embedding: torch.Tensor, seed: int | None) -> torch.Tensor | None:
         raise NotImplementedError
+
+    def attention_cut(self, values: Mapping[str, Any], *, layer: int, n_layers: int) -> AttentionCut | None:
+        return None
 
 
 INTERVENTIONS: Registry[type[Intervention]] = Registry("intervention.name")
@@ -108,12 +133,35 @@ class Reset(Intervention):
         return cls_at_embedding.clone()
 
 
+@INTERVENTIONS.register("knockout")
+class Knockout(Intervention):
+    """Attention knockout (as Vilas et al.): cut `edge` between the CLS and every other token
+    in block L + 1 (`span=single`) or in every block after L (`span=after`). The CLS of
+    hidden state L is left as it is; nothing is drawn at random."""
+
+    settings = {"edge": OneOf(*EDGES), "span": OneOf(*SPANS)}
+    needs_a_block = True
+
+    def replacement(self, values, *, cls_at_layer, cls_at_embedding, seed):
+        return None
+
+    def attention_cut(self, values, *, layer, n_layers):
+        stop = layer + 1 if values["span"] == "single" else n_layers
+        return AttentionCut(str(values["edge"]), tuple(range(layer, stop)))
+
+
+def attention_cut(name: str, settings: Mapping[str, Any], *, layer: int, n_layers: int) -> AttentionCut | None:
+    """The attention edges intervention `name` cuts after hidden state `layer`, or None."""
+    return INTERVENTIONS[name]().attention_cut(settings, layer=layer, n_layers=n_layers)
+
+
 def replacement_cls(name: str, settings: Mapping[str, Any], *, cls_at_layer: torch.Tensor,
                     cls_at_embedding: torch.Tensor, seed: int | None) -> torch.Tensor | None:
     """The CLS token each validation example carries after intervention `name`, shape (n, D).
 
     `cls_at_layer` is the unmodified CLS at the intervened layer for every validation
-    example; `None` means "leave the model alone"."""
+    example; `None` means "no CLS is replaced" (`none`, and `knockout`, which cuts attention
+    instead: see `attention_cut`)."""
     return INTERVENTIONS[name]().replacement(settings, cls_at_layer=cls_at_layer,
                                              cls_at_embedding=cls_at_embedding, seed=seed)
 
