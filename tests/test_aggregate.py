@@ -13,7 +13,7 @@ from fake_sweep import make_sweep
 
 from sweep.aggregate import SourceError, load_local, load_wandb, read_results, write_results
 from sweep.aggregate_cli import main
-from sweep.record import COLUMNS, record_row
+from sweep.record import COLUMNS, parse_probe_after, record_row
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +34,10 @@ def test_record_row_is_flat_json_scalars_in_column_order(sweep):
     assert row["permutation"] == "derangement" and row["probe_method"] == "ridge"
     assert row["accuracy"] == shuffle["metrics"]["accuracy"]
     assert row["probe_accuracy"] is None  # only none cells carry the probe
+    assert row["donor_agreement"] == shuffle["metrics"]["donor_agreement"]
+    # the probe_after vector is one JSON cell, read back layer by layer
+    assert parse_probe_after(row["probe_after"]) == {int(k): v for k, v in shuffle["metrics"]["probe_after"].items()}
+    assert list(parse_probe_after(row["probe_after"])) == sorted(parse_probe_after(row["probe_after"]))
     assert row["git_commit"] == "abc123" and row["error"] is None
 
 

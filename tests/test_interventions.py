@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from sweep.interventions import replacement_cls, shuffle_donors
+from sweep.interventions import COMMON_SETTINGS, INTERVENTIONS, donor_indices, replacement_cls, shuffle_donors
 
 
 def test_derangement_moves_every_cls_and_stays_within_groups_of_128():
@@ -60,3 +60,21 @@ def test_replacements(cls):
     assert torch.equal(noise, make("noise", center="mean"))  # seeded
     shuffled = make("shuffle", group_size=128, permutation="derangement")
     assert sorted(map(tuple, shuffled.tolist())) == sorted(map(tuple, at_layer.tolist()))
+
+
+def test_an_intervention_with_donors_declares_them():
+    """The shuffle's donors are its permutation (the engine scores outputs against them);
+    interventions whose CLS comes from no other image have none."""
+    values = {"group_size": 128, "permutation": "derangement", "probe_after": False}
+    donors = donor_indices("shuffle", values, n=300, seed=4)
+    assert torch.equal(donors, shuffle_donors(300, group_size=128, permutation="derangement", seed=4))
+    at_layer = torch.randn(300, 8, generator=torch.Generator().manual_seed(1))
+    shuffled = replacement_cls("shuffle", values, cls_at_layer=at_layer, cls_at_embedding=at_layer, seed=4)
+    assert torch.equal(shuffled, at_layer[donors])
+    for name in ("none", "zero", "mean", "noise", "reset"):
+        assert donor_indices(name, {"center": "mean", "probe_after": False}, n=300, seed=4) is None
+
+
+def test_every_intervention_takes_probe_after():
+    assert all(entry.settings["probe_after"] == COMMON_SETTINGS["probe_after"] for _, entry in INTERVENTIONS.items())
+    assert INTERVENTIONS["shuffle"].settings.keys() == {"probe_after", "group_size", "permutation"}
