@@ -46,7 +46,7 @@ from sweep.units import branch_key
 
 logger = logging.getLogger(__name__)
 
-PROGRESS_FORMAT = "1"
+PROGRESS_FORMAT = "2"  # 2: with probe_after's probe predictions
 
 
 @dataclass(frozen=True)
@@ -459,7 +459,8 @@ def _run_suffix(prepared: _Prepared, branch: _Branch, hidden: torch.Tensor
         if branch.probe_layers:
             assert prepared.probes is not None
             cls = hidden[:, adapter.cls_index].float().cpu()  # as the features pass stored it
-            predicted.append(prepared.probes[0][index + 1].logits(cls).argmax(1))
+            with torch.autocast("cpu", enabled=False):  # the probes' scores were computed in full precision
+                predicted.append(prepared.probes[0][index + 1].logits(cls).argmax(1))
     return hidden, torch.stack(predicted) if predicted else None
 
 
