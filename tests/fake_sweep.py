@@ -69,6 +69,16 @@ def outcomes(accuracy: float, *, n_val: int, seed: int, probe_accuracy: float | 
     return columns
 
 
+def donor_columns(columns: dict[str, np.ndarray], *, follows: float, seed: int) -> dict[str, np.ndarray]:
+    """A shuffle's donor columns: a permutation, and donors' own predictions that the output
+    equals for a share `follows` of the examples (as a late shuffle's CLS-only readout does)."""
+    rng = np.random.default_rng(seed)
+    n = len(columns["label"])
+    agree = rng.random(n) < follows
+    return {"donor": rng.permutation(n),
+            "donor_predicted": np.where(agree, columns["predicted"], (columns["predicted"] + 3) % N_CLASSES)}
+
+
 def write_cell(sweep_dir: Path, *, sweep_id: str, model: str, n_layers: int, layer: int, intervention: str,
                readout: str, seed: int, accuracy: float, n_val: int = N_VAL) -> dict[str, Any]:
     """One complete cell: outcomes.csv, then result.json (the order the real cell uses)."""
@@ -80,9 +90,17 @@ def write_cell(sweep_dir: Path, *, sweep_id: str, model: str, n_layers: int, lay
     columns = outcomes(accuracy, n_val=n_val, seed=seed * 1000 + layer,
                        probe_accuracy=0.3 + 0.6 * depth if none else None,
                        projection_accuracy=0.1 + 0.8 * depth ** 2 if none else None)
+    if intervention == "shuffle":
+        columns |= donor_columns(columns, follows=depth, seed=seed * 1000 + layer)
     _write_csv(folder / "outcomes.csv", columns)
     rank = columns["rank"]
     metrics = {"accuracy": float(np.mean(rank == 0)), "top5": float(np.mean(rank < 5)), "chance": 1 / N_CLASSES}
+    if intervention == "shuffle":
+        metrics |= {"donor_accuracy": float(np.mean(columns["predicted"] == columns["label"][columns["donor"]])),
+                    "donor_agreement": float(np.mean(columns["predicted"] == columns["donor_predicted"])),
+                    # what later probes recover: the unmodified probe curve, less what the shuffle took
+                    "probe_after": {str(later): 0.3 + 0.6 * later / n_layers - 0.3 * (1 - depth)
+                                    for later in range(layer + 1, n_layers + 1)}}
     if none:
         projection_rank = columns["projection_rank"]
         metrics |= {

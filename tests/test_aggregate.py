@@ -15,7 +15,7 @@ from sweep.aggregate import SourceError, interval_pivot, load_local, load_wandb,
     write_results
 from sweep.aggregate_cli import main
 from sweep.intervals import summary_interval
-from sweep.record import COLUMNS, record_row
+from sweep.record import COLUMNS, parse_probe_after, record_row
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +36,10 @@ def test_record_row_is_flat_json_scalars_in_column_order(sweep):
     assert row["permutation"] == "derangement" and row["probe_method"] == "ridge"
     assert row["accuracy"] == shuffle["metrics"]["accuracy"]
     assert row["probe_accuracy"] is None  # only none cells carry the probe
+    assert row["donor_agreement"] == shuffle["metrics"]["donor_agreement"]
+    # the probe_after vector is one JSON cell, read back layer by layer
+    assert parse_probe_after(row["probe_after"]) == {int(k): v for k, v in shuffle["metrics"]["probe_after"].items()}
+    assert list(parse_probe_after(row["probe_after"])) == sorted(parse_probe_after(row["probe_after"]))
     assert row["git_commit"] == "abc123" and row["error"] is None
 
 

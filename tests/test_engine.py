@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from conftest import compose_cell
 from sweep.cache import ArtifactCache
@@ -13,9 +14,11 @@ from sweep.cellspec import cell_spec
 from sweep.engine import Checkpoints, measure_unit
 from sweep.units import cost_per_image
 
-GRID = [(layer, intervention, readout, seed)
+PROBE_AFTER = "intervention.probe_after=true"
+GRID = [(layer, intervention, readout, seed, *extra)
         for layer in (1, 4)
-        for intervention, seeds in (("none", (0,)), ("shuffle", (0, 1)), ("mean", (0,)))
+        for intervention, seeds, extra in (("none", (0,), ()), ("shuffle", (0, 1), (PROBE_AFTER,)),
+                                           ("mean", (0,), ()))
         for readout in ("native", "cls")
         for seed in seeds]
 
@@ -47,7 +50,11 @@ def unit(cache_dir):
 
 
 def test_a_unit_gives_every_cell_exactly_what_the_cell_gives_alone(cache_dir, unit):
+    """Donor metrics and probe_after included: the shuffle cells of GRID carry both."""
     cells, results, _ = unit
+    shuffled = [results[spec.cell_id] for _, spec in cells if spec.intervention == "shuffle"]
+    assert all({"donor_accuracy", "donor_agreement", "probe_after"} <= set(r.metrics) for r in shuffled)
+    assert all("donor" in r.outcomes for r in shuffled)
     for cfg, spec in cells:
         alone = measure(cfg, spec, ArtifactCache(cache_dir))
         together = results[spec.cell_id]
@@ -114,7 +121,7 @@ def test_a_killed_unit_resumes_at_its_checkpoint_with_the_same_numbers(cache_dir
     assert not errors
     for spec in specs:
         assert resumed[spec.cell_id].compute["resumed_rows"] == 3 * 64
-        assert resumed[spec.cell_id].metrics == uninterrupted[spec.cell_id].metrics
+        assert resumed[spec.cell_id].metrics == uninterrupted[spec.cell_id].metrics  # probe_after included
         assert torch.equal(resumed[spec.cell_id].outcomes["rank"], uninterrupted[spec.cell_id].outcomes["rank"])
     n_val = uninterrupted[specs[0].cell_id].counts["n_val"]  # the resumed run skipped three batches
     assert summary["block_calls_by_purpose"]["unmodified"] == 4 * (n_val - 3 * 64)
@@ -139,7 +146,7 @@ def cfg_with(base, spec):
     """`base` with the measured nodes of `spec`'s cell."""
     cfg = base.copy()
     cfg.layer, cfg.seed, cfg.readout.name = spec.layer, spec.seed if spec.seed is not None else 0, spec.readout
-    cfg.intervention = compose_cell(f"intervention={spec.intervention}").intervention
+    cfg.intervention = OmegaConf.create(dict(spec.science["intervention"]))
     return cfg
 
 
@@ -157,6 +164,58 @@ def test_an_identity_edit_at_the_last_layer_changes_nothing_bit_for_bit(cache_di
     for plain, edited in ((specs[0], specs[2]), (specs[1], specs[3])):
         for key in ("predicted", "rank"):
             assert torch.equal(results[plain.cell_id].outcomes[key], results[edited.cell_id].outcomes[key])
+        # donor = self: following the donor is being right, and agreeing with oneself unmodified
+        metrics = results[edited.cell_id].metrics
+        assert metrics["donor_accuracy"] == metrics["accuracy"] and metrics["donor_agreement"] == 1.0
+
+
+@pytest.mark.parametrize("model", ["toy_vit", "toy_deit", "toy_beit", "toy_dinov2", "toy_clip"])
+def test_at_the_last_layer_the_cls_readout_follows_the_donor_exactly(cache_dir, model):
+    """At L = N the CLS-only readout reads nothing but the donor's CLS: every output is the
+    donor's own unmodified prediction, so donor_accuracy is the unmodified accuracy, while
+    the accuracy against the image's own label falls towards chance."""
+    cfgs = [compose_cell(f"model={model}", "layer=-1", "readout=cls", intervention)
+            for intervention in ("intervention=none", "intervention=shuffle")]
+    specs = [cell_spec(cfg) for cfg in cfgs]
+    results, errors, _ = measure_all(cache_dir, specs, cfgs[0])
+    assert not errors
+    plain, shuffled = (results[spec.cell_id] for spec in specs)
+    assert shuffled.metrics["donor_agreement"] == 1.0
+    assert shuffled.metrics["donor_accuracy"] == plain.metrics["accuracy"]
+    assert torch.equal(shuffled.outcomes["predicted"], plain.outcomes["predicted"][shuffled.outcomes["donor"]])
+    assert shuffled.metrics["accuracy"] < 0.5 * plain.metrics["accuracy"]
+
+
+def test_an_identity_edit_keeps_donor_metrics_and_later_probes_at_their_unmodified_values(cache_dir):
+    """The controls of the donor metrics and of probe_after below L = N: with the identity
+    permutation the branch recomputes the unmodified suffix, so at every layer the output
+    agrees with the unmodified prediction, and each later layer's probe scores what it
+    scored on the cached features (`none` cells' probe_accuracy)."""
+    n_layers = cell("-1", "none", "native", 0)[1].n_layers
+    nones = [cell(layer, "none", "native", 0) for layer in range(n_layers + 1)]
+    edits = [cell(layer, "shuffle", readout, 0, "intervention.permutation=identity", PROBE_AFTER)
+             for layer in (0, 2, n_layers - 1) for readout in ("native", "cls")]
+    results, errors, _ = measure_all(cache_dir, [spec for _, spec in nones + edits], nones[0][0])
+    assert not errors
+    probe = {spec.layer: results[spec.cell_id].metrics["probe_accuracy"] for _, spec in nones}
+    for _, spec in edits:
+        metrics, outcomes = results[spec.cell_id].metrics, results[spec.cell_id].outcomes
+        assert torch.equal(outcomes["donor"], torch.arange(len(outcomes["label"])))
+        assert metrics["donor_accuracy"] == metrics["accuracy"], spec.name
+        assert metrics["donor_agreement"] == 1.0, spec.name
+        assert metrics["probe_after"] == {str(later): probe[later] for later in range(spec.layer + 1, n_layers + 1)}
+
+
+def test_probe_after_shows_what_later_layers_recover_after_a_shuffle(unit):
+    """After a derangement at L = 1 the later probes read a CLS that carries the donor's
+    information: on the toy nothing is re-accumulated from the patch tokens within the
+    blocks left, and the layer-4 probe scores far below its unmodified accuracy."""
+    cells, results, _ = unit
+    by_name = {spec.name: results[spec.cell_id] for _, spec in cells}
+    shuffled = by_name["toy_deit-L01-shuffle-native-s0"].metrics["probe_after"]
+    assert list(shuffled) == [str(layer) for layer in range(2, 7)]
+    assert shuffled == by_name["toy_deit-L01-shuffle-cls-s0"].metrics["probe_after"]  # one branch, one CLS
+    assert shuffled["4"] < 0.5 * by_name["toy_deit-L04-none-native"].metrics["probe_accuracy"]
 
 
 KNOCKOUTS = [(edge, span) for edge in ("patches_to_cls", "cls_to_patches") for span in ("single", "after")]

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from sweep.interventions import INTERVENTIONS, AttentionCut, attention_cut, replacement_cls, shuffle_donors
+from sweep.interventions import (COMMON_SETTINGS, INTERVENTIONS, AttentionCut, attention_cut, donor_indices,
+                                 replacement_cls, shuffle_donors)
 
 
 def test_derangement_moves_every_cls_and_stays_within_groups_of_128():
@@ -73,3 +74,21 @@ def test_a_knockout_replaces_no_cls_and_cuts_block_L_plus_1_or_every_block_after
     assert attention_cut("knockout", {"edge": "patches_to_cls", "span": "after"}, layer=2, n_layers=6) == \
         AttentionCut("patches_to_cls", (2, 3, 4, 5))
     assert attention_cut("shuffle", {"group_size": 128, "permutation": "derangement"}, layer=2, n_layers=6) is None
+
+
+def test_an_intervention_with_donors_declares_them():
+    """The shuffle's donors are its permutation (the engine scores outputs against them);
+    interventions whose CLS comes from no other image have none."""
+    values = {"group_size": 128, "permutation": "derangement", "probe_after": False}
+    donors = donor_indices("shuffle", values, n=300, seed=4)
+    assert torch.equal(donors, shuffle_donors(300, group_size=128, permutation="derangement", seed=4))
+    at_layer = torch.randn(300, 8, generator=torch.Generator().manual_seed(1))
+    shuffled = replacement_cls("shuffle", values, cls_at_layer=at_layer, cls_at_embedding=at_layer, seed=4)
+    assert torch.equal(shuffled, at_layer[donors])
+    for name in ("none", "zero", "mean", "noise", "reset"):
+        assert donor_indices(name, {"center": "mean", "probe_after": False}, n=300, seed=4) is None
+
+
+def test_every_intervention_takes_probe_after():
+    assert all(entry.settings["probe_after"] == COMMON_SETTINGS["probe_after"] for _, entry in INTERVENTIONS.items())
+    assert INTERVENTIONS["shuffle"].settings.keys() == {"probe_after", "group_size", "permutation"}

@@ -13,9 +13,11 @@ from fake_sweep import make_sweep
 
 from sweep.aggregate import SourceError, load_local
 from sweep.intervals import outcome_interval
-from sweep.plotting import MAIN_SERIES, banded_line, draw_figures, main_result
+from sweep.plotting import DONOR_SERIES, MAIN_SERIES, banded_line, draw_figures, main_result, probe_after_lines
+from sweep.record import parse_probe_after
 
-MAIN = ["probe", "shuffle (native readout)", "shuffle (CLS-only readout)", "chance"]
+DONORS = ["shuffle follows donor (native)", "shuffle follows donor (CLS-only)"]
+MAIN = ["probe", "shuffle (native readout)", "shuffle (CLS-only readout)", *DONORS, "chance"]
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +37,7 @@ def index(out):
 
 def test_every_figure_is_written_as_png_and_pdf(drawn):
     out, figures = drawn
-    assert set(figures) == {"main_result", "identifiability", "controls"}
+    assert set(figures) == {"main_result", "identifiability", "controls", "reaccumulation"}
     for name, figure in figures.items():
         assert figure.skipped is None
         assert [p.name for p in figure.paths] == [f"{name}.png", f"{name}.pdf"]
@@ -71,12 +73,29 @@ def test_a_sweep_of_none_cells_draws_what_it_has(tmp_path):
                        problems=False)
     out = tmp_path / "figures"
     figures = draw_figures(load_local(sweep.sweep_dir), out)
+    assert figures.pop("reaccumulation").skipped == "no complete intervened cells with intervention.probe_after=true"
     assert not any(figure.skipped for figure in figures.values())
     main = index(out)["main_result"]
     assert all(panel["series"] == ["probe", "chance"] for panel in main["panels"])
-    assert main["panels"][0]["missing"] == ["shuffle (native readout)", "shuffle (CLS-only readout)"]
-    assert "tiny_a: no cells for shuffle (native readout), shuffle (CLS-only readout)" in main["notes"]
+    assert main["panels"][0]["missing"] == ["shuffle (native readout)", "shuffle (CLS-only readout)", *DONORS]
+    assert ("tiny_a: no cells for shuffle (native readout), shuffle (CLS-only readout), "
+            f"{', '.join(DONORS)}") in main["notes"]
     assert index(out)["identifiability"]["panels"][0]["series"][0] == "probe"
+
+
+def test_reaccumulation_draws_each_intervened_layer_beside_the_unmodified_probe(drawn, table):
+    """One line per intervened layer L over L' > L (L = N has no later layer), in a panel per
+    (model, intervention); the line is the mean over seeds of the records' probe_after."""
+    out, _ = drawn
+    panels = index(out)["reaccumulation"]["panels"]
+    assert [panel["title"] for panel in panels] == ["tiny_a: shuffle", "tiny_b: shuffle"]
+    assert panels[0]["series"] == ["probe, unmodified", *(f"shuffle at L={layer}" for layer in range(3))]
+    assert panels[0]["xlabel"] == "probed layer L'" and panels[0]["missing"] == []
+    rows = table.complete[(table.complete["model"] == "tiny_b") & (table.complete["intervention"] == "shuffle")]
+    line = probe_after_lines(rows, "shuffle")[1]
+    assert list(line.layers) == [2, 3, 4]
+    at_l1 = rows[rows["layer"] == 1].drop_duplicates("seed")["probe_after"].map(parse_probe_after)
+    assert line.mean[0] == pytest.approx(np.mean([vector[2] for vector in at_l1]))
 
 
 def test_a_sweep_without_complete_cells_skips_every_figure_and_says_why(table, tmp_path):
@@ -96,10 +115,10 @@ def test_without_outcomes_the_examples_part_is_bounded_and_says_so(table, tmp_pa
 
 def test_bands_contain_the_mean_line(table):
     rows = table.complete[table.complete["model"] == "tiny_b"]
-    for spec in MAIN_SERIES:
+    for spec in MAIN_SERIES + DONOR_SERIES:
         line = banded_line(spec.select(rows), spec, table.outcomes)
         assert list(line.layers) == [0, 1, 2, 3, 4] and line.band == "outcomes"
-        assert np.all(line.low <= line.mean) and np.all(line.mean <= line.high) and np.all(line.low < line.high)
+        assert np.all(line.low <= line.mean + 1e-12) and np.all(line.mean <= line.high + 1e-12)
 
 
 def test_a_band_is_the_interval_of_the_seeds_outcomes_side_by_side(table):

@@ -70,12 +70,14 @@ def _cell_with(intervention: dict) -> dict:
 
 
 def test_an_intervention_added_as_one_class_is_checked_measured_and_documented(scale_intervention):
-    spec = cell_spec(_cell_with({"name": "scale", "factor": 2.0}))
+    spec = cell_spec(_cell_with({"name": "scale", "factor": 2.0, "probe_after": False}))
     assert spec.intervention == "scale" and spec.seed is None  # draws no random numbers: no seed
     with pytest.raises(ConfigError, match=r"intervention.factor=0 is invalid: it must be a number > 0"):
-        cell_spec(_cell_with({"name": "scale", "factor": 0}))
+        cell_spec(_cell_with({"name": "scale", "factor": 0, "probe_after": False}))
+    with pytest.raises(ConfigError, match=r"intervention.probe_after is not set; it must be true or false"):
+        cell_spec(_cell_with({"name": "scale", "factor": 2.0}))  # every intervention's setting, in its YAML
     with pytest.raises(ConfigError, match=r"intervention.group_size is not a setting of intervention"):
-        cell_spec(_cell_with({"name": "scale", "factor": 2.0, "group_size": 128}))
+        cell_spec(_cell_with({"name": "scale", "factor": 2.0, "probe_after": False, "group_size": 128}))
     cls = torch.randn(5, 4)
     assert torch.equal(replacement_cls("scale", spec.settings.intervention.values, cls_at_layer=cls,
                                        cls_at_embedding=cls, seed=None), cls * 2)

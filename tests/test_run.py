@@ -31,10 +31,11 @@ def test_one_cell_writes_its_record_and_a_second_run_skips_it(cli_env, tmp_path)
     (record_path,) = tmp_path.glob("runs/toy_vit/toy_vit-L03-shuffle-native-s0-*/result.json")
     record = json.loads(record_path.read_text())
     assert record["status"] == "complete" and record["layer"] == 3 and record["n_layers"] == 6
-    assert set(record["metrics"]) == {"accuracy", "top5", "chance"}
+    assert set(record["metrics"]) == {"accuracy", "top5", "chance", "donor_accuracy", "donor_agreement"}
     assert record["versions"]["transformers"] and record["versions"]["model_revision"]
     outcomes = (record_path.parent / "outcomes.csv").read_text().splitlines()
-    assert outcomes[0] == "example,label,predicted,rank" and len(outcomes) == 1 + record["counts"]["n_val"]
+    assert outcomes[0] == "example,label,predicted,rank,donor,donor_predicted"
+    assert len(outcomes) == 1 + record["counts"]["n_val"]
     again = sweep_run(["model=toy_vit", "layer=-4", "intervention=shuffle"], cli_env, tmp_path)
     assert "already done" in again.stdout + again.stderr
     assert json.loads(record_path.read_text()) == record

@@ -10,6 +10,11 @@ one output. Replacement CLS tokens come from the cached CLS
 features of the whole validation set (a shuffle's donor may sit in any batch). Nothing but
 one batch's hidden states is ever held, and none is written anywhere.
 
+Two measurements ride on the branch at no extra block: an intervention with donors
+(`Intervention.donors`) scores the output against each donor's label and against the
+donor's own unmodified prediction (`_donor_metrics`), and `probe_after` applies the cached
+layer-L' probe to the branch's CLS at each block output L' > L (`_run_suffix`).
+
 Each cell's progress (true-class rank and prediction per validation example so far) is
 saved atomically every `checkpoint_s` to a file its caller names, so a killed unit resumes
 at its last checkpoint; the numbers are the same either way, batch for batch.
@@ -28,13 +33,12 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save
 
-from sweep.adapters import Adapter
 from sweep.artifacts import Artifacts, ComputeLedger, Features
 from sweep.cache import ArtifactCache, CorruptEntryError
 from sweep.cellspec import CellSpec
 from sweep.data import batches
 from sweep.files import atomic_write_bytes
-from sweep.interventions import NONE, AttentionCut, attention_cut, replacement_cls
+from sweep.interventions import NONE, AttentionCut, attention_cut, donor_indices, replacement_cls
 from sweep.linear_heads import LinearHead
 from sweep.metrics import NonFiniteLogits, rank_metrics, require_finite, top_k_accuracy, true_class_ranks
 from sweep.models import LoadedModel
@@ -43,12 +47,12 @@ from sweep.units import branch_key
 
 logger = logging.getLogger(__name__)
 
-PROGRESS_FORMAT = "1"
+PROGRESS_FORMAT = "2"  # 2: with probe_after's probe predictions
 
 
 @dataclass(frozen=True)
 class CellResult:
-    metrics: dict[str, float]
+    metrics: dict[str, Any]  # floats, and `probe_after`: {layer: accuracy} (docs/results.md)
     outcomes: dict[str, torch.Tensor]  # per validation example
     counts: dict[str, int]
     compute: dict[str, Any]
@@ -101,11 +105,16 @@ def _prepare(cfg: Mapping[str, Any], specs: Sequence[CellSpec], cache: ArtifactC
     for readout, settings in cfg["model"]["readouts"].items():
         if settings["head"] == "fitted":
             loaded.adapter.install_head(readout, artifacts.fitted_head(features, readout))
-    probes = artifacts.probes(features) if not specs or any(s.intervention == NONE for s in specs) else None
+    wants_probes = not specs or any(s.intervention == NONE or _probe_after(s) for s in specs)
+    probes = artifacts.probes(features) if wants_probes else None
     n_layers = loaded.adapter.n_layers
     needs_pixels = any(s.intervention != NONE and s.layer < n_layers for s in specs)
     val_images = splits["val"].images if needs_pixels else None
     return _Prepared(artifacts, loaded, images_key, features, probes, val_images, time.perf_counter() - started)
+
+
+def _probe_after(spec: CellSpec) -> bool:
+    return bool(spec.settings.intervention.values["probe_after"])
 
 
 # -- per-cell progress -------------------------------------------------------------------
@@ -113,12 +122,15 @@ def _prepare(cfg: Mapping[str, Any], specs: Sequence[CellSpec], cache: ArtifactC
 @dataclass
 class CellProgress:
     """What one intervened cell has measured so far: per validation example, the true
-    class's rank and the prediction (-1 where not yet measured or not finite)."""
+    class's rank and the prediction (-1 where not yet measured or not finite), and with
+    `probe_after` each later layer's probe prediction on the intervened CLS."""
 
     spec: CellSpec
     n: int
+    probe_layers: list[int] = field(default_factory=list)  # L + 1..N with probe_after, else none
     rank: torch.Tensor = field(init=False)
     predicted: torch.Tensor = field(init=False)
+    probe_predicted: torch.Tensor = field(init=False)  # (len(probe_layers), n)
     rows: int = 0                      # examples measured, a prefix of the validation order
     n_classes: int = 0
     resumed_rows: int = 0              # of which read back from a checkpoint
@@ -127,10 +139,15 @@ class CellProgress:
     def __post_init__(self) -> None:
         self.rank = torch.full((self.n,), -1, dtype=torch.long)
         self.predicted = torch.full((self.n,), -1, dtype=torch.long)
+        self.probe_predicted = torch.full((len(self.probe_layers), self.n), -1, dtype=torch.long)
 
-    def add(self, part: slice, logits: torch.Tensor, labels: torch.Tensor) -> None:
+    def add(self, part: slice, logits: torch.Tensor, labels: torch.Tensor,
+            probe_predicted: torch.Tensor | None = None) -> None:
         if part.start < self.rows:  # measured before a resume: the same numbers again
             return
+        if self.probe_layers:
+            assert probe_predicted is not None, "a probe_after cell needs the later layers' probe predictions"
+            self.probe_predicted[:, part] = probe_predicted
         self.n_classes = logits.shape[1]
         finite = torch.isfinite(logits).all(dim=1)
         if not bool(finite.all()):
@@ -143,6 +160,7 @@ class CellProgress:
 
     def save(self, path: Path, meta: Mapping[str, str]) -> None:
         tensors = {"rank": self.rank[:self.rows].clone(), "predicted": self.predicted[:self.rows].clone(),
+                   "probe_predicted": self.probe_predicted[:, :self.rows].clone(),
                    "bad": torch.tensor(self.bad, dtype=torch.long)}
         atomic_write_bytes(path, save(tensors, metadata={**meta, "rows": str(self.rows),
                                                          "n_classes": str(self.n_classes)}))
@@ -156,6 +174,7 @@ class CellProgress:
                     return
                 rows = int(saved["rows"])
                 self.rank[:rows], self.predicted[:rows] = f.get_tensor("rank"), f.get_tensor("predicted")
+                self.probe_predicted[:, :rows] = f.get_tensor("probe_predicted")
                 self.bad = f.get_tensor("bad").tolist()
                 self.n_classes = int(saved["n_classes"])
         except Exception as error:  # a torn or foreign file: safetensors raises several kinds
@@ -193,27 +212,34 @@ class _Branch:
     layer: int
     replacement: torch.Tensor | None  # the CLS each example carries at `layer`; None: left as it is
     cells: list[CellProgress]
+    donors: torch.Tensor | None = None  # each example's donor, for interventions that have them
+    probe_layers: list[int] = field(default_factory=list)  # later layers probed (probe_after)
     block_calls: int = 0
     cut: AttentionCut | None = None   # attention edges cut in the blocks after `layer`
 
-    def output(self, adapter: Adapter, hidden: torch.Tensor, part: slice, device: torch.device) -> torch.Tensor:
-        """Hidden state N of this branch from the unmodified hidden state `layer` of batch `part`."""
+    def output(self, prepared: _Prepared, hidden: torch.Tensor, part: slice, device: torch.device
+               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Hidden state N of this branch from the unmodified hidden state `layer` of batch
+        `part`: its CLS replaced, its blocks run with its attention cut (each where the
+        intervention has one), and with probe_after the later probes' predictions."""
+        adapter = prepared.loaded.adapter
         if self.replacement is not None:
             hidden = adapter.with_cls(hidden, self.replacement[part].to(device, non_blocking=True))
         with adapter.attention_cut(self.cut):
-            return adapter.run_blocks(hidden, self.layer, adapter.n_layers)
+            return _run_suffix(prepared, self, hidden)
 
     @property
     def readouts(self) -> list[str]:
         return sorted({c.spec.readout for c in self.cells})
 
-    def add(self, part: slice, labels: torch.Tensor, logits_of: Callable[[str], torch.Tensor]) -> None:
+    def add(self, part: slice, labels: torch.Tensor, logits_of: Callable[[str], torch.Tensor],
+            probe_predicted: torch.Tensor | None = None) -> None:
         """Every readout a cell of the branch asks for, computed once on the branch's output."""
         for readout in self.readouts:
             logits = logits_of(readout).cpu()
             for cell in self.cells:
                 if cell.spec.readout == readout:
-                    cell.add(part, logits, labels)
+                    cell.add(part, logits, labels, probe_predicted if cell.probe_layers else None)
 
 
 def measure_unit(cfg: Mapping[str, Any], specs: Sequence[CellSpec], cache: ArtifactCache, emit: Emit, *,
@@ -289,13 +315,8 @@ def _none_result(cfg: Mapping[str, Any], spec: CellSpec, prepared: _Prepared,
                  layer_readouts: dict[int, tuple[dict[str, float], dict[str, torch.Tensor]]],
                  shares: _Shares) -> CellResult:
     started = time.perf_counter()
-    adapter, features, device = prepared.loaded.adapter, prepared.features, prepared.artifacts.device
-    labels, stored = features.labels["val"], features.readout["val"][spec.readout]
-    batch_size = int(cfg["compute"]["batch_size"])
-    with torch.inference_mode(), prepared.artifacts.autocast():
-        logits = torch.cat([adapter.apply_head(spec.readout, stored[part].to(device)).cpu()
-                            for part in batches(len(labels), batch_size)])
-    require_finite(logits, f"the {spec.readout} readout of the unmodified model")
+    labels = prepared.features.labels["val"]
+    logits = unmodified_logits(cfg, prepared, spec.readout)
     metrics = {k: v for k, v in rank_metrics(logits, labels).items() if k in ("accuracy", "top5")}
     metrics["chance"] = 1.0 / logits.shape[1]
     outcomes = {"label": labels, "predicted": logits.argmax(1), "rank": true_class_ranks(logits, labels)}
@@ -304,9 +325,26 @@ def _none_result(cfg: Mapping[str, Any], spec: CellSpec, prepared: _Prepared,
     layer_metrics, layer_outcomes = layer_readouts[spec.layer]
     metrics.update(layer_metrics)
     outcomes.update(layer_outcomes)
+    if _probe_after(spec):  # the unmodified CLS: the probes' own validation scores
+        assert prepared.probes is not None
+        scores = prepared.probes[1]
+        metrics["probe_after"] = {str(later): scores[later]["probe_accuracy"]
+                                  for later in range(spec.layer + 1, spec.n_layers + 1)}
     result = _result(cfg, spec, prepared, metrics, outcomes, {"block_calls": shares.of(None)}, logits.shape[1])
     result.timings["measure_s"] = time.perf_counter() - started
     return result
+
+
+def unmodified_logits(cfg: Mapping[str, Any], prepared: _Prepared, readout: str) -> torch.Tensor:
+    """`readout`'s logits of the unmodified model on the validation set, from the cached
+    features (no block runs): what `none` cells score, and each donor's own prediction."""
+    adapter, features, device = prepared.loaded.adapter, prepared.features, prepared.artifacts.device
+    stored = features.readout["val"][readout]
+    with torch.inference_mode(), prepared.artifacts.autocast():
+        logits = torch.cat([adapter.apply_head(readout, stored[part].to(device)).cpu()
+                            for part in batches(len(stored), int(cfg["compute"]["batch_size"]))])
+    require_finite(logits, f"the {readout} readout of the unmodified model")
+    return logits
 
 
 def _layer_readouts(cfg: Mapping[str, Any], spec: CellSpec, prepared: _Prepared
@@ -347,13 +385,16 @@ def _measure_branches(cfg: Mapping[str, Any], specs: Sequence[CellSpec], prepare
     branches: dict[tuple, _Branch] = {}
     for spec in specs:
         key = branch_key(spec)
+        values = spec.settings.intervention.values
         if key not in branches:
-            values = spec.settings.intervention.values
             replacement = replacement_cls(spec.intervention, values, cls_at_layer=features.cls["val"][spec.layer],
                                           cls_at_embedding=features.cls["val"][0], seed=spec.seed)
             cut = attention_cut(spec.intervention, values, layer=spec.layer, n_layers=spec.n_layers)
-            branches[key] = _Branch(spec.layer, replacement, [], cut=cut)  # on the host: moved one batch at a time
-        branches[key].cells.append(CellProgress(spec, n))
+            donors = donor_indices(spec.intervention, values, n=n, seed=spec.seed)
+            probe_layers = list(range(spec.layer + 1, spec.n_layers + 1)) if _probe_after(spec) else []
+            # on the host: moved one batch at a time
+            branches[key] = _Branch(spec.layer, replacement, [], donors, probe_layers, cut=cut)
+        branches[key].cells.append(CellProgress(spec, n, branches[key].probe_layers))
     cells = [c for b in branches.values() for c in b.cells]
 
     def meta(spec: CellSpec) -> dict[str, str]:
@@ -376,10 +417,11 @@ def _measure_branches(cfg: Mapping[str, Any], specs: Sequence[CellSpec], prepare
             checkpoints.save(cells, meta)
         raise
     measured_s = time.perf_counter() - started
+    unmodified: dict[str, torch.Tensor] = {}  # readout -> predictions, for the donor metrics
     for branch in branches.values():
         for cell in branch.cells:
             _emit_guarded(emit, cell.spec, lambda cell=cell, branch=branch: _branch_result(
-                cfg, cell, prepared, shares.of(branch), measured_s, len(cells)))
+                cfg, cell, branch, prepared, shares.of(branch), measured_s, len(cells), unmodified))
 
 
 def _pass(cfg: Mapping[str, Any], prepared: _Prepared, by_layer: dict[int, list[_Branch]], cells: list[CellProgress],
@@ -403,10 +445,11 @@ def _pass(cfg: Mapping[str, Any], prepared: _Prepared, by_layer: dict[int, list[
                         hidden = adapter.run_block(layer - 1, hidden)
                         artifacts.ledger.add("unmodified", rows)
                     for branch in by_layer.get(layer, ()):
-                        branched = branch.output(adapter, hidden, part, artifacts.device)
+                        branched, probe_predicted = branch.output(prepared, hidden, part, artifacts.device)
                         branch.block_calls += (n_layers - layer) * rows
                         artifacts.ledger.add("branch", (n_layers - layer) * rows)
-                        branch.add(part, labels[part], lambda readout: adapter.logits(branched, readout))
+                        branch.add(part, labels[part], lambda readout: adapter.logits(branched, readout),
+                                   probe_predicted)
             for branch in by_layer.get(n_layers, ()):  # at L = N: the cached features, the CLS replaced
                 branch.add(part, labels[part], lambda readout, branch=branch: adapter.apply_head(
                     readout, adapter.features_with_cls(features.readout["val"][readout][part].to(artifacts.device),
@@ -417,8 +460,25 @@ def _pass(cfg: Mapping[str, Any], prepared: _Prepared, by_layer: dict[int, list[
     bar.close()
 
 
-def _branch_result(cfg: Mapping[str, Any], cell: CellProgress, prepared: _Prepared, share: float,
-                   measured_s: float, n_cells: int) -> CellResult:
+def _run_suffix(prepared: _Prepared, branch: _Branch, hidden: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Blocks L + 1..N on the edited hidden state, one at a time (as `run_blocks` does);
+    with probe_after, the cached layer-L' probe's prediction on the CLS of each block output
+    L' > L, shape (N - L, rows). No extra block runs."""
+    adapter = prepared.loaded.adapter
+    predicted = []
+    for index in range(branch.layer, adapter.n_layers):
+        hidden = adapter.run_block(index, hidden)
+        if branch.probe_layers:
+            assert prepared.probes is not None
+            cls = hidden[:, adapter.cls_index].float().cpu()  # as the features pass stored it
+            with torch.autocast("cpu", enabled=False):  # the probes' scores were computed in full precision
+                predicted.append(prepared.probes[0][index + 1].logits(cls).argmax(1))
+    return hidden, torch.stack(predicted) if predicted else None
+
+
+def _branch_result(cfg: Mapping[str, Any], cell: CellProgress, branch: _Branch, prepared: _Prepared, share: float,
+                   measured_s: float, n_cells: int, unmodified: dict[str, torch.Tensor]) -> CellResult:
     spec, labels = cell.spec, prepared.features.labels["val"]
     if cell.bad:
         raise NonFiniteLogits(
@@ -429,8 +489,29 @@ def _branch_result(cfg: Mapping[str, Any], cell: CellProgress, prepared: _Prepar
     metrics = {"accuracy": top_k_accuracy(cell.rank, 1), "top5": top_k_accuracy(cell.rank, min(5, n_classes)),
                "chance": 1.0 / n_classes}
     outcomes = {"label": labels, "predicted": cell.predicted, "rank": cell.rank}
+    if branch.donors is not None:
+        if spec.readout not in unmodified:
+            unmodified[spec.readout] = unmodified_logits(cfg, prepared, spec.readout).argmax(1)
+        donor_metrics, donor_outcomes = _donor_metrics(cell.predicted, labels, branch.donors, unmodified[spec.readout])
+        metrics.update(donor_metrics)
+        outcomes.update(donor_outcomes)
+    if _probe_after(spec):  # at L = N no later layer: empty
+        metrics["probe_after"] = {str(later): float((cell.probe_predicted[i] == labels).double().mean())
+                                  for i, later in enumerate(cell.probe_layers)}
     result = _result(cfg, spec, prepared, metrics, outcomes,
                      {"block_calls": share, "resumed_rows": cell.resumed_rows}, n_classes)
     result.timings["measure_s"] = measured_s / n_cells
     return result
 
+
+
+def _donor_metrics(predicted: torch.Tensor, labels: torch.Tensor, donors: torch.Tensor,
+                   unmodified_predicted: torch.Tensor) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+    """How much of the intervened output follows the donor: its label (donor_accuracy) and
+    its own unmodified prediction with the same readout (donor_agreement). A shuffle that
+    only destroys the CLS scores chance on both; one whose output reads the donor's CLS
+    approaches the donor's accuracy and 1."""
+    donor_predicted = unmodified_predicted[donors]
+    metrics = {"donor_accuracy": float((predicted == labels[donors]).double().mean()),
+               "donor_agreement": float((predicted == donor_predicted).double().mean())}
+    return metrics, {"donor": donors, "donor_predicted": donor_predicted}

@@ -2,7 +2,10 @@
 
 One class per intervention, registered under its `intervention.name`, declares its
 settings (checked when a cell is specified) and whether it draws random numbers (then its
-seed is part of what it measures; otherwise a grid over seeds measures it once). Adding an
+seed is part of what it measures; otherwise a grid over seeds measures it once), and
+whether each example's new CLS comes from another example, its *donor* (`donors`: then the
+cell also scores how much of the output follows the donor). Settings every intervention
+takes (`COMMON_SETTINGS`: `probe_after`) are added to each class's own. Adding an
 intervention is one class here and its `src/sweep/conf/intervention/<name>.yaml`.
 
 Every intervention is computed from the unmodified model's CLS tokens of the validation
@@ -22,7 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from sweep.registry import Registry
-from sweep.rules import Integer, OneOf, Rule
+from sweep.rules import Flag, Integer, OneOf, Rule
 
 if TYPE_CHECKING:
     import torch
@@ -47,6 +50,10 @@ class AttentionCut:
     edge: str | None
     blocks: tuple[int, ...]
 
+#: settings of every intervention: `probe_after` also scores the later layers' probes on the
+#: intervened CLS (re-accumulation; docs/results.md)
+COMMON_SETTINGS: Mapping[str, Rule] = {"probe_after": Flag()}
+
 
 class Intervention:
     """`replacement` gives the CLS each validation example carries after the edit, (n, D),
@@ -60,11 +67,22 @@ class Intervention:
     #: acts in the blocks after layer L, so at L = N (no block after it) it has nothing to do
     needs_a_block: ClassVar[bool] = False
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Each class's declared settings, and the settings every intervention takes."""
+        super().__init_subclass__(**kwargs)
+        cls.settings = {**COMMON_SETTINGS, **cls.settings}
+
     def replacement(self, values: Mapping[str, Any], *, cls_at_layer: torch.Tensor,
                     cls_at_embedding: torch.Tensor, seed: int | None) -> torch.Tensor | None:
         raise NotImplementedError
 
     def attention_cut(self, values: Mapping[str, Any], *, layer: int, n_layers: int) -> AttentionCut | None:
+        return None
+
+    def donors(self, values: Mapping[str, Any], *, n: int, seed: int | None) -> torch.Tensor | None:
+        """donors[i] = the example whose CLS example i receives, or None when the new CLS
+        comes from no other example. An intervention that declares donors gets the donor
+        metrics (donor_accuracy, donor_agreement) and the outcomes' donor columns."""
         return None
 
 
@@ -86,9 +104,11 @@ class Shuffle(Intervention):
     seeded = True
 
     def replacement(self, values, *, cls_at_layer, cls_at_embedding, seed):
-        donors = shuffle_donors(cls_at_layer.shape[0], group_size=int(values["group_size"]),
-                                permutation=str(values["permutation"]), seed=seed)
-        return cls_at_layer[donors]
+        return cls_at_layer[self.donors(values, n=cls_at_layer.shape[0], seed=seed)]
+
+    def donors(self, values, *, n, seed):
+        return shuffle_donors(n, group_size=int(values["group_size"]), permutation=str(values["permutation"]),
+                              seed=seed)
 
 
 @INTERVENTIONS.register("zero")
@@ -164,6 +184,11 @@ def replacement_cls(name: str, settings: Mapping[str, Any], *, cls_at_layer: tor
     instead: see `attention_cut`)."""
     return INTERVENTIONS[name]().replacement(settings, cls_at_layer=cls_at_layer,
                                              cls_at_embedding=cls_at_embedding, seed=seed)
+
+
+def donor_indices(name: str, settings: Mapping[str, Any], *, n: int, seed: int | None) -> torch.Tensor | None:
+    """Each validation example's donor under intervention `name` (see Intervention.donors)."""
+    return INTERVENTIONS[name]().donors(settings, n=n, seed=seed)
 
 
 def shuffle_donors(n: int, *, group_size: int, permutation: str, seed: int) -> torch.Tensor:

@@ -2,7 +2,11 @@
 
 main_result      accuracy vs layer: probe (blue), shuffle with the native readout (orange),
                  shuffle with the CLS-only readout (green), chance (dashed), mean over seeds
-                 with 95% bands over permutation draws and examples (sweep.intervals)
+                 with 95% bands over permutation draws and examples (sweep.intervals); dotted
+                 in the shuffle's colours, the share of outputs that follow the donor
+                 (donor_agreement, DONOR_SERIES)
+reaccumulation   probe_after: per intervened layer L, the layer-L' probes' accuracy on the
+                 intervened CLS at L' > L, beside the unmodified probe curve
 identifiability  the class-embedding view: per-layer probe, last-layer head applied to
                  layer L's CLS (projection), identifiability, last-layer probe
 controls         accuracy vs layer for every intervention present, native readout
@@ -35,6 +39,7 @@ from sweep.aggregate import SourceError, SweepTable
 from sweep.files import atomic_write_bytes, atomic_write_text
 from sweep.intervals import LEVEL, Interval, outcome_interval, summary_interval
 from sweep.interventions import INTERVENTIONS
+from sweep.record import parse_probe_after
 
 FORMATS = ("png", "pdf")
 FIGURES_FILE = "figures.json"
@@ -46,6 +51,9 @@ LEGEND_CHAR_IN, LEGEND_ENTRY_IN = 0.075, 0.6  # legend text width per character 
 
 PROBE, SHUFFLE_NATIVE, SHUFFLE_CLS, CHANCE = "probe", "shuffle (native readout)", "shuffle (CLS-only readout)", "chance"
 PROJECTION, IDENTIFIABILITY, LAST_PROBE = "last-layer head (projection)", "identifiability", "last-layer probe"
+DONOR_NATIVE, DONOR_CLS = "shuffle follows donor (native)", "shuffle follows donor (CLS-only)"
+UNMODIFIED_PROBE = "probe, unmodified"
+REACCUMULATION_CMAP = "viridis"  # one colour per intervened layer L, early dark to late light
 CHANCE_STYLE = {"color": "grey", "linestyle": "--", "linewidth": 1.0}
 # Controls: fixed colours per intervention, so a colour means the same thing in every panel
 # (shuffle keeps main_result's orange).
@@ -98,6 +106,7 @@ class SeriesSpec:
     select: Callable[[pd.DataFrame], pd.DataFrame]
     metric: str
     correct: Callable[[pd.DataFrame], np.ndarray]
+    linestyle: str = "-"
 
 
 def _probe_rows(rows: pd.DataFrame) -> pd.DataFrame:
@@ -113,6 +122,20 @@ MAIN_SERIES = (
                "accuracy", lambda o: (o["rank"] == 0).to_numpy()),
     SeriesSpec(SHUFFLE_CLS, "C2", lambda r: r[(r["intervention"] == "shuffle") & (r["readout"] == "cls")],
                "accuracy", lambda o: (o["rank"] == 0).to_numpy()),
+)
+
+
+def _shuffle_rows(readout: str, metric: str) -> Callable[[pd.DataFrame], pd.DataFrame]:
+    return lambda r: r[(r["intervention"] == "shuffle") & (r["readout"] == readout) & r[metric].notna()]
+
+
+# Dotted, in the colour of the shuffle series they belong to: the share of outputs equal to
+# the donor image's own unmodified prediction (docs/results.md, donor_agreement).
+DONOR_SERIES = (
+    SeriesSpec(DONOR_NATIVE, "C1", _shuffle_rows("native", "donor_agreement"), "donor_agreement",
+               lambda o: (o["predicted"] == o["donor_predicted"]).to_numpy(), linestyle=":"),
+    SeriesSpec(DONOR_CLS, "C2", _shuffle_rows("cls", "donor_agreement"), "donor_agreement",
+               lambda o: (o["predicted"] == o["donor_predicted"]).to_numpy(), linestyle=":"),
 )
 
 
@@ -192,6 +215,7 @@ def draw_figures(table: SweepTable, out_dir: Path) -> dict[str, FigureResult]:
         main_result(complete, table.outcomes, out_dir),
         identifiability(complete, out_dir),
         controls(complete, out_dir),
+        reaccumulation(complete, out_dir),
     ]
     for result in results:
         if result.skipped:
@@ -214,13 +238,13 @@ def main_result(complete: pd.DataFrame, outcomes: Mapping[str, pd.DataFrame] | N
     for ax, model in zip(axes, models):
         rows = complete[complete["model"] == model]
         missing = []
-        for spec in MAIN_SERIES:
+        for spec in MAIN_SERIES + DONOR_SERIES:
             selected = spec.select(rows)
             if selected.empty:
                 missing.append(spec.label)
                 continue
             line = banded_line(selected, spec, outcomes)
-            _plot(ax, line, color=spec.color)
+            _plot(ax, line, color=spec.color, linestyle=spec.linestyle)
             bands.add(line.band)
             unbanded = line.layers[np.isnan(line.low)]
             if len(unbanded):
@@ -233,7 +257,8 @@ def main_result(complete: pd.DataFrame, outcomes: Mapping[str, pd.DataFrame] | N
             notes.append(f"{model}: no cells for {', '.join(missing)}")
     band_text = _band_text(bands - {None})
     notes.insert(0, band_text)
-    _suptitle(fig, f"Label information in CLS: decodable vs used. Mean over seeds; {band_text}")
+    _suptitle(fig, f"Label information in CLS: decodable vs used (dotted: output = the donor's own "
+                   f"prediction). Mean over seeds; {band_text}")
     return _finish(fig, axes, name, panels, notes, out_dir)
 
 
@@ -308,6 +333,59 @@ def controls(complete: pd.DataFrame, out_dir: Path) -> FigureResult:
             notes.append(f"{model}: no cells for {', '.join(missing)}")
     _suptitle(fig, "Interventions on CLS at layer L, native readout (mean over seeds)")
     return _finish(fig, axes, name, panels, notes, out_dir)
+
+
+def reaccumulation(complete: pd.DataFrame, out_dir: Path) -> FigureResult:
+    """Is the label information re-accumulated after an intervention at L? One panel per
+    (model, intervention) with probe_after cells: per intervened layer L, the layer-L'
+    probe's accuracy on the intervened CLS at each L' > L (mean over seeds; readouts share
+    one branch, hence one value), beside the unmodified probe curve."""
+    name = "reaccumulation"
+    after = complete[(complete["intervention"] != "none") & complete["probe_after"].notna()]
+    if after.empty:
+        return _skipped(name, "no complete intervened cells with intervention.probe_after=true")
+    pairs = list(dict.fromkeys(zip(after["model"], after["intervention"])))
+    fig, axes = _panels(len(pairs))
+    panels, notes = [], []
+    for ax, (model, intervention) in zip(axes, pairs):
+        rows = after[(after["model"] == model) & (after["intervention"] == intervention)]
+        unmodified = _probe_rows(complete[complete["model"] == model])
+        missing = []
+        if unmodified.empty:
+            missing.append(UNMODIFIED_PROBE)
+        else:
+            _plot(ax, mean_line(unmodified, "probe_accuracy", UNMODIFIED_PROBE), color="C0", linestyle="--")
+        for layer, line in probe_after_lines(rows, intervention).items():
+            _plot(ax, line, color=_layer_color(layer, int(rows["n_layers"].max())))
+        ax.set_title(f"{model}: {intervention}")
+        _style(ax, ax.get_title(), rows, ylabel="probe accuracy at L'")
+        ax.set_xlabel("probed layer L'")
+        panels.append(_panel(ax, missing))
+        if missing:
+            notes.append(f"{model}: no intervention=none cells for the unmodified probe curve")
+    _suptitle(fig, "Re-accumulation: layer-L' probes on the CLS after an intervention at L (one line per L, "
+                   "mean over seeds), beside the unmodified probes")
+    return _finish(fig, axes, name, panels, notes, out_dir)
+
+
+def probe_after_lines(rows: pd.DataFrame, intervention: str) -> dict[int, Line]:
+    """Intervened layer L -> the mean over seeds of probe_after at each later layer. The
+    readouts of one (layer, seed) read one branch: one row each is kept."""
+    lines = {}
+    for layer, at_layer in rows.drop_duplicates(["layer", "seed"]).groupby("layer", sort=True):
+        vectors = pd.DataFrame([parse_probe_after(text) for text in at_layer["probe_after"]])
+        if vectors.empty or vectors.columns.empty:  # L = N: no later layer
+            continue
+        means = vectors.mean().sort_index()
+        lines[int(layer)] = Line(f"{intervention} at L={int(layer)}", means.index.to_numpy(dtype=int),
+                                 means.to_numpy(dtype=float))
+    return lines
+
+
+def _layer_color(layer: int, n_layers: int) -> Any:
+    from matplotlib import colormaps
+
+    return colormaps[REACCUMULATION_CMAP](0.85 * layer / max(n_layers, 1))
 
 
 # --------------------------------------------------------------------------- drawing helpers

@@ -89,8 +89,8 @@ def write_record(cell_dir: Path, record: dict[str, Any]) -> None:
 
 # --------------------------------------------------------------------------- the table's schema
 
-METRICS = ("accuracy", "top5", "chance", "probe_accuracy", "last_probe_accuracy", "projection_accuracy",
-           "projection_top5", "identifiability", "identifiability_exact")
+METRICS = ("accuracy", "top5", "chance", "donor_accuracy", "donor_agreement", "probe_accuracy",
+           "last_probe_accuracy", "projection_accuracy", "projection_top5", "identifiability", "identifiability_exact")
 
 # Column -> kind. One definition for both sources: the kind fixes the pandas dtype, so a
 # column that happens to be all-missing in one source still compares equal to the other.
@@ -99,6 +99,7 @@ COLUMN_KINDS: dict[str, str] = {
     "model": "str", "layer": "int", "n_layers": "int", "intervention": "str", "readout": "str", "seed": "int",
     "data": "str", "permutation": "str", "probe_method": "str",
     **{metric: "float" for metric in METRICS},
+    "probe_after": "str",  # JSON {layer: accuracy} (see probe_after_text)
     "n_train": "int", "n_val": "int", "n_classes": "int",
     "unit": "str", "block_calls": "float", "resumed_rows": "int", "device": "str", "dtype": "str", "total_s": "float",
     "git_commit": "str", "model_revision": "str", "error": "str",
@@ -138,6 +139,7 @@ def record_row(record: Mapping[str, Any]) -> dict[str, Any]:
         "permutation": (config.get("intervention") or {}).get("permutation"),
         "probe_method": (config.get("probe") or {}).get("method"),
         **{metric: metrics.get(metric) for metric in METRICS},
+        "probe_after": probe_after_text(metrics.get("probe_after")),
         **{key: counts.get(key) for key in ("n_train", "n_val", "n_classes")},
         "unit": record.get("unit"),
         **{key: compute.get(key) for key in ("block_calls", "resumed_rows", "device", "dtype")},
@@ -147,6 +149,23 @@ def record_row(record: Mapping[str, Any]) -> dict[str, Any]:
         "error": record.get("error"),
     }
     return {column: scalar(column, row[column]) for column in COLUMNS}
+
+
+def probe_after_text(probe_after: Mapping[str, float] | None) -> str | None:
+    """`metrics.probe_after` ({layer: accuracy}) as the table's one string cell: JSON with
+    the layers in order, so a row stays flat (CSV, parquet, a W&B summary) and
+    `parse_probe_after` reads the vector back."""
+    if probe_after is None:
+        return None
+    return json.dumps({str(layer): probe_after[layer] for layer in sorted(probe_after, key=int)},
+                      separators=(",", ":"))
+
+
+def parse_probe_after(text: str | None) -> dict[int, float]:
+    """The table's `probe_after` cell back as {layer: accuracy} (empty when absent)."""
+    if text is None or text == "":
+        return {}
+    return {int(layer): float(value) for layer, value in json.loads(text).items()}
 
 
 def scalar(column: str, value: Any) -> str | int | float | bool | None:

@@ -258,7 +258,8 @@ def _write_cell(cell: JobCell, result: Any, error: BaseException | None, unit_id
     (cell.folder / PROGRESS_FILE).unlink(missing_ok=True)
     lease.release()
     if result is not None:
-        log.info("%s: %s", spec.name, ", ".join(f"{k}={v:.4f}" for k, v in result.metrics.items()))
+        log.info("%s: %s", spec.name, ", ".join(f"{k}={v:.4f}" for k, v in result.metrics.items()
+                                                if isinstance(v, float)))
     else:
         log.error("%s failed: %s", spec.name, record["error"])
     return record

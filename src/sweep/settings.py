@@ -20,7 +20,7 @@ from types import MappingProxyType
 from typing import Any
 
 from sweep.errors import ConfigError, DataUnavailable
-from sweep.interventions import INTERVENTIONS
+from sweep.interventions import COMMON_SETTINGS, INTERVENTIONS
 from sweep.probes import PROBES
 from sweep.registry import Registry
 from sweep.rules import (MISSING, Device, Flag, Integer, OneOf, Optional, Real, Rule, Text, TextList, checked,
@@ -298,7 +298,9 @@ def settings_table() -> str:
         if group == "data":
             rows += [(f"data.{key}", rule.description + (" (at most 10 for sklearn_digits)" if key == "n_classes"
                                                           else "")) for key, rule in _SUBSET.items() if key != "source"]
+        common = COMMON_SETTINGS if group == "intervention" else {}
+        rows += [(f"{group}.{key} (every {group})", rule.description) for key, rule in common.items()]
         for choice, rules in table.items():
             rows += [(f"{group}.{nested}{key} ({group}.{selector}={choice})", rule.description)
-                     for key, rule in rules.items() if key not in _SUBSET]
+                     for key, rule in rules.items() if key not in _SUBSET and key not in common]
     return "\n".join(["| key | valid values |", "|---|---|", *(f"| `{k}` | {v} |" for k, v in rows)])
