@@ -67,7 +67,7 @@ def test_a_knockout_at_the_last_layer_is_refused_there_is_no_block_to_cut():
         cell_spec(config("model=toy_vit", "layer=-1", "intervention=knockout"))
     spec = cell_spec(config("model=toy_vit", "layer=5", "intervention=knockout", "seed=3"))
     assert spec.seed is None and spec.science["intervention"] == {"name": "knockout", "edge": "patches_to_cls",
-                                                                  "span": "after"}
+                                                                  "span": "after", "probe_after": False}
     bad = "intervention.edge=cls_to_cls"
     with pytest.raises(ConfigError, match="intervention.edge=cls_to_cls is invalid.*patches_to_cls, cls_to_patches"):
         cell_spec(config("model=toy_vit", "layer=2", "intervention=knockout", bad))

@@ -9,17 +9,17 @@ from sweep.cellspec import cell_spec
 from sweep.conf_path import CONF_PACKAGE
 from sweep.errors import ConfigError
 
-# The cell ids of two cells per model, as they were when the toys were written out in full
-# (each toy now starts from model/toy_base.yaml). The id hashes the whole composed model
+# The cell ids of two cells per model (record format 3: intervention.probe_after in the
+# identity); the toys composed to these before and after they started from toy_base.yaml. The id hashes the whole composed model
 # node, so any key a toy gains, loses or changes (e.g. a real model's load_kwargs or
 # visual_projection leaking into its toy) shows here. Update these only together with a
 # deliberate change of what a cell measures (and then bump cellspec.RECORD_FORMAT).
 CELL_IDS = {
-    "vit": ("15145a66037f8ccc", "c168c638e52a87bb"), "deit": ("2989ccb90085d5f8", "c0e37ba42a870051"),
-    "beit": ("d314ba1acaa945fb", "fe387744445702d6"), "dinov2": ("2a71a1f16424c1b7", "2b973c44f8e945a0"),
-    "clip": ("b9729bfe32e35acc", "a03507a657b66458"), "toy_vit": ("a8e7fbd10be84f4b", "166a62b6fb205e9e"),
-    "toy_deit": ("2dc5e456a1e89340", "4f40f3c441ceb3b5"), "toy_beit": ("1e8c085c792deb4b", "9e62a12e03a428ab"),
-    "toy_dinov2": ("150c949001b8a8de", "117a675b425e415a"), "toy_clip": ("b5b28d46be1a8c49", "4f2306d52d76511e"),
+    "vit": ("61645f1b87e7b5af", "66dd8fd098c95a86"), "deit": ("356ff82609f2fee3", "ae000643cecfe3c0"),
+    "beit": ("1756c0658241eaab", "be1398923c954571"), "dinov2": ("adfaed83e7eb7fa4", "dee4066c963016f4"),
+    "clip": ("f06dd0fc7c7e5e10", "163880d388608b76"), "toy_vit": ("7ee432e6db20ca89", "dd27d2604b8fd00e"),
+    "toy_deit": ("7ebf0f318fe737e7", "a2b32e059450b238"), "toy_beit": ("09b51c63cfbc8f99", "0ed4b30dcfb37c99"),
+    "toy_dinov2": ("e6f6035e4f9835c4", "2ce37889db8b1a49"), "toy_clip": ("0b48dec679ad6b40", "61a0e19ab781f78a"),
 }
 SHUFFLE_L3, NONE_LAST_CLS = ["layer=3", "intervention=shuffle", "readout=native", "seed=0"], \
     ["layer=-1", "intervention=none", "readout=cls"]

@@ -20,8 +20,9 @@ from sweep.interventions import INTERVENTIONS
 from sweep.rules import Integer, Rule, checked, plain
 from sweep.settings import CellSettings, check_data_folders, parse_integer, parse_settings
 
-RECORD_FORMAT = 2  # 2: the identity includes compute.attn_implementation and compute.flush_denormal,
-                   # and the seed only where the intervention draws random numbers
+RECORD_FORMAT = 3  # 2: the identity includes compute.attn_implementation and compute.flush_denormal,
+                   # and the seed only where the intervention draws random numbers;
+                   # 3: records carry the donor metrics, and intervention.probe_after is in the identity
 
 #: config key -> its name in a cell's identity: the only settings that change what a cell
 #: measures. The cell id hashes their values; the sweep id hashes the overrides of exactly
