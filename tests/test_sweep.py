@@ -106,7 +106,8 @@ def test_a_failing_cell_does_not_stop_the_others_and_is_reported(cli_env, tmp_pa
                       env, tmp_path)
     assert result.returncode == 1
     assert "4 cells: 2 done, 2 failed" in result.stdout
-    assert "FAILED  vit-L05-none-native: ModelUnavailable: could not load vit" in result.stdout
+    assert "FAILED  vit-L05-none-native: ModelUnavailable: model vit (google/vit-base-patch16-224 at revision main) " \
+           "is not in the Hugging Face cache" in result.stdout and "sweep-prepare" in result.stdout
     assert "model.source=DIR" in result.stdout
 
 
@@ -129,7 +130,8 @@ def test_a_unit_whose_batch_raised_takes_its_error_and_leaves_later_units_their_
     output = log.read_text()
     assert "2 cells: 2 failed" in output
     assert "FAILED  toy_vit-L06-none-native: UncompletedJobError: Job " in output  # submitit: no result
-    assert "FAILED  vit-L06-none-native: ModelUnavailable: could not load vit" in output
+    assert "FAILED  vit-L06-none-native: ModelUnavailable: model vit (google/vit-base-patch16-224 at revision main) " \
+           "is not in the Hugging Face cache" in output
 
 
 @pytest.mark.parametrize("args, message", [

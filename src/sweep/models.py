@@ -160,7 +160,8 @@ def require_offline_copy(model_cfg: Mapping[str, Any], weights: str | Path) -> N
             f"model {model_cfg['name']} ({weights} at revision {revision}) is not in the Hugging Face cache "
             f"({hub_constants.HF_HUB_CACHE}), and HF_HUB_OFFLINE=1 forbids downloading it. Run `sweep-prepare` with "
             "this sweep's overrides on a machine with internet (a login node) that shares this cache (the same "
-            "HF_HOME or HF_HUB_CACHE), then run again (docs/sweeps.md, 'A cluster without internet')")
+            "HF_HOME or HF_HUB_CACHE), then run again (docs/sweeps.md, 'A cluster without internet'); or download "
+            "it (`hf download <id> --local-dir DIR`) and set model.source=DIR")
 
 
 # -- what loaded ---------------------------------------------------------------------------
