@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 SWEEP_SIDE = {"plan", "status", "aggregate", "aggregate_cli", "plotting", "dashboard", "reference", "cache_admin",
-              "cache_cli", "cli", "prepare", "cell_state", "hydra_plugins"}
+              "cache_cli", "cli", "prepare", "hydra_plugins"}
 
 
 def module_name(path: Path, src: Path) -> str:

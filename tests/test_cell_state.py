@@ -7,7 +7,7 @@ import json
 import os
 import socket
 
-from sweep.cell_state import cell_state, read_state
+from sweep.cell_state import cell_state, read_state, stale_progress
 
 
 def folder(tmp_path, name, record=None, started_pid=None):
@@ -54,3 +54,16 @@ def test_a_zombie_owner_is_killed_not_running(tmp_path):
         assert cell_state(folder(tmp_path, "zombie", started_pid=child.pid)) == "killed"
     finally:
         child.wait()
+
+
+def test_a_complete_cells_leftover_checkpoint_is_stale_unless_a_live_owner_holds_it(tmp_path):
+    # a kill between writing the record and removing the checkpoint leaves this behind
+    done = folder(tmp_path, "done", {"cell_id": "x", "status": "complete"}, started_pid=2**22 + 12345)
+    (done / "progress.safetensors").write_bytes(b"checkpoint")
+    assert stale_progress(done, "x") == done / "progress.safetensors"
+    rerun = folder(tmp_path, "forced", {"cell_id": "x", "status": "complete"}, started_pid=os.getpid())
+    (rerun / "progress.safetensors").write_bytes(b"checkpoint")
+    assert stale_progress(rerun, "x") is None  # a live owner (a forced re-run) still needs it
+    running = folder(tmp_path, "running", started_pid=2**22 + 12345)
+    (running / "progress.safetensors").write_bytes(b"checkpoint")
+    assert stale_progress(running) is None  # no record: the checkpoint is what a re-launch resumes from

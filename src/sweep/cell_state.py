@@ -64,3 +64,13 @@ def read_state(folder: Path, cell_id: str | None = None) -> CellState:
 
 def cell_state(folder: Path, cell_id: str | None = None) -> str:
     return read_state(folder, cell_id).state
+
+
+def stale_progress(folder: Path, cell_id: str | None = None) -> Path | None:
+    """A complete cell's checkpoint that no live owner holds: a kill between writing the
+    record and removing the checkpoint leaves one behind, and nothing would ever resume it."""
+    progress = CellPaths(Path(folder)).progress
+    if not progress.exists():
+        return None
+    state = read_state(folder, cell_id)
+    return progress if state.state == "done" and not state.live else None

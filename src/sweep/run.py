@@ -26,6 +26,7 @@ from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, OmegaConf
 
 from sweep import record as rec
+from sweep.cell_state import stale_progress
 from sweep.cellspec import CellSpec, cell_spec
 from sweep.conf_path import CONF_PACKAGE, check_not_shadowed
 from sweep.errors import ConfigError, SweepError, entered, mark_entered
@@ -124,6 +125,9 @@ def run_cell(cfg: DictConfig) -> dict[str, Any]:
         if rec.is_complete(cell.folder, cell.spec.cell_id) and not run.force:
             log.info("%s is already done (%s); skipping — sweep.force=true recomputes it", cell.spec.name, cell.folder)
             statuses[cell.spec.name] = rec.read_record(cell.folder)
+            stale = stale_progress(cell.folder, cell.spec.cell_id)  # a kill after its record, before its cleanup
+            if stale is not None:
+                stale.unlink(missing_ok=True)
         else:
             todo.append(cell)
     if not todo and not prepare_only:

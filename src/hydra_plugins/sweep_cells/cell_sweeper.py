@@ -26,6 +26,7 @@ from hydra.core.utils import JobStatus
 from hydra.types import HydraContext, RunMode, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from sweep.cell_state import stale_progress
 from sweep.conf_path import check_not_shadowed
 from sweep.errors import SweepError, mark_entered
 from sweep.redaction import redact, redact_file, redact_logs
@@ -119,6 +120,7 @@ class CellSweeper(Sweeper):
             return []
         plan.sweep_dir.mkdir(parents=True, exist_ok=True)
         write_plan(plan)  # also when nothing is left to run: it says where results_from cells have their record
+        _remove_stale_checkpoints(plan)
         if not plan.pending:
             return []
         OmegaConf.save(self.config, plan.sweep_dir / "multirun.yaml")
@@ -217,3 +219,13 @@ def _is_submission_error(error: BaseException) -> bool:
     submitting = {method.__code__ for method in (submitit.Executor.submit, submitit.Executor.map_array,
                                                  submitit.Executor.submit_array)}
     return any(frame.f_code in submitting for frame, _ in traceback.walk_tb(error.__traceback__))
+
+
+def _remove_stale_checkpoints(plan: Plan) -> None:
+    """A unit killed between writing a cell's record and removing that cell's checkpoint
+    leaves the checkpoint beside a complete record; the re-launch that finds the cell done
+    removes it (a live owner's, e.g. of a forced re-run elsewhere, is left alone)."""
+    for cell in plan.done:
+        stale = stale_progress(cell.done_at, cell.spec.cell_id)
+        if stale is not None:
+            stale.unlink(missing_ok=True)
