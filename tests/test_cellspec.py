@@ -41,7 +41,7 @@ def test_identity_depends_on_science_not_on_where_or_how_fast_it_runs():
 
 
 @pytest.mark.parametrize("override, message", [
-    ("model.adapter=resnet", r"model.adapter=resnet is invalid: it must be one of vit, deit, beit, dinov2, clip"),
+    ("model.adapter=resnet", r"model.adapter=resnet is invalid: it must be one of vit, deit, beit, dinov2, dinov2_reg, clip"),
     ("model.readouts.native.head=fited", r"model.readouts.native.head=fited is invalid: it must be one of native, fitted"),
     ("+model.readouts.cls.visual_projection=true", r"model.readouts.cls.visual_projection is not a setting of ViTAdapter"),
     ("+model.readouts.mean.head=fitted", r"model.readouts.mean is not a readout of ViTAdapter; it supports native, cls"),

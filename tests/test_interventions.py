@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from sweep.interventions import (COMMON_SETTINGS, INTERVENTIONS, AttentionCut, attention_cut, donor_indices,
-                                 replacement_cls, shuffle_donors)
+from sweep.interventions import (COMMON_SETTINGS, INTERVENTIONS, TOKENS, AttentionCut, attention_cut, donor_indices,
+                                 edited_token, intervention_label, replacement_cls, shuffle_donors)
 
 
 def test_derangement_moves_every_cls_and_stays_within_groups_of_128():
@@ -59,7 +59,7 @@ def test_replacements(cls):
     assert torch.allclose(noise.std(0), at_layer.std(0), rtol=0.25)
     assert torch.allclose(noise.mean(0), at_layer.mean(0), atol=0.6)
     assert torch.equal(noise, make("noise", center="mean"))  # seeded
-    shuffled = make("shuffle", group_size=128, permutation="derangement")
+    shuffled = make("shuffle", group_size=128, permutation="derangement", token="cls")
     assert sorted(map(tuple, shuffled.tolist())) == sorted(map(tuple, at_layer.tolist()))
 
 
@@ -79,7 +79,7 @@ def test_a_knockout_replaces_no_cls_and_cuts_block_L_plus_1_or_every_block_after
 def test_an_intervention_with_donors_declares_them():
     """The shuffle's donors are its permutation (the engine scores outputs against them);
     interventions whose CLS comes from no other image have none."""
-    values = {"group_size": 128, "permutation": "derangement", "probe_after": False}
+    values = {"group_size": 128, "permutation": "derangement", "token": "cls", "probe_after": False}
     donors = donor_indices("shuffle", values, n=300, seed=4)
     assert torch.equal(donors, shuffle_donors(300, group_size=128, permutation="derangement", seed=4))
     at_layer = torch.randn(300, 8, generator=torch.Generator().manual_seed(1))
@@ -91,4 +91,21 @@ def test_an_intervention_with_donors_declares_them():
 
 def test_every_intervention_takes_probe_after():
     assert all(entry.settings["probe_after"] == COMMON_SETTINGS["probe_after"] for _, entry in INTERVENTIONS.items())
-    assert INTERVENTIONS["shuffle"].settings.keys() == {"probe_after", "group_size", "permutation"}
+    assert INTERVENTIONS["shuffle"].settings.keys() == {"probe_after", "group_size", "permutation", "token"}
+
+
+def test_a_shuffle_of_another_token_moves_it_from_the_donors_hidden_state_not_from_the_cached_cls():
+    """Only the CLS is cached per layer, so a shuffle of the distillation token, the registers
+    or the patches has no CLS replacement: the engine takes those tokens from each donor's own
+    hidden state. Every other intervention edits the CLS."""
+    at_layer = torch.randn(300, 8, generator=torch.Generator().manual_seed(1))
+    for token in TOKENS:
+        values = {"group_size": 128, "permutation": "derangement", "token": token, "probe_after": False}
+        assert edited_token("shuffle", values) == token
+        replacement = replacement_cls("shuffle", values, cls_at_layer=at_layer, cls_at_embedding=at_layer, seed=4)
+        assert (replacement is None) == (token != "cls")
+        assert torch.equal(donor_indices("shuffle", values, n=300, seed=4),
+                           shuffle_donors(300, group_size=128, permutation="derangement", seed=4))
+    assert {edited_token(name, {}) for name in INTERVENTIONS.names if name != "shuffle"} == {"cls"}
+    assert intervention_label("shuffle", "patches") == "shuffle@patches"
+    assert intervention_label("shuffle", "cls") == intervention_label("shuffle", None) == "shuffle"

@@ -50,6 +50,10 @@ class ReadoutUnavailable(SweepError):
     """Raised when a model has no readout of the requested kind, or no native head for it."""
 
 
+class TokenUnavailable(SweepError):
+    """Raised when a model has no token of the kind an intervention moves (`intervention.token`)."""
+
+
 class Adapter(ABC):
     """Uniform view of one HF image classifier.
 
@@ -64,6 +68,9 @@ class Adapter(ABC):
     head_modules: tuple[str, ...] = ("classifier",)
     #: settings a readout may have in model/*.yaml, besides where its head comes from
     readout_options: tuple[str, ...] = ()
+    #: tokens an intervention can move in this architecture (`intervention.token`, one of
+    #: sweep.interventions.TOKENS); `token_slots` says where each sits
+    supported_tokens: tuple[str, ...] = ("cls", "patches")
     cls_index: int = 0
 
     def __init__(self, model: nn.Module, readouts: Mapping[str, Any] | None = None,
@@ -121,6 +128,27 @@ class Adapter(ABC):
 
     def module_producing(self, layer: int) -> nn.Module:
         return self.stem if layer == 0 else self.blocks[layer - 1]
+
+    @property
+    def first_patch(self) -> int:
+        """Position of the first patch token: the tokens before it are the CLS (and, where an
+        architecture has them, its distillation or register tokens)."""
+        return 1
+
+    def token_slots(self, token: str) -> slice:
+        """Where `token` sits in a hidden state (the positions a shuffle of it moves)."""
+        if token not in self.supported_tokens:
+            raise TokenUnavailable(f"{type(self).__name__} has no '{token}' token; intervention.token can be "
+                                   f"{', '.join(self.supported_tokens)}")
+        if token == "cls":
+            return slice(self.cls_index, self.cls_index + 1)
+        if token == "patches":
+            return slice(self.first_patch, None)
+        return self._special_slots(token)
+
+    def _special_slots(self, token: str) -> slice:
+        """Slots of the tokens an architecture adds to `supported_tokens` besides cls and patches."""
+        raise TokenUnavailable(f"{type(self).__name__} declares a '{token}' token but does not say where it sits")
 
     # -- forward, piece by piece ----------------------------------------------
     @abstractmethod
@@ -249,6 +277,13 @@ class Adapter(ABC):
         edited[:, self.cls_index] = cls.to(hidden.dtype)
         return edited
 
+    def with_tokens(self, hidden: torch.Tensor, donor_hidden: torch.Tensor, token: str) -> torch.Tensor:
+        """`hidden` with `token`'s positions taken from `donor_hidden` (row i from row i)."""
+        slots = self.token_slots(token)
+        edited = hidden.clone()
+        edited[:, slots] = donor_hidden[:, slots].to(hidden.dtype)
+        return edited
+
     def attention_module(self, index: int) -> nn.Module:
         """The module of block `index` that calls transformers' attention interface."""
         return self.blocks[index].attention
@@ -311,10 +346,18 @@ class DeiTAdapter(ViTAdapter):
     the distillation head; the CLS-only readout drops the distillation head."""
 
     head_modules = ("cls_classifier", "distillation_classifier")
+    supported_tokens = ("cls", "distillation", "patches")
 
     @property
     def _base(self) -> nn.Module:
         return self.model.deit
+
+    @property
+    def first_patch(self) -> int:
+        return 2
+
+    def _special_slots(self, token: str) -> slice:
+        return slice(1, 2)  # the distillation token
 
     def readout_features(self, last_hidden: torch.Tensor, readout: str) -> torch.Tensor:
         self.check_readout(readout)
@@ -437,7 +480,7 @@ class Dinov2Adapter(ViTAdapter):
         self.check_readout(readout)
         normed = self._base.layernorm(last_hidden)
         if readout == "native":
-            return torch.cat([normed[:, 0], normed[:, 1:].mean(dim=1)], dim=1)
+            return torch.cat([normed[:, 0], normed[:, self.first_patch:].mean(dim=1)], dim=1)
         return normed[:, 0]
 
     def features_with_cls(self, unmodified: torch.Tensor, cls: torch.Tensor, readout: str) -> torch.Tensor:
@@ -452,6 +495,34 @@ class Dinov2Adapter(ViTAdapter):
         if readout == "cls":
             raise ReadoutUnavailable("DINOv2 has no native CLS-only head: set readouts.cls.head: fitted")
         return self.model.classifier
+
+
+@ADAPTERS.register("dinov2_reg")
+class Dinov2WithRegistersAdapter(Dinov2Adapter):
+    """`Dinov2WithRegistersForImageClassification` (DINOv2 trained with register tokens,
+    Darcet et al. 2024): the registers sit between the CLS and the patches, and every
+    readout reads them nowhere (the native patch mean starts after them, as HF's head does)."""
+
+    supported_tokens = ("cls", "registers", "patches")
+
+    def __init__(self, model: nn.Module, readouts: Mapping[str, Any] | None = None,
+                 tensors: Mapping[str, torch.Tensor] | None = None) -> None:
+        super().__init__(model, readouts, tensors)
+        self.n_registers = int(getattr(model.config, "num_register_tokens", 0))
+        if self.n_registers < 1:
+            raise TokenUnavailable(f"the dinov2_reg adapter needs register tokens, but this "
+                                   f"{type(model).__name__}'s config has num_register_tokens={self.n_registers}")
+
+    @property
+    def _base(self) -> nn.Module:
+        return self.model.dinov2_with_registers
+
+    @property
+    def first_patch(self) -> int:
+        return 1 + self.n_registers
+
+    def _special_slots(self, token: str) -> slice:
+        return slice(1, 1 + self.n_registers)  # the registers
 
 
 @ADAPTERS.register("clip")

@@ -25,12 +25,12 @@ import pandas as pd
 from sweep.errors import SweepError
 from sweep.files import atomic_write_bytes, atomic_write_text
 from sweep.intervals import LEVEL, summary_interval
-from sweep.interventions import INTERVENTIONS
+from sweep.interventions import INTERVENTIONS, intervention_label
 from sweep.layout import OUTCOMES_FILE, RESULT_FILE, SweepPaths
 from sweep.record import AXES, COLUMNS, DTYPES, record_row, scalar
 from sweep.status import log_files, record_folder
 
-SORT_KEYS = ["model", "intervention", "readout", "seed", "layer", "cell_id"]
+SORT_KEYS = ["model", "intervention", "token", "readout", "seed", "layer", "cell_id"]
 RESULT_FILES = ("results.csv", "results.parquet")
 FIGURES_DIR = "figures"
 SHOWN_PROBLEMS = 20  # failed/missing lines printed before "... and N more"
@@ -170,7 +170,7 @@ def _missing_local(sweep_dir: Path, plan: Mapping[str, Any] | None, recorded: se
 
 # --------------------------------------------------------------------------- one configuration per series
 
-SERIES = ("model", "intervention", "readout")  # what the table averages over seeds and draws over layers
+SERIES = ("model", "intervention", "token", "readout")  # what the table averages over seeds and draws over layers
 SHOWN_CELLS = 3
 
 
@@ -179,7 +179,7 @@ def one_configuration(rows: Sequence[Mapping[str, Any]], settings: Sequence[Mapp
 
     A sweep folder can hold records of several configurations (a YAML file edited between
     launches, a reused sweep.name). The table groups by the grid's axes, so cells of one
-    series (model, intervention, readout) must agree on every other setting, and one
+    series (model, intervention, token, readout) must agree on every other setting, and one
     grid point must be one cell. `settings[i]`: row i's settings as dotted keys. Complete
     rows only: failed ones are never averaged.
     """
@@ -188,7 +188,8 @@ def one_configuration(rows: Sequence[Mapping[str, Any]], settings: Sequence[Mapp
         if row["status"] == "complete":
             series.setdefault(tuple(row[k] for k in SERIES), []).append(i)
     problems = []
-    for key, members in series.items():
+    for (model, intervention, token, readout), members in series.items():
+        key = (model, intervention_label(intervention, token), readout)
         points: dict[tuple, set[str]] = {}
         for i in members:
             points.setdefault(tuple(rows[i][k] for k in AXES), set()).add(rows[i]["cell_id"])
@@ -206,7 +207,7 @@ def one_configuration(rows: Sequence[Mapping[str, Any]], settings: Sequence[Mapp
         raise SourceError(
             f"{where} holds records of different configurations that the table would average together:\n  "
             + "\n  ".join(problems)
-            + "\nsettings that are not grid axes (model, layer, intervention, readout, seed) must agree within a "
+            + f"\nsettings that are not grid axes ({', '.join(AXES)}) must agree within a "
               "series. Move the records of the configuration you do not want out of the folder, or give each "
               "configuration its own sweep.name.")
 
@@ -334,9 +335,13 @@ def summary_text(table: SweepTable) -> str:
 
 def _long(complete: pd.DataFrame) -> pd.DataFrame:
     """One row per (model, series, layer, seed) value the table shows. Series are
-    `<intervention>/<readout>`, and `probe` for the none cells' probe accuracy."""
+    `<intervention>/<readout>` (`shuffle@patches/native` for a shuffle of another token than
+    the CLS), and `probe` for the none cells' probe accuracy."""
     columns = ["model", "series", "layer", "seed", "cell_id", "n_val", "value"]
-    shown = complete.assign(series=complete["intervention"] + "/" + complete["readout"], value=complete["accuracy"])
+    labels = [intervention_label(i, None if pd.isna(t) else t) for i, t in zip(complete["intervention"],
+                                                                              complete["token"])]
+    shown = complete.assign(series=[f"{label}/{readout}" for label, readout in zip(labels, complete["readout"])],
+                            value=complete["accuracy"])
     probe = complete[(complete["intervention"] == "none") & complete["probe_accuracy"].notna()]
     probe = probe.drop_duplicates(["model", "layer", "seed"])  # the probe does not depend on the readout
     probe = probe.assign(series="probe", value=probe["probe_accuracy"])
@@ -386,9 +391,10 @@ def _series_rank(series: str) -> tuple[int, str]:
     """probe first, then interventions in the order the study lists them, then readouts."""
     if series == "probe":
         return -1, ""
-    intervention, _, readout = series.partition("/")
+    label, _, readout = series.partition("/")
+    intervention = label.partition("@")[0]
     known = INTERVENTIONS.names.index(intervention) if intervention in INTERVENTIONS else len(INTERVENTIONS)
-    return known, f"{intervention}/{readout}"
+    return known, f"{label}/{readout}"
 
 
 def _percent(value: float) -> str:

@@ -16,13 +16,14 @@ from omegaconf import DictConfig
 
 from sweep.adapters import ADAPTERS
 from sweep.errors import ConfigError
-from sweep.interventions import INTERVENTIONS
+from sweep.interventions import INTERVENTIONS, intervention_label
 from sweep.rules import Integer, Rule, checked, plain
 from sweep.settings import CellSettings, check_data_folders, parse_integer, parse_settings
 
-RECORD_FORMAT = 3  # 2: the identity includes compute.attn_implementation and compute.flush_denormal,
+RECORD_FORMAT = 4  # 2: the identity includes compute.attn_implementation and compute.flush_denormal,
                    # and the seed only where the intervention draws random numbers;
-                   # 3: records carry the donor metrics, and intervention.probe_after is in the identity
+                   # 3: records carry the donor metrics, and intervention.probe_after is in the identity;
+                   # 4: the shuffle's intervention.token is in the identity, records carry `token`
 
 #: config key -> its name in a cell's identity: the only settings that change what a cell
 #: measures. The cell id hashes their values; the sweep id hashes the overrides of exactly
@@ -45,7 +46,7 @@ __all__ = ["SCIENCE", "CellSpec", "LayerOutOfRange", "NotApplicable", "cell_spec
 
 
 class NotApplicable(ConfigError):
-    """A valid grid point that this model cannot run (a layer or readout it lacks): a sweep
+    """A valid grid point that this model cannot run (a layer, readout or token it lacks): a sweep
     skips it with a line, where any other bad setting stops the whole plan."""
 
 
@@ -73,6 +74,7 @@ class CellSpec:
     readout: str
     seed: int | None  # None: the intervention draws no random numbers, so no seed changes the cell
     science: Mapping[str, Any]
+    token: str | None = None  # what the intervention moves (`intervention.token`); None: it has no such setting
     settings: CellSettings | None = field(default=None, compare=False)
 
     @property
@@ -83,7 +85,7 @@ class CellSpec:
     @property
     def name(self) -> str:
         seed = "" if self.seed is None else f"-s{self.seed}"
-        return f"{self.model}-L{self.layer:02d}-{self.intervention}-{self.readout}{seed}"
+        return f"{self.model}-L{self.layer:02d}-{intervention_label(self.intervention, self.token)}-{self.readout}{seed}"
 
     @property
     def subdir(self) -> str:
@@ -132,6 +134,12 @@ def cell_spec(cfg: DictConfig | Mapping[str, Any]) -> CellSpec:
             f"layer={cfg['layer']} is L = {n_layers}, the last hidden state of {model_name}: intervention="
             f"{settings.intervention.choice} acts in the blocks after layer L and there is none; valid layers are "
             f"0..{n_layers - 1}, or -{n_layers + 1}..-2 from the end")
+    values = settings.intervention.values
+    token = intervention().token(values) if "token" in intervention.settings else None
+    supported_tokens = ADAPTERS[model["adapter"]].supported_tokens
+    if token is not None and token not in supported_tokens:
+        raise NotApplicable(f"model {model_name} has no '{token}' token for intervention.token (it has: "
+                            f"{', '.join(supported_tokens)})")
     readout = checked("readout", plain(cfg["readout"]), {"name": Rule()})["name"]
     readouts = model["readouts"]
     if readout not in readouts:
@@ -159,4 +167,4 @@ def cell_spec(cfg: DictConfig | Mapping[str, Any]) -> CellSpec:
         science["toy_training"] = {**{k: getattr(toy, k) for k in ("epochs", "batch_size", "lr", "weight_decay",
                                                                    "seed")}, "data": dict(toy.data.values)}
     return CellSpec(model=model_name, layer=layer, n_layers=n_layers, intervention=settings.intervention.choice,
-                    readout=readout, seed=seed, science=science, settings=settings)
+                    readout=readout, seed=seed, science=science, settings=settings, token=token)

@@ -7,8 +7,12 @@ cell needs, it branches once per distinct (intervention, seed) — the *branch* 
 the CLS token (or, for a knockout, cuts attention edges in the blocks after L), runs
 blocks L + 1..N once, and applies every readout that a cell of the branch asks for to that
 one output. Replacement CLS tokens come from the cached CLS
-features of the whole validation set (a shuffle's donor may sit in any batch). Nothing but
-one batch's hidden states is ever held, and none is written anywhere.
+features of the whole validation set (a shuffle's donor may sit in any batch). A shuffle of
+another token (`intervention.token`: distillation, registers, patches) needs the donors'
+own hidden states at L, which are not cached: each batch's donors run their own unmodified
+prefix, once per distinct set of donors (a seed), shared by every layer and token that
+reads it (`_DonorStreams`). Nothing but one batch's hidden states (one per donor set) is
+ever held, and none is written anywhere.
 
 Two measurements ride on the branch at no extra block: an intervention with donors
 (`Intervention.donors`) scores the output against each donor's label and against the
@@ -38,12 +42,12 @@ from sweep.cache import ArtifactCache, CorruptEntryError
 from sweep.cellspec import CellSpec
 from sweep.data import batches
 from sweep.files import atomic_write_bytes
-from sweep.interventions import NONE, AttentionCut, attention_cut, donor_indices, replacement_cls
+from sweep.interventions import NONE, AttentionCut, attention_cut, donor_indices, edited_token, replacement_cls
 from sweep.linear_heads import LinearHead
 from sweep.metrics import NonFiniteLogits, rank_metrics, require_finite, top_k_accuracy, true_class_ranks
 from sweep.models import LoadedModel
 from sweep.progress import progress_bar
-from sweep.units import branch_key
+from sweep.units import branch_key, donor_key, reads_donor_states
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +112,7 @@ def _prepare(cfg: Mapping[str, Any], specs: Sequence[CellSpec], cache: ArtifactC
     wants_probes = not specs or any(s.intervention == NONE or _probe_after(s) for s in specs)
     probes = artifacts.probes(features) if wants_probes else None
     n_layers = loaded.adapter.n_layers
-    needs_pixels = any(s.intervention != NONE and s.layer < n_layers for s in specs)
+    needs_pixels = any(s.intervention != NONE and (s.layer < n_layers or reads_donor_states(s)) for s in specs)
     val_images = splits["val"].images if needs_pixels else None
     return _Prepared(artifacts, loaded, images_key, features, probes, val_images, time.perf_counter() - started)
 
@@ -216,15 +220,30 @@ class _Branch:
     probe_layers: list[int] = field(default_factory=list)  # later layers probed (probe_after)
     block_calls: int = 0
     cut: AttentionCut | None = None   # attention edges cut in the blocks after `layer`
+    token: str | None = None          # moved from the donors' hidden states (reads_donor_states); None: not
+    donor_key: str | None = None      # which donor stream it reads (with `token`)
 
-    def output(self, prepared: _Prepared, hidden: torch.Tensor, part: slice, device: torch.device
-               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    @property
+    def from_features(self) -> bool:
+        """At L = N, a CLS replacement reads the cached readout features: no block, no pixels."""
+        return self.token is None and self.layer == self.n_layers
+
+    @property
+    def n_layers(self) -> int:
+        return self.cells[0].spec.n_layers
+
+    def output(self, prepared: _Prepared, hidden: torch.Tensor, part: slice, device: torch.device,
+               donor_hidden: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Hidden state N of this branch from the unmodified hidden state `layer` of batch
-        `part`: its CLS replaced, its blocks run with its attention cut (each where the
-        intervention has one), and with probe_after the later probes' predictions."""
+        `part`: its CLS replaced, or its token taken from `donor_hidden` (the donors' hidden
+        state `layer`), its blocks run with its attention cut (each where the intervention has
+        one), and with probe_after the later probes' predictions."""
         adapter = prepared.loaded.adapter
         if self.replacement is not None:
             hidden = adapter.with_cls(hidden, self.replacement[part].to(device, non_blocking=True))
+        if self.token is not None:
+            assert donor_hidden is not None, "a branch that moves a token needs its donors' hidden state"
+            hidden = adapter.with_tokens(hidden, donor_hidden, self.token)
         with adapter.attention_cut(self.cut):
             return _run_suffix(prepared, self, hidden)
 
@@ -260,7 +279,7 @@ def measure_unit(cfg: Mapping[str, Any], specs: Sequence[CellSpec], cache: Artif
 
     nones = [s for s in specs if s.intervention == NONE]
     others = [s for s in specs if s.intervention != NONE]
-    shares = _Shares(ledger, len(specs), len(others))
+    shares = _Shares(ledger, specs)
     layer_readouts: dict[int, tuple[dict[str, float], dict[str, torch.Tensor]]] = {}
     for spec in nones:
         _emit_guarded(timed_emit, spec, lambda spec=spec: _none_result(cfg, spec, prepared, layer_readouts, shares))
@@ -283,17 +302,22 @@ def _emit_guarded(emit: Emit, spec: CellSpec, result: Callable[[], CellResult]) 
 
 class _Shares:
     """Each cell's share of the unit's block applications: the features pass (when this unit
-    computed it) split over every cell, the unmodified prefix over the intervened cells, and
-    each branch's suffix over the cells reading it. Records then sum to what the unit ran."""
+    computed it) split over every cell, the unmodified prefix over the intervened cells, the
+    donors' prefixes over the cells that read donor states, and each branch's suffix over the
+    cells reading it. Records then sum to what the unit ran."""
 
-    def __init__(self, ledger: ComputeLedger, n_cells: int, n_intervened: int) -> None:
-        self.ledger, self.n_cells, self.n_intervened = ledger, n_cells, n_intervened
+    def __init__(self, ledger: ComputeLedger, specs: Sequence[CellSpec]) -> None:
+        self.ledger, self.n_cells = ledger, len(specs)
+        self.n_intervened = sum(s.intervention != NONE for s in specs)
+        self.n_reading_donors = sum(reads_donor_states(s) for s in specs)
 
     def of(self, branch: _Branch | None) -> float:
         share = self.ledger.block_calls.get("features", 0) / self.n_cells
         if branch is not None:
             share += self.ledger.block_calls.get("unmodified", 0) / self.n_intervened
             share += branch.block_calls / len(branch.cells)
+            if branch.token is not None:
+                share += self.ledger.block_calls.get("donor", 0) / self.n_reading_donors
         return share
 
 
@@ -392,8 +416,12 @@ def _measure_branches(cfg: Mapping[str, Any], specs: Sequence[CellSpec], prepare
             cut = attention_cut(spec.intervention, values, layer=spec.layer, n_layers=spec.n_layers)
             donors = donor_indices(spec.intervention, values, n=n, seed=spec.seed)
             probe_layers = list(range(spec.layer + 1, spec.n_layers + 1)) if _probe_after(spec) else []
+            token = edited_token(spec.intervention, values) if reads_donor_states(spec) else None
+            if token is not None:
+                prepared.loaded.adapter.token_slots(token)  # a model without it fails here, before the pass
             # on the host: moved one batch at a time
-            branches[key] = _Branch(spec.layer, replacement, [], donors, probe_layers, cut=cut)
+            branches[key] = _Branch(spec.layer, replacement, [], donors, probe_layers, cut=cut, token=token,
+                                    donor_key=donor_key(spec) if token is not None else None)
         branches[key].cells.append(CellProgress(spec, n, branches[key].probe_layers))
     cells = [c for b in branches.values() for c in b.cells]
 
@@ -424,15 +452,49 @@ def _measure_branches(cfg: Mapping[str, Any], specs: Sequence[CellSpec], prepare
                 cfg, cell, branch, prepared, shares.of(branch), measured_s, len(cells), unmodified))
 
 
+class _DonorStreams:
+    """The donors' own unmodified hidden states of one batch, one stream per distinct set of
+    donors (`donor_key`), advanced block by block beside the recipients' prefix and only as
+    deep as the deepest branch that reads it."""
+
+    def __init__(self, branches: Sequence[_Branch]) -> None:
+        self.donors: dict[str, torch.Tensor] = {}
+        self.deepest: dict[str, int] = {}
+        for branch in branches:
+            if branch.donor_key is not None:
+                assert branch.donors is not None, "a branch that moves a token needs donors"
+                self.donors[branch.donor_key] = branch.donors
+                self.deepest[branch.donor_key] = max(branch.layer, self.deepest.get(branch.donor_key, 0))
+        self.hidden: dict[str, torch.Tensor] = {}
+
+    def start(self, prepared: _Prepared, part: slice) -> None:
+        adapter, artifacts = prepared.loaded.adapter, prepared.artifacts
+        assert prepared.val_images is not None
+        self.hidden = {key: adapter.embed(artifacts.pixels(prepared.val_images[donors[part]]))
+                       for key, donors in self.donors.items()}
+
+    def advance(self, prepared: _Prepared, layer: int, rows: int) -> None:
+        """Every stream that a branch at `layer` or deeper reads, to hidden state `layer`."""
+        for key, hidden in self.hidden.items():
+            if layer <= self.deepest[key]:
+                self.hidden[key] = prepared.loaded.adapter.run_block(layer - 1, hidden)
+                prepared.artifacts.ledger.add("donor", rows)
+
+    def at(self, branch: _Branch) -> torch.Tensor | None:
+        return None if branch.donor_key is None else self.hidden[branch.donor_key]
+
+
 def _pass(cfg: Mapping[str, Any], prepared: _Prepared, by_layer: dict[int, list[_Branch]], cells: list[CellProgress],
           labels: torch.Tensor, start: int, checkpoints: Checkpoints | None,
           meta: Callable[[CellSpec], Mapping[str, str]]) -> None:
     """The unit's one pass over the validation batches from `start` (see the module docstring)."""
     adapter, features, artifacts = prepared.loaded.adapter, prepared.features, prepared.artifacts
-    n, batch_size, n_layers = len(labels), int(cfg["compute"]["batch_size"]), adapter.n_layers
-    deepest = max((layer for layer in by_layer if layer < n_layers), default=None)  # of the prefix to run
+    n, batch_size = len(labels), int(cfg["compute"]["batch_size"])
+    branches = [b for at_layer in by_layer.values() for b in at_layer]
+    deepest = max((b.layer for b in branches if not b.from_features), default=None)  # of the prefix to run
+    streams = _DonorStreams(branches)
     bar = progress_bar(total=n - start, desc=f"unit {cfg['model']['name']}: {len(cells)} cells, "
-                       f"{sum(map(len, by_layer.values()))} branches", unit="img")
+                       f"{len(branches)} branches", unit="img")
     with torch.inference_mode(), artifacts.autocast():
         for part in batches(n, batch_size):
             if part.stop <= start:
@@ -440,20 +502,27 @@ def _pass(cfg: Mapping[str, Any], prepared: _Prepared, by_layer: dict[int, list[
             rows = part.stop - part.start
             if deepest is not None:
                 hidden = adapter.embed(artifacts.pixels(prepared.val_images[part]))
+                streams.start(prepared, part)
                 for layer in range(deepest + 1):
                     if layer:
                         hidden = adapter.run_block(layer - 1, hidden)
                         artifacts.ledger.add("unmodified", rows)
+                        streams.advance(prepared, layer, rows)
                     for branch in by_layer.get(layer, ()):
-                        branched, probe_predicted = branch.output(prepared, hidden, part, artifacts.device)
-                        branch.block_calls += (n_layers - layer) * rows
-                        artifacts.ledger.add("branch", (n_layers - layer) * rows)
+                        if branch.from_features:
+                            continue
+                        branched, probe_predicted = branch.output(prepared, hidden, part, artifacts.device,
+                                                                  streams.at(branch))
+                        branch.block_calls += (branch.n_layers - layer) * rows
+                        artifacts.ledger.add("branch", (branch.n_layers - layer) * rows)
                         branch.add(part, labels[part], lambda readout: adapter.logits(branched, readout),
                                    probe_predicted)
-            for branch in by_layer.get(n_layers, ()):  # at L = N: the cached features, the CLS replaced
-                branch.add(part, labels[part], lambda readout, branch=branch: adapter.apply_head(
-                    readout, adapter.features_with_cls(features.readout["val"][readout][part].to(artifacts.device),
-                                                       branch.replacement[part].to(artifacts.device), readout)))
+            for branch in branches:  # at L = N: the cached features, the CLS replaced
+                if branch.from_features:
+                    branch.add(part, labels[part], lambda readout, branch=branch: adapter.apply_head(
+                        readout, adapter.features_with_cls(
+                            features.readout["val"][readout][part].to(artifacts.device),
+                            branch.replacement[part].to(artifacts.device), readout)))
             bar.update(rows)
             if checkpoints is not None and part.stop < n and checkpoints.due():
                 checkpoints.save(cells, meta)

@@ -10,7 +10,9 @@ intervention is one class here and its `src/sweep/conf/intervention/<name>.yaml`
 
 Every intervention is computed from the unmodified model's CLS tokens of the validation
 set at layer L (and at layer 0 for `reset`), which the features pass has already cached.
-That makes the shuffle's groups of 128 independent of the compute batch size. `knockout`
+That makes the shuffle's groups of 128 independent of the compute batch size. A shuffle of
+another token (`token`: distillation, registers, patches) moves that token from the donor's
+own unmodified hidden state at L, which the engine recomputes batch by batch. `knockout`
 replaces no CLS: it names the attention edges to cut in the blocks after L (an
 `AttentionCut`, applied by the adapter through transformers' attention interface).
 
@@ -39,6 +41,11 @@ PERMUTATIONS = ("derangement", "randperm", "identity")
 EDGES = ("patches_to_cls", "cls_to_patches")
 #: which blocks after layer L a knockout cuts: block L + 1 alone, or every block L + 1..N
 SPANS = ("single", "after")
+#: the tokens a shuffle can move from the donor image (`intervention.token`); which of them a
+#: model has is its adapter's `supported_tokens`, where they sit its `token_slots`
+TOKENS = ("cls", "distillation", "registers", "patches")
+#: the token every other intervention edits
+CLS = "cls"
 
 
 @dataclass(frozen=True)
@@ -79,6 +86,12 @@ class Intervention:
     def attention_cut(self, values: Mapping[str, Any], *, layer: int, n_layers: int) -> AttentionCut | None:
         return None
 
+    def token(self, values: Mapping[str, Any]) -> str:
+        """The token(s) this intervention edits at layer L (one of TOKENS): the CLS, unless the
+        intervention declares a `token` setting. Only the CLS is replaced from the cached
+        features (`replacement`); any other token comes from the donor's own hidden state."""
+        return CLS
+
     def donors(self, values: Mapping[str, Any], *, n: int, seed: int | None) -> torch.Tensor | None:
         """donors[i] = the example whose CLS example i receives, or None when the new CLS
         comes from no other example. An intervention that declares donors gets the donor
@@ -98,13 +111,20 @@ class Unmodified(Intervention):
 @INTERVENTIONS.register("shuffle")
 class Shuffle(Intervention):
     """The study's in-batch CLS shuffle, in groups of `group_size` (see shuffle_donors).
-    `group_size` >= 2: a group of one has nobody to swap with."""
+    `group_size` >= 2: a group of one has nobody to swap with. `token` names what moves from
+    the donor image: the CLS (the study's shuffle), DeiT's distillation token, DINOv2's
+    register tokens, or every patch token together."""
 
-    settings = {"group_size": Integer(2), "permutation": OneOf(*PERMUTATIONS)}
+    settings = {"group_size": Integer(2), "permutation": OneOf(*PERMUTATIONS), "token": OneOf(*TOKENS)}
     seeded = True
 
     def replacement(self, values, *, cls_at_layer, cls_at_embedding, seed):
+        if self.token(values) != CLS:
+            return None  # moved from the donors' hidden states, not from the cached CLS
         return cls_at_layer[self.donors(values, n=cls_at_layer.shape[0], seed=seed)]
+
+    def token(self, values):
+        return str(values["token"])
 
     def donors(self, values, *, n, seed):
         return shuffle_donors(n, group_size=int(values["group_size"]), permutation=str(values["permutation"]),
@@ -184,6 +204,17 @@ def replacement_cls(name: str, settings: Mapping[str, Any], *, cls_at_layer: tor
     instead: see `attention_cut`)."""
     return INTERVENTIONS[name]().replacement(settings, cls_at_layer=cls_at_layer,
                                              cls_at_embedding=cls_at_embedding, seed=seed)
+
+
+def intervention_label(name: str, token: str | None) -> str:
+    """How cell names, the table's series and the figures name an intervention: `shuffle` for
+    the CLS (or an intervention without a token), `shuffle@patches` for another token."""
+    return name if token in (None, CLS) else f"{name}@{token}"
+
+
+def edited_token(name: str, settings: Mapping[str, Any]) -> str:
+    """The token(s) intervention `name` edits at layer L (see Intervention.token)."""
+    return INTERVENTIONS[name]().token(settings)
 
 
 def donor_indices(name: str, settings: Mapping[str, Any], *, n: int, seed: int | None) -> torch.Tensor | None:

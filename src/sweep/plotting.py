@@ -7,9 +7,15 @@ main_result      accuracy vs layer: probe (blue), shuffle with the native readou
                  (donor_agreement, DONOR_SERIES)
 reaccumulation   probe_after: per intervened layer L, the layer-L' probes' accuracy on the
                  intervened CLS at L' > L, beside the unmodified probe curve
+tokens           intervention.token: per model, the shuffle of each token it has (CLS,
+                 distillation, registers, patches) with the native readout: accuracy (solid)
+                 and the share of outputs that follow the donor (dotted)
 identifiability  the class-embedding view: per-layer probe, last-layer head applied to
                  layer L's CLS (projection), identifiability, last-layer probe
 controls         accuracy vs layer for every intervention present, native readout
+
+Every figure but `tokens` reads the interventions on the CLS only (a shuffle of another
+token is its own series there and in the table, `shuffle@patches`).
 
 Every figure is written as PNG and PDF, and figures.json lists each figure's panels
 (titles = model names) and series labels, so tests and users can check what was drawn
@@ -38,7 +44,7 @@ from matplotlib.ticker import MaxNLocator
 from sweep.aggregate import SourceError, SweepTable
 from sweep.files import atomic_write_bytes, atomic_write_text
 from sweep.intervals import LEVEL, Interval, outcome_interval, summary_interval
-from sweep.interventions import INTERVENTIONS
+from sweep.interventions import CLS, INTERVENTIONS, TOKENS, intervention_label
 from sweep.record import parse_probe_after
 
 FORMATS = ("png", "pdf")
@@ -109,6 +115,20 @@ class SeriesSpec:
     linestyle: str = "-"
 
 
+def _correct(outcomes: pd.DataFrame) -> np.ndarray:
+    return (outcomes["rank"] == 0).to_numpy()
+
+
+def _follows_donor(outcomes: pd.DataFrame) -> np.ndarray:
+    return (outcomes["predicted"] == outcomes["donor_predicted"]).to_numpy()
+
+
+def on_cls(rows: pd.DataFrame) -> pd.DataFrame:
+    """The rows of interventions on the CLS: a shuffle of the CLS, or an intervention without
+    a token setting (its `token` is empty)."""
+    return rows[rows["token"].isna() | (rows["token"] == CLS)]
+
+
 def _probe_rows(rows: pd.DataFrame) -> pd.DataFrame:
     # none cells of every readout carry the same probe: keep one per (layer, seed)
     none = rows[(rows["intervention"] == "none") & rows["probe_accuracy"].notna()]
@@ -118,24 +138,27 @@ def _probe_rows(rows: pd.DataFrame) -> pd.DataFrame:
 MAIN_SERIES = (
     SeriesSpec(PROBE, "C0", _probe_rows, "probe_accuracy",
                lambda o: (o["probe_predicted"] == o["label"]).to_numpy()),
-    SeriesSpec(SHUFFLE_NATIVE, "C1", lambda r: r[(r["intervention"] == "shuffle") & (r["readout"] == "native")],
-               "accuracy", lambda o: (o["rank"] == 0).to_numpy()),
-    SeriesSpec(SHUFFLE_CLS, "C2", lambda r: r[(r["intervention"] == "shuffle") & (r["readout"] == "cls")],
-               "accuracy", lambda o: (o["rank"] == 0).to_numpy()),
+    SeriesSpec(SHUFFLE_NATIVE, "C1", lambda r: _shuffle_rows("native", "accuracy")(r), "accuracy", _correct),
+    SeriesSpec(SHUFFLE_CLS, "C2", lambda r: _shuffle_rows("cls", "accuracy")(r), "accuracy", _correct),
 )
 
 
-def _shuffle_rows(readout: str, metric: str) -> Callable[[pd.DataFrame], pd.DataFrame]:
-    return lambda r: r[(r["intervention"] == "shuffle") & (r["readout"] == readout) & r[metric].notna()]
+def _shuffle_rows(readout: str, metric: str, token: str = CLS) -> Callable[[pd.DataFrame], pd.DataFrame]:
+    """A shuffle's rows of one readout and token (a record older than the token setting, with
+    no `token`, shuffled the CLS)."""
+    def select(r: pd.DataFrame) -> pd.DataFrame:
+        of_token = (r["token"] == token) | (r["token"].isna() if token == CLS else False)
+        return r[(r["intervention"] == "shuffle") & of_token & (r["readout"] == readout) & r[metric].notna()]
+    return select
 
 
 # Dotted, in the colour of the shuffle series they belong to: the share of outputs equal to
 # the donor image's own unmodified prediction (docs/results.md, donor_agreement).
 DONOR_SERIES = (
-    SeriesSpec(DONOR_NATIVE, "C1", _shuffle_rows("native", "donor_agreement"), "donor_agreement",
-               lambda o: (o["predicted"] == o["donor_predicted"]).to_numpy(), linestyle=":"),
-    SeriesSpec(DONOR_CLS, "C2", _shuffle_rows("cls", "donor_agreement"), "donor_agreement",
-               lambda o: (o["predicted"] == o["donor_predicted"]).to_numpy(), linestyle=":"),
+    SeriesSpec(DONOR_NATIVE, "C1", _shuffle_rows("native", "donor_agreement"), "donor_agreement", _follows_donor,
+               linestyle=":"),
+    SeriesSpec(DONOR_CLS, "C2", _shuffle_rows("cls", "donor_agreement"), "donor_agreement", _follows_donor,
+               linestyle=":"),
 )
 
 
@@ -216,6 +239,7 @@ def draw_figures(table: SweepTable, out_dir: Path) -> dict[str, FigureResult]:
         identifiability(complete, out_dir),
         controls(complete, out_dir),
         reaccumulation(complete, out_dir),
+        tokens(complete, table.outcomes, out_dir),
     ]
     for result in results:
         if result.skipped:
@@ -307,7 +331,7 @@ def controls(complete: pd.DataFrame, out_dir: Path) -> FigureResult:
     """Every intervention side by side (native readout): the other ways to destroy what
     CLS carries should bracket the shuffle."""
     name = "controls"
-    native = complete[complete["readout"] == "native"]
+    native = on_cls(complete[complete["readout"] == "native"])
     if native.empty:
         return _skipped(name, "no complete cells with the native readout")
     present = set(native["intervention"])
@@ -344,11 +368,13 @@ def reaccumulation(complete: pd.DataFrame, out_dir: Path) -> FigureResult:
     after = complete[(complete["intervention"] != "none") & complete["probe_after"].notna()]
     if after.empty:
         return _skipped(name, "no complete intervened cells with intervention.probe_after=true")
-    pairs = list(dict.fromkeys(zip(after["model"], after["intervention"])))
+    labels = pd.Series([intervention_label(i, None if pd.isna(t) else t)
+                        for i, t in zip(after["intervention"], after["token"])], index=after.index)
+    pairs = list(dict.fromkeys(zip(after["model"], labels)))
     fig, axes = _panels(len(pairs))
     panels, notes = [], []
     for ax, (model, intervention) in zip(axes, pairs):
-        rows = after[(after["model"] == model) & (after["intervention"] == intervention)]
+        rows = after[(after["model"] == model) & (labels == intervention)]
         unmodified = _probe_rows(complete[complete["model"] == model])
         missing = []
         if unmodified.empty:
@@ -365,6 +391,49 @@ def reaccumulation(complete: pd.DataFrame, out_dir: Path) -> FigureResult:
             notes.append(f"{model}: no intervention=none cells for the unmodified probe curve")
     _suptitle(fig, "Re-accumulation: layer-L' probes on the CLS after an intervention at L (one line per L, "
                    "mean over seeds), beside the unmodified probes")
+    return _finish(fig, axes, name, panels, notes, out_dir)
+
+
+TOKEN_COLORS = {"cls": "C1", "distillation": "C4", "registers": "C5", "patches": "C9"}
+TOKEN_READOUT = "native"  # the model's own output: what each moved token does to it
+
+
+def tokens(complete: pd.DataFrame, outcomes: Mapping[str, pd.DataFrame] | None, out_dir: Path) -> FigureResult:
+    """Which token carries what the output uses? Per model, a shuffle of each token it has
+    (intervention.token), native readout: accuracy against the image's own label (solid)
+    and the share of outputs equal to the donor's own prediction (dotted), mean over seeds
+    with the main result's bands. Drawn where a model has a shuffle of a token other than
+    the CLS; the CLS shuffle is drawn beside it for reference."""
+    name = "tokens"
+    shuffles = complete[(complete["intervention"] == "shuffle") & (complete["readout"] == TOKEN_READOUT)]
+    moved = shuffles[shuffles["token"].notna() & (shuffles["token"] != CLS)]
+    if moved.empty:
+        return _skipped(name, f"no complete shuffle cells of a token other than the CLS (intervention.token) "
+                              f"with readout={TOKEN_READOUT}")
+    models = list(dict.fromkeys(moved["model"]))
+    fig, axes = _panels(len(models))
+    panels, notes, bands = [], [], set()
+    for ax, model in zip(axes, models):
+        rows = complete[complete["model"] == model]
+        for token in TOKENS:
+            for metric, correct, linestyle, label in (
+                    ("accuracy", _correct, "-", f"shuffle {token}: accuracy"),
+                    ("donor_agreement", _follows_donor, ":", f"shuffle {token}: follows donor")):
+                spec = SeriesSpec(label, TOKEN_COLORS[token], _shuffle_rows(TOKEN_READOUT, metric, token), metric,
+                                  correct, linestyle)
+                selected = spec.select(rows)
+                if selected.empty:
+                    continue
+                line = banded_line(selected, spec, outcomes)
+                _plot(ax, line, color=spec.color, linestyle=spec.linestyle)
+                bands.add(line.band)
+        _chance(ax, rows)
+        _style(ax, model, rows, ylabel=f"accuracy / follows donor ({TOKEN_READOUT} readout)")
+        panels.append(_panel(ax, []))
+    band_text = _band_text(bands - {None})
+    notes.insert(0, band_text)
+    _suptitle(fig, f"Shuffling one token at layer L, {TOKEN_READOUT} readout: accuracy (solid) and output = the "
+                   f"donor's own prediction (dotted). Mean over seeds; {band_text}")
     return _finish(fig, axes, name, panels, notes, out_dir)
 
 

@@ -70,6 +70,7 @@ def cell_fields(spec: CellSpec, cfg: Mapping[str, Any], sweep_id: str | None) ->
         "n_layers": spec.n_layers,
         "intervention": spec.intervention,
         "readout": spec.readout,
+        "token": spec.token,
         "seed": spec.seed,
         "config": {k: spec.science[k] for k in ("intervention", "probe", "data")},
     }
@@ -96,7 +97,8 @@ METRICS = ("accuracy", "top5", "chance", "donor_accuracy", "donor_agreement", "p
 # column that happens to be all-missing in one source still compares equal to the other.
 COLUMN_KINDS: dict[str, str] = {
     "cell_id": "str", "name": "str", "sweep_id": "str", "status": "str",
-    "model": "str", "layer": "int", "n_layers": "int", "intervention": "str", "readout": "str", "seed": "int",
+    "model": "str", "layer": "int", "n_layers": "int", "intervention": "str", "token": "str", "readout": "str",
+    "seed": "int",
     "data": "str", "permutation": "str", "probe_method": "str",
     **{metric: "float" for metric in METRICS},
     "probe_after": "str",  # JSON {layer: accuracy} (see probe_after_text)
@@ -111,7 +113,7 @@ DTYPES: dict[str, str] = {column: _DTYPES[kind] for column, kind in COLUMN_KINDS
 REQUIRED_FIELDS = ("cell_id", "name", "status", "model", "layer", "intervention", "readout", "seed")
 
 #: what identifies a grid point of a sweep (and what W&B runs are grouped and filtered by)
-AXES = ("model", "layer", "intervention", "readout", "seed")
+AXES = ("model", "layer", "intervention", "token", "readout", "seed")
 
 
 # --------------------------------------------------------------------------- the row of a record
@@ -134,7 +136,7 @@ def record_row(record: Mapping[str, Any]) -> dict[str, Any]:
     versions = record.get("versions") or {}
     row = {
         **{key: record.get(key) for key in ("cell_id", "name", "sweep_id", "status", "model", "layer", "n_layers",
-                                            "intervention", "readout", "seed")},
+                                            "intervention", "token", "readout", "seed")},
         "data": (config.get("data") or {}).get("name"),
         "permutation": (config.get("intervention") or {}).get("permutation"),
         "probe_method": (config.get("probe") or {}).get("method"),

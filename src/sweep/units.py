@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from sweep.cellspec import CellSpec
 from sweep.errors import ConfigError
 from sweep.files import atomic_write_json
-from sweep.interventions import NONE
+from sweep.interventions import CLS, NONE
 from sweep.layout import SweepPaths
 from sweep.redaction import redact
 from sweep.settings import UnitSize
@@ -47,14 +47,34 @@ def branch_key(spec: CellSpec) -> tuple[int, str, int | None]:
     return spec.layer, json.dumps(spec.science["intervention"], sort_keys=True, default=str), spec.seed
 
 
+def donor_key(spec: CellSpec) -> str:
+    """Cells with equal keys have equal donors: the same intervention settings but for which
+    token moves and what is scored besides (probe_after), and the same seed."""
+    values = {k: v for k, v in spec.science["intervention"].items() if k not in ("token", "probe_after")}
+    return json.dumps([values, spec.seed], sort_keys=True, default=str)
+
+
+def reads_donor_states(spec: CellSpec) -> bool:
+    """Whether the cell's branch moves a token other than the CLS from its donors: their
+    hidden state at L is then recomputed batch by batch (only the CLS is cached)."""
+    return spec.intervention != NONE and spec.token not in (None, CLS)
+
+
 def cost_per_image(specs: Iterable[CellSpec]) -> int:
     """Block applications per validation image the engine spends on these cells: the
-    unmodified prefix up to the deepest intervened layer below N, then N - L per distinct
-    branch (an intervention at L = N runs no block; the unmodified pass over train + val
+    unmodified prefix up to the deepest layer a branch starts from (below N, or at N for a
+    branch that reads donor states), then N - L per distinct branch, plus, per distinct set
+    of donors that branches read states from, the donors' prefix to the deepest such branch
+    (an intervention on the CLS at L = N runs no block; the unmodified pass over train + val
     for the cached features comes on top, once per model and data)."""
-    branches = {branch_key(s): s.n_layers - s.layer for s in specs if s.intervention != NONE}
-    prefix = max((layer for (layer, _, _), suffix in branches.items() if suffix > 0), default=0)
-    return prefix + sum(branches.values())
+    branches = {branch_key(s): s for s in specs if s.intervention != NONE}
+    starts = [s.layer for s in branches.values() if s.layer < s.n_layers or reads_donor_states(s)]
+    donor_prefixes: dict[str, int] = {}  # one prefix per donor set, to the deepest layer read from it
+    for spec in branches.values():
+        if reads_donor_states(spec):
+            donor_prefixes[donor_key(spec)] = max(spec.layer, donor_prefixes.get(donor_key(spec), 0))
+    return (max(starts, default=0) + sum(s.n_layers - s.layer for s in branches.values())
+            + sum(donor_prefixes.values()))
 
 
 @dataclass(frozen=True)
