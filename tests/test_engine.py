@@ -257,3 +257,107 @@ def test_cutting_patches_to_cls_after_layer_0_leaves_the_cls_readout_at_chance(c
     assert len(set(result.outcomes["predicted"].tolist())) == 1
     assert result.metrics["accuracy"] == pytest.approx(result.metrics["chance"])
     assert results[plain.cell_id].metrics["accuracy"] > 3 * result.metrics["chance"]
+
+
+# -- intervention.token: what moves from the donor ------------------------------------------
+
+TOYS_WITH_TOKENS = {"toy_vit": ("cls",), "toy_deit": ("cls", "distillation"), "toy_beit": ("cls",),
+                    "toy_dinov2": ("cls",), "toy_clip": ("cls",), "toy_dinov2_reg": ("cls", "registers")}
+
+
+def token_cell(model, layer, token, readout="native", *extra):
+    cfg = compose_cell(f"model={model}", f"layer={layer}", "intervention=shuffle", f"intervention.token={token}",
+                       f"readout={readout}", "seed=0", *extra)
+    return cfg, cell_spec(cfg)
+
+
+@pytest.mark.parametrize("model", sorted(TOYS_WITH_TOKENS))
+def test_at_the_embedding_moving_the_patches_moves_the_image_and_moving_a_special_token_moves_nothing(
+        cache_dir, model):
+    """At L = 0 the CLS, distillation and register tokens are the same for every image (a
+    learned vector plus its position), and the patches are all there is of the image: a
+    shuffle of the patches is a shuffle of the images (every output is the donor's own
+    prediction), a shuffle of any special token changes no output."""
+    plain_cfg = compose_cell(f"model={model}", "layer=0", "intervention=none", "readout=native")
+    cells = [token_cell(model, 0, token) for token in (*TOYS_WITH_TOKENS[model], "patches")]
+    specs = [cell_spec(plain_cfg), *(spec for _, spec in cells)]
+    results, errors, _ = measure_all(cache_dir, specs, plain_cfg)
+    assert not errors
+    plain = results[specs[0].cell_id].outcomes["predicted"]
+    for spec in specs[1:]:
+        result = results[spec.cell_id]
+        if spec.token == "patches":
+            assert torch.equal(result.outcomes["predicted"], plain[result.outcomes["donor"]]), spec.name
+            assert result.metrics["donor_agreement"] == 1.0
+        else:
+            assert torch.equal(result.outcomes["predicted"], plain), spec.name
+
+
+def test_a_token_shuffle_equals_hfs_own_forward_with_the_donors_tokens_patched_in(cache_dir):
+    """An independent check of the engine's donor streams: the HF model's own forward, with a
+    hook that writes each donor's distillation token (from HF's own hidden_states of the
+    donor images) into the output of block L, gives the cell's predictions."""
+    from sweep.artifacts import ComputeLedger
+    from sweep.engine import prepare
+
+    layer = 2
+    cfg, spec = token_cell("toy_deit", layer, "distillation")
+    results, errors, _ = measure_all(cache_dir, [spec], cfg)
+    assert not errors
+    result = results[spec.cell_id]
+    prepared = prepare(cfg, [spec], ArtifactCache(cache_dir), ComputeLedger())
+    model, artifacts = prepared.loaded.adapter.model, prepared.artifacts
+    donors = result.outcomes["donor"]
+    pixels = artifacts.pixels(prepared.val_images)
+    with torch.inference_mode():
+        donor_tokens = model(pixel_values=pixels, output_hidden_states=True).hidden_states[layer][donors, 1]
+
+        def patch(_module, _args, output):
+            output = output.clone()
+            output[:, 1] = donor_tokens
+            return output
+
+        handle = prepared.loaded.adapter.blocks[layer - 1].register_forward_hook(patch)  # DeiTLayer of block L
+        try:
+            expected = model(pixel_values=pixels).logits.argmax(1)
+        finally:
+            handle.remove()
+        unmodified = model(pixel_values=pixels).logits.argmax(1)
+    assert torch.equal(result.outcomes["predicted"], expected)
+    assert not torch.equal(expected, unmodified)  # the distillation token carries something the output uses
+
+
+def test_token_shuffles_of_one_seed_share_one_donor_prefix_and_cost_what_the_planner_counts(cache_dir):
+    """Donor states are computed once per seed, to the deepest layer that reads them, shared
+    by every token and layer; the unit's block applications equal cost_per_image exactly."""
+    cells = [token_cell("toy_deit", layer, token, readout, f"seed={seed}")
+             for layer in (1, 3, 6) for token in ("distillation", "patches") for readout in ("native", "cls")
+             for seed in (0, 1)]
+    cells.append(cell(2, "shuffle", "native", 0))
+    specs = [spec for _, spec in cells]
+    results, errors, summary = measure_all(cache_dir, specs, cells[0][0])
+    assert not errors
+    n_val, n_layers = results[specs[0].cell_id].counts["n_val"], specs[0].n_layers
+    by_purpose = summary["block_calls_by_purpose"]
+    assert by_purpose["donor"] == 2 * n_layers * n_val  # two seeds, each to L = N = 6
+    assert by_purpose["unmodified"] == n_layers * n_val
+    assert sum(by_purpose[k] for k in ("unmodified", "branch", "donor")) == cost_per_image(specs) * n_val
+    assert sum(r.compute["block_calls"] for r in results.values()) == pytest.approx(summary["block_calls"])
+    for cfg, spec in cells[::5]:  # a unit's numbers are the cell's alone
+        alone = measure(cfg, spec, ArtifactCache(cache_dir))
+        assert results[spec.cell_id].metrics == alone.metrics, spec.name
+
+
+def test_at_the_last_layer_moving_the_patches_changes_only_readouts_that_read_them(cache_dir):
+    """At L = N no block runs after the edit: the CLS readout of toy ViT reads no patch and
+    keeps every output; CLIP's native readout (the patch mean) reads nothing else and
+    follows the donor exactly."""
+    for model, readout, follows in (("toy_vit", "cls", False), ("toy_clip", "native", True)):
+        plain_cfg = compose_cell(f"model={model}", "layer=-1", "intervention=none", f"readout={readout}")
+        _, moved = token_cell(model, -1, "patches", readout)
+        results, errors, _ = measure_all(cache_dir, [cell_spec(plain_cfg), moved], plain_cfg)
+        assert not errors
+        plain = results[cell_spec(plain_cfg).cell_id].outcomes["predicted"]
+        result = results[moved.cell_id]
+        expected = plain[result.outcomes["donor"]] if follows else plain
+        assert torch.equal(result.outcomes["predicted"], expected), (model, readout)
