@@ -10,16 +10,19 @@ from sweep.conf_path import CONF_PACKAGE
 from sweep.errors import ConfigError
 
 # The cell ids of two cells per model (record format 3: intervention.probe_after in the
-# identity); the toys composed to these before and after they started from toy_base.yaml. The id hashes the whole composed model
-# node, so any key a toy gains, loses or changes (e.g. a real model's load_kwargs or
-# visual_projection leaking into its toy) shows here. Update these only together with a
-# deliberate change of what a cell measures (and then bump cellspec.RECORD_FORMAT).
+# identity); the toys composed to these before and after they started from toy_base.yaml.
+# The id hashes the whole composed model node, so any key a toy gains, loses or changes
+# (e.g. a real model's load_kwargs or visual_projection leaking into its toy) shows here.
+# Update these only together with a deliberate change of what a cell measures (and then
+# bump cellspec.RECORD_FORMAT), or of a model node: deit, dinov2 and their toys changed on
+# purpose when they gained the distillation and patch_mean readouts (the records' format
+# did not change, so RECORD_FORMAT stayed).
 CELL_IDS = {
-    "vit": ("61645f1b87e7b5af", "66dd8fd098c95a86"), "deit": ("356ff82609f2fee3", "ae000643cecfe3c0"),
-    "beit": ("1756c0658241eaab", "be1398923c954571"), "dinov2": ("adfaed83e7eb7fa4", "dee4066c963016f4"),
+    "vit": ("61645f1b87e7b5af", "66dd8fd098c95a86"), "deit": ("817e7629c0d396f6", "756cc5d57a3c0c4b"),
+    "beit": ("1756c0658241eaab", "be1398923c954571"), "dinov2": ("2113a20615460822", "accf67f8ed4d2842"),
     "clip": ("f06dd0fc7c7e5e10", "163880d388608b76"), "toy_vit": ("7ee432e6db20ca89", "dd27d2604b8fd00e"),
-    "toy_deit": ("7ebf0f318fe737e7", "a2b32e059450b238"), "toy_beit": ("09b51c63cfbc8f99", "0ed4b30dcfb37c99"),
-    "toy_dinov2": ("e6f6035e4f9835c4", "2ce37889db8b1a49"), "toy_clip": ("0b48dec679ad6b40", "61a0e19ab781f78a"),
+    "toy_deit": ("3220c6781a1eefb4", "d30c22021e3eda2a"), "toy_beit": ("09b51c63cfbc8f99", "0ed4b30dcfb37c99"),
+    "toy_dinov2": ("e72b0600e203754a", "11a89b1101382f88"), "toy_clip": ("0b48dec679ad6b40", "61a0e19ab781f78a"),
 }
 SHUFFLE_L3, NONE_LAST_CLS = ["layer=3", "intervention=shuffle", "readout=native", "seed=0"], \
     ["layer=-1", "intervention=none", "readout=cls"]

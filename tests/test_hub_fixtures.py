@@ -214,6 +214,33 @@ def test_projection_at_the_last_layer_equals_the_projection_readouts_logits(fixt
         assert readout == "cls"
 
 
+# -- the readouts beside native and cls -------------------------------------------------------
+def test_deit_distillation_readout_is_hfs_own_distillation_logits():
+    x = pixels()
+    adapter = load("deit").adapter
+    with torch.no_grad():
+        ours = adapter.logits(last_hidden(adapter, x), "distillation")
+        theirs = adapter.model(pixel_values=x).distillation_logits
+    assert ours.shape == (len(x), N_CLASSES)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
+
+
+def test_dinov2_patch_mean_readout_is_the_mean_of_hfs_final_patch_tokens():
+    x = pixels()
+    adapter = load("dinov2").adapter
+    with torch.no_grad():
+        ours = adapter.readout_features(last_hidden(adapter, x), "patch_mean")
+        final = adapter.model.dinov2(pixel_values=x).last_hidden_state  # after DINOv2's final layernorm
+    assert ours.shape == (len(x), adapter.model.config.hidden_size)
+    torch.testing.assert_close(ours, final[:, 1:].mean(dim=1), rtol=0, atol=1e-5)
+
+
+def test_dinov2_patch_mean_needs_a_head_fitted_here():
+    adapter = load("dinov2").adapter
+    with pytest.raises(ReadoutUnavailable, match="readouts.patch_mean.head: fitted"):
+        adapter.head("patch_mean")
+
+
 # -- CLIP's CLS readout ----------------------------------------------------------------------
 def test_clip_cls_readout_is_clips_own_image_embedding():
     x = pixels()

@@ -10,6 +10,9 @@ reaccumulation   probe_after: per intervened layer L, the layer-L' probes' accur
 identifiability  the class-embedding view: per-layer probe, last-layer head applied to
                  layer L's CLS (projection), identifiability, last-layer probe
 controls         accuracy vs layer for every intervention present, native readout
+readouts         every readout of each model under the shuffle: accuracy (solid) and
+                 donor_agreement (dotted) per readout, its `none` accuracy (thin dashed),
+                 chance; drawn when some model has a readout beyond native and cls
 
 Every figure is written as PNG and PDF, and figures.json lists each figure's panels
 (titles = model names) and series labels, so tests and users can check what was drawn
@@ -59,6 +62,10 @@ CHANCE_STYLE = {"color": "grey", "linestyle": "--", "linewidth": 1.0}
 # (shuffle keeps main_result's orange).
 INTERVENTION_COLORS = {"none": "k", "shuffle": "C1", "zero": "C3", "mean": "C4", "noise": "C5", "reset": "C6"}
 SPARE_COLORS = ("C7", "C8", "C9")
+# Readouts: native and cls keep main_result's orange and green.
+READOUT_COLORS = {"native": "C1", "cls": "C2", "distillation": "C3", "patch_mean": "C4"}
+#: the readouts main_result draws; the readouts figure is drawn for the others
+MAIN_READOUTS = ("native", "cls")
 
 
 @dataclass(frozen=True)
@@ -115,13 +122,21 @@ def _probe_rows(rows: pd.DataFrame) -> pd.DataFrame:
     return none.drop_duplicates(["layer", "seed"])
 
 
+def _correct(outcomes: pd.DataFrame) -> np.ndarray:
+    return (outcomes["rank"] == 0).to_numpy()
+
+
+def _follows_donor(outcomes: pd.DataFrame) -> np.ndarray:
+    return (outcomes["predicted"] == outcomes["donor_predicted"]).to_numpy()
+
+
 MAIN_SERIES = (
     SeriesSpec(PROBE, "C0", _probe_rows, "probe_accuracy",
                lambda o: (o["probe_predicted"] == o["label"]).to_numpy()),
     SeriesSpec(SHUFFLE_NATIVE, "C1", lambda r: r[(r["intervention"] == "shuffle") & (r["readout"] == "native")],
-               "accuracy", lambda o: (o["rank"] == 0).to_numpy()),
+               "accuracy", _correct),
     SeriesSpec(SHUFFLE_CLS, "C2", lambda r: r[(r["intervention"] == "shuffle") & (r["readout"] == "cls")],
-               "accuracy", lambda o: (o["rank"] == 0).to_numpy()),
+               "accuracy", _correct),
 )
 
 
@@ -133,9 +148,9 @@ def _shuffle_rows(readout: str, metric: str) -> Callable[[pd.DataFrame], pd.Data
 # the donor image's own unmodified prediction (docs/results.md, donor_agreement).
 DONOR_SERIES = (
     SeriesSpec(DONOR_NATIVE, "C1", _shuffle_rows("native", "donor_agreement"), "donor_agreement",
-               lambda o: (o["predicted"] == o["donor_predicted"]).to_numpy(), linestyle=":"),
+               _follows_donor, linestyle=":"),
     SeriesSpec(DONOR_CLS, "C2", _shuffle_rows("cls", "donor_agreement"), "donor_agreement",
-               lambda o: (o["predicted"] == o["donor_predicted"]).to_numpy(), linestyle=":"),
+               _follows_donor, linestyle=":"),
 )
 
 
@@ -216,6 +231,7 @@ def draw_figures(table: SweepTable, out_dir: Path) -> dict[str, FigureResult]:
         identifiability(complete, out_dir),
         controls(complete, out_dir),
         reaccumulation(complete, out_dir),
+        readouts(complete, table.outcomes, out_dir),
     ]
     for result in results:
         if result.skipped:
@@ -365,6 +381,62 @@ def reaccumulation(complete: pd.DataFrame, out_dir: Path) -> FigureResult:
             notes.append(f"{model}: no intervention=none cells for the unmodified probe curve")
     _suptitle(fig, "Re-accumulation: layer-L' probes on the CLS after an intervention at L (one line per L, "
                    "mean over seeds), beside the unmodified probes")
+    return _finish(fig, axes, name, panels, notes, out_dir)
+
+
+def readout_series(readout: str, color: str) -> tuple[SeriesSpec, SeriesSpec]:
+    """The shuffle's accuracy (solid) and donor_agreement (dotted) with one readout."""
+    return (SeriesSpec(f"shuffle ({readout})", color, _shuffle_rows(readout, "accuracy"), "accuracy", _correct),
+            SeriesSpec(f"follows donor ({readout})", color, _shuffle_rows(readout, "donor_agreement"),
+                       "donor_agreement", _follows_donor, linestyle=":"))
+
+
+def readouts(complete: pd.DataFrame, outcomes: Mapping[str, pd.DataFrame] | None, out_dir: Path) -> FigureResult:
+    """Which part of a readout follows the donor's CLS: per model with shuffle cells, every
+    readout it was shuffled with (accuracy, donor_agreement, banded as in main_result),
+    beside that readout's unmodified (`none`) accuracy. Drawn only when some readout goes
+    beyond main_result's (DINOv2's patch_mean, DeiT's distillation head)."""
+    name = "readouts"
+    shuffled = complete[complete["intervention"] == "shuffle"]
+    extra = sorted(set(shuffled["readout"]) - set(MAIN_READOUTS))
+    if not extra:
+        return _skipped(name, "no complete intervention=shuffle cells with a readout other than "
+                              f"{' or '.join(MAIN_READOUTS)} (e.g. +experiment=readouts)")
+    order = [r for r in READOUT_COLORS if r in set(shuffled["readout"])] + \
+        [r for r in extra if r not in READOUT_COLORS]
+    spare = iter(SPARE_COLORS * len(order))
+    colors = {r: READOUT_COLORS.get(r) or next(spare) for r in order}
+    models = list(dict.fromkeys(shuffled["model"]))
+    fig, axes = _panels(len(models))
+    panels, notes, bands = [], [], set()
+    for ax, model in zip(axes, models):
+        rows = complete[complete["model"] == model]
+        missing = []
+        for readout in [r for r in order if r in set(shuffled.loc[shuffled["model"] == model, "readout"])]:
+            for spec in readout_series(readout, colors[readout]):
+                selected = spec.select(rows)
+                if selected.empty:
+                    missing.append(spec.label)
+                    continue
+                line = banded_line(selected, spec, outcomes)
+                _plot(ax, line, color=spec.color, linestyle=spec.linestyle)
+                bands.add(line.band)
+            none = rows[(rows["intervention"] == "none") & (rows["readout"] == readout)]
+            line = mean_line(none, "accuracy", f"none ({readout})")
+            if len(line.layers):
+                ax.plot(line.layers, line.mean, color=colors[readout], linestyle="--", linewidth=0.8,
+                        label=line.label)
+            else:
+                missing.append(line.label)
+        _chance(ax, rows)
+        _style(ax, model, rows, ylabel="accuracy")
+        panels.append(_panel(ax, missing))
+        if missing:
+            notes.append(f"{model}: no cells for {', '.join(missing)}")
+    band_text = _band_text(bands - {None})
+    notes.insert(0, band_text)
+    _suptitle(fig, f"Readouts under the CLS shuffle: accuracy (solid), output = the donor's own prediction "
+                   f"(dotted), unmodified accuracy (thin dashed). Mean over seeds; {band_text}")
     return _finish(fig, axes, name, panels, notes, out_dir)
 
 
