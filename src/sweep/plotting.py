@@ -50,6 +50,7 @@ PANEL_SIZE = (3.4, 2.9)   # inches per panel
 MAX_COLUMNS = 5           # the study's five models fit in one row
 PNG_DPI = 150
 TITLE_CHARS_PER_INCH = 11  # at fontsize 10
+TEXT_LINE_IN = 0.2          # one line of title or legend text
 LEGEND_CHAR_IN, LEGEND_ENTRY_IN = 0.075, 0.6  # legend text width per character and handle + padding, fontsize 9
 
 PROBE, SHUFFLE_NATIVE, SHUFFLE_CLS, CHANCE = "probe", "shuffle (native readout)", "shuffle (CLS-only readout)", "chance"
@@ -476,9 +477,16 @@ def _panels(n: int) -> tuple[Figure, list[Any]]:
 
 
 def _suptitle(fig: Figure, text: str) -> None:
-    """Wrapped to the figure's width: a one-panel figure must not cut its title off."""
+    """Wrapped to the figure's width: a one-panel figure must not cut its title off (the
+    figure grows by the lines beyond the first, so the panels keep their height)."""
     width = max(20, int(fig.get_figwidth() * TITLE_CHARS_PER_INCH))
-    fig.suptitle(textwrap.fill(text, width), fontsize=10)
+    wrapped = textwrap.fill(text, width)
+    _grow(fig, wrapped.count("\n") * TEXT_LINE_IN)
+    fig.suptitle(wrapped, fontsize=10)
+
+
+def _grow(fig: Figure, inches: float) -> None:
+    fig.set_figheight(fig.get_figheight() + inches)
 
 
 def _plot(ax: Any, line: Line, **style: Any) -> None:
@@ -526,8 +534,10 @@ def _finish(fig: Figure, axes: list[Any], name: str, panels: list[Panel], notes:
     for ax in axes:
         for handle, label in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(label, handle)
+    columns = _legend_columns(list(handles), fig.get_figwidth())
+    _grow(fig, (math.ceil(len(handles) / columns) - 1) * TEXT_LINE_IN)  # legend rows beyond the first
     fig.legend(list(handles.values()), list(handles), loc="outside lower center", frameon=False, fontsize=9,
-               ncol=_legend_columns(list(handles), fig.get_figwidth()))
+               ncol=columns)
     paths = _save(fig, out_dir, name)
     return FigureResult(name=name, paths=paths, skipped=None, panels=panels, notes=notes)
 
