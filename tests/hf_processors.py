@@ -7,7 +7,8 @@ from __future__ import annotations
 from typing import Any
 
 HF_PROCESSORS = {"vit": "ViTImageProcessorPil", "deit": "DeiTImageProcessorPil", "beit": "BeitImageProcessorPil",
-                 "dinov2": "BitImageProcessorPil", "clip": "CLIPImageProcessorPil"}
+                 "dinov2": "BitImageProcessorPil", "clip": "CLIPImageProcessorPil",
+                 "dinov2_reg": "BitImageProcessorPil"}  # DINOv2's processor (its own config not fetched here)
 
 
 def model_preprocess(model: str) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 import pytest
 from hydra import compose, initialize_config_module
 
-from sweep.cellspec import LayerOutOfRange, cell_spec, resolve_layer
+from sweep.cellspec import LayerOutOfRange, NotApplicable, cell_spec, resolve_layer
 from sweep.conf_path import CONF_PACKAGE
 from sweep.errors import ConfigError
 
@@ -27,6 +27,15 @@ def test_an_out_of_range_layer_names_the_valid_range():
 def test_cls_readout_on_a_model_without_one_is_refused_with_the_reason():
     with pytest.raises(ConfigError, match="no readout of the CLS token alone; use readout=native"):
         cell_spec(config("model=clip", "~model.readouts.cls", "model.projection_readout=native", "readout=cls"))
+
+
+@pytest.mark.parametrize("model, readout, has", [
+    ("vit", "distillation", "native, cls"), ("dinov2", "distillation", "native, cls, patch_mean"),
+    ("deit", "patch_mean", "native, cls, distillation"), ("toy_clip", "patch_mean", "native, cls")])
+def test_a_readout_the_model_lacks_is_not_applicable_and_names_the_models_readouts(model, readout, has):
+    """Not a bad setting but a grid point this model cannot run: a sweep skips it with this line."""
+    with pytest.raises(NotApplicable, match=rf"model {model} has no '{readout}' readout \(it has: {has}\)"):
+        cell_spec(config(f"model={model}", f"readout={readout}"))
 
 
 def test_identity_depends_on_science_not_on_where_or_how_fast_it_runs():

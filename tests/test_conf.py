@@ -9,17 +9,20 @@ from sweep.cellspec import cell_spec
 from sweep.conf_path import CONF_PACKAGE
 from sweep.errors import ConfigError
 
-# The cell ids of two cells per model (record format 3: intervention.probe_after in the
-# identity); the toys composed to these before and after they started from toy_base.yaml. The id hashes the whole composed model
-# node, so any key a toy gains, loses or changes (e.g. a real model's load_kwargs or
-# visual_projection leaking into its toy) shows here. Update these only together with a
-# deliberate change of what a cell measures (and then bump cellspec.RECORD_FORMAT).
+# The cell ids of two cells per model (record format 4: the shuffle's intervention.token in
+# the identity; DeiT's distillation and DINOv2's patch_mean readouts in their model nodes).
+# The toys composed to these before and after they started from toy_base.yaml. The id
+# hashes the whole composed model node, so any key a toy gains, loses or changes (e.g. a
+# real model's load_kwargs or visual_projection leaking into its toy) shows here. Update
+# these only together with a deliberate change of what a cell measures (and then bump
+# cellspec.RECORD_FORMAT where the record changes too), or of a model node.
 CELL_IDS = {
-    "vit": ("61645f1b87e7b5af", "66dd8fd098c95a86"), "deit": ("356ff82609f2fee3", "ae000643cecfe3c0"),
-    "beit": ("1756c0658241eaab", "be1398923c954571"), "dinov2": ("adfaed83e7eb7fa4", "dee4066c963016f4"),
-    "clip": ("f06dd0fc7c7e5e10", "163880d388608b76"), "toy_vit": ("7ee432e6db20ca89", "dd27d2604b8fd00e"),
-    "toy_deit": ("7ebf0f318fe737e7", "a2b32e059450b238"), "toy_beit": ("09b51c63cfbc8f99", "0ed4b30dcfb37c99"),
-    "toy_dinov2": ("e6f6035e4f9835c4", "2ce37889db8b1a49"), "toy_clip": ("0b48dec679ad6b40", "61a0e19ab781f78a"),
+    "vit": ("bde11a136eeb8b05", "9617a9e7a107abfc"), "deit": ("9f669602e9ac7a49", "9038d76e219c2952"),
+    "beit": ("09b8a8b90fe64615", "1fa8bcff404809d1"), "dinov2": ("345e07d614b223fb", "83fd8e404bed7d62"),
+    "dinov2_reg": ("d9888b0bb8347f28", "f3de14017b111f4f"), "clip": ("3610e9d144860b46", "e925760c9e3d3808"),
+    "toy_vit": ("79d8516e3bbbf475", "294dabdd3f2472e0"), "toy_deit": ("0a5ba3cd7a7cb319", "3676084cff4b424b"),
+    "toy_beit": ("b80a6b473ae30ebe", "776780550e98c622"), "toy_dinov2": ("e344af6ce09bb7c6", "5bfe064da9edec3f"),
+    "toy_dinov2_reg": ("f5b2ecef51647fbb", "22c8e4f4ccab1e23"), "toy_clip": ("69eda74416dc1cd5", "3a985e5d00e65f2b"),
 }
 SHUFFLE_L3, NONE_LAST_CLS = ["layer=3", "intervention=shuffle", "readout=native", "seed=0"], \
     ["layer=-1", "intervention=none", "readout=cls"]

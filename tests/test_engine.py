@@ -361,3 +361,34 @@ def test_at_the_last_layer_moving_the_patches_changes_only_readouts_that_read_th
         result = results[moved.cell_id]
         expected = plain[result.outcomes["donor"]] if follows else plain
         assert torch.equal(result.outcomes["predicted"], expected), (model, readout)
+
+
+@pytest.mark.parametrize("model, readout", [("toy_deit", "distillation"), ("toy_dinov2", "patch_mean")])
+def test_a_last_layer_cls_shuffle_leaves_a_readout_that_never_reads_the_cls_unchanged(cache_dir, model, readout):
+    """DeiT's distillation head reads the distillation token, DINOv2's patch_mean the patch
+    tokens: a CLS replaced at L = N (after the last block) reaches neither."""
+    cfgs = [compose_cell(f"model={model}", "layer=-1", f"readout={readout}", intervention)
+            for intervention in ("intervention=none", "intervention=shuffle")]
+    specs = [cell_spec(cfg) for cfg in cfgs]
+    results, errors, _ = measure_all(cache_dir, specs, cfgs[0])
+    assert not errors
+    plain, shuffled = (results[spec.cell_id] for spec in specs)
+    assert shuffled.metrics["accuracy"] == plain.metrics["accuracy"] > 3 * plain.metrics["chance"]
+    assert torch.equal(shuffled.outcomes["predicted"], plain.outcomes["predicted"])
+
+
+def test_an_early_shuffle_moves_deits_cls_head_to_the_donor_but_hardly_its_distillation_head(cache_dir):
+    """After a derangement at L = 1 the CLS head mostly reads the donor's label, while the
+    distillation head, which sees the CLS only through attention in blocks 2..N, keeps its
+    own image's (on the toy: 0.85 vs 0.85 unmodified, following the donor for 0.11 of the
+    images, at chance; the CLS head 0.17 vs 0.86, following the donor for 0.65)."""
+    points = [(1, intervention, readout, 0) for intervention in ("none", "shuffle") for readout in ("cls", "distillation")]
+    cells = [cell(*point) for point in points]
+    results, errors, _ = measure_all(cache_dir, [spec for _, spec in cells], cells[0][0])
+    assert not errors
+    by_name = {spec.name: results[spec.cell_id].metrics for _, spec in cells}
+    cls, distillation = by_name["toy_deit-L01-shuffle-cls-s0"], by_name["toy_deit-L01-shuffle-distillation-s0"]
+    assert cls["accuracy"] < 0.5 * by_name["toy_deit-L01-none-cls"]["accuracy"]
+    assert cls["donor_agreement"] > 0.5
+    assert distillation["accuracy"] > 0.9 * by_name["toy_deit-L01-none-distillation"]["accuracy"]
+    assert distillation["donor_agreement"] < 0.5

@@ -29,7 +29,8 @@ from sweep.linear_heads import LinearHead
 FIXTURES = Path(__file__).parent / "fixtures" / "hub"
 N_LAYERS = 3  # make_hub_fixtures.N_LAYERS
 #: fixture folder -> the model config it is a small copy of
-CONF = {"vit": "vit", "deit": "deit", "beit": "beit", "beit_shared": "beit", "dinov2": "dinov2", "clip": "clip"}
+CONF = {"vit": "vit", "deit": "deit", "beit": "beit", "beit_shared": "beit", "dinov2": "dinov2", "clip": "clip",
+        "dinov2_reg": "dinov2_reg"}
 ALL = tuple(CONF)
 N_CLASSES = 1000
 
@@ -90,6 +91,8 @@ def test_the_fixtures_have_the_hub_checkpoints_structure():
     dinov2 = transformers.AutoConfig.from_pretrained(FIXTURES / "dinov2")
     assert dinov2.architectures == ["Dinov2Model"] and (dinov2.image_size, dinov2.patch_size) == (518, 14)
     assert transformers.AutoConfig.from_pretrained(FIXTURES / "clip").architectures == ["CLIPModel"]
+    registers = transformers.AutoConfig.from_pretrained(FIXTURES / "dinov2_reg")
+    assert registers.architectures == ["Dinov2WithRegistersModel"] and registers.num_register_tokens == 4
     for fixture in ALL:
         assert transformers.AutoConfig.from_pretrained(FIXTURES / fixture).transformers_version.startswith("4.")
         for name, tensor in load_file(FIXTURES / fixture / "model.safetensors").items():
@@ -159,7 +162,8 @@ def test_native_readout_equals_the_hf_forward(fixture):
 
 #: (fixture, input size): 160 px where the model takes other sizes (BEiT's relative position
 #: bias must then follow the input, not config.image_size)
-SIZES = [(fixture, 224) for fixture in ALL] + [("beit", 160), ("beit_shared", 160), ("dinov2", 160)]
+SIZES = [(fixture, 224) for fixture in ALL] + [("beit", 160), ("beit_shared", 160), ("dinov2", 160),
+                                                ("dinov2_reg", 160)]
 
 
 @pytest.mark.parametrize("fixture, size", SIZES)
@@ -212,6 +216,57 @@ def test_projection_at_the_last_layer_equals_the_projection_readouts_logits(fixt
         torch.testing.assert_close(projected, adapter.logits(hidden, readout), rtol=0, atol=1e-5)
     if fixture == "clip":
         assert readout == "cls"
+
+
+# -- the readouts beside native and cls -------------------------------------------------------
+def test_deit_distillation_readout_is_hfs_own_distillation_logits():
+    x = pixels()
+    adapter = load("deit").adapter
+    with torch.no_grad():
+        ours = adapter.logits(last_hidden(adapter, x), "distillation")
+        theirs = adapter.model(pixel_values=x).distillation_logits
+    assert ours.shape == (len(x), N_CLASSES)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("fixture, base, first_patch", [("dinov2", "dinov2", 1),
+                                                         ("dinov2_reg", "dinov2_with_registers", 5)])
+def test_dinov2_patch_mean_readout_is_the_mean_of_hfs_final_patch_tokens(fixture, base, first_patch):
+    """The registers model's patches start after its CLS and 4 registers, as HF's own head reads them."""
+    x = pixels()
+    adapter = load(fixture).adapter
+    with torch.no_grad():
+        ours = adapter.readout_features(last_hidden(adapter, x), "patch_mean")
+        final = getattr(adapter.model, base)(pixel_values=x).last_hidden_state  # after the final layernorm
+    assert ours.shape == (len(x), adapter.model.config.hidden_size)
+    torch.testing.assert_close(ours, final[:, first_patch:].mean(dim=1), rtol=0, atol=1e-5)
+
+
+# -- where each token sits (intervention.token) -----------------------------------------------
+@pytest.mark.parametrize("fixture, token, parameter", [
+    ("deit", "distillation", "deit.embeddings.distillation_token"),
+    ("dinov2_reg", "registers", "dinov2_with_registers.embeddings.register_tokens"),
+])
+def test_a_special_tokens_slots_hold_its_own_learned_vectors_at_the_embedding(fixture, token, parameter):
+    """DeiT's distillation token (plus its position) and DINOv2's registers (no position) at
+    hidden state 0, read from HF's own output_hidden_states: the slots a shuffle of that token
+    moves hold exactly those, the same for every image."""
+    adapter, x = load(fixture).adapter, pixels()
+    with torch.no_grad():
+        state0 = adapter.model(pixel_values=x, output_hidden_states=True).hidden_states[0]
+    learned = dict(adapter.model.named_parameters())[parameter]
+    slots = adapter.token_slots(token)
+    if token == "distillation":
+        learned = learned + adapter.model.deit.embeddings.position_embeddings[:, 1:2]
+    torch.testing.assert_close(state0[:, slots], learned.expand(len(x), -1, -1), rtol=0, atol=1e-6)
+    assert state0.shape[1] - adapter.first_patch == (224 // int(adapter.model.config.patch_size)) ** 2
+    assert adapter.token_slots("patches") == slice(adapter.first_patch, None)
+
+
+def test_dinov2_patch_mean_needs_a_head_fitted_here():
+    adapter = load("dinov2").adapter
+    with pytest.raises(ReadoutUnavailable, match="readouts.patch_mean.head: fitted"):
+        adapter.head("patch_mean")
 
 
 # -- CLIP's CLS readout ----------------------------------------------------------------------
@@ -312,7 +367,7 @@ def test_a_clip_cell_projects_through_its_cls_readout(tmp_path):
 
 # -------------------------------------------------------------------- a cell on real files, end to end
 
-E2E = ("vit", "deit", "beit", "dinov2", "clip")
+E2E = ("vit", "deit", "beit", "dinov2", "clip", "dinov2_reg")
 E2E_CLASSES, E2E_PER_CLASS = 4, 3
 
 

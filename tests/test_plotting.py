@@ -13,7 +13,8 @@ from fake_sweep import make_sweep
 
 from sweep.aggregate import SourceError, load_local
 from sweep.intervals import outcome_interval
-from sweep.plotting import DONOR_SERIES, MAIN_SERIES, banded_line, draw_figures, main_result, probe_after_lines
+from sweep.plotting import (DONOR_SERIES, MAIN_SERIES, banded_line, draw_figures, main_result, probe_after_lines,
+                            readout_series)
 from sweep.record import parse_probe_after
 
 DONORS = ["shuffle follows donor (native)", "shuffle follows donor (CLS-only)"]
@@ -37,7 +38,11 @@ def index(out):
 
 def test_every_figure_is_written_as_png_and_pdf(drawn):
     out, figures = drawn
-    assert set(figures) == {"main_result", "identifiability", "controls", "reaccumulation"}
+    assert set(figures) == {"main_result", "identifiability", "controls", "reaccumulation", "readouts"}
+    assert figures.pop("readouts").skipped == ("no complete intervention=shuffle cells with a readout other than "
+                                               "native or cls (e.g. +experiment=readouts)")
+    assert index(out)["readouts"] == {"skipped": "no complete intervention=shuffle cells with a readout other "
+                                                 "than native or cls (e.g. +experiment=readouts)"}
     for name, figure in figures.items():
         assert figure.skipped is None
         assert [p.name for p in figure.paths] == [f"{name}.png", f"{name}.pdf"]
@@ -74,6 +79,7 @@ def test_a_sweep_of_none_cells_draws_what_it_has(tmp_path):
     out = tmp_path / "figures"
     figures = draw_figures(load_local(sweep.sweep_dir), out)
     assert figures.pop("reaccumulation").skipped == "no complete intervened cells with intervention.probe_after=true"
+    assert "intervention=shuffle" in figures.pop("readouts").skipped
     assert not any(figure.skipped for figure in figures.values())
     main = index(out)["main_result"]
     assert all(panel["series"] == ["probe", "chance"] for panel in main["panels"])
@@ -152,3 +158,39 @@ def test_outcomes_of_other_images_are_refused_naming_the_cells(tmp_path):
     with pytest.raises(SourceError, match=f"outcomes of cells {shuffled['cell_id'].iloc[0]} and "
                                           f"{shuffled['cell_id'].iloc[1]} .* list different images"):
         banded_line(MAIN_SERIES[1].select(table.complete), MAIN_SERIES[1], table.outcomes)
+
+
+def test_readouts_draws_every_readout_of_each_model_under_the_shuffle(tmp_path):
+    """A readout beyond native and cls (here patch_mean) draws the figure: per model, per
+    readout, the shuffle's accuracy and donor_agreement (banded like main_result) and the
+    readout's unmodified accuracy; a readout without shuffle cells is not drawn."""
+    sweep = make_sweep(tmp_path, readouts=("native", "cls", "patch_mean"), controls=(), problems=False)
+    table = load_local(sweep.sweep_dir)
+    figures = draw_figures(table, tmp_path / "figures")
+    assert figures["readouts"].skipped is None
+    assert [p.name for p in figures["readouts"].paths] == ["readouts.png", "readouts.pdf"]
+    drawn = index(tmp_path / "figures")["readouts"]
+    assert [panel["title"] for panel in drawn["panels"]] == ["tiny_a", "tiny_b"]
+    expected = [f"{series} ({readout})" for readout in ("native", "cls", "patch_mean")
+                for series in ("shuffle", "follows donor", "none")] + ["chance"]
+    assert all(panel["series"] == expected and panel["missing"] == [] for panel in drawn["panels"])
+    assert "CI over permutation draws (seeds) and examples" in drawn["notes"][0]
+    rows = table.complete[(table.complete["model"] == "tiny_b") & (table.complete["readout"] == "patch_mean")]
+    shuffle, donor = readout_series("patch_mean", "C4")
+    line = banded_line(shuffle.select(rows), shuffle, table.outcomes)
+    at_l2 = rows[(rows["intervention"] == "shuffle") & (rows["layer"] == 2)]
+    assert line.mean[2] == pytest.approx(at_l2["accuracy"].mean())
+    assert banded_line(donor.select(rows), donor, table.outcomes).mean[2] == pytest.approx(
+        at_l2["donor_agreement"].mean())
+
+
+def test_readouts_skips_a_model_without_shuffle_cells_of_its_readouts(tmp_path):
+    sweep = make_sweep(tmp_path, readouts=("native", "cls", "distillation"), controls=(), problems=False)
+    table = load_local(sweep.sweep_dir)
+    shuffled_a = (table.complete["model"] == "tiny_a") & (table.complete["intervention"] == "shuffle")
+    only_none_a = dataclasses.replace(table, frame=table.frame[~shuffled_a])
+    draw_figures(only_none_a, tmp_path / "figures")
+    panels = index(tmp_path / "figures")["readouts"]["panels"]
+    assert [panel["title"] for panel in panels] == ["tiny_b"]
+    assert panels[0]["series"][6:] == ["shuffle (distillation)", "follows donor (distillation)",
+                                       "none (distillation)", "chance"]

@@ -343,10 +343,15 @@ class ViTAdapter(Adapter):
 @ADAPTERS.register("deit")
 class DeiTAdapter(ViTAdapter):
     """`DeiTForImageClassificationWithTeacher`: native logits average the CLS head and
-    the distillation head; the CLS-only readout drops the distillation head."""
+    the distillation head; the CLS-only readout drops the distillation head, and the
+    distillation readout is the distillation head alone on the final-normed distillation
+    token (which reads the CLS only through attention, never directly)."""
 
+    supported_readouts = ("native", "cls", "distillation")
     head_modules = ("cls_classifier", "distillation_classifier")
     supported_tokens = ("cls", "distillation", "patches")
+    #: the distillation token's place in the sequence: CLS, distillation, patches
+    distillation_index: int = 1
 
     @property
     def _base(self) -> nn.Module:
@@ -357,14 +362,18 @@ class DeiTAdapter(ViTAdapter):
         return 2
 
     def _special_slots(self, token: str) -> slice:
-        return slice(1, 2)  # the distillation token
+        return slice(self.distillation_index, self.distillation_index + 1)
 
     def readout_features(self, last_hidden: torch.Tensor, readout: str) -> torch.Tensor:
         self.check_readout(readout)
         normed = self._base.layernorm(last_hidden)
-        return normed[:, :2] if readout == "native" else normed[:, 0]
+        if readout == "native":
+            return normed[:, :2]
+        return normed[:, self.distillation_index if readout == "distillation" else self.cls_index]
 
     def features_with_cls(self, unmodified: torch.Tensor, cls: torch.Tensor, readout: str) -> torch.Tensor:
+        if readout == "distillation":
+            return unmodified  # the distillation token alone: a CLS replaced at L = N is not read
         if readout != "native":
             return super().features_with_cls(unmodified, cls, readout)
         import torch
@@ -375,6 +384,8 @@ class DeiTAdapter(ViTAdapter):
     def native_head(self, readout: str) -> HeadFn:
         if readout == "cls":
             return self.model.cls_classifier
+        if readout == "distillation":
+            return self.model.distillation_classifier
 
         def cls_and_distillation(features: torch.Tensor) -> torch.Tensor:
             return (self.model.cls_classifier(features[:, 0])
@@ -464,7 +475,10 @@ class BeitAdapter(ViTAdapter):
 @ADAPTERS.register("dinov2")
 class Dinov2Adapter(ViTAdapter):
     """`Dinov2ForImageClassification`: native head on CLS ‖ mean of patch tokens; the
-    CLS-only readout needs a head of its own."""
+    CLS-only readout and the patch-mean readout (the native features' second half alone)
+    need heads of their own."""
+
+    supported_readouts = ("native", "cls", "patch_mean")
 
     @property
     def _base(self) -> nn.Module:
@@ -474,16 +488,23 @@ class Dinov2Adapter(ViTAdapter):
     def blocks(self) -> nn.ModuleList:
         return self._base.encoder.layer
 
+    def _patch_mean(self, normed: torch.Tensor) -> torch.Tensor:
+        return normed[:, self.first_patch:].mean(dim=1)
+
     def readout_features(self, last_hidden: torch.Tensor, readout: str) -> torch.Tensor:
         import torch
 
         self.check_readout(readout)
         normed = self._base.layernorm(last_hidden)
         if readout == "native":
-            return torch.cat([normed[:, 0], normed[:, self.first_patch:].mean(dim=1)], dim=1)
+            return torch.cat([normed[:, 0], self._patch_mean(normed)], dim=1)
+        if readout == "patch_mean":
+            return self._patch_mean(normed)
         return normed[:, 0]
 
     def features_with_cls(self, unmodified: torch.Tensor, cls: torch.Tensor, readout: str) -> torch.Tensor:
+        if readout == "patch_mean":
+            return unmodified  # the patch tokens alone: a CLS replaced at L = N is not read
         if readout != "native":
             return super().features_with_cls(unmodified, cls, readout)
         import torch
@@ -492,8 +513,9 @@ class Dinov2Adapter(ViTAdapter):
             return torch.cat([self._base.layernorm(cls.float()), unmodified[:, self.hidden_size:]], dim=1)
 
     def native_head(self, readout: str) -> HeadFn:
-        if readout == "cls":
-            raise ReadoutUnavailable("DINOv2 has no native CLS-only head: set readouts.cls.head: fitted")
+        if readout in ("cls", "patch_mean"):
+            raise ReadoutUnavailable(f"DINOv2 has no native head for the {readout} readout alone: "
+                                     f"set readouts.{readout}.head: fitted")
         return self.model.classifier
 
 

@@ -3,8 +3,8 @@
 The cell runs give one summary row each; the study's figure is a reduction over hundreds of
 them, which W&B cannot draw from rows alone. So once a sweep's units have returned (the
 cell sweeper calls `sweep-aggregate <sweep folder> wandb.log=true`), one run in the sweep's
-group, `job_type=aggregate`, logs what `sweep-aggregate` made: the results table, the three
-figures as images, and per model a native W&B line plot of accuracy vs layer (the series of
+group, `job_type=aggregate`, logs what `sweep-aggregate` made: the results table, every
+drawn figure as an image, and per model a native W&B line plot of accuracy vs layer (the series of
 `main_result`, means over seeds), so the main figure is live in the project.
 
 The run id is derived from the sweep id, so aggregating again resumes the same run instead

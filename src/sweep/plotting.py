@@ -13,6 +13,9 @@ tokens           intervention.token: per model, the shuffle of each token it has
 identifiability  the class-embedding view: per-layer probe, last-layer head applied to
                  layer L's CLS (projection), identifiability, last-layer probe
 controls         accuracy vs layer for every intervention present, native readout
+readouts         every readout of each model under the shuffle: accuracy (solid) and
+                 donor_agreement (dotted) per readout, its `none` accuracy (thin dashed),
+                 chance; drawn when some model has a readout beyond native and cls
 
 Every figure but `tokens` reads the interventions on the CLS only (a shuffle of another
 token is its own series there and in the table, `shuffle@patches`).
@@ -53,6 +56,7 @@ PANEL_SIZE = (3.4, 2.9)   # inches per panel
 MAX_COLUMNS = 5           # the study's five models fit in one row
 PNG_DPI = 150
 TITLE_CHARS_PER_INCH = 11  # at fontsize 10
+TEXT_LINE_IN = 0.2          # one line of title or legend text
 LEGEND_CHAR_IN, LEGEND_ENTRY_IN = 0.075, 0.6  # legend text width per character and handle + padding, fontsize 9
 
 PROBE, SHUFFLE_NATIVE, SHUFFLE_CLS, CHANCE = "probe", "shuffle (native readout)", "shuffle (CLS-only readout)", "chance"
@@ -65,6 +69,10 @@ CHANCE_STYLE = {"color": "grey", "linestyle": "--", "linewidth": 1.0}
 # (shuffle keeps main_result's orange).
 INTERVENTION_COLORS = {"none": "k", "shuffle": "C1", "zero": "C3", "mean": "C4", "noise": "C5", "reset": "C6"}
 SPARE_COLORS = ("C7", "C8", "C9")
+# Readouts: native and cls keep main_result's orange and green.
+READOUT_COLORS = {"native": "C1", "cls": "C2", "distillation": "C3", "patch_mean": "C4"}
+#: the readouts main_result draws; the readouts figure is drawn for the others
+MAIN_READOUTS = ("native", "cls")
 
 
 @dataclass(frozen=True)
@@ -133,6 +141,14 @@ def _probe_rows(rows: pd.DataFrame) -> pd.DataFrame:
     # none cells of every readout carry the same probe: keep one per (layer, seed)
     none = rows[(rows["intervention"] == "none") & rows["probe_accuracy"].notna()]
     return none.drop_duplicates(["layer", "seed"])
+
+
+def _correct(outcomes: pd.DataFrame) -> np.ndarray:
+    return (outcomes["rank"] == 0).to_numpy()
+
+
+def _follows_donor(outcomes: pd.DataFrame) -> np.ndarray:
+    return (outcomes["predicted"] == outcomes["donor_predicted"]).to_numpy()
 
 
 MAIN_SERIES = (
@@ -240,6 +256,7 @@ def draw_figures(table: SweepTable, out_dir: Path) -> dict[str, FigureResult]:
         controls(complete, out_dir),
         reaccumulation(complete, out_dir),
         tokens(complete, table.outcomes, out_dir),
+        readouts(complete, table.outcomes, out_dir),
     ]
     for result in results:
         if result.skipped:
@@ -394,6 +411,62 @@ def reaccumulation(complete: pd.DataFrame, out_dir: Path) -> FigureResult:
     return _finish(fig, axes, name, panels, notes, out_dir)
 
 
+def readout_series(readout: str, color: str) -> tuple[SeriesSpec, SeriesSpec]:
+    """The shuffle's accuracy (solid) and donor_agreement (dotted) with one readout."""
+    return (SeriesSpec(f"shuffle ({readout})", color, _shuffle_rows(readout, "accuracy"), "accuracy", _correct),
+            SeriesSpec(f"follows donor ({readout})", color, _shuffle_rows(readout, "donor_agreement"),
+                       "donor_agreement", _follows_donor, linestyle=":"))
+
+
+def readouts(complete: pd.DataFrame, outcomes: Mapping[str, pd.DataFrame] | None, out_dir: Path) -> FigureResult:
+    """Which part of a readout follows the donor's CLS: per model with shuffle cells, every
+    readout it was shuffled with (accuracy, donor_agreement, banded as in main_result),
+    beside that readout's unmodified (`none`) accuracy. Drawn only when some readout goes
+    beyond main_result's (DINOv2's patch_mean, DeiT's distillation head)."""
+    name = "readouts"
+    shuffled = on_cls(complete[complete["intervention"] == "shuffle"])
+    extra = sorted(set(shuffled["readout"]) - set(MAIN_READOUTS))
+    if not extra:
+        return _skipped(name, "no complete intervention=shuffle cells with a readout other than "
+                              f"{' or '.join(MAIN_READOUTS)} (e.g. +experiment=readouts)")
+    order = [r for r in READOUT_COLORS if r in set(shuffled["readout"])] + \
+        [r for r in extra if r not in READOUT_COLORS]
+    spare = iter(SPARE_COLORS * len(order))
+    colors = {r: READOUT_COLORS.get(r) or next(spare) for r in order}
+    models = list(dict.fromkeys(shuffled["model"]))
+    fig, axes = _panels(len(models))
+    panels, notes, bands = [], [], set()
+    for ax, model in zip(axes, models):
+        rows = complete[complete["model"] == model]
+        missing = []
+        for readout in [r for r in order if r in set(shuffled.loc[shuffled["model"] == model, "readout"])]:
+            for spec in readout_series(readout, colors[readout]):
+                selected = spec.select(rows)
+                if selected.empty:
+                    missing.append(spec.label)
+                    continue
+                line = banded_line(selected, spec, outcomes)
+                _plot(ax, line, color=spec.color, linestyle=spec.linestyle)
+                bands.add(line.band)
+            none = rows[(rows["intervention"] == "none") & (rows["readout"] == readout)]
+            line = mean_line(none, "accuracy", f"none ({readout})")
+            if len(line.layers):
+                ax.plot(line.layers, line.mean, color=colors[readout], linestyle="--", linewidth=0.8,
+                        label=line.label)
+            else:
+                missing.append(line.label)
+        _chance(ax, rows)
+        _style(ax, model, rows, ylabel="accuracy")
+        panels.append(_panel(ax, missing))
+        if missing:
+            notes.append(f"{model}: no cells for {', '.join(missing)}")
+    band_text = _band_text(bands - {None})
+    notes.insert(0, band_text)
+    _suptitle(fig, f"Readouts under the CLS shuffle: accuracy (solid), output = the donor's own prediction "
+                   f"(dotted), unmodified accuracy (thin dashed). Mean over seeds; {band_text}")
+    return _finish(fig, axes, name, panels, notes, out_dir)
+
+
 TOKEN_COLORS = {"cls": "C1", "distillation": "C4", "registers": "C5", "patches": "C9"}
 TOKEN_READOUT = "native"  # the model's own output: what each moved token does to it
 
@@ -473,9 +546,16 @@ def _panels(n: int) -> tuple[Figure, list[Any]]:
 
 
 def _suptitle(fig: Figure, text: str) -> None:
-    """Wrapped to the figure's width: a one-panel figure must not cut its title off."""
+    """Wrapped to the figure's width: a one-panel figure must not cut its title off (the
+    figure grows by the lines beyond the first, so the panels keep their height)."""
     width = max(20, int(fig.get_figwidth() * TITLE_CHARS_PER_INCH))
-    fig.suptitle(textwrap.fill(text, width), fontsize=10)
+    wrapped = textwrap.fill(text, width)
+    _grow(fig, wrapped.count("\n") * TEXT_LINE_IN)
+    fig.suptitle(wrapped, fontsize=10)
+
+
+def _grow(fig: Figure, inches: float) -> None:
+    fig.set_figheight(fig.get_figheight() + inches)
 
 
 def _plot(ax: Any, line: Line, **style: Any) -> None:
@@ -523,8 +603,10 @@ def _finish(fig: Figure, axes: list[Any], name: str, panels: list[Panel], notes:
     for ax in axes:
         for handle, label in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(label, handle)
+    columns = _legend_columns(list(handles), fig.get_figwidth())
+    _grow(fig, (math.ceil(len(handles) / columns) - 1) * TEXT_LINE_IN)  # legend rows beyond the first
     fig.legend(list(handles.values()), list(handles), loc="outside lower center", frameon=False, fontsize=9,
-               ncol=_legend_columns(list(handles), fig.get_figwidth()))
+               ncol=columns)
     paths = _save(fig, out_dir, name)
     return FigureResult(name=name, paths=paths, skipped=None, panels=panels, notes=notes)
 
