@@ -86,16 +86,17 @@ def write_cell(sweep_dir: Path, *, sweep_id: str, model: str, n_layers: int, lay
     folder = sweep_dir / subdir(model, name, sweep_id)
     folder.mkdir(parents=True)
     none = intervention == "none"
+    shuffle = intervention.partition("@")[0] == "shuffle"
     depth = layer / n_layers
     columns = outcomes(accuracy, n_val=n_val, seed=seed * 1000 + layer,
                        probe_accuracy=0.3 + 0.6 * depth if none else None,
                        projection_accuracy=0.1 + 0.8 * depth ** 2 if none else None)
-    if intervention == "shuffle":
+    if shuffle:
         columns |= donor_columns(columns, follows=depth, seed=seed * 1000 + layer)
     _write_csv(folder / "outcomes.csv", columns)
     rank = columns["rank"]
     metrics = {"accuracy": float(np.mean(rank == 0)), "top5": float(np.mean(rank < 5)), "chance": 1 / N_CLASSES}
-    if intervention == "shuffle":
+    if shuffle:
         metrics |= {"donor_accuracy": float(np.mean(columns["predicted"] == columns["label"][columns["donor"]])),
                     "donor_agreement": float(np.mean(columns["predicted"] == columns["donor_predicted"])),
                     # what later probes recover: the unmodified probe curve, less what the shuffle took
@@ -145,12 +146,16 @@ def write_failed_cell(sweep_dir: Path, *, sweep_id: str, model: str, n_layers: i
 
 def _identity(sweep_id: str, model: str, n_layers: int, layer: int, intervention: str, readout: str,
               seed: int) -> dict[str, Any]:
+    """`intervention` as cell names write it: `shuffle@patches` is a shuffle of the patches."""
     name = cell_name(model, layer, intervention, readout, seed)
+    intervention, _, token = intervention.partition("@")
     settings = {"name": intervention}
     if intervention == "shuffle":
-        settings |= {"group_size": 128, "permutation": "derangement"}
+        token = token or "cls"
+        settings |= {"group_size": 128, "permutation": "derangement", "token": token}
     return {"cell_id": cell_id(name, sweep_id), "name": name, "sweep_id": sweep_id, "model": model, "layer": layer,
-            "n_layers": n_layers, "intervention": intervention, "readout": readout, "seed": seed,
+            "n_layers": n_layers, "intervention": intervention, "token": token or None, "readout": readout,
+            "seed": seed,
             "config": {"intervention": settings, "probe": {"method": "ridge", "settings": {"alpha": 1.0}},
                        "data": {"name": "digits", "val_per_class": 20}}}
 
@@ -172,19 +177,23 @@ def shuffle_accuracy(readout: str, depth: float, seed: int) -> float:
 def make_sweep(root: Path, *, sweep_id: str = "fake", models: dict[str, int] = MODELS,
                interventions: tuple[str, ...] = ("none", "shuffle"), readouts: tuple[str, ...] = ("native", "cls"),
                seeds: tuple[int, ...] = SEEDS, controls: tuple[str, ...] = CONTROLS,
-               problems: bool = True) -> FakeSweep:
+               tokens: tuple[str, ...] = (), problems: bool = True) -> FakeSweep:
     """A sweep: models x all layers x interventions x readouts x seeds, plus `controls`
-    (native readout, seed 0). With `problems`: one failed cell and one planned cell that
-    never wrote a record, both listed in plan.json."""
+    (native readout, seed 0) and a shuffle of each of `tokens` besides the CLS
+    (`shuffle@<token>`, every readout and seed). With `problems`: one failed cell and one
+    planned cell that never wrote a record, both listed in plan.json."""
     sweep = FakeSweep(sweep_dir=root / sweep_id, sweep_id=sweep_id)
     sweep.sweep_dir.mkdir(parents=True)
     grid = [(m, n, layer, i, r, s) for m, n in models.items() for layer in range(n + 1)
             for i in interventions for r in readouts for s in seeds]
     grid += [(m, n, layer, c, "native", 0) for m, n in models.items() for layer in range(n + 1) for c in controls]
+    grid += [(m, n, layer, f"shuffle@{t}", r, s) for m, n in models.items() for layer in range(n + 1)
+             for t in tokens for r in readouts for s in seeds]
     for model, n_layers, layer, intervention, readout, seed in grid:
         depth = layer / n_layers
         accuracy = {"none": 0.95, "shuffle": shuffle_accuracy(readout, depth, seed),
-                    "zero": 0.9 - 0.7 * depth, "mean": 0.92 - 0.6 * depth}[intervention]
+                    "zero": 0.9 - 0.7 * depth, "mean": 0.92 - 0.6 * depth}.get(
+            intervention, round(0.15 + 0.7 * depth + 0.02 * seed, 3))  # a token shuffle: the patches' picture
         sweep.records.append(write_cell(sweep.sweep_dir, sweep_id=sweep_id, model=model, n_layers=n_layers,
                                         layer=layer, intervention=intervention, readout=readout, seed=seed,
                                         accuracy=accuracy))

@@ -91,7 +91,7 @@ def test_clip_cls_readout_is_post_layernorm_of_cls():
         torch.testing.assert_close(adapter.readout_features(last_hidden(adapter, x), "cls"), theirs, rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("kind", ["beit", "dinov2", "clip"])
+@pytest.mark.parametrize("kind", ["beit", "dinov2", "dinov2_reg", "clip"])
 def test_a_head_fitted_here_is_what_the_hf_forward_uses(kind):
     adapter, x = tiny_adapter(kind), pixels()
     features_dim = adapter.readout_features(last_hidden(adapter, x), "native").shape[1]
@@ -104,7 +104,7 @@ def test_a_head_fitted_here_is_what_the_hf_forward_uses(kind):
         torch.testing.assert_close(adapter.model(pixel_values=x).logits, expected, rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("kind", ["beit", "dinov2", "clip"])
+@pytest.mark.parametrize("kind", ["beit", "dinov2", "dinov2_reg", "clip"])
 def test_a_fitted_cls_head_reads_the_cls_token_alone(kind):
     adapter, x = tiny_adapter(kind), pixels()
     head = LinearHead(torch.randn(N_CLASSES, adapter.hidden_size), torch.zeros(N_CLASSES))
@@ -167,7 +167,7 @@ def test_an_intervention_at_the_last_layer_needs_only_the_cached_features(kind, 
     """At L = N the engine never holds the hidden state: a readout's features of hidden state
     N with its CLS replaced come from the unmodified features and the new CLS, exactly."""
     adapter = randomised(tiny_adapter(kind))
-    if readout == "cls" and kind in ("beit", "dinov2", "clip"):
+    if readout == "cls" and kind in ("beit", "dinov2", "dinov2_reg", "clip"):
         adapter.install_head("cls", LinearHead(torch.randn(N_CLASSES, 32), torch.randn(N_CLASSES)))
     with torch.no_grad():
         hidden = last_hidden(adapter, pixels())
@@ -263,3 +263,28 @@ def test_a_knockout_refuses_an_attention_it_does_not_wrap_and_restores_what_it_s
                 pass
         assert adapter.attention_module(1).config._attn_implementation == "sdpa"
     assert adapter.attention_module(0).config._attn_implementation == "sdpa"
+
+
+# -- tokens (intervention.token) ------------------------------------------------------
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_with_tokens_moves_exactly_the_tokens_slots_from_the_donor(kind):
+    """Every position of the token, and nothing else: the CLS, the distillation token, the
+    registers and the patches partition the sequence."""
+    from sweep.adapters import TokenUnavailable
+
+    adapter = tiny_adapter(kind)
+    with torch.no_grad():
+        hidden = next(adapter.hidden_states(pixels()))
+    donor = torch.randn(hidden.shape, generator=torch.Generator().manual_seed(5))
+    covered = []
+    for token in adapter.supported_tokens:
+        moved = adapter.with_tokens(hidden, donor, token)
+        changed = (moved != hidden).any(dim=(0, 2)).nonzero().flatten().tolist()
+        assert changed == list(range(hidden.shape[1]))[adapter.token_slots(token)], (kind, token)
+        assert torch.equal(moved[:, adapter.token_slots(token)], donor[:, adapter.token_slots(token)])
+        covered += changed
+    assert sorted(covered) == list(range(hidden.shape[1]))
+    lacking = next(t for t in ("distillation", "registers") if t not in adapter.supported_tokens)
+    with pytest.raises(TokenUnavailable, match=f"no '{lacking}' token; intervention.token can be "):
+        adapter.token_slots(lacking)

@@ -80,3 +80,24 @@ def test_a_knockout_at_the_last_layer_is_refused_there_is_no_block_to_cut():
     bad = "intervention.edge=cls_to_cls"
     with pytest.raises(ConfigError, match="intervention.edge=cls_to_cls is invalid.*patches_to_cls, cls_to_patches"):
         cell_spec(config("model=toy_vit", "layer=2", "intervention=knockout", bad))
+
+
+@pytest.mark.parametrize("model, token, has", [
+    ("vit", "distillation", "cls, patches"), ("deit", "registers", "cls, distillation, patches"),
+    ("dinov2", "registers", "cls, patches"), ("toy_dinov2_reg", "distillation", "cls, registers, patches")])
+def test_a_token_the_model_lacks_is_not_applicable_and_names_the_models_tokens(model, token, has):
+    """A sweep over intervention.token skips such a point with this line; a cell refuses it."""
+    with pytest.raises(NotApplicable, match=rf"model {model} has no '{token}' token for intervention.token "
+                                            rf"\(it has: {has}\)"):
+        cell_spec(config(f"model={model}", "intervention=shuffle", f"intervention.token={token}"))
+
+
+def test_the_token_is_part_of_a_shuffles_identity_and_its_name():
+    cls, patches = (cell_spec(config("model=toy_vit", "layer=2", "intervention=shuffle", f"intervention.token={t}"))
+                    for t in ("cls", "patches"))
+    assert cls.cell_id != patches.cell_id and (cls.token, patches.token) == ("cls", "patches")
+    assert (cls.name, patches.name) == ("toy_vit-L02-shuffle-native-s0", "toy_vit-L02-shuffle@patches-native-s0")
+    assert cell_spec(config("model=toy_vit", "intervention=zero")).token is None  # no token setting: the CLS
+    with pytest.raises(ConfigError, match="intervention.token=cl is invalid: it must be one of cls, distillation, "
+                                          "registers, patches"):
+        cell_spec(config("model=toy_vit", "intervention=shuffle", "intervention.token=cl"))

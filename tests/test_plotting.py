@@ -38,7 +38,9 @@ def index(out):
 
 def test_every_figure_is_written_as_png_and_pdf(drawn):
     out, figures = drawn
-    assert set(figures) == {"main_result", "identifiability", "controls", "reaccumulation", "readouts"}
+    assert set(figures) == {"main_result", "identifiability", "controls", "reaccumulation", "readouts", "tokens"}
+    assert figures.pop("tokens").skipped == ("no complete shuffle cells of a token other than the CLS "
+                                             "(intervention.token) with readout=native")
     assert figures.pop("readouts").skipped == ("no complete intervention=shuffle cells with a readout other than "
                                                "native or cls (e.g. +experiment=readouts)")
     assert index(out)["readouts"] == {"skipped": "no complete intervention=shuffle cells with a readout other "
@@ -80,6 +82,7 @@ def test_a_sweep_of_none_cells_draws_what_it_has(tmp_path):
     figures = draw_figures(load_local(sweep.sweep_dir), out)
     assert figures.pop("reaccumulation").skipped == "no complete intervened cells with intervention.probe_after=true"
     assert "intervention=shuffle" in figures.pop("readouts").skipped
+    assert "intervention.token" in figures.pop("tokens").skipped
     assert not any(figure.skipped for figure in figures.values())
     main = index(out)["main_result"]
     assert all(panel["series"] == ["probe", "chance"] for panel in main["panels"])
@@ -194,3 +197,33 @@ def test_readouts_skips_a_model_without_shuffle_cells_of_its_readouts(tmp_path):
     assert [panel["title"] for panel in panels] == ["tiny_b"]
     assert panels[0]["series"][6:] == ["shuffle (distillation)", "follows donor (distillation)",
                                        "none (distillation)", "chance"]
+
+
+def test_tokens_draws_each_moved_token_beside_the_cls_shuffle_and_keeps_them_out_of_the_cls_figures(tmp_path):
+    """A sweep with shuffles of the patches too: `tokens` draws per model the shuffle of each
+    token (accuracy and follows donor, native readout), with the records' means; main_result,
+    controls and the table keep the CLS shuffle apart from the patches' (`shuffle@patches`)."""
+    from sweep.aggregate import accuracy_pivot
+
+    sweep = make_sweep(tmp_path, models={"tiny_a": 3}, seeds=(0, 1), controls=(), tokens=("patches",),
+                       problems=False)
+    table = load_local(sweep.sweep_dir)
+    out = tmp_path / "figures"
+    figures = draw_figures(table, out)
+    assert figures["tokens"].skipped is None
+    (panel,) = index(out)["tokens"]["panels"]
+    assert panel["series"] == ["shuffle cls: accuracy", "shuffle cls: follows donor", "shuffle patches: accuracy",
+                               "shuffle patches: follows donor", "chance"]
+    main = index(out)["main_result"]["panels"][0]
+    assert main["series"] == MAIN  # no patches series, and the CLS shuffle's lines are its own:
+    cls_shuffle = table.complete[(table.complete["intervention"] == "shuffle") & (table.complete["token"] == "cls")
+                                 & (table.complete["readout"] == "native")]
+    line = banded_line(cls_shuffle, MAIN_SERIES[1], table.outcomes)
+    expected = cls_shuffle.groupby("layer")["accuracy"].mean().to_numpy()
+    assert np.allclose(line.mean, expected)
+    assert index(out)["controls"]["panels"][0]["series"] == ["none", "shuffle", "chance"]
+    series = set(accuracy_pivot(table.complete).index.get_level_values("series"))
+    assert {"shuffle/native", "shuffle@patches/native", "shuffle@patches/cls"} <= series
+    patches = table.complete[table.complete["token"] == "patches"]
+    assert accuracy_pivot(table.complete).loc[("tiny_a", "shuffle@patches/native"), 3] == pytest.approx(
+        patches[(patches["readout"] == "native") & (patches["layer"] == 3)]["accuracy"].mean())

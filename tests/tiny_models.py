@@ -23,6 +23,8 @@ def tiny_config(kind: str) -> transformers.PretrainedConfig:
                                        use_absolute_position_embeddings=True, use_relative_position_bias=True)
     if kind == "dinov2":
         return transformers.Dinov2Config(**SIZE, num_labels=N_CLASSES)
+    if kind == "dinov2_reg":
+        return transformers.Dinov2WithRegistersConfig(**SIZE, num_labels=N_CLASSES, num_register_tokens=3)
     if kind == "clip":
         return transformers.CLIPConfig(vision_config=SIZE, num_labels=N_CLASSES,
                                        text_config=dict(hidden_size=16, num_hidden_layers=1,
@@ -35,6 +37,7 @@ HF_CLASSES = {
     "deit": transformers.DeiTForImageClassificationWithTeacher,
     "beit": transformers.BeitForImageClassification,
     "dinov2": transformers.Dinov2ForImageClassification,
+    "dinov2_reg": transformers.Dinov2WithRegistersForImageClassification,
     "clip": transformers.CLIPForImageClassification,
 }
 KINDS = tuple(HF_CLASSES)

@@ -255,7 +255,8 @@ def describe(plan: Plan, units: Sequence[Any], *, dry_run: bool) -> str:
             lines.append(f"  {model:<14}{c['cells']:>7}{c['done']:>7}{c['cells'] - c['done'] - c['running']:>8}"
                          f"{c['units']:>7}{c['cost']:>36}")
         lines.append("  (cost: each unit runs the unmodified prefix once per validation batch, up to its deepest "
-                     "intervened layer, and blocks L+1..N once per distinct layer, intervention and seed; a model's "
+                     "intervened layer, and blocks L+1..N once per distinct layer, intervention and seed (a shuffle "
+                     "of another token than the CLS adds its donors' prefix once per seed); a model's "
                      "unmodified pass over train+val runs once per model and data, shared through the cache)")
     for cell in plan.running[:SHOWN_RUNNING]:
         lines.append(f"  running elsewhere, not launched: {cell.spec.name} ({cell.running})")
