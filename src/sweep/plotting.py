@@ -275,32 +275,59 @@ def main_result(complete: pd.DataFrame, outcomes: Mapping[str, pd.DataFrame] | N
         return _skipped(name, "no complete intervention=none or intervention=shuffle cells")
     models = list(dict.fromkeys(relevant["model"]))
     fig, axes = _panels(len(models))
-    panels, notes, bands = [], [], set()
+    banded = _Banded(outcomes)
     for ax, model in zip(axes, models):
         rows = complete[complete["model"] == model]
-        missing = []
-        for spec in MAIN_SERIES + DONOR_SERIES:
-            selected = spec.select(rows)
-            if selected.empty:
-                missing.append(spec.label)
-                continue
-            line = banded_line(selected, spec, outcomes)
-            _plot(ax, line, color=spec.color, linestyle=spec.linestyle)
-            bands.add(line.band)
+        missing: list[str] = []
+        for spec, line in banded.draw(ax, rows, MAIN_SERIES + DONOR_SERIES, missing):
             unbanded = line.layers[np.isnan(line.low)]
             if len(unbanded):
-                notes.append(f"{model}: no band for {spec.label} at layer {', '.join(map(str, unbanded))} "
-                             f"(one seed cannot show the spread between seeds)")
+                banded.notes.append(f"{model}: no band for {spec.label} at layer {', '.join(map(str, unbanded))} "
+                                    f"(one seed cannot show the spread between seeds)")
+        banded.close_panel(ax, model, rows, missing, ylabel="accuracy")
+    return banded.finish(fig, axes, name, "Label information in CLS: decodable vs used (dotted: output = the "
+                                          "donor's own prediction).", out_dir)
+
+
+class _Banded:
+    """What the figures of banded series (main_result, readouts, tokens) share: each series
+    drawn with its band where the rows have it, each panel closed with chance and the
+    absent series named, and the figure titled with what its bands resample."""
+
+    def __init__(self, outcomes: Mapping[str, pd.DataFrame] | None) -> None:
+        self.outcomes = outcomes
+        self.panels: list[Panel] = []
+        self.notes: list[str] = []
+        self.bands: set[str | None] = set()
+
+    def draw(self, ax: Any, rows: pd.DataFrame, specs: Sequence[SeriesSpec],
+             missing: list[str] | None = None) -> list[tuple[SeriesSpec, Line]]:
+        """Each spec's banded line where `rows` have it; the others' labels go to `missing`."""
+        drawn = []
+        for spec in specs:
+            selected = spec.select(rows)
+            if selected.empty:
+                if missing is not None:
+                    missing.append(spec.label)
+                continue
+            line = banded_line(selected, spec, self.outcomes)
+            _plot(ax, line, color=spec.color, linestyle=spec.linestyle)
+            self.bands.add(line.band)
+            drawn.append((spec, line))
+        return drawn
+
+    def close_panel(self, ax: Any, model: str, rows: pd.DataFrame, missing: list[str], *, ylabel: str) -> None:
         _chance(ax, rows)
-        _style(ax, model, rows, ylabel="accuracy")
-        panels.append(_panel(ax, missing))
+        _style(ax, model, rows, ylabel=ylabel)
+        self.panels.append(_panel(ax, missing))
         if missing:
-            notes.append(f"{model}: no cells for {', '.join(missing)}")
-    band_text = _band_text(bands - {None})
-    notes.insert(0, band_text)
-    _suptitle(fig, f"Label information in CLS: decodable vs used (dotted: output = the donor's own "
-                   f"prediction). Mean over seeds; {band_text}")
-    return _finish(fig, axes, name, panels, notes, out_dir)
+            self.notes.append(f"{model}: no cells for {', '.join(missing)}")
+
+    def finish(self, fig: Figure, axes: list[Any], name: str, title: str, out_dir: Path) -> FigureResult:
+        band_text = _band_text(self.bands - {None})
+        self.notes.insert(0, band_text)
+        _suptitle(fig, f"{title} Mean over seeds; {band_text}")
+        return _finish(fig, axes, name, self.panels, self.notes, out_dir)
 
 
 def _band_text(kinds: set[str]) -> str:
@@ -411,11 +438,16 @@ def reaccumulation(complete: pd.DataFrame, out_dir: Path) -> FigureResult:
     return _finish(fig, axes, name, panels, notes, out_dir)
 
 
+def shuffle_pair(labels: tuple[str, str], color: str, readout: str, token: str = CLS) -> tuple[SeriesSpec, SeriesSpec]:
+    """A shuffle's accuracy (solid) and donor_agreement (dotted), one readout and token."""
+    return (SeriesSpec(labels[0], color, _shuffle_rows(readout, "accuracy", token), "accuracy", _correct),
+            SeriesSpec(labels[1], color, _shuffle_rows(readout, "donor_agreement", token), "donor_agreement",
+                       _follows_donor, linestyle=":"))
+
+
 def readout_series(readout: str, color: str) -> tuple[SeriesSpec, SeriesSpec]:
-    """The shuffle's accuracy (solid) and donor_agreement (dotted) with one readout."""
-    return (SeriesSpec(f"shuffle ({readout})", color, _shuffle_rows(readout, "accuracy"), "accuracy", _correct),
-            SeriesSpec(f"follows donor ({readout})", color, _shuffle_rows(readout, "donor_agreement"),
-                       "donor_agreement", _follows_donor, linestyle=":"))
+    """The CLS shuffle with one readout."""
+    return shuffle_pair((f"shuffle ({readout})", f"follows donor ({readout})"), color, readout)
 
 
 def readouts(complete: pd.DataFrame, outcomes: Mapping[str, pd.DataFrame] | None, out_dir: Path) -> FigureResult:
@@ -435,19 +467,12 @@ def readouts(complete: pd.DataFrame, outcomes: Mapping[str, pd.DataFrame] | None
     colors = {r: READOUT_COLORS.get(r) or next(spare) for r in order}
     models = list(dict.fromkeys(shuffled["model"]))
     fig, axes = _panels(len(models))
-    panels, notes, bands = [], [], set()
+    banded = _Banded(outcomes)
     for ax, model in zip(axes, models):
         rows = complete[complete["model"] == model]
-        missing = []
+        missing: list[str] = []
         for readout in [r for r in order if r in set(shuffled.loc[shuffled["model"] == model, "readout"])]:
-            for spec in readout_series(readout, colors[readout]):
-                selected = spec.select(rows)
-                if selected.empty:
-                    missing.append(spec.label)
-                    continue
-                line = banded_line(selected, spec, outcomes)
-                _plot(ax, line, color=spec.color, linestyle=spec.linestyle)
-                bands.add(line.band)
+            banded.draw(ax, rows, readout_series(readout, colors[readout]), missing)
             none = rows[(rows["intervention"] == "none") & (rows["readout"] == readout)]
             line = mean_line(none, "accuracy", f"none ({readout})")
             if len(line.layers):
@@ -455,16 +480,9 @@ def readouts(complete: pd.DataFrame, outcomes: Mapping[str, pd.DataFrame] | None
                         label=line.label)
             else:
                 missing.append(line.label)
-        _chance(ax, rows)
-        _style(ax, model, rows, ylabel="accuracy")
-        panels.append(_panel(ax, missing))
-        if missing:
-            notes.append(f"{model}: no cells for {', '.join(missing)}")
-    band_text = _band_text(bands - {None})
-    notes.insert(0, band_text)
-    _suptitle(fig, f"Readouts under the CLS shuffle: accuracy (solid), output = the donor's own prediction "
-                   f"(dotted), unmodified accuracy (thin dashed). Mean over seeds; {band_text}")
-    return _finish(fig, axes, name, panels, notes, out_dir)
+        banded.close_panel(ax, model, rows, missing, ylabel="accuracy")
+    return banded.finish(fig, axes, name, "Readouts under the CLS shuffle: accuracy (solid), output = the donor's "
+                                          "own prediction (dotted), unmodified accuracy (thin dashed).", out_dir)
 
 
 TOKEN_COLORS = {"cls": "C1", "distillation": "C4", "registers": "C5", "patches": "C9"}
@@ -485,29 +503,19 @@ def tokens(complete: pd.DataFrame, outcomes: Mapping[str, pd.DataFrame] | None, 
                               f"with readout={TOKEN_READOUT}")
     models = list(dict.fromkeys(moved["model"]))
     fig, axes = _panels(len(models))
-    panels, notes, bands = [], [], set()
+    banded = _Banded(outcomes)
     for ax, model in zip(axes, models):
         rows = complete[complete["model"] == model]
-        for token in TOKENS:
-            for metric, correct, linestyle, label in (
-                    ("accuracy", _correct, "-", f"shuffle {token}: accuracy"),
-                    ("donor_agreement", _follows_donor, ":", f"shuffle {token}: follows donor")):
-                spec = SeriesSpec(label, TOKEN_COLORS[token], _shuffle_rows(TOKEN_READOUT, metric, token), metric,
-                                  correct, linestyle)
-                selected = spec.select(rows)
-                if selected.empty:
-                    continue
-                line = banded_line(selected, spec, outcomes)
-                _plot(ax, line, color=spec.color, linestyle=spec.linestyle)
-                bands.add(line.band)
-        _chance(ax, rows)
-        _style(ax, model, rows, ylabel=f"accuracy / follows donor ({TOKEN_READOUT} readout)")
-        panels.append(_panel(ax, []))
-    band_text = _band_text(bands - {None})
-    notes.insert(0, band_text)
-    _suptitle(fig, f"Shuffling one token at layer L, {TOKEN_READOUT} readout: accuracy (solid) and output = the "
-                   f"donor's own prediction (dotted). Mean over seeds; {band_text}")
-    return _finish(fig, axes, name, panels, notes, out_dir)
+        banded.draw(ax, rows, [spec for token in TOKENS for spec in token_series(token)])
+        banded.close_panel(ax, model, rows, [], ylabel=f"accuracy / follows donor ({TOKEN_READOUT} readout)")
+    return banded.finish(fig, axes, name, f"Shuffling one token at layer L, {TOKEN_READOUT} readout: accuracy "
+                                          "(solid) and output = the donor's own prediction (dotted).", out_dir)
+
+
+def token_series(token: str) -> tuple[SeriesSpec, SeriesSpec]:
+    """The shuffle of `token` with the native readout."""
+    return shuffle_pair((f"shuffle {token}: accuracy", f"shuffle {token}: follows donor"), TOKEN_COLORS[token],
+                        TOKEN_READOUT, token)
 
 
 def probe_after_lines(rows: pd.DataFrame, intervention: str) -> dict[int, Line]:
