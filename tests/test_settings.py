@@ -63,6 +63,8 @@ BATTERY: list[tuple[list[str], dict[str, str], str]] = [
     (["data.val_per_class=0"], {}, "data.val_per_class=0 is invalid"),
     (["data.train_per_class=0"], {}, "data.train_per_class=0 is invalid"),
     (["data.n_classes=11"], {}, "data.n_classes=11 is invalid"),
+    (["data=imagefolder", "data.root=.", "data.n_classes=1001"], {},
+     "data.n_classes=1001 is invalid: it must be an integer >= 2 and <= 1000"),
     (["data.seed=-1"], {}, "data.seed=-1 is invalid"),
     (["cache.dir=''"], {}, "cache.dir='' is invalid"),
     ([], {"SWEEP_CACHE_DIR": ""}, "cache.dir='' is invalid"),
@@ -168,3 +170,13 @@ def test_docs_list_every_checked_setting_as_the_rules_say():
 
     docs = (Path(__file__).parents[1] / "docs" / "settings.md").read_text()
     assert settings_table() in docs, "regenerate the table in docs/settings.md from sweep.settings.settings_table()"
+
+
+def test_the_image_folders_class_bound_is_the_number_of_imagenet_classes():
+    """`data.n_classes` is refused above ImageNet-1k's classes when the cell is specified, not
+    when the folder is read; the bound is the class list's length."""
+    from sweep.data import imagenet_wnids
+    from sweep.settings import DATA_SOURCES, IMAGENET_CLASSES
+
+    assert IMAGENET_CLASSES == len(imagenet_wnids())
+    assert DATA_SOURCES["imagefolder"]["n_classes"].high == DATA_SOURCES["hub"]["n_classes"].high == IMAGENET_CLASSES

@@ -38,12 +38,16 @@ WANDB_ENV_MODES = (*WANDB_MODES, "dryrun")
 
 _SUBSET = {"name": Text(), "source": Text(), "n_classes": Integer(2), "train_per_class": Integer(1),
            "val_per_class": Integer(1), "seed": Integer(0)}
+#: classes of ImageNet-1k, the index order of the image folder and the hub data
+#: (src/sweep/resources/imagenet1k_wnids.txt; a test keeps the two equal)
+IMAGENET_CLASSES = 1000
 #: data source -> its settings (digits has ten classes)
 DATA_SOURCES: Mapping[str, Mapping[str, Rule]] = {
     "sklearn_digits": {**_SUBSET, "n_classes": Integer(2, 10)},
-    "imagefolder": {**_SUBSET, "root": Text(), "train_dir": Text(), "val_dir": Text()},
-    "hub": {**_SUBSET, "hub_id": Text(), "train_split": Text(), "val_split": Text(), "token_env": Text(),
-            "shuffle_buffer": Integer(1)},
+    "imagefolder": {**_SUBSET, "n_classes": Integer(2, IMAGENET_CLASSES), "root": Text(), "train_dir": Text(),
+                    "val_dir": Text()},
+    "hub": {**_SUBSET, "n_classes": Integer(2, IMAGENET_CLASSES), "hub_id": Text(), "train_split": Text(),
+            "val_split": Text(), "token_env": Text(), "shuffle_buffer": Integer(1)},
 }
 DATA_HINTS = {"root": "data=imagefolder needs data.root=/path/to/imagenet (train/<wnid>/*.JPEG, val/<wnid>/*.JPEG)"}
 
@@ -296,8 +300,9 @@ def settings_table() -> str:
     for group, selector, table, nested in variants:
         rows.append((f"{group}.{selector}", "one of " + ", ".join(table)))
         if group == "data":
-            rows += [(f"data.{key}", rule.description + (" (at most 10 for sklearn_digits)" if key == "n_classes"
-                                                          else "")) for key, rule in _SUBSET.items() if key != "source"]
+            rows += [(f"data.{key}", rule.description + (f" (at most 10 for sklearn_digits, {IMAGENET_CLASSES} "
+                                                          "for imagefolder and hub)" if key == "n_classes" else ""))
+                     for key, rule in _SUBSET.items() if key != "source"]
         common = COMMON_SETTINGS if group == "intervention" else {}
         rows += [(f"{group}.{key} (every {group})", rule.description) for key, rule in common.items()]
         for choice, rules in table.items():
