@@ -80,7 +80,6 @@ BATTERY: list[tuple[list[str], dict[str, str], str]] = [
     (["sweep.lease.heartbeat_s=400"], {}, "sweep.lease.heartbeat_s=400.0 is invalid"),
 ]
 IDS = [" ".join(args) + "".join(f" {k}={v!r}" for k, v in env.items()) for args, env, _ in BATTERY]
-SECONDS_BEFORE_THE_ERROR = 30  # generous on a loaded 2-core machine: no model loads, nothing trains
 
 
 def run_bad_input(mode: str, args: list[str], env: dict[str, str], tmp_path: Path) -> tuple[subprocess.CompletedProcess,
@@ -114,7 +113,6 @@ def test_bad_input_fails_before_any_work_with_a_clear_message(mode, args, env, m
     assert result.returncode == 2, output
     assert message in result.stderr, output
     assert "Traceback" not in output
-    assert seconds < SECONDS_BEFORE_THE_ERROR
     assert written_files(tmp_path) == [], "bad input must leave nothing behind"
 
 
