@@ -146,15 +146,20 @@ def write_failed_cell(sweep_dir: Path, *, sweep_id: str, model: str, n_layers: i
 
 def _identity(sweep_id: str, model: str, n_layers: int, layer: int, intervention: str, readout: str,
               seed: int) -> dict[str, Any]:
-    """`intervention` as cell names write it: `shuffle@patches` is a shuffle of the patches."""
+    """`intervention` as cell names write it: `shuffle@patches` is a shuffle of the patches,
+    `knockout@cls_to_patches+after` a knockout of that edge and span."""
     name = cell_name(model, layer, intervention, readout, seed)
-    intervention, _, token = intervention.partition("@")
-    settings = {"name": intervention}
+    intervention, _, named = intervention.partition("@")
+    settings: dict[str, Any] = {"name": intervention}
+    token = None
     if intervention == "shuffle":
-        token = token or "cls"
+        token = named or "cls"
         settings |= {"group_size": 128, "permutation": "derangement", "token": token}
+    if intervention == "knockout":
+        edge, span = named.split("+")
+        settings |= {"edge": edge, "span": span}
     return {"cell_id": cell_id(name, sweep_id), "name": name, "sweep_id": sweep_id, "model": model, "layer": layer,
-            "n_layers": n_layers, "intervention": intervention, "token": token or None, "readout": readout,
+            "n_layers": n_layers, "intervention": intervention, "token": token, "readout": readout,
             "seed": seed,
             "config": {"intervention": settings, "probe": {"method": "ridge", "settings": {"alpha": 1.0}},
                        "data": {"name": "digits", "val_per_class": 20}}}

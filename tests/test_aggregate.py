@@ -202,3 +202,17 @@ def test_cells_taken_from_results_from_are_in_the_table(tmp_path):
     (new_dir / "plan.json").write_text(json.dumps(plan))
     table = load_local(new_dir)
     assert list(table.complete["cell_id"]) == [taken["cell_id"]] and table.missing.empty
+
+
+def test_knockouts_of_two_edges_are_two_series_of_one_table(tmp_path):
+    """Edge and span are the knockout's labelled settings (its variant): one sweep folder may
+    hold both edges, and the table shows each as its own series, where any other differing
+    setting (the shuffle's permutation, above) is refused."""
+    from sweep.aggregate import accuracy_pivot
+
+    knockouts = ("knockout@patches_to_cls+after", "knockout@cls_to_patches+after")
+    sweep = make_sweep(tmp_path, models={"tiny_a": 3}, seeds=(0,), controls=knockouts, problems=False)
+    table = load_local(sweep.sweep_dir)
+    series = set(accuracy_pivot(table.complete).index.get_level_values("series"))
+    assert {"knockout@patches_to_cls+after/native", "knockout@cls_to_patches+after/native"} <= series
+    assert set(table.complete["variant"].dropna()) == {"patches_to_cls+after", "cls_to_patches+after"}

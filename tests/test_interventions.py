@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from sweep.interventions import (COMMON_SETTINGS, INTERVENTIONS, TOKENS, AttentionCut, attention_cut, donor_indices,
-                                 edited_token, intervention_label, replacement_cls, shuffle_donors)
+                                 edited_token, intervention_label, replacement_cls, shuffle_donors, variant)
 
 
 def test_derangement_moves_every_cls_and_stays_within_groups_of_128():
@@ -107,5 +107,16 @@ def test_a_shuffle_of_another_token_moves_it_from_the_donors_hidden_state_not_fr
         assert torch.equal(donor_indices("shuffle", values, n=300, seed=4),
                            shuffle_donors(300, group_size=128, permutation="derangement", seed=4))
     assert {edited_token(name, {}) for name in INTERVENTIONS.names if name != "shuffle"} == {"cls"}
+
+
+def test_an_interventions_variant_names_the_settings_that_make_another_series():
+    """The table and figures tell series of one intervention apart by its labelled settings:
+    a shuffle by its token (the CLS unnamed, the study's shuffle), a knockout by edge and
+    span; every other setting must agree within a table."""
+    shuffle = {"group_size": 128, "permutation": "identity", "token": "cls", "probe_after": True}
+    assert variant("shuffle", shuffle) is None and intervention_label("shuffle", None) == "shuffle"
+    assert variant("shuffle", {**shuffle, "token": "patches"}) == "patches"
     assert intervention_label("shuffle", "patches") == "shuffle@patches"
-    assert intervention_label("shuffle", "cls") == intervention_label("shuffle", None) == "shuffle"
+    knockout = {"edge": "cls_to_patches", "span": "single", "probe_after": False}
+    assert intervention_label("knockout", variant("knockout", knockout)) == "knockout@cls_to_patches+single"
+    assert variant("noise", {"center": "zero", "probe_after": False}) is None

@@ -227,3 +227,13 @@ def test_tokens_draws_each_moved_token_beside_the_cls_shuffle_and_keeps_them_out
     patches = table.complete[table.complete["token"] == "patches"]
     assert accuracy_pivot(table.complete).loc[("tiny_a", "shuffle@patches/native"), 3] == pytest.approx(
         patches[(patches["readout"] == "native") & (patches["layer"] == 3)]["accuracy"].mean())
+
+
+def test_controls_draw_each_knockout_edge_as_its_own_line(tmp_path):
+    knockouts = ("knockout@patches_to_cls+after", "knockout@cls_to_patches+after")
+    sweep = make_sweep(tmp_path, models={"tiny_a": 3}, seeds=(0,), controls=("zero", *knockouts), problems=False)
+    out = tmp_path / "figures"
+    draw_figures(load_local(sweep.sweep_dir), out)
+    (panel,) = index(out)["controls"]["panels"]
+    assert panel["series"] == ["none", "shuffle", "zero", "knockout@cls_to_patches+after",
+                               "knockout@patches_to_cls+after", "chance"]

@@ -170,7 +170,7 @@ def _missing_local(sweep_dir: Path, plan: Mapping[str, Any] | None, recorded: se
 
 # --------------------------------------------------------------------------- one configuration per series
 
-SERIES = ("model", "intervention", "token", "readout")  # what the table averages over seeds and draws over layers
+SERIES = ("model", "intervention", "variant", "readout")  # what the table averages over seeds and draws over layers
 SHOWN_CELLS = 3
 
 
@@ -179,7 +179,7 @@ def one_configuration(rows: Sequence[Mapping[str, Any]], settings: Sequence[Mapp
 
     A sweep folder can hold records of several configurations (a YAML file edited between
     launches, a reused sweep.name). The table groups by the grid's axes, so cells of one
-    series (model, intervention, token, readout) must agree on every other setting, and one
+    series (model, intervention and its variant, readout) must agree on every other setting, and one
     grid point must be one cell. `settings[i]`: row i's settings as dotted keys. Complete
     rows only: failed ones are never averaged.
     """
@@ -188,8 +188,8 @@ def one_configuration(rows: Sequence[Mapping[str, Any]], settings: Sequence[Mapp
         if row["status"] == "complete":
             series.setdefault(tuple(row[k] for k in SERIES), []).append(i)
     problems = []
-    for (model, intervention, token, readout), members in series.items():
-        key = (model, intervention_label(intervention, token), readout)
+    for (model, intervention, named, readout), members in series.items():
+        key = (model, intervention_label(intervention, named), readout)
         points: dict[tuple, set[str]] = {}
         for i in members:
             points.setdefault(tuple(rows[i][k] for k in AXES), set()).add(rows[i]["cell_id"])
@@ -335,17 +335,22 @@ def summary_text(table: SweepTable) -> str:
 
 def _long(complete: pd.DataFrame) -> pd.DataFrame:
     """One row per (model, series, layer, seed) value the table shows. Series are
-    `<intervention>/<readout>` (`shuffle@patches/native` for a shuffle of another token than
-    the CLS), and `probe` for the none cells' probe accuracy."""
+    `<intervention>/<readout>`, the intervention named with its variant
+    (`shuffle@patches/native`, `knockout@cls_to_patches+after/cls`), and `probe` for the none
+    cells' probe accuracy."""
     columns = ["model", "series", "layer", "seed", "cell_id", "n_val", "value"]
-    labels = [intervention_label(i, None if pd.isna(t) else t) for i, t in zip(complete["intervention"],
-                                                                              complete["token"])]
+    labels = series_labels(complete)
     shown = complete.assign(series=[f"{label}/{readout}" for label, readout in zip(labels, complete["readout"])],
                             value=complete["accuracy"])
     probe = complete[(complete["intervention"] == "none") & complete["probe_accuracy"].notna()]
     probe = probe.drop_duplicates(["model", "layer", "seed"])  # the probe does not depend on the readout
     probe = probe.assign(series="probe", value=probe["probe_accuracy"])
     return pd.concat([shown[columns], probe[columns]], ignore_index=True)
+
+
+def series_labels(rows: pd.DataFrame) -> list[str]:
+    """Each row's intervention as the table and figures name it (`interventions.intervention_label`)."""
+    return [intervention_label(i, None if pd.isna(v) else v) for i, v in zip(rows["intervention"], rows["variant"])]
 
 
 def accuracy_pivot(complete: pd.DataFrame) -> pd.DataFrame:

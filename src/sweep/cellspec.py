@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 from sweep.adapters import ADAPTERS
 from sweep.errors import ConfigError
-from sweep.interventions import INTERVENTIONS, intervention_label
+from sweep.interventions import INTERVENTIONS, intervention_label, variant
 from sweep.rules import Integer, Rule, checked, plain
 from sweep.settings import CellSettings, check_data_folders, parse_integer, parse_settings
 
@@ -85,7 +85,8 @@ class CellSpec:
     @property
     def name(self) -> str:
         seed = "" if self.seed is None else f"-s{self.seed}"
-        return f"{self.model}-L{self.layer:02d}-{intervention_label(self.intervention, self.token)}-{self.readout}{seed}"
+        label = intervention_label(self.intervention, variant(self.intervention, self.science["intervention"]))
+        return f"{self.model}-L{self.layer:02d}-{label}-{self.readout}{seed}"
 
     @property
     def subdir(self) -> str:

@@ -73,6 +73,10 @@ class Intervention:
     seeded: ClassVar[bool] = False
     #: acts in the blocks after layer L, so at L = N (no block after it) it has nothing to do
     needs_a_block: ClassVar[bool] = False
+    #: settings that make another series of this intervention in one table (see `variant`),
+    #: each with the value that goes unnamed (None: every value is named). Any other setting
+    #: must agree within a sweep's table.
+    labelled: ClassVar[Mapping[str, Any]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Each class's declared settings, and the settings every intervention takes."""
@@ -117,6 +121,7 @@ class Shuffle(Intervention):
 
     settings = {"group_size": Integer(2), "permutation": OneOf(*PERMUTATIONS), "token": OneOf(*TOKENS)}
     seeded = True
+    labelled = {"token": CLS}  # the study's shuffle moves the CLS: `shuffle`; `shuffle@patches`
 
     def replacement(self, values, *, cls_at_layer, cls_at_embedding, seed):
         if self.token(values) != CLS:
@@ -181,6 +186,7 @@ class Knockout(Intervention):
 
     settings = {"edge": OneOf(*EDGES), "span": OneOf(*SPANS)}
     needs_a_block = True
+    labelled = {"edge": None, "span": None}  # `knockout@patches_to_cls+after`
 
     def replacement(self, values, *, cls_at_layer, cls_at_embedding, seed):
         return None
@@ -206,10 +212,19 @@ def replacement_cls(name: str, settings: Mapping[str, Any], *, cls_at_layer: tor
                                              cls_at_embedding=cls_at_embedding, seed=seed)
 
 
-def intervention_label(name: str, token: str | None) -> str:
-    """How cell names, the table's series and the figures name an intervention: `shuffle` for
-    the CLS (or an intervention without a token), `shuffle@patches` for another token."""
-    return name if token in (None, CLS) else f"{name}@{token}"
+def variant(name: str, settings: Mapping[str, Any]) -> str | None:
+    """The values of intervention `name`'s labelled settings that are named, joined by "+"
+    (`patches`, `patches_to_cls+after`), or None: what tells its series apart in one table."""
+    labelled = INTERVENTIONS[name].labelled if name in INTERVENTIONS else {}
+    named = [str(settings[key]) for key, unnamed in labelled.items()
+             if key in settings and settings[key] != unnamed]
+    return "+".join(named) or None
+
+
+def intervention_label(name: str, variant: str | None) -> str:
+    """How cell names, the table's series and the figures name an intervention: its name, and
+    its variant after an @ (`shuffle`, `shuffle@patches`, `knockout@cls_to_patches+single`)."""
+    return f"{name}@{variant}" if variant else name
 
 
 def edited_token(name: str, settings: Mapping[str, Any]) -> str:

@@ -44,10 +44,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from sweep.aggregate import SourceError, SweepTable
+from sweep.aggregate import SourceError, SweepTable, series_labels
 from sweep.files import atomic_write_bytes, atomic_write_text
 from sweep.intervals import LEVEL, Interval, outcome_interval, summary_interval
-from sweep.interventions import CLS, INTERVENTIONS, TOKENS, intervention_label
+from sweep.interventions import CLS, INTERVENTIONS, TOKENS
 from sweep.record import parse_probe_after
 
 FORMATS = ("png", "pdf")
@@ -378,8 +378,9 @@ def controls(complete: pd.DataFrame, out_dir: Path) -> FigureResult:
     native = on_cls(complete[complete["readout"] == "native"])
     if native.empty:
         return _skipped(name, "no complete cells with the native readout")
-    present = set(native["intervention"])
-    order = [i for i in INTERVENTIONS if i in present] + sorted(present - set(INTERVENTIONS.names))
+    native = native.assign(series=series_labels(native))  # each knockout (edge, span) its own line
+    rank = {name: i for i, name in enumerate(INTERVENTIONS.names)}
+    order = sorted(set(native["series"]), key=lambda label: (rank.get(label.partition("@")[0], len(rank)), label))
     spare = iter(SPARE_COLORS * len(order))
     colors = {i: INTERVENTION_COLORS.get(i) or next(spare) for i in order}
     models = list(dict.fromkeys(native["model"]))
@@ -389,7 +390,7 @@ def controls(complete: pd.DataFrame, out_dir: Path) -> FigureResult:
         rows = native[native["model"] == model]
         missing = []
         for intervention in order:
-            line = mean_line(rows[rows["intervention"] == intervention], "accuracy", intervention)
+            line = mean_line(rows[rows["series"] == intervention], "accuracy", intervention)
             if len(line.layers) == 0:
                 missing.append(intervention)
                 continue
@@ -412,8 +413,7 @@ def reaccumulation(complete: pd.DataFrame, out_dir: Path) -> FigureResult:
     after = complete[(complete["intervention"] != "none") & complete["probe_after"].notna()]
     if after.empty:
         return _skipped(name, "no complete intervened cells with intervention.probe_after=true")
-    labels = pd.Series([intervention_label(i, None if pd.isna(t) else t)
-                        for i, t in zip(after["intervention"], after["token"])], index=after.index)
+    labels = pd.Series(series_labels(after), index=after.index)
     pairs = list(dict.fromkeys(zip(after["model"], labels)))
     fig, axes = _panels(len(pairs))
     panels, notes = [], []

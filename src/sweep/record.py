@@ -19,6 +19,7 @@ from typing import Any
 
 from sweep.cellspec import CellSpec
 from sweep.files import atomic_write_json, atomic_write_text
+from sweep.interventions import variant
 from sweep.layout import OUTCOMES_FILE, RESULT_FILE
 
 PACKAGES = ("sweep", "torch", "transformers", "datasets", "hydra-core", "submitit", "wandb", "scikit-learn", "numpy")
@@ -97,8 +98,8 @@ METRICS = ("accuracy", "top5", "chance", "donor_accuracy", "donor_agreement", "p
 # column that happens to be all-missing in one source still compares equal to the other.
 COLUMN_KINDS: dict[str, str] = {
     "cell_id": "str", "name": "str", "sweep_id": "str", "status": "str",
-    "model": "str", "layer": "int", "n_layers": "int", "intervention": "str", "token": "str", "readout": "str",
-    "seed": "int",
+    "model": "str", "layer": "int", "n_layers": "int", "intervention": "str", "token": "str", "variant": "str",
+    "readout": "str", "seed": "int",
     "data": "str", "permutation": "str", "probe_method": "str",
     **{metric: "float" for metric in METRICS},
     "probe_after": "str",  # JSON {layer: accuracy} (see probe_after_text)
@@ -137,6 +138,7 @@ def record_row(record: Mapping[str, Any]) -> dict[str, Any]:
     row = {
         **{key: record.get(key) for key in ("cell_id", "name", "sweep_id", "status", "model", "layer", "n_layers",
                                             "intervention", "token", "readout", "seed")},
+        "variant": variant(str(record["intervention"]), config.get("intervention") or {}),
         "data": (config.get("data") or {}).get("name"),
         "permutation": (config.get("intervention") or {}).get("permutation"),
         "probe_method": (config.get("probe") or {}).get("method"),
