@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 from sweep.adapters import ADAPTERS
 from sweep.errors import ConfigError
-from sweep.interventions import INTERVENTIONS, intervention_label, variant
+from sweep.interventions import INTERVENTIONS, edited_token, intervention_label, variant
 from sweep.rules import Integer, Rule, checked, plain
 from sweep.settings import CellSettings, check_data_folders, parse_integer, parse_settings
 
@@ -136,7 +136,7 @@ def cell_spec(cfg: DictConfig | Mapping[str, Any]) -> CellSpec:
             f"{settings.intervention.choice} acts in the blocks after layer L and there is none; valid layers are "
             f"0..{n_layers - 1}, or -{n_layers + 1}..-2 from the end")
     values = settings.intervention.values
-    token = intervention().token(values) if "token" in intervention.settings else None
+    token = edited_token(settings.intervention.choice, values) if "token" in intervention.settings else None
     supported_tokens = ADAPTERS[model["adapter"]].supported_tokens
     if token is not None and token not in supported_tokens:
         raise NotApplicable(f"model {model_name} has no '{token}' token for intervention.token (it has: "

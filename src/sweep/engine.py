@@ -42,7 +42,7 @@ from sweep.cache import ArtifactCache, CorruptEntryError
 from sweep.cellspec import CellSpec
 from sweep.data import batches
 from sweep.files import atomic_write_bytes
-from sweep.interventions import NONE, AttentionCut, attention_cut, donor_indices, edited_token, replacement_cls
+from sweep.interventions import NONE, AttentionCut, attention_cut, donor_indices, replacement_cls
 from sweep.linear_heads import LinearHead
 from sweep.metrics import NonFiniteLogits, rank_metrics, require_finite, top_k_accuracy, true_class_ranks
 from sweep.models import LoadedModel
@@ -416,7 +416,7 @@ def _measure_branches(cfg: Mapping[str, Any], specs: Sequence[CellSpec], prepare
             cut = attention_cut(spec.intervention, values, layer=spec.layer, n_layers=spec.n_layers)
             donors = donor_indices(spec.intervention, values, n=n, seed=spec.seed)
             probe_layers = list(range(spec.layer + 1, spec.n_layers + 1)) if _probe_after(spec) else []
-            token = edited_token(spec.intervention, values) if reads_donor_states(spec) else None
+            token = spec.token if reads_donor_states(spec) else None
             if token is not None:
                 prepared.loaded.adapter.token_slots(token)  # a model without it fails here, before the pass
             # on the host: moved one batch at a time
