@@ -1,12 +1,14 @@
 """The shipped configuration (`sweep.conf`): files that extend others with Hydra's `defaults:`
 compose to exactly the settings they always had, so no cell changes its identity."""
 
+from pathlib import Path
+
 import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 from sweep.cellspec import cell_spec
-from sweep.conf_path import CONF_PACKAGE
+from sweep.conf_path import CONF_DIR, CONF_PACKAGE
 from sweep.errors import ConfigError
 
 # The cell ids of two cells per model (record format 4: the shuffle's intervention.token in
@@ -60,3 +62,23 @@ def test_the_local_slurm_profile_is_the_shipped_one_sized_for_one_cpu_node():
     for key in set(slurm) - set(own):  # the rest (setup lines, submitit folder, requeues) is slurm.yaml's
         assert OmegaConf.to_container(local, resolve=False)[key] == OmegaConf.to_container(slurm, resolve=False)[key], key
     assert local.setup == ["export PYTHONUNBUFFERED=1", "export OMP_NUM_THREADS=1"]  # its own cpus_per_task
+
+
+EXPERIMENTS = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_shipped_preset_plans_a_sweep(experiment, tmp_path):
+    """A dry run of each preset, as a user types it: its grids compose, every cell is
+    specified, and what a model cannot run is a skip line, not an error (nothing loads)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "SWEEP_CACHE_DIR": str(tmp_path / "cache"), "WANDB_MODE": "offline", "HOME": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-m", "sweep.run", "-m", f"+experiment={experiment}", "logger=none",
+                             "sweep.dry_run=true"], env=env, cwd=tmp_path, capture_output=True, text=True,
+                            timeout=300)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "dry run: nothing launched" in output and " cells, 0 already done" in output, output

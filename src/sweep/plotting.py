@@ -68,7 +68,9 @@ CHANCE_STYLE = {"color": "grey", "linestyle": "--", "linewidth": 1.0}
 # Controls: fixed colours per intervention, so a colour means the same thing in every panel
 # (shuffle keeps main_result's orange).
 INTERVENTION_COLORS = {"none": "k", "shuffle": "C1", "zero": "C3", "mean": "C4", "noise": "C5", "reset": "C6"}
-SPARE_COLORS = ("C7", "C8", "C9")
+# Distinct colours for what has none of its own: interventions' variants (each knockout edge
+# and span), readouts and interventions added later.
+SPARE_COLORS = ("C9", "C7", "C8", "C0", "C2", "navy", "olive", "teal")
 # Readouts: native and cls keep main_result's orange and green.
 READOUT_COLORS = {"native": "C1", "cls": "C2", "distillation": "C3", "patch_mean": "C4"}
 #: the readouts main_result draws; the readouts figure is drawn for the others
