@@ -1,8 +1,9 @@
 """Model adapters: where each architecture keeps its blocks, tokens, norms and heads.
 
 The science code (features, interventions, cells) talks only to `Adapter`. Every
-difference between ViT, DeiT, BEiT, DINOv2 and CLIP lives here, or in
-the model configs, `model/*.yaml` (which adapter, which readouts exist, which heads are fitted).
+difference between ViT, DeiT, BEiT, DINOv2 (with or without registers) and CLIP lives here
+(which readouts and tokens each has, and where its tokens sit), or in the model configs,
+`model/*.yaml` (which adapter, which readouts exist, which heads are fitted).
 
 Layer indexing (docs/science.md): hidden state L = 0 is the embedding output (the
 input of block 1), L = k is the output of block k. `module_producing(L)` is the module
@@ -359,7 +360,7 @@ class DeiTAdapter(ViTAdapter):
 
     @property
     def first_patch(self) -> int:
-        return 2
+        return self.distillation_index + 1
 
     def _special_slots(self, token: str) -> slice:
         return slice(self.distillation_index, self.distillation_index + 1)
@@ -522,8 +523,8 @@ class Dinov2Adapter(ViTAdapter):
 @ADAPTERS.register("dinov2_reg")
 class Dinov2WithRegistersAdapter(Dinov2Adapter):
     """`Dinov2WithRegistersForImageClassification` (DINOv2 trained with register tokens,
-    Darcet et al. 2024): the registers sit between the CLS and the patches, and every
-    readout reads them nowhere (the native patch mean starts after them, as HF's head does)."""
+    Darcet et al. 2024): the registers sit between the CLS and the patches, and no readout
+    reads them (the patch mean starts after them, as HF's head does)."""
 
     supported_tokens = ("cls", "registers", "patches")
 
