@@ -165,8 +165,8 @@ def _shuffle_rows(readout: str, metric: str, token: str = CLS) -> Callable[[pd.D
     """A shuffle's rows of one readout and token (a record older than the token setting, with
     no `token`, shuffled the CLS)."""
     def select(r: pd.DataFrame) -> pd.DataFrame:
-        of_token = (r["token"] == token) | (r["token"].isna() if token == CLS else False)
-        return r[(r["intervention"] == "shuffle") & of_token & (r["readout"] == readout) & r[metric].notna()]
+        r = on_cls(r) if token == CLS else r[r["token"] == token]
+        return r[(r["intervention"] == "shuffle") & (r["readout"] == readout) & r[metric].notna()]
     return select
 
 
