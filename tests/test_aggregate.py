@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -111,7 +112,8 @@ def test_results_files_hold_the_frame(table, tmp_path):
 # with the attributes aggregation reads: summary, config, name, id, state, group.
 def wandb_run(record, *, sweep_id, state="finished"):
     summary = {**record_row(record), "_runtime": 12.5, "_timestamp": 1.7e9, "_step": 0, "_wandb": {"runtime": 12}}
-    return SimpleNamespace(summary=summary, config={"layer": record["layer"], "seed": record["seed"]},
+    config = {"layer": record["layer"], "seed": record["seed"], "identity": record.get("config")}  # as the tracker logs
+    return SimpleNamespace(summary=summary, config=config,
                            name=record["name"], id=record["cell_id"][:8], state=state, group=sweep_id)
 
 
@@ -129,6 +131,16 @@ def test_wandb_runs_give_the_same_table_as_the_folders(sweep, table):
     assert list(from_wandb.failed["name"]) == [sweep.failed_name]
     assert list(from_wandb.missing["name"]) == ["tiny_b-L00-noise-native-s1"]
     assert from_wandb.outcomes is None  # the figures' bands bound the examples' part from the records
+
+
+def test_wandb_runs_of_two_configurations_of_one_series_are_refused_like_records(tmp_path):
+    small = make_sweep(tmp_path, models={"tiny_a": 2}, seeds=(0,), readouts=("native",), controls=(),
+                       problems=False)
+    runs = [wandb_run(r, sweep_id=small.sweep_id) for r in small.records]
+    identity = runs[-1].config["identity"]
+    runs[-1].config["identity"] = {**identity, "compute": {**identity["compute"], "dtype": "bfloat16"}}
+    with pytest.raises(SourceError, match=r"(?s)W&B group .*: compute.dtype = 'float32' \(2 cells.*'bfloat16'"):
+        load_wandb(runs, small.sweep_id)
 
 
 def test_a_wandb_run_that_crashed_before_logging_is_reported_failed(sweep):
@@ -179,6 +191,26 @@ def test_other_seeds_of_another_configuration_are_refused_too(tmp_path):
     moved = {**shuffle, "seed": 1, "name": shuffle["name"].replace("-s0", "-s1")}
     _copy_cell(moved, small.sweep_dir, cell_id="2" * 16, permutation="identity")
     with pytest.raises(SourceError, match="intervention.permutation"):
+        load_local(small.sweep_dir)
+
+
+@pytest.mark.parametrize("setting, value", [("model.preprocess.std", [0.6, 0.6, 0.6]),
+                                            ("compute.dtype", "bfloat16"), ("toy_training.epochs", 3)])
+def test_cells_of_one_series_at_different_layers_from_two_configurations_are_refused(tmp_path, setting, value):
+    """Layer 0 of one model YAML and layer 1 of an edited one must not be drawn as one curve:
+    the records carry their whole identity, so any setting of it is compared."""
+    small = make_sweep(tmp_path, models={"tiny_a": 2}, seeds=(0,), readouts=("native",), controls=(),
+                       problems=False)
+    edited = next(r for r in small.records if r["intervention"] == "shuffle" and r["layer"] == 1)
+    path = next(small.sweep_dir.rglob(f"{edited['name']}-*")) / "result.json"
+    record = json.loads(path.read_text())
+    node = record["config"]
+    *parents, leaf = setting.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+    path.write_text(json.dumps(record))
+    with pytest.raises(SourceError, match=rf"tiny_a/shuffle/native: {re.escape(setting)} = "):
         load_local(small.sweep_dir)
 
 

@@ -1,11 +1,15 @@
 """A cell's identity: layer indexing, validation before any weights load, stable ids."""
 
+import copy
+
 import pytest
 from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
 
-from sweep.cellspec import LayerOutOfRange, NotApplicable, cell_spec, resolve_layer
+from conftest import compose_cell
+from sweep.cellspec import LayerOutOfRange, NotApplicable, cell_spec, is_scientific, resolve_layer
 from sweep.conf_path import CONF_PACKAGE
-from sweep.errors import ConfigError
+from sweep.errors import ConfigError, SweepError
 
 
 def config(*overrides):
@@ -101,3 +105,103 @@ def test_the_token_is_part_of_a_shuffles_identity_and_its_name():
     with pytest.raises(ConfigError, match="intervention.token=cl is invalid: it must be one of cls, distillation, "
                                           "registers, patches"):
         cell_spec(config("model=toy_vit", "intervention=shuffle", "intervention.token=cl"))
+
+
+# --------------------------------------------------------------------------- one cell id, one set of numbers
+
+#: a toy cell small enough to run once per leaf of its config (the toy trains in a second)
+WALKED = ["model=toy_vit", "layer=2", "intervention=shuffle", "intervention.probe_after=true", "logger=none",
+          "toy_training.epochs=2", "data.train_per_class=12", "data.val_per_class=10",
+          "toy_training.data.train_per_class=12", "toy_training.data.val_per_class=10"]
+#: another valid value for leaves where "the value, changed a little" is not one
+OTHER_VALUE = {
+    "compute.device": "cpu", "compute.dtype": "bfloat16", "compute.attn_implementation": "eager",
+    "compute.batch_size": 7, "cache.verify": "size", "wandb.mode": "offline", "logger.name": "wandb",
+    "intervention.permutation": "randperm", "intervention.token": "patches", "probe.method": "logistic",
+    "model.preprocess.interpolation": "bicubic", "model.load_kwargs": {"use_safetensors": True},
+    "model.revision": "main", "wandb.entity": "someone", "wandb.tags": ["a-tag"], "sweep.results_from": ["/elsewhere"],
+    "sweep.name": "other", "sweep.id": "other", "sweep.unit.max_cells": 1, "sweep.unit.max_cost": 1,
+    "sweep.unit.id": "other", "model.readouts.native.head": "fitted", "model.readouts.cls.head": "fitted",
+    "model.projection_readout": "native", "wandb.base_url": "https://wandb.example.org",
+}
+
+
+def _leaves(node, prefix=""):
+    for key, value in node.items():
+        if isinstance(value, dict) and value:
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def _other(key, value):
+    if key in OTHER_VALUE:
+        return OTHER_VALUE[key]
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int):
+        return value + 1
+    if isinstance(value, float):
+        return value * 1.5 if value else 0.5
+    if isinstance(value, str):
+        return value + "x"
+    if isinstance(value, list) and value and all(isinstance(v, float) for v in value):
+        return [round(value[0] + 0.1, 6), *value[1:]]
+    raise AssertionError(f"no other value declared for {key}={value!r}: add one to OTHER_VALUE")
+
+
+def _changed(config, key, value):
+    changed = copy.deepcopy(config)
+    *parents, leaf = key.split(".")
+    node = changed
+    for part in parents:
+        node = node[part]
+    node[leaf] = value
+    return changed
+
+
+def _numbers(config, cache):
+    """The cell's metrics and per-example outcomes, or the error it ends in (no numbers)."""
+    from sweep.cell import measure
+
+    try:
+        result = measure(OmegaConf.create(config), cell_spec(config), cache)
+    except Exception as error:  # a value accepted by the plan but refused when the cell runs
+        return type(error).__name__, None, None
+    return dict(result.metrics), {k: v.tolist() for k, v in result.outcomes.items()}, result.artifacts
+
+
+@pytest.mark.slow
+def test_every_leaf_of_a_cells_config_changes_its_id_or_none_of_its_numbers(tmp_path):
+    """Walk every leaf of a toy cell's resolved config and change it to another valid value.
+    Then (1) a warm cache (the unchanged cell's artifacts) gives exactly the numbers a cold one
+    gives: no artifact key misses a setting its artifact reads (model.preprocess.std once
+    did); and (2) the cell id changes, or an artifact the numbers come from changes, or every
+    number stays bit for bit as it was: one cell id, one set of numbers."""
+    from sweep.cache import ArtifactCache
+
+    base = OmegaConf.to_container(compose_cell(*WALKED), resolve=True)
+    warm = ArtifactCache(tmp_path / "warm")
+    base_spec = cell_spec(base)
+    base_numbers = _numbers(base, warm)
+    assert base_numbers[1] is not None, base_numbers
+    problems, refused = [], []
+    for key, value in _leaves(base):
+        other = _changed(base, key, _other(key, value))
+        try:
+            spec = cell_spec(other)
+        except SweepError:
+            refused.append(key)  # a value the plan refuses yields no numbers
+            continue
+        warm_numbers = _numbers(other, warm)
+        cold_numbers = _numbers(other, ArtifactCache(tmp_path / "cold", enabled=False))
+        if warm_numbers[:2] != cold_numbers[:2]:
+            problems.append(f"{key}: a warm cache gives other numbers than a cold one (stale artifact)")
+        same_id = spec.cell_id == base_spec.cell_id
+        if same_id == is_scientific(key):
+            problems.append(f"{key}: declared {'' if is_scientific(key) else 'not '}measured (NOT_MEASURED), "
+                            f"but the cell id {'stays' if same_id else 'changes'}")
+        if same_id and warm_numbers[2] == base_numbers[2] and warm_numbers[:2] != base_numbers[:2]:
+            problems.append(f"{key}: one cell id and the same artifacts, two sets of numbers")
+    assert not problems, "\n".join(problems)
+    assert len(refused) < len(list(_leaves(base))) / 2, f"most changes were refused, so little was walked: {refused}"

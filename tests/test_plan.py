@@ -8,7 +8,7 @@ from functools import lru_cache
 from omegaconf import OmegaConf
 
 from conftest import compose_cell
-from sweep.cellspec import SCIENCE, cell_spec
+from sweep.cellspec import NOT_MEASURED, cell_spec
 from sweep.plan import Dimension, GroupComposer, derive_sweep_id, make_plan
 
 MODELS = {"a": 2, "b": 3}
@@ -71,13 +71,17 @@ def test_the_sweep_id_is_stable_and_ignores_how_the_sweep_runs():
 def test_the_sweep_id_hashes_exactly_the_settings_of_a_cells_identity():
     base = ["model=toy_vit", "layer=1"]
     how_it_runs = ["compute.batch_size=8", "compute.device=cpu", "cache.dir=/elsewhere", "outcomes.save=false",
-                   "wandb.project=other", "+note=a-comment", "sweep.unit.max_cells=3", "hydra/launcher=slurm"]
+                   "wandb.project=other", "logger=none", "sweep.unit.max_cells=3", "hydra/launcher=slurm",
+                   "data.token_env=MY_TOKEN"]
     assert {derive_sweep_id(None, "toy", [*base, extra]) for extra in how_it_runs} == {derive_sweep_id(None, "toy", base)}
     what_it_measures = ["compute.attn_implementation=eager", "compute.flush_denormal=false", "compute.dtype=bfloat16",
                         "toy_training.epochs=3", "data.val_per_class=5", "probe=logistic", "readout=cls", "seed=1",
-                        "intervention.group_size=64", "model.n_layers=3"]
+                        "intervention.group_size=64", "model.n_layers=3", "model.preprocess.std=[0.6,0.6,0.6]",
+                        "+note=a-comment"]
     ids = {derive_sweep_id(None, "toy", [*base, extra]) for extra in what_it_measures}
     assert len(ids) == len(what_it_measures) and derive_sweep_id(None, "toy", base) not in ids
-    # and the cell's identity is made of exactly those settings (plus its record format)
-    spec = cell_spec(OmegaConf.to_container(compose_cell("model=toy_vit", "layer=1"), resolve=True))
-    assert set(spec.science) == {"format", *SCIENCE.values()}
+    # and the cell's identity is the whole config but the declared keys (plus its record format)
+    cfg = OmegaConf.to_container(compose_cell("model=toy_vit", "layer=1"), resolve=True)
+    spec = cell_spec(cfg)
+    assert set(spec.science) == {"format", *(set(cfg) - set(NOT_MEASURED))}
+    assert "batch_size" not in spec.science["compute"] and "device" not in spec.science["compute"]

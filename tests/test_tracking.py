@@ -61,6 +61,8 @@ def test_every_cell_writes_one_offline_wandb_run_in_its_own_folder(wandb_sweep):
         config = OfflineRun.read(log.parent).config
         assert {axis: config[axis] for axis in AXES} == {axis: record[axis] for axis in AXES}
         assert config["config"]["model"]["name"] == record["model"] and config["config"]["layer"] == record["layer"]
+        # and the cell's identity, as its record's `config`: W&B aggregation compares it within a series
+        assert config["identity"] == record["config"]
 
 
 def test_no_secret_reaches_any_file_the_sweep_writes(wandb_sweep):

@@ -22,6 +22,7 @@ from typing import Any
 
 import pandas as pd
 
+from sweep.cellspec import GRID_KEYS
 from sweep.errors import SweepError
 from sweep.files import atomic_write_bytes, atomic_write_text
 from sweep.intervals import LEVEL, summary_interval
@@ -123,7 +124,7 @@ def load_local(sweep_dir: Path) -> SweepTable:
         if row["cell_id"] in recorded:  # in the sweep folder and in results_from: count it once
             continue
         rows.append(row)
-        settings.append(_flat(record.get("config") or {}))
+        settings.append(compared_settings(record.get("config") or {}))
         recorded.add(row["cell_id"])
         if row["status"] == "failed":
             failed.append({"name": row["name"], "error": row["error"], "folder": str(folder)})
@@ -202,7 +203,7 @@ def one_configuration(rows: Sequence[Mapping[str, Any]], settings: Sequence[Mapp
             point, ids = next((p, ids) for p, ids in points.items() if len(ids) > 1)
             problems.append(f"{'/'.join(map(str, key))}: {len(ids)} cells at {dict(zip(AXES, point))} "
                             f"(cell_ids {', '.join(sorted(ids))}) differ in settings the records do not show "
-                            f"(model, toy_training or dtype)")
+                            f"(records of record format 4 or older hold only part of their identity)")
     if problems:
         raise SourceError(
             f"{where} holds records of different configurations that the table would average together:\n  "
@@ -210,6 +211,12 @@ def one_configuration(rows: Sequence[Mapping[str, Any]], settings: Sequence[Mapp
             + f"\nsettings that are not grid axes ({', '.join(AXES)}) must agree within a "
               "series. Move the records of the configuration you do not want out of the folder, or give each "
               "configuration its own sweep.name.")
+
+
+def compared_settings(identity: Mapping[str, Any]) -> dict[str, Any]:
+    """A record's identity (its `config`) as dotted keys, without the grid's own axes: what
+    every cell of one series must agree on."""
+    return {k: v for k, v in _flat(identity).items() if k not in GRID_KEYS}
 
 
 def _variants(key: str, values: Sequence[tuple[Any, str]]) -> str:
@@ -242,7 +249,7 @@ def load_wandb(runs: Iterable[Any], sweep_id: str) -> SweepTable:
     """The same table from W&B runs (objects with .summary, .config, .name, .id, .state,
     .group, as `wandb.Api().runs` yields). Runs of other groups are ignored. W&B's own
     summary keys (_runtime, _step, _wandb, ...) are ignored: only COLUMNS are read."""
-    rows, failed, missing = [], [], []
+    rows, failed, missing, compared = [], [], [], []
     for run in runs:
         if run.group != sweep_id:
             continue
@@ -257,14 +264,20 @@ def load_wandb(runs: Iterable[Any], sweep_id: str) -> SweepTable:
             continue
         row = {column: scalar(column, summary.get(column)) for column in COLUMNS}
         rows.append(row)
+        compared.append(compared_settings(_run_identity(run)))
         if row["status"] == "failed":
             failed.append({"name": row["name"], "error": row["error"], "folder": where})
-    # a summary holds only the row: of the settings, the permutation and the probe method
-    one_configuration(rows, [{"intervention.permutation": r["permutation"], "probe.method": r["probe_method"]}
-                             for r in rows], f"W&B group {sweep_id}")
+    one_configuration(rows, compared, f"W&B group {sweep_id}")
     return SweepTable(sweep_id=sweep_id, source="wandb", frame=_frame(rows),
                       failed=_problems(failed, ("name", "error", "folder")),
                       missing=_problems(missing, ("name", "folder")), outcomes=None)
+
+
+def _run_identity(run: Any) -> Mapping[str, Any]:
+    """The cell's identity that its run's config holds (`identity`, as its record's `config`)."""
+    config = run.config if isinstance(run.config, Mapping) else {}
+    identity = config.get("identity")
+    return identity if isinstance(identity, Mapping) else {}
 
 
 def _run_path(run: Any) -> str:

@@ -8,7 +8,10 @@
 * ``probes``   — per-layer CLS probes, with their validation scores.
 
 Every spec names what produced the artifact (upstream artifacts by key), so a change
-anywhere upstream gives a new key.
+anywhere upstream gives a new key. Each spec is cut from the cell's measured config
+(`cellspec.measured_config`: everything but the settings declared to change no number), by
+naming what the artifact does *not* read — so a setting added later reaches every key by
+default, as it reaches the cell's identity.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from sweep.cache import ArtifactCache, content_key
+from sweep.cellspec import NOT_MEASURED, measured_config, without
 from sweep.data import (DECODER_VERSION, SAMPLER_VERSION, SPLITS, batches, load_split, normalise, pixel_settings,
                         preprocess_split)
 from sweep.linear_heads import LinearHead
@@ -33,6 +37,7 @@ from sweep.metrics import rank_metrics
 from sweep.models import LoadedModel, check_classes, load_model
 from sweep.probes import fit_probes
 from sweep.progress import progress_bar
+from sweep.rules import plain
 from sweep.toy import train_toy
 
 #: file in the cache's root remembering weight-file hashes (local model folders' identity)
@@ -99,24 +104,23 @@ def _write_seconds(out: Path, seconds: Mapping[str, float]) -> None:
     (out / "meta.json").write_text(json.dumps({"seconds": dict(seconds)}))
 
 
-def _readout_options(readouts: Mapping[str, Any]) -> dict[str, Any]:
-    """Readout settings that change the features (e.g. CLIP's `visual_projection`), for the
-    features spec; empty, so absent from the spec, for readouts with none, which keeps
-    the keys of models without such settings unchanged."""
-    options = {str(r): {str(k): v for k, v in settings.items() if k != "head"} for r, settings in readouts.items()}
-    options = {r: o for r, o in options.items() if o}
-    return {"readout_options": options} if options else {}
-
-
 def _read_json(path: Path) -> Any:
     return json.loads(path.read_text())
 
 
+#: model settings a toy's training does not read: how it is read out, and its label
+TOY_UNREAD = ("name", "readouts", "projection_readout")
+#: model settings the features pass does not read: its label and which head reads the
+#: readouts' features (the features are the heads' input; `readouts.<r>.head` is dropped too)
+FEATURES_UNREAD = ("name", "projection_readout")
+
+
 def images_spec(data: Mapping[str, Any], preprocess: Mapping[str, Any]) -> dict[str, Any]:
-    """What the images artifact is keyed by: the data subset and what changes its pixels
-    (`pixel_settings`), not the normalisation, so models of one pixel geometry share a decode."""
-    return {"data": dict(data), "preprocess": pixel_settings(preprocess), "decoder": DECODER_VERSION,
-            "sampler": SAMPLER_VERSION}
+    """What the images artifact is keyed by: the data subset (its measured settings) and what
+    changes its pixels (`pixel_settings`), not the normalisation, so models of one pixel
+    geometry share a decode."""
+    return {"data": without(plain(data), NOT_MEASURED, "data."), "preprocess": pixel_settings(plain(preprocess)),
+            "decoder": DECODER_VERSION, "sampler": SAMPLER_VERSION}
 
 
 def cached_images(cache: ArtifactCache, data: Mapping[str, Any], preprocess: Mapping[str, Any]
@@ -147,10 +151,21 @@ class Artifacts:
     def __init__(self, cfg: Mapping[str, Any], cache: ArtifactCache, device: torch.device, ledger: ComputeLedger):
         self.cfg, self.cache, self.device, self.ledger = cfg, cache, device, ledger
         self.compute = cfg["compute"]
+        self.measured = measured_config(cfg)  # what every key below is cut from
+        self.keys: dict[str, str] = {}  # kind -> the key of each entry this cell read, for its record
+
+    def _get(self, kind: str, spec: Mapping[str, Any], compute: Callable[[Path], None], *, name: str | None = None,
+             **options: Any) -> Path:
+        folder = self.cache.get_or_compute(kind, spec, compute, **options)
+        self.keys[name or kind] = content_key(kind, spec)
+        return folder
 
     # -- images ---------------------------------------------------------------------
-    def images(self, data: Mapping[str, Any], preprocess: Mapping[str, Any]) -> tuple[str, dict[str, Split]]:
-        return cached_images(self.cache, data, preprocess)
+    def images(self, data: Mapping[str, Any], preprocess: Mapping[str, Any], name: str = "images"
+               ) -> tuple[str, dict[str, Split]]:
+        key, splits = cached_images(self.cache, data, preprocess)
+        self.keys[name] = key
+        return key, splits
 
     # -- model ----------------------------------------------------------------------
     def model(self) -> tuple[dict[str, Any], LoadedModel]:
@@ -169,26 +184,26 @@ class Artifacts:
 
     def _toy_weights(self, model_cfg: Mapping[str, Any]) -> tuple[Path, str]:
         training = self.cfg["toy_training"]
-        images_key, splits = self.images(training["data"], model_cfg["preprocess"])
-        spec = {"hf_class": model_cfg["hf_class"], "toy": dict(model_cfg["toy"]),
-                "training": dict(training), "images": images_key}
+        images_key, splits = self.images(training["data"], model_cfg["preprocess"], name="toy_images")
+        spec = {"model": without(self.measured["model"], TOY_UNREAD), "training": self.measured["toy_training"],
+                "images": images_key}
 
         def compute(out: Path) -> None:
             train = splits["train"]
             train_toy(model_cfg, training, train.images, train.labels, out)
 
-        folder = self.cache.get_or_compute("toy_model", spec, compute, description=f"train {model_cfg['name']}")
+        folder = self._get("toy_model", spec, compute, description=f"train {model_cfg['name']}")
         return folder, content_key("toy_model", spec)
 
     # -- features -------------------------------------------------------------------
     def features(self, model_identity: Mapping[str, Any], loaded: LoadedModel, images_key: str,
                  splits: Mapping[str, Split]) -> Features:
         readouts = sorted(self.cfg["model"]["readouts"])
-        spec = {"model": dict(model_identity), "images": images_key, "readouts": readouts,
-                **_readout_options(self.cfg["model"]["readouts"]),
-                "batch_size": int(self.compute["batch_size"]), "dtype": str(self.compute["dtype"]),
-                "device": self.device.type, "attn": str(self.compute["attn_implementation"]),
-                "flush_denormal": bool(self.compute["flush_denormal"])}
+        model = without(self.measured["model"], FEATURES_UNREAD)
+        model["readouts"] = {r: without(settings, ("head",)) for r, settings in model["readouts"].items()}
+        spec = {"model": model, "weights": model_identity["revision"], "images": images_key,
+                "compute": {**self.measured["compute"], "batch_size": int(self.compute["batch_size"]),
+                            "device": self.device.type}}
 
         def compute(out: Path) -> None:
             seconds = {}
@@ -199,8 +214,7 @@ class Artifacts:
             _write_seconds(out, seconds)
 
         key = content_key("features", spec)
-        folder = self.cache.get_or_compute("features", spec, compute,
-                                           description=f"{self.cfg['model']['name']} unmodified pass")
+        folder = self._get("features", spec, compute, description=f"{self.cfg['model']['name']} unmodified pass")
         cls, readout, labels = {}, {}, {}
         for split in SPLITS:
             tensors = load_file(folder / f"{split}.safetensors")
@@ -238,7 +252,7 @@ class Artifacts:
     def fitted_head(self, features: Features, readout: str) -> LinearHead:
         probe = self.cfg["probe"]
         n_classes = int(self.cfg["data"]["n_classes"])
-        spec = {"features": features.key, "readout": readout, "probe": dict(probe), "n_classes": n_classes}
+        spec = {"features": features.key, "readout": readout, "probe": self.measured["probe"], "n_classes": n_classes}
 
         def compute(out: Path) -> None:
             train = features.readout["train"][readout]
@@ -246,7 +260,7 @@ class Artifacts:
                                  method=str(probe["method"]), settings=probe["settings"], device=str(self.device.type))
             save_file(head.state_dict(), out / "head.safetensors")
 
-        folder = self.cache.get_or_compute("head", spec, compute, description=f"{readout} head")
+        folder = self._get("head", spec, compute, name=f"head.{readout}", description=f"{readout} head")
         return LinearHead.from_state_dict(load_file(folder / "head.safetensors"))
 
     def probes(self, features: Features) -> tuple[list[LinearHead], list[dict[str, float]]]:
@@ -254,7 +268,7 @@ class Artifacts:
         and of the last layer's probe applied to that layer."""
         probe = self.cfg["probe"]
         n_classes = int(self.cfg["data"]["n_classes"])
-        spec = {"features": features.key, "probe": dict(probe), "n_classes": n_classes}
+        spec = {"features": features.key, "probe": self.measured["probe"], "n_classes": n_classes}
 
         def compute(out: Path) -> None:
             heads = fit_probes(features.cls["train"], features.labels["train"], n_classes,
@@ -267,7 +281,7 @@ class Artifacts:
                       out / "probes.safetensors")
             (out / "scores.json").write_text(json.dumps(scores, indent=1))
 
-        folder = self.cache.get_or_compute("probes", spec, compute, description="per-layer CLS probes")
+        folder = self._get("probes", spec, compute, description="per-layer CLS probes")
         tensors = load_file(folder / "probes.safetensors")
         heads = [LinearHead.from_state_dict({k.split(".", 1)[1]: v for k, v in tensors.items()
                                              if k.split(".", 1)[0] == str(layer)})

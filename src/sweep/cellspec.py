@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,29 +20,57 @@ from sweep.interventions import INTERVENTIONS, edited_token, intervention_label,
 from sweep.rules import Integer, Rule, checked, plain
 from sweep.settings import CellSettings, check_data_folders, parse_integer, parse_settings
 
-RECORD_FORMAT = 4  # 2: the identity includes compute.attn_implementation and compute.flush_denormal,
+RECORD_FORMAT = 5  # 2: the identity includes compute.attn_implementation and compute.flush_denormal,
                    # and the seed only where the intervention draws random numbers;
                    # 3: records carry the donor metrics, and intervention.probe_after is in the identity;
-                   # 4: the shuffle's intervention.token is in the identity, records carry `token`
+                   # 4: the shuffle's intervention.token is in the identity, records carry `token`;
+                   # 5: the identity is the whole resolved config but NOT_MEASURED (a setting added
+                   #    later is in it by default); records carry it whole as `config`
 
-#: config key -> its name in a cell's identity: the only settings that change what a cell
-#: measures. The cell id hashes their values; the sweep id hashes the overrides of exactly
-#: these keys, so that a setting of how or where cells run (batch size, device, logger,
-#: cache, launcher) never starts a new sweep folder.
-SCIENCE = {"model": "model", "data": "data", "intervention": "intervention", "readout": "readout",
-           "probe": "probe", "layer": "layer", "seed": "seed", "compute.dtype": "dtype",
-           "compute.attn_implementation": "attn_implementation", "compute.flush_denormal": "flush_denormal",
-           "toy_training": "toy_training"}
+#: The settings that change no number a cell reports: where its records, logs and cache
+#: live, what it logs, how its launch is packed, and how many rows a call carries. Every
+#: other key of a cell's resolved config is in its identity, so a setting added later is in
+#: it by default. `tests/test_identity.py` changes every leaf of a toy cell's config and
+#: checks the declaration: a change of one of these keys leaves the cell's numbers bit for
+#: bit as they were (compute.device and compute.batch_size are in the key of every artifact
+#: they feed, where float rounding could differ), and a change of any other changes the id.
+NOT_MEASURED = ("hydra", "logger", "wandb", "sweep", "cache", "outcomes", "compute.device", "compute.batch_size",
+                "data.token_env", "toy_training.data.token_env")
+#: the grid's axes inside an identity: the table compares everything else within a series
+GRID_KEYS = ("layer", "seed")
 
 
 def is_scientific(key: str) -> bool:
-    """Whether the config key `key` (dotted, as on a command line) is, or lies inside, one of
-    the keys of a cell's identity."""
-    key = key.lstrip("+~")
-    return any(key == science or key.startswith(science + ".") for science in SCIENCE)
+    """Whether the config key `key` (dotted, as on a command line; a group override such as
+    `logger=none` is its group's key) is part of a cell's identity: anything not in or under
+    NOT_MEASURED."""
+    key = key.lstrip("+~").replace("/", ".")
+    return not any(key == other or key.startswith(other + ".") for other in NOT_MEASURED)
 
 
-__all__ = ["SCIENCE", "CellSpec", "LayerOutOfRange", "NotApplicable", "cell_spec", "is_scientific", "resolve_layer"]
+def without(node: Mapping[str, Any], dotted: Iterable[str], prefix: str = "") -> dict[str, Any]:
+    """`node` (plain containers) without the keys `dotted` names, relative to `prefix`."""
+    out = {}
+    for key, value in node.items():
+        path = f"{prefix}{key}"
+        if path in dotted:
+            continue
+        out[key] = without(value, dotted, f"{path}.") if isinstance(value, Mapping) else value
+    return out
+
+
+def measured_config(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a cell's resolved config that its numbers can depend on: everything but
+    NOT_MEASURED, and `toy_training` only for a toy (nothing else trains one). The artifact
+    cache's keys are cut from it (sweep.artifacts), so what the identity covers, they cover."""
+    config = without(plain(cfg), NOT_MEASURED)
+    if (config.get("model") or {}).get("toy") is None:
+        config.pop("toy_training", None)
+    return config
+
+
+__all__ = ["NOT_MEASURED", "CellSpec", "LayerOutOfRange", "NotApplicable", "cell_spec", "is_scientific",
+           "measured_config", "resolve_layer"]
 
 
 class NotApplicable(ConfigError):
@@ -117,6 +145,21 @@ def _model(node: Any) -> dict[str, Any]:
     return model
 
 
+def identity(cfg: DictConfig | Mapping[str, Any], settings: CellSettings, *, model: Mapping[str, Any], readout: str,
+             layer: int, seed: int | None) -> dict[str, Any]:
+    """What a cell's id hashes: its whole resolved config, each checked group in its checked
+    form (`1` and `1.0` are one value), the layer resolved (-1 is N), the seed only where
+    the intervention draws random numbers, and without NOT_MEASURED (`measured_config`)."""
+    config = dict(plain(cfg))
+    config.update(model=dict(model), readout=readout, layer=layer, seed=seed,
+                  data=dict(settings.data.values), intervention=dict(settings.intervention.values),
+                  probe={"method": settings.probe.choice, "settings": dict(settings.probe.values)},
+                  compute=dict(vars(settings.compute)))
+    if settings.toy_training is not None:
+        config["toy_training"] = {**vars(settings.toy_training), "data": dict(settings.toy_training.data.values)}
+    return {"format": RECORD_FORMAT, **measured_config(config)}
+
+
 def cell_spec(cfg: DictConfig | Mapping[str, Any]) -> CellSpec:
     """Validate every setting of the cell (cheaply, before any weights load) and identify it.
 
@@ -149,23 +192,6 @@ def cell_spec(cfg: DictConfig | Mapping[str, Any]) -> CellSpec:
             + (f"its model config (model/{model_name}.yaml) declares no readout of the CLS token alone; "
                "use readout=native" if readout == "cls" else "choose one of those"))
     check_data_folders(settings.data.values)
-    compute = settings.compute
-    science: dict[str, Any] = {
-        "format": RECORD_FORMAT,
-        "model": model,
-        "data": dict(settings.data.values),
-        "intervention": dict(settings.intervention.values),
-        "readout": readout,
-        "probe": {"method": settings.probe.choice, "settings": dict(settings.probe.values)},
-        "layer": layer,
-        "seed": seed,
-        "dtype": compute.dtype,
-        "attn_implementation": compute.attn_implementation,
-        "flush_denormal": compute.flush_denormal,
-    }
-    if settings.toy_training is not None:
-        toy = settings.toy_training
-        science["toy_training"] = {**{k: getattr(toy, k) for k in ("epochs", "batch_size", "lr", "weight_decay",
-                                                                   "seed")}, "data": dict(toy.data.values)}
+    science = identity(cfg, settings, model=model, readout=readout, layer=layer, seed=seed)
     return CellSpec(model=model_name, layer=layer, n_layers=n_layers, intervention=settings.intervention.choice,
                     readout=readout, seed=seed, science=science, settings=settings, token=token)

@@ -306,15 +306,16 @@ def _stream_balanced(stream: Iterable[Mapping[str, Any]], data: Mapping[str, Any
 
 # -- preprocessing --------------------------------------------------------------------
 
-#: The preprocess settings that change the cached pixels, the only ones `to_uint8` may read:
-#: the images artifact is keyed by these (`pixel_settings`), so models that differ only in
-#: normalisation (mean, std, applied on the device by `normalise`) share one decode.
-PIXEL_KEYS = ("resize", "resize_exact", "crop", "interpolation")
+#: The preprocess settings applied on the compute device (`normalise`), after the cached
+#: uint8 pixels: the only ones `to_uint8` may not read. Every other preprocess setting,
+#: one added later included, reaches the pixels and the images artifact's key
+#: (`pixel_settings`), while models that differ only in normalisation share one decode.
+NORMALISATION_KEYS = ("mean", "std")
 
 
 def pixel_settings(preprocess: Mapping[str, Any]) -> dict[str, Any]:
     """The part of a model's `preprocess` that the cached uint8 pixels depend on."""
-    return {key: preprocess[key] for key in PIXEL_KEYS}
+    return {key: value for key, value in preprocess.items() if key not in NORMALISATION_KEYS}
 
 
 _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
@@ -349,7 +350,7 @@ def to_uint8(image: Image.Image, preprocess: Mapping[str, Any]) -> np.ndarray:
     normalisation: RGB conversion (`to_rgb`), a PIL resize (`resized_size`), and a centre crop
     whose offsets are floored, `(width - crop) // 2`, as HF's `center_crop` does. Returns a
     (3, crop, crop) uint8 array; `normalise` finishes the job on the device. Reads only
-    `PIXEL_KEYS` (a key read beyond them fails here, not silently in the cache key)."""
+    `pixel_settings` (reading the normalisation here fails, not silently beside the cache key)."""
     preprocess = pixel_settings(preprocess)
     image = to_rgb(image)
     image = image.resize(resized_size(*image.size, preprocess), _RESAMPLE[str(preprocess["interpolation"])])

@@ -101,9 +101,9 @@ def prepare(cfg: Mapping[str, Any], specs: Sequence[CellSpec], cache: ArtifactCa
 def _prepare(cfg: Mapping[str, Any], specs: Sequence[CellSpec], cache: ArtifactCache, ledger: ComputeLedger
              ) -> _Prepared:
     started = time.perf_counter()
-    torch.set_flush_denormal(bool(cfg["compute"]["flush_denormal"]))
     artifacts = Artifacts(cfg, cache, pick_device(str(cfg["compute"]["device"])), ledger)
     identity, loaded = artifacts.model()  # first: a model that cannot load fails before any data work
+    torch.set_flush_denormal(bool(cfg["compute"]["flush_denormal"]))  # after a toy's training, which sets its own
     images_key, splits = artifacts.images(cfg["data"], cfg["model"]["preprocess"])
     features = artifacts.features(identity, loaded, images_key, splits)
     for readout, settings in cfg["model"]["readouts"].items():
@@ -332,7 +332,7 @@ def _result(cfg: Mapping[str, Any], spec: CellSpec, prepared: _Prepared, metrics
                  "batch_size": int(cfg["compute"]["batch_size"]), "cpu_threads": torch.get_num_threads()},
         timings={"prepare_s": prepared.seconds},
         model_revision=prepared.loaded.revision,
-        artifacts={"images": prepared.images_key, "features": features.key})
+        artifacts=dict(prepared.artifacts.keys))
 
 
 def _none_result(cfg: Mapping[str, Any], spec: CellSpec, prepared: _Prepared,

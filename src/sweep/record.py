@@ -21,6 +21,7 @@ from sweep.cellspec import CellSpec
 from sweep.files import atomic_write_json, atomic_write_text
 from sweep.interventions import variant
 from sweep.layout import OUTCOMES_FILE, RESULT_FILE
+from sweep.redaction import redact_tree
 
 PACKAGES = ("sweep", "torch", "transformers", "datasets", "hydra-core", "submitit", "wandb", "scikit-learn", "numpy")
 
@@ -73,7 +74,7 @@ def cell_fields(spec: CellSpec, cfg: Mapping[str, Any], sweep_id: str | None) ->
         "readout": spec.readout,
         "token": spec.token,
         "seed": spec.seed,
-        "config": {k: spec.science[k] for k in ("intervention", "probe", "data")},
+        "config": redact_tree(spec.science),  # the whole identity: what the table compares within a series
     }
 
 

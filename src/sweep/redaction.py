@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 SECRET_ENV = ("WANDB_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
 REDACTED = "<redacted>"
@@ -26,6 +28,16 @@ def redact(text: str) -> str:
     for secret in _secrets():
         text = text.replace(secret, REDACTED)
     return text
+
+
+def redact_tree(node: Any) -> Any:
+    """`node` (plain containers) with every string redacted: a config as a record or a W&B
+    run keeps it."""
+    if isinstance(node, Mapping):
+        return {k: redact_tree(v) for k, v in node.items()}
+    if isinstance(node, (list, tuple)):
+        return [redact_tree(v) for v in node]
+    return redact(node) if isinstance(node, str) else node
 
 
 def redact_files(folder: Path) -> None:

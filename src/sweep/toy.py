@@ -36,6 +36,9 @@ def train_toy(model_cfg: Mapping[str, Any], training: Mapping[str, Any], images:
     """Train with cross-entropy on the model's own logits (for DeiT, the average of its
     two heads, which trains both) and `save_pretrained` into `out_dir`."""
     started = time.perf_counter()
+    # One toy for every cell's compute settings: it is keyed by the model and toy_training
+    # alone, so its training must not read compute.flush_denormal (set per cell afterwards).
+    torch.set_flush_denormal(True)
     seed = int(training["seed"])
     model = build_toy(model_cfg, seed).train()
     optimiser = torch.optim.AdamW(model.parameters(), lr=float(training["lr"]),

@@ -30,7 +30,7 @@ from omegaconf import OmegaConf
 
 from sweep.cellspec import CellSpec
 from sweep.record import AXES, record_row, versions
-from sweep.redaction import redact
+from sweep.redaction import redact, redact_tree
 from sweep.rules import OneOf
 from sweep.settings import WANDB_MODES
 
@@ -106,15 +106,7 @@ def scrubbed_config(cfg: Any) -> dict[str, Any]:
     from the environment redacted."""
     plain = OmegaConf.to_container(cfg, resolve=True)
     plain.pop("hydra", None)
-
-    def scrub(node: Any) -> Any:
-        if isinstance(node, dict):
-            return {k: scrub(v) for k, v in node.items()}
-        if isinstance(node, list):
-            return [scrub(v) for v in node]
-        return redact(node) if isinstance(node, str) else node
-
-    return scrub(plain)
+    return redact_tree(plain)
 
 
 @contextmanager
@@ -268,7 +260,8 @@ def tracker(cfg: Any, spec: CellSpec, sweep_id: str | None, cell_dir: Path) -> I
         group=sweep_id or "single-cells", job_type=spec.intervention, name=spec.name,
         id=run_id(sweep_id, spec.cell_id),
         tags=[spec.model, spec.intervention, spec.readout, f"L{spec.layer}", *wandb_cfg.tags],
-        config={**cell_keys(spec), "config": scrubbed_config(cfg), "versions": versions()})
+        config={**cell_keys(spec), "identity": redact_tree(spec.science), "config": scrubbed_config(cfg),
+                "versions": versions()})
     offline_hint = ("The runs are in each cell's wandb/ folder; upload them later with `wandb sync <cell "
                     "folder>/wandb/offline-run-*` (or `wandb sync --sync-all` there).")
     with wandb_run(wandb_cfg, init, run_dir=cell_dir, side_dir=side, offline_hint=offline_hint,
