@@ -9,7 +9,7 @@ seeds cannot show a spread the few seeds did not happen to hit (a bootstrap over
 has 10 distinct means), so its intervals are too narrow. docs/science.md ("Error bars")
 states the estimator, its assumptions and the coverage check (tests/test_intervals.py).
 
-    var(mean) = s2_seeds / S  +  s2_images / n
+    var(mean | p) = s2_seeds / S  +  s2_images / n
     s2_seeds  = variance of the S per-seed accuracies: permutation draws, plus the example
                 noise that differs between seeds; S - 1 degrees of freedom. Seeds that
                 agree by chance more closely than that noise allows get the noise (the
@@ -52,14 +52,16 @@ LEVEL = 0.95
 class Interval:
     """A mean over seeds with its LEVEL interval and the two variance parts it adds up.
 
-    low/high are NaN where no honest interval exists (one seed of a seeded series)."""
+    low/high are NaN where no honest interval exists (one seed of a seeded series); they are
+    not symmetric about the mean near 0 and 1 (a score interval), so half_width is half the
+    interval's width, not a distance from the mean."""
 
     mean: float
     low: float
     high: float
     seeds: int
-    seed_variance: float     # of the mean: s2_seeds / S (0 for a seedless cell, NaN for one seed)
-    example_variance: float  # of the mean: s2_images / n
+    seed_variance: float     # of the mean, at p = mean: s2_seeds / S (0 for a seedless cell, NaN for one seed)
+    example_variance: float  # of the mean, at p = mean: s2_images / n (0 at a mean of 0 or 1)
     df: float
 
     @property
