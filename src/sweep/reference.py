@@ -3,12 +3,15 @@
 A sweep whose plain accuracy is far below the reference has almost always read the
 images or the weights wrongly (a resize, a normalisation, a head that did not load); the
 numbers after it would be meaningless, so `sweep-aggregate` says so in one line per model.
-The values live in `src/sweep/conf/reference.yaml` (sources in docs/reference.md), not here.
-Torch-free, like aggregation.
+The values live in `src/sweep/conf/reference.yaml` (sources in docs/reference.md), not here,
+each with the settings it was measured at: a head fitted here moves with the training images
+and the probe, so only cells at those settings are compared, and a (model, readout) without
+a reference is named rather than passed over. Torch-free, like aggregation.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -54,8 +57,8 @@ def reference_warnings(complete: pd.DataFrame, reference: Mapping[str, Any] | No
                          f"its reference, measured at {settings_text(entry)}: theirs are {found}")
         cells = cells[same]
         value = float(entry["accuracy"])
-        accuracy = float(cells["accuracy"].mean()) if len(cells) else value
-        if accuracy < value - tolerance:
+        accuracy = float(cells["accuracy"].mean()) if len(cells) else math.nan
+        if accuracy < value - tolerance:  # False without a cell to compare (NaN)
             lines.append(f"warning: {model} (readout={readout}) scores {accuracy:.3f} without intervention on "
                          f"ImageNet-1k, {value - accuracy:.3f} below its reference {value:.3f} "
                          f"(tolerance {tolerance:g}, {len(cells)} cells); check its preprocessing and the weights "
