@@ -109,7 +109,8 @@ def test_pairs_without_a_reference_are_named_not_checked():
              ("deit", "distillation"), ("beit", "cls")]
     lines = reference_warnings(table(*[plain_cell(model, readout, 0.1) for model, readout in pairs]))
     assert sorted(lines) == sorted(f"note: {model} (readout={readout}) has no reference accuracy on ImageNet-1k "
-                                   f"(docs/reference.md): its 1 plain cells are not checked" for model, readout in pairs)
+                                   f"(docs/reference.md): its 1 plain cells are not checked"
+                                   for model, readout in pairs)
 
 
 def test_other_data_are_not_compared():
