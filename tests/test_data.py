@@ -265,3 +265,30 @@ def test_preprocessing_gives_the_hf_image_processors_pixels(model, name, tmp_pat
         ours = normalise(torch.from_numpy(to_uint8(image, preprocess))[None], preprocess)[0].numpy()
     assert ours.shape == expected.shape
     np.testing.assert_allclose(ours, expected, rtol=0, atol=1e-6)
+
+
+SCIENCE = Path(__file__).resolve().parents[1] / "docs" / "science.md"
+
+
+@pytest.mark.parametrize("model", list(HF_PROCESSORS))
+def test_the_pixels_are_hfs_pil_processor_which_docs_say_how_to_load(model, tmp_path):
+    # transformers 5 loads its torchvision ("fast") processor by default wherever
+    # torchvision is installed, and those pixels differ by a few uint8 levels: the sweep
+    # matches the PIL one, docs/science.md names it, and the call it gives a user
+    # (backend="pil") loads that class from a checkpoint's folder and gives the sweep's pixels
+    from transformers import AutoImageProcessor
+    from transformers.image_processing_backends import PilBackend
+
+    preprocess = model_preprocess(model)
+    processor = hf_processor(model, preprocess)
+    assert isinstance(processor, PilBackend)
+    processor.save_pretrained(tmp_path)  # a checkpoint's preprocessor_config.json names the base class
+    loaded = AutoImageProcessor.from_pretrained(tmp_path, backend="pil")
+    assert type(loaded) is type(processor)
+    with Image.open(_image_file(tmp_path, "500x375")) as image:
+        expected = loaded(image, return_tensors="np")["pixel_values"][0]
+        ours = normalise(torch.from_numpy(to_uint8(image, preprocess))[None], preprocess)[0].numpy()
+    np.testing.assert_allclose(ours, expected, rtol=0, atol=1e-6)
+    science = " ".join(SCIENCE.read_text().split())
+    assert f"`{type(processor).__name__}`" in science
+    assert 'AutoImageProcessor.from_pretrained(name, backend="pil")' in science

@@ -7,6 +7,8 @@ import math
 
 import numpy as np
 import pytest
+from scipy.special import expit, logit
+from scipy.stats import binomtest
 
 from sweep.intervals import LEVEL, outcome_interval, summary_interval
 
@@ -117,10 +119,76 @@ def test_few_seeds_widen_the_interval_like_students_t():
     assert interval.half_width == pytest.approx(12.706 * 0.02, rel=1e-3)
 
 
-def test_constant_outcomes_give_a_zero_width_interval():
-    perfect = np.ones((2, 100))
-    interval = outcome_interval(perfect, seeded=True)
-    assert (interval.low, interval.high) == (1.0, 1.0)
+@pytest.mark.parametrize("correct,examples", [(1, 10_000), (0, 10_000), (10, 10_000), (5, 700), (420, 700),
+                                              (700, 700)])
+def test_a_seedless_cell_has_wilsons_interval(correct, examples):
+    # the normal approximation gives [-0.0001, 0.0003] at 1 in 10,000 and a zero-width
+    # interval at none or all correct; the score interval is scipy's Wilson interval
+    outcomes = np.zeros(examples)
+    outcomes[:correct] = 1
+    wilson = binomtest(correct, examples).proportion_ci(confidence_level=LEVEL, method="wilson")
+    for interval in (outcome_interval([outcomes], seeded=False), summary_interval([correct / examples], examples,
+                                                                                  seeded=False)):
+        assert (interval.low, interval.high) == pytest.approx((wilson.low, wilson.high), rel=1e-9, abs=1e-15)
+
+
+def test_constant_outcomes_still_have_an_interval():
+    # every seed right on 100 images: the images' part is at most p(1 - p) / 100, so the
+    # interval is Wilson's on the 100 images, not the point 1.0
+    interval = outcome_interval(np.ones((2, 100)), seeded=True)
+    assert interval.high == 1.0
+    assert interval.low == pytest.approx(binomtest(100, 100).proportion_ci(method="wilson").low, rel=1e-9)
+
+
+# Cells where a normal interval fails: near 0, at chance on ImageNet (1000 classes, 10,000
+# images: where late-layer shuffles sit) and on the toys' digits, near 1. Outcomes are
+# Bernoulli with a per-image difficulty and a per-seed shift on the logit scale, so an
+# accuracy stays in [0, 1]: name -> (accuracy of the median image and seed, images).
+EDGE_CELLS = {"near 0": (0.001, 1000), "chance, ImageNet": (0.001, 10_000), "chance, digits": (0.1, 700),
+              "near 1": (0.998, 700)}
+IMAGE_SD, EDGE_SEED_SD, EDGE_REPLICATIONS = 1.0, 0.3, 1000
+
+
+def edge_sweeps(cell: str, seeds: int, *, resample_images: bool, seed: int = 3):
+    """(true mean, iterator of seeds x examples outcomes). With `resample_images` every
+    sweep draws new images and the truth is the mean over all images (Gauss-Hermite over
+    the logit-normal); with fixed images every sweep scores the same images and the truth
+    is their mean over permutation draws. A seedless cell (seeds=1) has no seed shift."""
+    accuracy, examples = EDGE_CELLS[cell]
+    rng = np.random.default_rng(seed)
+    seed_sd = EDGE_SEED_SD if seeds > 1 else 0.0
+    nodes, weights = np.polynomial.hermite_e.hermegauss(60)
+    weights = weights / weights.sum()
+    fixed = IMAGE_SD * rng.standard_normal(examples)
+    if resample_images:
+        truth = float(weights @ expit(logit(accuracy) + math.hypot(IMAGE_SD, seed_sd) * nodes))
+    else:
+        truth = float((expit(logit(accuracy) + fixed[:, None] + seed_sd * nodes[None, :]) @ weights).mean())
+
+    def sweeps():
+        for _ in range(EDGE_REPLICATIONS):
+            images = IMAGE_SD * rng.standard_normal(examples) if resample_images else fixed
+            shift = seed_sd * rng.standard_normal((seeds, 1))
+            yield rng.random((seeds, examples)) < expit(logit(accuracy) + images[None, :] + shift)
+
+    return truth, sweeps()
+
+
+@pytest.mark.parametrize("resample_images", [False, True], ids=["fixed images", "images resampled"])
+@pytest.mark.parametrize("seeds", [1, 2, 3, 5])
+@pytest.mark.parametrize("cell", list(EDGE_CELLS))
+def test_the_interval_covers_near_0_chance_and_1_within_0_and_1(cell, seeds, resample_images):
+    # the figures' bands (from outcomes) and the table's (from per-seed accuracies) both
+    truth, sweeps = edge_sweeps(cell, seeds, resample_images=resample_images)
+    seeded = seeds > 1
+    bands, table = [], []
+    for sweep in sweeps:
+        bands.append(outcome_interval(sweep, seeded=seeded))
+        table.append(summary_interval(sweep.mean(axis=1), sweep.shape[1], seeded=seeded))
+    for intervals in (bands, table):
+        bounds = np.array([(i.low, i.high) for i in intervals])
+        assert ((bounds >= 0) & (bounds <= 1)).all()
+        assert float(np.mean((bounds[:, 0] <= truth) & (truth <= bounds[:, 1]))) >= REQUIRED
 
 
 def test_bad_input_is_refused_naming_what_was_given():

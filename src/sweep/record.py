@@ -102,6 +102,7 @@ COLUMN_KINDS: dict[str, str] = {
     "model": "str", "layer": "int", "n_layers": "int", "intervention": "str", "token": "str", "variant": "str",
     "readout": "str", "seed": "int",
     "data": "str", "permutation": "str", "probe_method": "str",
+    "train_per_class": "int", "probe_settings": "str",  # what a head fitted here depends on (sweep.reference)
     **{metric: "float" for metric in METRICS},
     "probe_after": "str",  # JSON {layer: accuracy} (see probe_after_text)
     "n_train": "int", "n_val": "int", "n_classes": "int",
@@ -143,6 +144,8 @@ def record_row(record: Mapping[str, Any]) -> dict[str, Any]:
         "data": (config.get("data") or {}).get("name"),
         "permutation": (config.get("intervention") or {}).get("permutation"),
         "probe_method": (config.get("probe") or {}).get("method"),
+        "train_per_class": (config.get("data") or {}).get("train_per_class"),
+        "probe_settings": probe_settings_text((config.get("probe") or {}).get("settings")),
         **{metric: metrics.get(metric) for metric in METRICS},
         "probe_after": probe_after_text(metrics.get("probe_after")),
         **{key: counts.get(key) for key in ("n_train", "n_val", "n_classes")},
@@ -154,6 +157,12 @@ def record_row(record: Mapping[str, Any]) -> dict[str, Any]:
         "error": record.get("error"),
     }
     return {column: scalar(column, row[column]) for column in COLUMNS}
+
+
+def probe_settings_text(settings: Mapping[str, Any] | None) -> str | None:
+    """`config.probe.settings` as the table's one string cell: JSON with sorted keys, so
+    equal settings give equal text (the reference check compares it, sweep.reference)."""
+    return None if settings is None else json.dumps(dict(settings), sort_keys=True, separators=(",", ":"))
 
 
 def probe_after_text(probe_after: Mapping[str, float] | None) -> str | None:
