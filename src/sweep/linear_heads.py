@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -127,8 +127,9 @@ def _moments(x: torch.Tensor, *, centre: bool, standardize: bool) -> tuple[torch
     Population std (ddof=0, like sklearn's StandardScaler); constant features keep scale 1
     instead of dividing by zero. Computed in float64 because ViT features can have a few
     dimensions with huge means, where float32 loses the variance to cancellation.
-    On one thread: with a single feature the mean is a reduction to one number."""
-    with one_thread():
+    Each feature's column is summed by one thread; a single feature would be a reduction
+    to one number, summed in parts (`one_thread`)."""
+    with one_thread() if x.shape[1] == 1 else nullcontext():
         x = x.double()
         shift = x.mean(dim=0) if centre or standardize else x.new_zeros(x.shape[1])
         if not standardize:
