@@ -70,8 +70,9 @@ def toys(names: list[str]) -> None:
                 if native:
                     run["native logits"] = adapter.logits(run["val"][-1], native[0])
             if readouts[projection]["head"] == "fitted":
-                (head,) = fit_probes(adapter.float_readout_features(run["train"][-1], projection),
-                                     splits["train"].labels, n_classes, method=str(probe["method"]),
+                with torch.inference_mode():
+                    features = adapter.float_readout_features(run["train"][-1], projection)
+                (head,) = fit_probes(features, splits["train"].labels, n_classes, method=str(probe["method"]),
                                      settings=probe["settings"], progress=False)
                 adapter.install_head(projection, head)
             with torch.inference_mode():
