@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,8 +106,10 @@ def one_thread() -> Iterator[None]:
     summed in the same order whatever the count. Three kinds of step are not, and run
     under this: LAPACK (Cholesky, triangular solves), BLAS dots (`torch.dot` splits the
     vector above ~16,000 entries), and reductions to a single number over 32,768 entries
-    or more (torch gives each thread a part and adds the parts). They are cheap (D³ or
-    elementwise), so one thread costs little; see docs/science.md, "Thread counts"."""
+    or more (torch gives each thread a part and adds the parts; the per-feature moments and
+    matrix products of a probe on a single feature would be such, and are not covered).
+    They are cheap (D³ or elementwise), so one thread costs little; see docs/science.md,
+    "Thread counts"."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -126,16 +128,13 @@ def _moments(x: torch.Tensor, *, centre: bool, standardize: bool) -> tuple[torch
 
     Population std (ddof=0, like sklearn's StandardScaler); constant features keep scale 1
     instead of dividing by zero. Computed in float64 because ViT features can have a few
-    dimensions with huge means, where float32 loses the variance to cancellation.
-    Each feature's column is summed by one thread; a single feature would be a reduction
-    to one number, summed in parts (`one_thread`)."""
-    with one_thread() if x.shape[1] == 1 else nullcontext():
-        x = x.double()
-        shift = x.mean(dim=0) if centre or standardize else x.new_zeros(x.shape[1])
-        if not standardize:
-            return shift, x.new_ones(x.shape[1])
-        std = x.std(dim=0, correction=0)
-        return shift, torch.where(std > 1e-12 * std.max().clamp_min(1e-300), std, torch.ones_like(std))
+    dimensions with huge means, where float32 loses the variance to cancellation."""
+    x = x.double()
+    shift = x.mean(dim=0) if centre or standardize else x.new_zeros(x.shape[1])
+    if not standardize:
+        return shift, x.new_ones(x.shape[1])
+    std = x.std(dim=0, correction=0)
+    return shift, torch.where(std > 1e-12 * std.max().clamp_min(1e-300), std, torch.ones_like(std))
 
 
 def _fold(weight: torch.Tensor, bias: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> LinearHead:
@@ -153,8 +152,9 @@ def _ridge(x: torch.Tensor, labels: torch.Tensor, n_classes: int, *, alpha: floa
 
     Float64 throughout: ZᵀZ of real features is badly conditioned and float32 would cost
     digits in W for a ~2x saving on a step that takes well under a second per layer.
-    Layers go one after another: each solve is BLAS calls that already use every core,
-    and batching would only multiply the peak memory (a float64 copy per layer).
+    Layers go one after another: each layer's matrix products already use every core (its
+    Cholesky solve runs on one thread, `one_thread`), and batching would only multiply the
+    peak memory (a float64 copy per layer).
     With fit_intercept, Z and Y are centred so the intercept is not penalised (as sklearn's
     Ridge); the intercept is then Y's column means."""
     n = x.shape[0]
@@ -181,7 +181,6 @@ def _logistic_sklearn(x: torch.Tensor, labels: torch.Tensor, n_classes: int, *, 
     reference the torch solver is checked against. With exactly 2 classes sklearn fits
     the binary model (one weight vector); it becomes the head [0, w]."""
     from sklearn.linear_model import LogisticRegression
-
     from threadpoolctl import threadpool_limits
 
     y = labels.cpu().numpy()
