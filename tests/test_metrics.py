@@ -56,3 +56,22 @@ def test_non_finite_logits_are_refused_rather_than_ranked_first():
         true_class_ranks(logits, torch.tensor([1, 0, 0]))
     with pytest.raises(NonFiniteLogits):
         rank_metrics(logits, torch.tensor([1, 0, 0]))
+
+
+def test_scores_over_many_examples_do_not_depend_on_the_thread_count():
+    """50,000 ranks (ImageNet's validation set): a float mean that long is summed in parts,
+    one per thread; the old identifiability_exact differed in its last digit between 1 and
+    2 threads."""
+    ranks = torch.randint(0, 1000, (50_000,), generator=torch.Generator().manual_seed(0))
+    logits = torch.randn(50_000, 10, generator=torch.Generator().manual_seed(1))
+    labels = torch.randint(0, 10, (50_000,), generator=torch.Generator().manual_seed(2))
+    before, scores = torch.get_num_threads(), []
+    try:
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            scores.append((identifiability(ranks, 1000), identifiability_exact(ranks, 1000),
+                           top_k_accuracy(ranks, 5), rank_metrics(logits, labels)))
+    finally:
+        torch.set_num_threads(before)
+    assert scores[0] == scores[1]
+    assert scores[0][0] == 1 - int(ranks.sum()) / (50_000 * 1000)

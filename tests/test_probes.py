@@ -1,12 +1,15 @@
 """Linear probes: ridge against the normal equations, logistic against scikit-learn, and
 the properties the study relies on (folding, batching over layers, determinism)."""
 
+from contextlib import contextmanager
+
 import numpy as np
 import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
 
 from sweep.linear_heads import LinearHead
+from sweep.metrics import rank_metrics
 from sweep.probes import fit_probes
 
 RIDGE = {"alpha": 0.5, "standardize": False, "fit_intercept": False}
@@ -150,3 +153,37 @@ def test_fitting_twice_gives_bit_identical_heads(method, settings):
     second = fit_probes(x, labels, 4, method=method, settings=settings)
     for a, b in zip(first, second):
         assert torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias)
+
+
+
+@contextmanager
+def threads(count: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+# Big enough that the old solvers differed between 1 and 2 threads: ridge's Cholesky of a
+# 320 x 320 Gram matrix (MKL's LAPACK splits it from ~300 on; the float64 difference
+# survives the rounding to float32 in some layers, not all, hence three), and L-BFGS dots
+# over 201 x 100 weights (MKL's dot splits from ~16,000 entries).
+@pytest.mark.parametrize("method, settings, shape", [
+    ("ridge", {**RIDGE, "standardize": True, "fit_intercept": True}, (2, 50, 320)),
+    ("logistic", {**LOGISTIC, "max_iter": 30}, (4, 100, 200)),
+])
+def test_heads_and_their_scores_do_not_depend_on_the_thread_count(method, settings, shape):
+    x, labels = blobs(*shape, layers=3, spread=3.0)
+    val_x, val_labels = blobs(*shape, layers=3, spread=3.0, draw=1)
+    runs = []
+    for count in (1, 2):
+        with threads(count):
+            heads = fit_probes(x, labels, shape[1], method=method, settings=settings, progress=False)
+            runs.append((heads, [rank_metrics(head.logits(v), val_labels) for head, v in zip(heads, val_x)]))
+            assert torch.get_num_threads() == count                 # the solver gave its threads back
+    (one, one_scores), (two, two_scores) = runs
+    for a, b in zip(one, two):
+        assert torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias)
+    assert one_scores == two_scores

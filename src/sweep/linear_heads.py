@@ -15,7 +15,8 @@ Every setting comes from the caller (the probe's YAML config, checked by its met
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,6 +96,28 @@ def logistic_heads(stacked: torch.Tensor, labels: torch.Tensor, n_classes: int, 
                progress=progress)
 
 
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run the enclosed torch CPU arithmetic on one thread, then restore the thread count.
+
+    A fitted head must be a function of its inputs alone, not of the machine's thread count
+    (issue 29). Most of the arithmetic already is: matrix products split their *outputs*
+    between threads, and so do reductions with more than one output, so every number is
+    summed in the same order whatever the count. Three kinds of step are not, and run
+    under this: LAPACK (Cholesky, triangular solves), BLAS dots (`torch.dot` splits the
+    vector above ~16,000 entries), and reductions to a single number over 32,768 entries
+    or more (torch gives each thread a part and adds the parts; the per-feature moments and
+    matrix products of a probe on a single feature would be such, and are not covered).
+    They are cheap (D³ or elementwise), so one thread costs little; see docs/science.md,
+    "Thread counts"."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _bar(progress: bool, **kwargs: Any) -> tqdm:
     """The project's bar (quiet unless stderr is a terminal), or a silent one."""
     return progress_bar(**kwargs) if progress else tqdm(disable=True, **kwargs)
@@ -129,8 +152,9 @@ def _ridge(x: torch.Tensor, labels: torch.Tensor, n_classes: int, *, alpha: floa
 
     Float64 throughout: ZᵀZ of real features is badly conditioned and float32 would cost
     digits in W for a ~2x saving on a step that takes well under a second per layer.
-    Layers go one after another: each solve is BLAS calls that already use every core,
-    and batching would only multiply the peak memory (a float64 copy per layer).
+    Layers go one after another: each layer's matrix products already use every core (its
+    Cholesky solve runs on one thread, `one_thread`), and batching would only multiply the
+    peak memory (a float64 copy per layer).
     With fit_intercept, Z and Y are centred so the intercept is not penalised (as sklearn's
     Ridge); the intercept is then Y's column means."""
     n = x.shape[0]
@@ -141,7 +165,8 @@ def _ridge(x: torch.Tensor, labels: torch.Tensor, n_classes: int, *, alpha: floa
     zty = 2 * class_sums.T - z.sum(dim=0, keepdim=True).T                      # (D, C)
     gram = z.T @ z
     gram.diagonal().add_(alpha)
-    weight = torch.cholesky_solve(zty, torch.linalg.cholesky(gram)).T          # (C, D)
+    with one_thread():                                                         # LAPACK: see one_thread
+        weight = torch.cholesky_solve(zty, torch.linalg.cholesky(gram)).T      # (C, D)
     counts = torch.bincount(labels, minlength=n_classes).to(z.dtype)
     # With centred Z the intercept is mean(Y) − mean(Z)·W = mean(Y) per class: 2·count/n − 1.
     bias = 2 * counts / n - 1 if fit_intercept else torch.zeros_like(counts)
@@ -156,6 +181,7 @@ def _logistic_sklearn(x: torch.Tensor, labels: torch.Tensor, n_classes: int, *, 
     reference the torch solver is checked against. With exactly 2 classes sklearn fits
     the binary model (one weight vector); it becomes the head [0, w]."""
     from sklearn.linear_model import LogisticRegression
+    from threadpoolctl import threadpool_limits
 
     y = labels.cpu().numpy()
     heads, iterations = [], []
@@ -163,7 +189,8 @@ def _logistic_sklearn(x: torch.Tensor, labels: torch.Tensor, n_classes: int, *, 
     for layer in x:
         shift, scale = _moments(layer, centre=True, standardize=standardize)
         z = ((layer.double() - shift) / scale).cpu().numpy()
-        model = LogisticRegression(C=C, max_iter=max_iter, tol=tol, solver="lbfgs").fit(z, y)
+        with threadpool_limits(1):                     # numpy's BLAS, as `one_thread` does torch's
+            model = LogisticRegression(C=C, max_iter=max_iter, tol=tol, solver="lbfgs").fit(z, y)
         weight, bias = torch.from_numpy(model.coef_), torch.from_numpy(model.intercept_)
         if n_classes == 2:
             weight, bias = torch.cat([torch.zeros_like(weight), weight]), torch.cat([torch.zeros_like(bias), bias])
@@ -214,8 +241,10 @@ def _logistic_torch(x: torch.Tensor, labels: torch.Tensor, n_classes: int, *, C:
     for layer, f, q, g in zip(x, features, penalty, to_w):
         shift, scale = _moments(layer, centre=True, standardize=standardize)
         z = ((layer.double() - shift) / scale).float()
-        chol = torch.linalg.cholesky((z.T @ z).double() / n + WHITENING_DAMPING * lam * n_classes * eye)
-        inverse = torch.linalg.solve_triangular(chol, eye, upper=False)       # L⁻¹ = Pᵀ
+        covariance = (z.T @ z).double() / n + WHITENING_DAMPING * lam * n_classes * eye
+        with one_thread():                                                     # LAPACK: see one_thread
+            chol = torch.linalg.cholesky(covariance)
+            inverse = torch.linalg.solve_triangular(chol, eye, upper=False)   # L⁻¹ = Pᵀ
         f[:, :dim] = z @ inverse.T.float()
         q[:dim, :dim] = lam * inverse @ inverse.T
         g[:dim, :dim] = chol                                                   # ∇_W = P⁻ᵀ ∇_V = L ∇_V
@@ -319,8 +348,17 @@ class _Buffers:
 
 def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Per-layer inner product of two (L, ...) tensors. A loop of BLAS dots: a batched
-    (L, 1, N) @ (L, N, 1) product is 10-40x slower on CPU once L > 1."""
-    return torch.stack([torch.dot(x.reshape(-1), y.reshape(-1)) for x, y in zip(a, b)])
+    (L, 1, N) @ (L, N, 1) product is 10-40x slower on CPU once L > 1. On one thread, so
+    the sum's order does not depend on the thread count (`one_thread`)."""
+    with one_thread():
+        return torch.stack([torch.dot(x.reshape(-1), y.reshape(-1)) for x, y in zip(a, b)])
+
+
+def _layer_mean(values: torch.Tensor) -> torch.Tensor:
+    """Float64 mean over the examples of (L, n) per-example values: one number per layer,
+    on one thread, since for a single layer it is a reduction to one number (`one_thread`)."""
+    with one_thread():
+        return values.mean(dim=1, dtype=torch.float64)
 
 
 def _softmax_cross_entropy(logits: torch.Tensor, index: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
@@ -329,7 +367,7 @@ def _softmax_cross_entropy(logits: torch.Tensor, index: torch.Tensor, probs: tor
     probability is ≥ 1/K, so unlike log p_y it never underflows."""
     torch.softmax(logits, dim=-1, out=probs)
     log_sum_exp = logits.amax(dim=-1) - probs.amax(dim=-1).log()
-    return (log_sum_exp - logits.gather(2, index).squeeze(2)).mean(dim=1, dtype=torch.float64)
+    return _layer_mean(log_sum_exp - logits.gather(2, index).squeeze(2))
 
 
 def _gradient(batch: dict[str, torch.Tensor], probs: torch.Tensor) -> torch.Tensor:
@@ -377,12 +415,12 @@ def _line_search(logits: torch.Tensor, buffers: _Buffers, index: torch.Tensor, l
         torch.addcmul(logits, along, t.float().view(-1, 1, 1), out=trial)
         value = _softmax_cross_entropy(trial, index, probs) + q0 + t * q1 + 0.5 * t * t * q2
         expected_along = torch.mul(probs, along, out=work).sum(dim=-1)      # E_p[B] per example
-        return value, (expected_along - along_true).mean(dim=1, dtype=torch.float64) + q1 + t * q2, expected_along
+        return value, _layer_mean(expected_along - along_true) + q1 + t * q2, expected_along
 
     def curvature(expected_along: torch.Tensor) -> torch.Tensor:
         # φ″ = mean Var_p[B] + q₂; `work` still holds p·B from the last evaluate.
         second = torch.mul(work, along, out=work).sum(dim=-1)
-        return (second - expected_along.square()).mean(dim=1, dtype=torch.float64).add(q2).clamp_min(1e-300)
+        return _layer_mean(second - expected_along.square()).add(q2).clamp_min(1e-300)
 
     def representable(t: torch.Tensor) -> torch.Tensor:
         return t.float().double()                      # the step the float32 logits actually take

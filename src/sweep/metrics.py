@@ -33,17 +33,24 @@ def true_class_ranks(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
 
 
 def top_k_accuracy(ranks: torch.Tensor, k: int) -> float:
-    return float((ranks < k).double().mean())
+    return float((ranks < k).double().mean())       # a float sum of 0s and 1s is exact in any order
+
+
+def _mean_rank_share(ranks: torch.Tensor, denominator: int) -> float:
+    """mean(r) / denominator from the exact integer sum of the ranks: a float mean over
+    32,768 or more examples is summed in parts, one per thread, so its last digits would
+    depend on the thread count (issue 29). NaN for no examples, as a float mean gives."""
+    return int(ranks.sum()) / (len(ranks) * denominator) if len(ranks) else float("nan")
 
 
 def identifiability(ranks: torch.Tensor, n_classes: int) -> float:
     """mean(1 - r / C): Vilas' and the seed's formula (1.0 at top-1, 1/C above zero at worst)."""
-    return float((1.0 - ranks.double() / n_classes).mean())
+    return 1.0 - _mean_rank_share(ranks, n_classes)
 
 
 def identifiability_exact(ranks: torch.Tensor, n_classes: int) -> float:
     """mean(1 - r / (C - 1)): the variant that spans exactly [0, 1]."""
-    return float((1.0 - ranks.double() / (n_classes - 1)).mean())
+    return 1.0 - _mean_rank_share(ranks, n_classes - 1)
 
 
 def rank_metrics(logits: torch.Tensor, labels: torch.Tensor, prefix: str = "") -> dict[str, float]:
