@@ -63,7 +63,9 @@ def measured_config(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     """The part of a cell's resolved config that its numbers can depend on: everything but
     NOT_MEASURED, and `toy_training` only for a toy (nothing else trains one). The artifact
     cache's keys are cut from it (sweep.artifacts), so what the identity covers, they cover."""
-    config = without(plain(cfg), NOT_MEASURED)
+    # top-level keys one at a time, so that an unmeasured node is never resolved: `hydra`
+    # refers to the cell's own folder (`${cell:subdir}`), which is named after this identity
+    config = without({key: plain(cfg[key]) for key in cfg if key not in NOT_MEASURED}, NOT_MEASURED)
     if (config.get("model") or {}).get("toy") is None:
         config.pop("toy_training", None)
     return config
@@ -150,7 +152,7 @@ def identity(cfg: DictConfig | Mapping[str, Any], settings: CellSettings, *, mod
     """What a cell's id hashes: its whole resolved config, each checked group in its checked
     form (`1` and `1.0` are one value), the layer resolved (-1 is N), the seed only where
     the intervention draws random numbers, and without NOT_MEASURED (`measured_config`)."""
-    config = dict(plain(cfg))
+    config = {key: cfg[key] for key in cfg}
     config.update(model=dict(model), readout=readout, layer=layer, seed=seed,
                   data=dict(settings.data.values), intervention=dict(settings.intervention.values),
                   probe={"method": settings.probe.choice, "settings": dict(settings.probe.values)},

@@ -31,8 +31,8 @@ clipped there where the seeds' spread alone reaches past it).
 
 So with few seeds and a large spread between them the interval is Student's t on the
 per-seed accuracies (S - 1 degrees of freedom), and where the images' own spread dominates
-it narrows to their Wilson interval. A seedless cell (seed null: none, zero, mean, reset)
-has the example part only. One seed of a seeded series cannot show the spread between
+it narrows to their Wilson interval. A seedless cell (seed null: its intervention draws no
+random numbers) has the example part only. One seed of a seeded series cannot show the spread between
 seeds: it has no interval.
 """
 

@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from sweep.cellspec import CellSpec, NotApplicable, cell_spec, is_scientific
-from sweep.errors import ConfigError, SweepError
 from sweep.cell_state import read_state
+from sweep.errors import ConfigError, SweepError
+from sweep.interventions import INTERVENTIONS
 from sweep.layout import records_under
 from sweep.record import read_record
 
@@ -231,8 +232,9 @@ def describe(plan: Plan, units: Sequence[Any], *, dry_run: bool) -> str:
              + (f"{len(plan.running)} running elsewhere, " if plan.running else "")
              + f"{len(plan.pending)} to run in {len(units)} work units  ({plan.sweep_dir})"]
     if plan.merged_seedless:
+        seedless = ", ".join(name for name, intervention in INTERVENTIONS.items() if not intervention.seeded)
         lines.append(f"  merged {plan.merged_seedless} grid points that differ only in a seed their intervention does "
-                     "not use (none, zero, mean, reset draw no random numbers): each such cell is measured once")
+                     f"not use ({seedless} draw no random numbers): each such cell is measured once")
     if plan.merged_overlap:
         lines.append(f"  merged {plan.merged_overlap} grid points that the grids of the union share")
     reasons = Counter(c.skipped for c in plan.skipped)

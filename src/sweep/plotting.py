@@ -49,6 +49,7 @@ from sweep.files import atomic_write_bytes, atomic_write_text
 from sweep.intervals import LEVEL, Interval, outcome_interval, summary_interval
 from sweep.interventions import CLS, INTERVENTIONS, TOKENS
 from sweep.record import parse_probe_after
+from sweep.registry import Registry
 
 FORMATS = ("png", "pdf")
 FIGURES_FILE = "figures.json"
@@ -145,14 +146,6 @@ def _probe_rows(rows: pd.DataFrame) -> pd.DataFrame:
     return none.drop_duplicates(["layer", "seed"])
 
 
-def _correct(outcomes: pd.DataFrame) -> np.ndarray:
-    return (outcomes["rank"] == 0).to_numpy()
-
-
-def _follows_donor(outcomes: pd.DataFrame) -> np.ndarray:
-    return (outcomes["predicted"] == outcomes["donor_predicted"]).to_numpy()
-
-
 MAIN_SERIES = (
     SeriesSpec(PROBE, "C0", _probe_rows, "probe_accuracy",
                lambda o: (o["probe_predicted"] == o["label"]).to_numpy()),
@@ -246,20 +239,20 @@ def _seed_outcomes(at_layer: pd.DataFrame, spec: SeriesSpec,
 # --------------------------------------------------------------------------- figures
 
 
+#: figure(complete rows, per-example outcomes or None, out_dir) -> FigureResult
+FigureFunction = Callable[[pd.DataFrame, "Mapping[str, pd.DataFrame] | None", Path], "FigureResult"]
+#: every figure `sweep-aggregate` draws, in the order figures.json lists them: a figure is one
+#: function registered here (`@FIGURES.register("name")`), named as its files are
+FIGURES: Registry[FigureFunction] = Registry("figure")
+
+
 def draw_figures(table: SweepTable, out_dir: Path) -> dict[str, FigureResult]:
     """Draw every figure the table has data for into `out_dir` (PNG + PDF each) and write
     figures.json. A skipped figure's old files are removed, so the folder always matches
     figures.json."""
     out_dir.mkdir(parents=True, exist_ok=True)
     complete = table.frame[table.frame["status"] == "complete"]
-    results = [
-        main_result(complete, table.outcomes, out_dir),
-        identifiability(complete, out_dir),
-        controls(complete, out_dir),
-        reaccumulation(complete, out_dir),
-        tokens(complete, table.outcomes, out_dir),
-        readouts(complete, table.outcomes, out_dir),
-    ]
+    results = [figure(complete, table.outcomes, out_dir) for _, figure in FIGURES.items()]
     for result in results:
         if result.skipped:
             for fmt in FORMATS:
@@ -268,6 +261,7 @@ def draw_figures(table: SweepTable, out_dir: Path) -> dict[str, FigureResult]:
     return {result.name: result for result in results}
 
 
+@FIGURES.register("main_result")
 def main_result(complete: pd.DataFrame, outcomes: Mapping[str, pd.DataFrame] | None,
                 out_dir: Path) -> FigureResult:
     """Decodable (probe) vs used (accuracy after the CLS shuffle), per layer and model."""
@@ -341,7 +335,9 @@ def _band_text(kinds: set[str]) -> str:
     return f"{what}, the examples' part bounded by p(1-p)/n where per-example outcomes are missing"
 
 
-def identifiability(complete: pd.DataFrame, out_dir: Path) -> FigureResult:
+@FIGURES.register("identifiability")
+def identifiability(complete: pd.DataFrame, outcomes: Mapping[str, pd.DataFrame] | None, out_dir: Path
+                    ) -> FigureResult:
     """The class-embedding view (Vilas et al. 2023): what layer L's CLS says through the
     model's own final norm and head, beside the per-layer and last-layer probes."""
     name = "identifiability"
@@ -373,7 +369,9 @@ def identifiability(complete: pd.DataFrame, out_dir: Path) -> FigureResult:
     return _finish(fig, axes, name, panels, notes, out_dir)
 
 
-def controls(complete: pd.DataFrame, out_dir: Path) -> FigureResult:
+@FIGURES.register("controls")
+def controls(complete: pd.DataFrame, outcomes: Mapping[str, pd.DataFrame] | None, out_dir: Path
+             ) -> FigureResult:
     """Every intervention side by side (native readout): the other ways to destroy what
     CLS carries should bracket the shuffle."""
     name = "controls"
@@ -406,7 +404,9 @@ def controls(complete: pd.DataFrame, out_dir: Path) -> FigureResult:
     return _finish(fig, axes, name, panels, notes, out_dir)
 
 
-def reaccumulation(complete: pd.DataFrame, out_dir: Path) -> FigureResult:
+@FIGURES.register("reaccumulation")
+def reaccumulation(complete: pd.DataFrame, outcomes: Mapping[str, pd.DataFrame] | None, out_dir: Path
+                   ) -> FigureResult:
     """Is the label information re-accumulated after an intervention at L? One panel per
     (model, intervention) with probe_after cells: per intervened layer L, the layer-L'
     probe's accuracy on the intervened CLS at each L' > L (mean over seeds; readouts share
@@ -452,6 +452,7 @@ def readout_series(readout: str, color: str) -> tuple[SeriesSpec, SeriesSpec]:
     return shuffle_pair((f"shuffle ({readout})", f"follows donor ({readout})"), color, readout)
 
 
+@FIGURES.register("readouts")
 def readouts(complete: pd.DataFrame, outcomes: Mapping[str, pd.DataFrame] | None, out_dir: Path) -> FigureResult:
     """Which part of a readout follows the donor's CLS: per model with shuffle cells, every
     readout it was shuffled with (accuracy, donor_agreement, banded as in main_result),
@@ -491,6 +492,7 @@ TOKEN_COLORS = {"cls": "C1", "distillation": "C4", "registers": "C5", "patches":
 TOKEN_READOUT = "native"  # the model's own output: what each moved token does to it
 
 
+@FIGURES.register("tokens")
 def tokens(complete: pd.DataFrame, outcomes: Mapping[str, pd.DataFrame] | None, out_dir: Path) -> FigureResult:
     """Which token carries what the output uses? Per model, a shuffle of each token it has
     (intervention.token), native readout: accuracy against the image's own label (solid)
