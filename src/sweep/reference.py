@@ -3,7 +3,7 @@
 A sweep whose plain accuracy is far below the reference has almost always read the
 images or the weights wrongly (a resize, a normalisation, a head that did not load); the
 numbers after it would be meaningless, so `sweep-aggregate` says so in one line per model.
-The values live in `src/sweep/conf/reference.yaml` (sources in docs/reference.md), not here.
+The values live in `conf/reference.yaml` (sources in docs/reference.md), not here.
 Torch-free, like aggregation.
 """
 

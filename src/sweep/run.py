@@ -56,7 +56,7 @@ OmegaConf.register_new_resolver("cell", _cell_resolver, replace=True)
 
 
 class CheckCell(Callback):
-    """`hydra.callbacks.check_cell` (src/sweep/conf/config.yaml): `sweep-run` refuses a bad cell before
+    """`hydra.callbacks.check_cell` (conf/config.yaml): `sweep-run` refuses a bad cell before
     Hydra makes the run's folder, whose name (`${cell:subdir}`) needs a valid cell. Hydra
     would report the resolver's error with a traceback of its own and OmegaConf's frames;
     this is the one line every other bad input gets, and exit 2."""
