@@ -11,6 +11,7 @@ from conf/); torch and the rest come from this venv by a `.pth` line (tests/test
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -72,3 +73,12 @@ def test_runs_without_a_warning(hydra_bin, what, cli_env, tmp_path):
     assert "warn" not in result.stderr.lower() and "deprecat" not in result.stderr.lower(), result.stderr
     if what == "submitit launcher":
         assert "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher" in result.stdout
+
+
+def test_the_editable_install_maps_sweep_conf_to_the_top_level_conf(hydra_bin, tmp_path):
+    _, bin = hydra_bin
+    where = ok([bin / "python", "-c", "import sweep.conf; print(sweep.conf.__file__)"], cwd=tmp_path,
+               env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    conf = Path(where.strip()).parent
+    assert conf.name == "conf" and (conf.parent / "src" / "sweep").is_dir(), conf
+    assert (conf / "hydra" / "launcher" / "slurm.yaml").is_file() and (conf / "experiment" / "toy.yaml").is_file()
