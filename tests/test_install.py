@@ -1,7 +1,7 @@
 """sweep installed like any Python tool: a wheel, in a fresh virtual environment, run from
 an empty folder, with a user's own model and cluster profile in a folder of their own.
 
-The wheel is built from a copy of the source (pyproject.toml, README.md, src/) and
+The wheel is built from a copy of the source (pyproject.toml, README.md, src/, conf/) and
 installed without its dependencies into a fresh venv, whose site-packages gets one `.pth`
 line naming this venv's site-packages: torch and the rest are reused, not downloaded, and
 the editable install of the source tree stays out of sight (a `.pth` file in a folder
@@ -49,7 +49,8 @@ def build_wheel(into: Path) -> Path:
     source.mkdir(parents=True)
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(REPO / name, source / name)
-    shutil.copytree(REPO / "src", source / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for name in ("src", "conf"):
+        shutil.copytree(REPO / name, source / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     ok([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q",
         "-w", into / "dist", source])
     (wheel,) = (into / "dist").glob("sweep-*.whl")

@@ -1,4 +1,5 @@
-"""Where the YAML configuration lives: the `sweep.conf` package, shipped inside `sweep`.
+"""Where the YAML configuration lives: the `sweep.conf` package, kept in `conf/` at the top
+of the source tree and installed as `sweep.conf` (pyproject.toml's `package-dir`).
 
 Hydra loads it as `pkg://sweep.conf`, as Hydra's own plugins ship theirs, so a wheel,
 `pip install .` and `pip install -e .` all find it from any working directory. Users add
@@ -7,6 +8,7 @@ configs of their own with Hydra's `--config-dir` or `hydra.searchpath` (docs/swe
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ from sweep.errors import ConfigError
 CONF_PACKAGE = "sweep.conf"
 """The config package: for `hydra.main`, `initialize_config_module`, and `pkg://` entries."""
 
-CONF_DIR = Path(__file__).resolve().parent / "conf"
+CONF_DIR = Path(importlib.util.find_spec(CONF_PACKAGE).origin).resolve().parent
 """The same folder on disk, for code that reads one shipped YAML file directly."""
 
 MAIN_PROVIDER = "main"

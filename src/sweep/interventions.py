@@ -6,7 +6,7 @@ seed is part of what it measures; otherwise a grid over seeds measures it once),
 whether each example's new CLS comes from another example, its *donor* (`donors`: then the
 cell also scores how much of the output follows the donor). Settings every intervention
 takes (`COMMON_SETTINGS`: `probe_after`) are added to each class's own. Adding an
-intervention is one class here and its `src/sweep/conf/intervention/<name>.yaml`.
+intervention is one class here and its `conf/intervention/<name>.yaml`.
 
 Every intervention is computed from the unmodified model's CLS tokens of the validation
 set at layer L (and at layer 0 for `reset`), which the features pass has already cached.

@@ -2,7 +2,7 @@
 one entry point that fits a head per layer.
 
 One class per method, registered under its `probe.method`; adding a method is one class
-here, its solver (`sweep.linear_heads`) and its `src/sweep/conf/probe/<name>.yaml`. Torch is
+here, its solver (`sweep.linear_heads`) and its `conf/probe/<name>.yaml`. Torch is
 imported when a probe is fitted, not here: the planner reads the registry (names,
 settings) for thousands of cells without it.
 """

@@ -3,7 +3,7 @@
 A sweep whose plain accuracy is far below the reference has almost always read the
 images or the weights wrongly (a resize, a normalisation, a head that did not load); the
 numbers after it would be meaningless, so `sweep-aggregate` says so in one line per model.
-The values live in `src/sweep/conf/reference.yaml` (sources in docs/reference.md), not here,
+The values live in `conf/reference.yaml` (sources in docs/reference.md), not here,
 each with the settings it was measured at: a head fitted here moves with the training images
 and the probe, so only cells at those settings are compared, and a (model, readout) without
 a reference is named rather than passed over. Torch-free, like aggregation.

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+import omegaconf
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
@@ -52,11 +53,14 @@ def _cell_resolver(what: str, *, _root_: DictConfig) -> str:
     return {"subdir": spec.subdir, "id": spec.cell_id, "name": spec.name}[what]
 
 
-OmegaConf.register_new_resolver("cell", _cell_resolver, replace=True)
+# OmegaConf 2.4 deprecates register_new_resolver for register_resolver, 2.3's name for its legacy API
+_register_resolver = (OmegaConf.register_new_resolver if omegaconf.__version__.startswith(("2.2.", "2.3."))
+                      else OmegaConf.register_resolver)
+_register_resolver("cell", _cell_resolver, replace=True)
 
 
 class CheckCell(Callback):
-    """`hydra.callbacks.check_cell` (src/sweep/conf/config.yaml): `sweep-run` refuses a bad cell before
+    """`hydra.callbacks.check_cell` (conf/config.yaml): `sweep-run` refuses a bad cell before
     Hydra makes the run's folder, whose name (`${cell:subdir}`) needs a valid cell. Hydra
     would report the resolver's error with a traceback of its own and OmegaConf's frames;
     this is the one line every other bad input gets, and exit 2."""
@@ -269,7 +273,13 @@ def _write_cell(cell: JobCell, result: Any, error: BaseException | None, unit_id
     return record
 
 
-@hydra.main(config_path=f"pkg://{CONF_PACKAGE}", config_name="config", version_base="1.3")
+# Hydra 1.3 asks for version_base; 1.4 deprecates it (it behaves as 1.3 did without it) and
+# asks instead which config `_target_`s it may instantiate: the callback `check_cell`
+_HYDRA_MAIN = ({"version_base": "1.3"} if hydra.__version__.startswith("1.3.")
+               else {"execution_whitelist": ["sweep.run.CheckCell"]})
+
+
+@hydra.main(config_path=f"pkg://{CONF_PACKAGE}", config_name="config", **_HYDRA_MAIN)
 def _hydra_main(cfg: DictConfig) -> dict[str, Any]:
     mark_entered()
     redact_logs()
