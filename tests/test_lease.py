@@ -88,6 +88,29 @@ def test_a_requeued_slurm_job_takes_over_its_own_lease(tmp_path, monkeypatch):
     lease.release()
 
 
+def test_a_preempted_slurm_task_waiting_in_the_queue_keeps_its_cells_on_its_own_node(tmp_path, monkeypatch):
+    """A re-launch on the node where a preempted task ran finds its process gone and its
+    heartbeat silent, yet the task waits in the queue to be requeued: its lease is held.
+    `squeue` is a stand-in script on PATH (SLURM is not installed on the test machines, and
+    the local cluster cannot hold a preempted task pending on demand); it prints the queue as
+    `squeue --format=%A` does, so the real subprocess call and its parsing run."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    squeue = bin_dir / "squeue"
+    squeue.write_text("#!/bin/sh\necho 77\n")
+    squeue.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(leases, "_squeue_cache", (float("-inf"), None))
+    cell = tmp_path / "cell"
+    write_lease(cell, pid=FAR_PID, slurm_job_id="77", heartbeat=time.time() - 3600)  # this host, pid gone
+    assert why_free(read_lease(cell)) is None
+    with pytest.raises(LeaseHeld):
+        take(cell)
+    squeue.write_text("#!/bin/sh\necho 78\n")  # it left the queue: now its cells are free
+    monkeypatch.setattr(leases, "_squeue_cache", (float("-inf"), None))
+    assert "SLURM job 77 is no longer queued" in why_free(read_lease(cell))
+
+
 def test_the_heartbeat_refreshes_the_lease_and_release_keeps_it_as_history(tmp_path):
     lease = take(tmp_path, heartbeat_s=0.1)
     first = read_lease(tmp_path)

@@ -18,7 +18,7 @@ import pytest
 from conftest import compose_cell
 from sweep.cellspec import cell_spec
 from sweep.errors import ConfigError
-from sweep.rules import Integer, OneOf, Real
+from sweep.rules import Integer, OneOf, Real, Url
 from sweep.settings import cuda_visible
 
 # (overrides, environment, a fragment the message must contain)
@@ -37,6 +37,9 @@ BATTERY: list[tuple[list[str], dict[str, str], str]] = [
     (["logger=wandb", "wandb.mode=bogus"], {}, "wandb.mode=bogus is invalid"),
     (["logger=wandb", "wandb.init_timeout_s=0"], {}, "wandb.init_timeout_s=0 is invalid"),
     (["logger=wandb"], {"WANDB_MODE": "bogus"}, "WANDB_MODE (environment)=bogus is invalid"),
+    (["logger=wandb", "wandb.base_url=notaurl"], {}, "wandb.base_url=notaurl is invalid: it must be an http or "
+                                                     "https URL"),
+    (["+model.load_kwargs.trust_remote_code=true"], {}, "model.load_kwargs.trust_remote_code=True is invalid"),
     (["compute.dtype=float8"], {}, "compute.dtype=float8 is invalid"),
     (["compute.batch_size=0"], {}, "compute.batch_size=0 is invalid"),
     (["compute.batch_size=-1"], {}, "compute.batch_size=-1 is invalid"),
@@ -136,6 +139,14 @@ def test_rules_name_the_key_the_value_and_what_is_valid():
         OneOf("float32", "bfloat16").check("compute.dtype", "float8")
     with pytest.raises(ConfigError, match=r"a number > 0"):
         Real(0, low_open=True).check("probe.settings.alpha", 0.0)
+
+
+def test_a_server_address_must_be_an_http_url_with_a_host():
+    for good in ("https://api.wandb.ai", "http://localhost:8080", "https://wandb.example.org/base"):
+        assert Url().check("wandb.base_url", good) == good
+    for bad in ("notaurl", "api.wandb.ai", "ftp://api.wandb.ai", "https://", "http://host:notaport", ""):
+        with pytest.raises(ConfigError, match=r"^wandb\.base_url=.* is invalid: it must be an http or https URL"):
+            Url().check("wandb.base_url", bad)
 
 
 def test_rules_do_not_coerce_what_a_user_typed():

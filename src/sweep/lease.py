@@ -13,7 +13,10 @@ A cell that runs holds `started.json` (LEASE_FILE) in its folder:
 The file stays after release, as the history of who ran the cell. A lease is *free* when
 absent or released, *held* while its owner lives, and *dead* when its process is gone
 (this host), its SLURM job left the queue (`squeue`), a requeue of the same job runs now
-(higher SLURM_RESTART_COUNT), or its heartbeat is older than its `stale_after_s`. A dead
+(higher SLURM_RESTART_COUNT), or its heartbeat is older than its `stale_after_s`. While
+squeue answers, a SLURM job's lease is judged by the queue alone: a preempted task waits
+there to be requeued, its process gone from the node and its heartbeat silent, and keeps
+its cells. A dead
 lease is taken over; when its owner is gone for sure (not only silent), the taker also
 removes the `.*.tmp` files its interrupted atomic writes left in the folder. Taking,
 refreshing and releasing happen under a file lock (`.started.json.lock`, never deleted:
@@ -116,12 +119,12 @@ def why_free(lease: Mapping[str, Any] | None, now: float | None = None) -> str |
     restarts = _count(os.environ.get("SLURM_RESTART_COUNT"))
     if job and job == os.environ.get("SLURM_JOB_ID") and restarts > _count(lease.get("slurm_restart_count")):
         return f"SLURM job {job} was requeued (restart {restarts}) and runs again"
+    if job:  # SLURM's queue first: a preempted task waits there, its pid gone, to be requeued with its cells
+        queued = queued_slurm_jobs()
+        if queued is not None:
+            return None if str(job) in queued else f"SLURM job {job} is no longer queued"
     if lease.get("host") == socket.gethostname() and not pid_alive(int(lease.get("pid") or -1)):
         return f"its process {lease.get('pid')} on {lease.get('host')} is gone"
-    if job:
-        queued = queued_slurm_jobs()
-        if queued is not None and str(job) not in queued:
-            return f"SLURM job {job} is no longer queued"
     if "token" not in lease and not job and lease.get("host") != socket.gethostname():
         return "a started.json from before leases, whose owner on another host cannot be checked"
     heartbeat, stale_after = lease.get("heartbeat"), lease.get("stale_after_s")

@@ -34,7 +34,7 @@ from sweep.files import atomic_write_json
 from sweep.layout import OUTCOMES_FILE, PROGRESS_FILE, RESULT_FILE, UNIT_SUMMARY, UNITS_DIR
 from sweep.lease import Lease, LeaseHeld
 from sweep.redaction import redact_files, redact_logs
-from sweep.settings import SweepRun, check_device, parse_settings, parse_sweep
+from sweep.settings import SweepRun, check_cache_dir, check_device, parse_settings, parse_sweep
 from sweep.units import cell_config, read_unit
 
 log = logging.getLogger("sweep.run")
@@ -140,6 +140,7 @@ def run_cell(cfg: DictConfig) -> dict[str, Any]:
     for cell in todo:
         check_device(cell.spec.settings.compute, cuda_devices=torch.cuda.device_count())
     settings = parse_settings(cfg, is_toy=cfg.model.get("toy") is not None).cache
+    check_cache_dir(settings.dir, Path(to_absolute_path(settings.dir)))
     cache = ArtifactCache(to_absolute_path(settings.dir), enabled=settings.enabled, verify=settings.verify)
     if prepare_only:
         from sweep.artifacts import ComputeLedger
