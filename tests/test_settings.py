@@ -129,6 +129,51 @@ def test_a_grid_with_one_bad_point_launches_nothing(cli_env, tmp_path):
     assert not (tmp_path / "multirun").exists()
 
 
+@pytest.fixture
+def read_only_folder(tmp_path):
+    """A real read-only folder: a read-only bind mount (root ignores permission bits)."""
+    if os.geteuid() != 0:
+        pytest.skip("a read-only bind mount needs root")
+    source, folder = tmp_path / "writable", tmp_path / "read-only"
+    source.mkdir()
+    folder.mkdir()
+    if subprocess.run(["mount", "--bind", str(source), str(folder)], capture_output=True).returncode != 0:
+        pytest.skip("mount --bind is not allowed here")
+    try:
+        subprocess.run(["mount", "-o", "remount,ro,bind", str(folder)], check=True, capture_output=True)
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+@pytest.mark.parametrize("mode", ["cell", "sweep"])
+@pytest.mark.parametrize("kind", ["a file", "under /proc", "read-only"])
+def test_a_cache_dir_that_cannot_be_written_is_a_configuration_error(mode, kind, tmp_path, request):
+    """Exit 2 and one line before any work, no record and no lease: as a traceback, a `failed`
+    record and exit 1 it looked like a failed measurement. A sweep on a local launcher is
+    refused before its plan is written."""
+    if kind == "a file":
+        cache = tmp_path / "a-file"
+        cache.write_text("not a folder")
+        message = f"cache.dir={cache} is invalid: it must be a folder, and {cache} is a file"
+    elif kind == "under /proc":
+        cache, message = Path("/proc/sweep-cache"), "cache.dir=/proc/sweep-cache is invalid: it must be a folder"
+    else:
+        cache = request.getfixturevalue("read_only_folder") / "cache"
+        message = f"cache.dir={cache} is invalid: it must be a folder this process can create and write"
+    work = tmp_path / "work"
+    work.mkdir()
+    env = {**os.environ, "SWEEP_CACHE_DIR": str(cache), "WANDB_MODE": "offline", "SWEEP_PROGRESS": "0",
+           "HOME": str(tmp_path)}
+    command = [sys.executable, "-m", "sweep.run", *(["-m"] if mode == "sweep" else []), "model=toy_vit", "layer=3",
+               "logger=none"]
+    result = subprocess.run(command, env=env, cwd=work, capture_output=True, text=True, timeout=300)
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output
+    assert message in result.stderr and "Traceback" not in output, output
+    assert written_files(work) == [], "no record, no lease, no plan"
+
+
 # -------------------------------------------------------------------- the rules themselves
 
 
