@@ -7,6 +7,7 @@ exit 2, a message naming the key and the value, no traceback, and nothing writte
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import compose_cell
+from conftest import compose_cell, read_only
 from sweep.cellspec import cell_spec
 from sweep.errors import ConfigError
 from sweep.rules import Integer, OneOf, Real, Url
@@ -129,26 +130,9 @@ def test_a_grid_with_one_bad_point_launches_nothing(cli_env, tmp_path):
     assert not (tmp_path / "multirun").exists()
 
 
-@pytest.fixture
-def read_only_folder(tmp_path):
-    """A real read-only folder: a read-only bind mount (root ignores permission bits)."""
-    if os.geteuid() != 0:
-        pytest.skip("a read-only bind mount needs root")
-    source, folder = tmp_path / "writable", tmp_path / "read-only"
-    source.mkdir()
-    folder.mkdir()
-    if subprocess.run(["mount", "--bind", str(source), str(folder)], capture_output=True).returncode != 0:
-        pytest.skip("mount --bind is not allowed here")
-    try:
-        subprocess.run(["mount", "-o", "remount,ro,bind", str(folder)], check=True, capture_output=True)
-        yield folder
-    finally:
-        subprocess.run(["umount", str(folder)], check=True)
-
-
 @pytest.mark.parametrize("mode", ["cell", "sweep"])
 @pytest.mark.parametrize("kind", ["a file", "under /proc", "read-only"])
-def test_a_cache_dir_that_cannot_be_written_is_a_configuration_error(mode, kind, tmp_path, request):
+def test_a_cache_dir_that_cannot_be_written_is_a_configuration_error(mode, kind, tmp_path):
     """Exit 2 and one line before any work, no record and no lease: as a traceback, a `failed`
     record and exit 1 it looked like a failed measurement. A sweep on a local launcher is
     refused before its plan is written."""
@@ -159,7 +143,8 @@ def test_a_cache_dir_that_cannot_be_written_is_a_configuration_error(mode, kind,
     elif kind == "under /proc":
         cache, message = Path("/proc/sweep-cache"), "cache.dir=/proc/sweep-cache is invalid: it must be a folder"
     else:
-        cache = request.getfixturevalue("read_only_folder") / "cache"
+        (tmp_path / "read-only").mkdir()
+        cache = tmp_path / "read-only" / "cache"
         message = f"cache.dir={cache} is invalid: it must be a folder this process can create and write"
     work = tmp_path / "work"
     work.mkdir()
@@ -167,7 +152,10 @@ def test_a_cache_dir_that_cannot_be_written_is_a_configuration_error(mode, kind,
            "HOME": str(tmp_path)}
     command = [sys.executable, "-m", "sweep.run", *(["-m"] if mode == "sweep" else []), "model=toy_vit", "layer=3",
                "logger=none"]
-    result = subprocess.run(command, env=env, cwd=work, capture_output=True, text=True, timeout=300)
+    with contextlib.ExitStack() as stack:
+        if kind == "read-only":
+            stack.enter_context(read_only(tmp_path / "read-only"))
+        result = subprocess.run(command, env=env, cwd=work, capture_output=True, text=True, timeout=300)
     output = result.stdout + result.stderr
     assert result.returncode == 2, output
     assert message in result.stderr and "Traceback" not in output, output

@@ -42,7 +42,7 @@ from typing import Any
 
 import filelock
 
-from sweep.files import atomic_write_json
+from sweep.files import WriteFailed, atomic_write_json
 from sweep.layout import LEASE_FILE
 
 LOCK_FILE = f".{LEASE_FILE}.lock"
@@ -170,6 +170,15 @@ class Lease:
             raise ValueError(f"sweep.lease needs 0 < heartbeat_s < stale_after_s, got {heartbeat_s} and "
                              f"{stale_after_s}")
         cell_dir = Path(cell_dir)
+        try:
+            return cls._take(cell_dir, stale_after_s, heartbeat_s)
+        except WriteFailed:
+            raise
+        except OSError as error:  # the folder or its lock file cannot be made (a full disk, a read-only folder)
+            raise WriteFailed.of(cell_dir / LEASE_FILE, error) from error
+
+    @classmethod
+    def _take(cls, cell_dir: Path, stale_after_s: float, heartbeat_s: float) -> Lease:
         cell_dir.mkdir(parents=True, exist_ok=True)
         with _lock(cell_dir):
             current = read_lease(cell_dir)
@@ -193,16 +202,24 @@ class Lease:
 
     def release(self, *, forget: bool = False) -> None:
         """Let go: mark the lease released (kept as the cell's history), or with `forget`
-        remove it (the cell never really started, e.g. bad input: it stays pending)."""
+        remove it (the cell never really started, e.g. bad input: it stays pending). Where
+        the released lease cannot be written (a full disk) it is removed instead: a lease
+        left held would show the cell as running for as long as this process lives."""
         self._stop.set()
         self._thread.join()
         with _lock(self.cell_dir):
             if not self._still_mine():
                 return
-            if forget:
+            if not forget:
+                try:
+                    atomic_write_json(self.cell_dir / LEASE_FILE, {**self.content, "released": time.time()})
+                    return
+                except OSError as error:
+                    log.warning("%s; removing the lease instead", error)
+            try:
                 (self.cell_dir / LEASE_FILE).unlink(missing_ok=True)
-            else:
-                atomic_write_json(self.cell_dir / LEASE_FILE, {**self.content, "released": time.time()})
+            except OSError as error:
+                raise WriteFailed.of(self.cell_dir / LEASE_FILE, error) from error
 
     def refresh(self) -> bool:
         """Write a new heartbeat; False (and a warning) if someone took the lease over —

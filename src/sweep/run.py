@@ -30,7 +30,7 @@ from sweep.cell_state import stale_progress
 from sweep.cellspec import CellSpec, cell_spec
 from sweep.conf_path import CONF_PACKAGE, check_not_shadowed
 from sweep.errors import ConfigError, SweepError, entered, mark_entered
-from sweep.files import atomic_write_json
+from sweep.files import WriteFailed, atomic_write_json
 from sweep.layout import OUTCOMES_FILE, PROGRESS_FILE, RESULT_FILE, UNIT_SUMMARY, UNITS_DIR
 from sweep.lease import Lease, LeaseHeld
 from sweep.redaction import redact_files, redact_logs
@@ -176,6 +176,9 @@ def _take_leases(cells: list[JobCell], run: SweepRun, statuses: dict[str, Any]) 
             log.info("%s is running elsewhere (%s); skipping it here", cell.spec.name, held)
             statuses[cell.spec.name] = {**base, "status": "running elsewhere", "owner": held.holder}
             continue
+        except WriteFailed:  # a full disk, a read-only folder: nothing runs, what was taken is let go
+            _let_go(leased)
+            raise
         if run.force:  # recompute: a checkpoint left by a kill after an earlier record must not be resumed
             (cell.folder / PROGRESS_FILE).unlink(missing_ok=True)
         if rec.is_complete(cell.folder, cell.spec.cell_id) and not run.force:
@@ -195,11 +198,19 @@ def _measure(cfg: DictConfig, cells: list[JobCell], cache: Any, run: SweepRun, u
 
     by_id = {cell.spec.cell_id: cell for cell in cells}
     written: set[str] = set()
+    unwritten: list[WriteFailed] = []  # records that could not be written (a full disk): their cells stay pending
+
+    def write(cell: JobCell, result: Any, error: BaseException | None, trace: str | None = None) -> None:
+        try:
+            statuses[cell.spec.name] = _write_cell(cell, result, error, unit_id, started, trace=trace)
+        except WriteFailed as failed:  # the other cells may still fit: each gets its try
+            log.error("%s: %s", cell.spec.name, failed)
+            unwritten.append(failed)
+            _let_go([cell])
+        written.add(cell.spec.cell_id)
 
     def emit(spec: CellSpec, result: Any, error: BaseException | None) -> None:
-        cell = by_id[spec.cell_id]
-        statuses[spec.name] = _write_cell(cell, result, error, unit_id, started)
-        written.add(spec.cell_id)
+        write(by_id[spec.cell_id], result, error)
 
     checkpoints = Checkpoints(lambda spec: by_id[spec.cell_id].folder / PROGRESS_FILE, run.unit.checkpoint_s)
     try:
@@ -209,17 +220,33 @@ def _measure(cfg: DictConfig, cells: list[JobCell], cache: Any, run: SweepRun, u
             if cell.spec.cell_id not in written:
                 cell.lease.release(forget=True)
         raise
+    except WriteFailed:  # a checkpoint that cannot be written: no measurement failed, the cells stay pending
+        _let_go([cell for cell in cells if cell.spec.cell_id not in written])
+        raise
     except Exception as error:
+        trace = traceback.format_exc()
         for cell in cells:
             if cell.spec.cell_id not in written:
-                statuses[cell.spec.name] = _write_cell(cell, None, error, unit_id, started,
-                                                       trace=traceback.format_exc())
+                write(cell, None, error, trace)
         raise
     # not on SystemExit (preemption, kill): the leases then die with their process or job
+    if unwritten:
+        raise WriteFailed(unwritten[0].path, unwritten[0].errno, unwritten[0].reason + (
+            f" (and {len(unwritten) - 1} more of this unit's records)" if len(unwritten) > 1 else ""))
     if unit_id is not None:
         _write_unit_summary(summary, len(cells), started, cache)
     log.info("unit %s: %d cells in %.1f s, %s block applications", unit_id or "of one", len(cells),
              time.perf_counter() - started, f"{summary['block_calls']:,}")
+
+
+def _let_go(cells: list[JobCell]) -> None:
+    """Release these cells' leases after a write failed, so that they show as pending and a
+    re-launch runs them; a lease that cannot be let go either dies with this process."""
+    for cell in cells:
+        try:
+            cell.lease.release()
+        except WriteFailed as error:
+            log.error("%s: %s", cell.spec.name, error)
 
 
 def _write_unit_summary(summary: dict[str, Any], n_cells: int, started: float, cache: Any) -> None:
@@ -282,6 +309,11 @@ def _hydra_main(cfg: DictConfig) -> dict[str, Any]:
         print(f"error: {error}", file=sys.stderr)
         _remove_if_only_hydra_files(Path(HydraConfig.get().runtime.output_dir))
         sys.exit(2)
+    except WriteFailed as error:  # a full disk, a read-only folder: what this job held is released
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
     if HydraConfig.get().mode != RunMode.MULTIRUN and record.get("status") == "failed":
         folder = Path(HydraConfig.get().runtime.output_dir)
         print(f"error: {record['name']} failed: {record['error']} (its record: {folder / RESULT_FILE})",

@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from sweep.cell_state import stale_progress
 from sweep.conf_path import check_not_shadowed
 from sweep.errors import SweepError, mark_entered
+from sweep.files import WriteFailed
 from sweep.redaction import redact, redact_file, redact_logs
 from sweep.settings import check_cache_dir, check_device, cuda_visible, parse_sweep
 from sweep.plan import Dimension, GroupComposer, Plan, describe, derive_sweep_id, make_plan
@@ -71,6 +72,9 @@ class CellSweeper(Sweeper):
         except SweepError as error:
             print(f"error: {error}", file=sys.stderr)
             sys.exit(2)
+        except OSError as error:  # the sweep folder cannot be written (a full disk, a read-only mount)
+            print(f"error: {WriteFailed.of(error.filename or '?', error)}", file=sys.stderr)
+            sys.exit(1)
 
     # -- the grid ---------------------------------------------------------------------
     def _dimensions(self, grid: Dict[str, str], arguments: List[str]) -> List[Dimension]:
