@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from conftest import fill, read_only, small_disk
 from sweep import lease as leases
+from sweep.files import WriteFailed
 from sweep.layout import LEASE_FILE
 from sweep.lease import Lease, LeaseHeld, pid_alive, read_lease, why_free
 from sweep.cell_state import cell_state
@@ -123,6 +125,24 @@ def test_the_heartbeat_refreshes_the_lease_and_release_keeps_it_as_history(tmp_p
     assert cell_state(tmp_path) == "pending"
     take(tmp_path).release(forget=True)  # bad input: the cell never really started
     assert not (tmp_path / LEASE_FILE).exists()
+
+
+def test_a_lease_is_let_go_on_a_full_disk_and_one_that_cannot_be_written_names_its_file(tmp_path):
+    """On a full disk (a real tmpfs, filled) the released lease cannot be written: it is
+    removed instead, so the cell is not shown as held by a process that has let it go. On a
+    read-only folder the lease cannot be taken: WriteFailed names started.json."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    with small_disk(disk, "1m"):
+        lease = take(disk / "cell")
+        fill(disk)
+        lease.release()
+        assert not (disk / "cell" / LEASE_FILE).exists()
+        assert cell_state(disk / "cell") == "pending"
+    archive = tmp_path / "archive"
+    (archive / "cell").mkdir(parents=True)
+    with read_only(archive), pytest.raises(WriteFailed, match=rf"^could not write {archive}/cell/{LEASE_FILE}: "):
+        take(archive / "cell")
 
 
 def test_a_lease_taken_over_is_not_refreshed_by_its_old_owner(tmp_path):

@@ -124,7 +124,7 @@ def test_a_disk_that_fills_up_mid_sweep_ends_it_with_one_line_and_lets_every_lea
         output = out.read_text() + err.read_text()
         sweep_dir = root / "full"
         assert sweep.returncode == 1, output
-        assert re.search(rf"could not write {sweep_dir}/toy_vit/{victim}\S+/result\.json: No space left on device",
+        assert re.search(rf"could not write multirun/full/toy_vit/{victim}\S+/result\.json: No space left on device",
                          output), output
         assert "RUNNING" not in output and "Traceback" not in output, output
         assert [record["name"] for record in records(sweep_dir).values()] == ["toy_vit-L03-none-native"]

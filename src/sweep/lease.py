@@ -172,7 +172,7 @@ class Lease:
         cell_dir = Path(cell_dir)
         try:
             return cls._take(cell_dir, stale_after_s, heartbeat_s)
-        except WriteFailed:
+        except (WriteFailed, filelock.Timeout):  # Timeout is an OSError too
             raise
         except OSError as error:  # the folder or its lock file cannot be made (a full disk, a read-only folder)
             raise WriteFailed.of(cell_dir / LEASE_FILE, error) from error

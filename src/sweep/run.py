@@ -193,7 +193,10 @@ def _take_leases(cells: list[JobCell], run: SweepRun, statuses: dict[str, Any]) 
 def _measure(cfg: DictConfig, cells: list[JobCell], cache: Any, run: SweepRun, unit_id: str | None,
              started: float, statuses: dict[str, Any]) -> None:
     """Measure the leased cells as one unit; write each cell's record (and W&B run) the
-    moment it is measured. A failure of the unit as a whole fails every cell not yet written."""
+    moment it is measured. A failure of the unit as a whole fails every cell not yet written.
+    A record that cannot be written (a full disk) is no failed measurement: its cell's lease
+    is let go, leaving it pending, the other cells still get their try, and the unit then
+    ends with WriteFailed naming the first such file."""
     from sweep.engine import Checkpoints, measure_unit
 
     by_id = {cell.spec.cell_id: cell for cell in cells}
@@ -220,9 +223,10 @@ def _measure(cfg: DictConfig, cells: list[JobCell], cache: Any, run: SweepRun, u
             if cell.spec.cell_id not in written:
                 cell.lease.release(forget=True)
         raise
-    except WriteFailed:  # a checkpoint that cannot be written: no measurement failed, the cells stay pending
+    except WriteFailed as error:  # another file of the unit: no measurement failed, the cells stay pending
         _let_go([cell for cell in cells if cell.spec.cell_id not in written])
-        raise
+        unwritten.append(error)
+        raise _first(unwritten) from error
     except Exception as error:
         trace = traceback.format_exc()
         for cell in cells:
@@ -231,12 +235,18 @@ def _measure(cfg: DictConfig, cells: list[JobCell], cache: Any, run: SweepRun, u
         raise
     # not on SystemExit (preemption, kill): the leases then die with their process or job
     if unwritten:
-        raise WriteFailed(unwritten[0].path, unwritten[0].errno, unwritten[0].reason + (
-            f" (and {len(unwritten) - 1} more of this unit's records)" if len(unwritten) > 1 else ""))
+        raise _first(unwritten)
     if unit_id is not None:
         _write_unit_summary(summary, len(cells), started, cache)
     log.info("unit %s: %d cells in %.1f s, %s block applications", unit_id or "of one", len(cells),
              time.perf_counter() - started, f"{summary['block_calls']:,}")
+
+
+def _first(unwritten: list[WriteFailed]) -> WriteFailed:
+    """The unit's error: its first file that could not be written, and how many more."""
+    first, more = unwritten[0], len(unwritten) - 1
+    return WriteFailed(first.path, first.errno, first.reason + (f" (and {more} more of this unit's files)"
+                                                               if more else ""))
 
 
 def _let_go(cells: list[JobCell]) -> None:
