@@ -153,6 +153,7 @@ def test_a_read_only_sweep_folder_is_relaunched_without_a_write_or_refused_in_on
     assert first.returncode == 0 and "2 cells, 2 already done, 0 to run" in first.stdout, first.stderr
     with read_only(sweep_dir):
         again = multirun(args, cli_env, tmp_path)
+        assert "2 cells: 2 done" in multirun_status(sweep_dir, cli_env)
     assert again.returncode == 0, again.stderr
     assert "2 already done, 0 to run" in again.stdout and "Traceback" not in again.stderr
     (folders[1] / "result.json").unlink()

@@ -73,7 +73,7 @@ class CellSweeper(Sweeper):
             print(f"error: {error}", file=sys.stderr)
             sys.exit(2)
         except OSError as error:  # the sweep folder cannot be written (a full disk, a read-only mount)
-            print(f"error: {WriteFailed.of(error.filename or '?', error)}", file=sys.stderr)
+            print(f"error: {WriteFailed.of(error.filename, error) if error.filename else error}", file=sys.stderr)
             sys.exit(1)
 
     # -- the grid ---------------------------------------------------------------------
