@@ -108,6 +108,9 @@ def test_a_preempted_slurm_task_waiting_in_the_queue_keeps_its_cells_on_its_own_
     assert why_free(read_lease(cell)) is None
     with pytest.raises(LeaseHeld):
         take(cell)
+    monkeypatch.setenv("SLURM_JOB_ID", "77")  # within that very job (an allocation), its dead process lets go
+    assert "its process" in why_free(read_lease(cell)) and "is gone" in why_free(read_lease(cell))
+    monkeypatch.delenv("SLURM_JOB_ID")
     squeue.write_text("#!/bin/sh\necho 78\n")  # it left the queue: now its cells are free
     monkeypatch.setattr(leases, "_squeue_cache", (float("-inf"), None))
     assert "SLURM job 77 is no longer queued" in why_free(read_lease(cell))

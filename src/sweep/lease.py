@@ -14,9 +14,10 @@ The file stays after release, as the history of who ran the cell. A lease is *fr
 absent or released, *held* while its owner lives, and *dead* when its process is gone
 (this host), its SLURM job left the queue (`squeue`), a requeue of the same job runs now
 (higher SLURM_RESTART_COUNT), or its heartbeat is older than its `stale_after_s`. While
-squeue answers, a SLURM job's lease is judged by the queue alone: a preempted task waits
-there to be requeued, its process gone from the node and its heartbeat silent, and keeps
-its cells. A dead
+squeue answers, another SLURM job's lease is judged by the queue alone: a preempted task
+waits there to be requeued, its process gone from the node and its heartbeat silent, and
+keeps its cells (a lease of the job this process runs in is judged by its process, as
+outside SLURM: in an interactive allocation a killed `sweep-run` can be run again). A dead
 lease is taken over; when its owner is gone for sure (not only silent), the taker also
 removes the `.*.tmp` files its interrupted atomic writes left in the folder. Taking,
 refreshing and releasing happen under a file lock (`.started.json.lock`, never deleted:
@@ -119,10 +120,11 @@ def why_free(lease: Mapping[str, Any] | None, now: float | None = None) -> str |
     restarts = _count(os.environ.get("SLURM_RESTART_COUNT"))
     if job and job == os.environ.get("SLURM_JOB_ID") and restarts > _count(lease.get("slurm_restart_count")):
         return f"SLURM job {job} was requeued (restart {restarts}) and runs again"
-    if job:  # SLURM's queue first: a preempted task waits there, its pid gone, to be requeued with its cells
-        queued = queued_slurm_jobs()
-        if queued is not None:
-            return None if str(job) in queued else f"SLURM job {job} is no longer queued"
+    queued = queued_slurm_jobs() if job else None
+    if queued is not None and str(job) not in queued:
+        return f"SLURM job {job} is no longer queued"
+    if queued is not None and job != os.environ.get("SLURM_JOB_ID"):
+        return None  # a preempted task waits in the queue, its pid gone from this node, to be requeued with its cells
     if lease.get("host") == socket.gethostname() and not pid_alive(int(lease.get("pid") or -1)):
         return f"its process {lease.get('pid')} on {lease.get('host')} is gone"
     if "token" not in lease and not job and lease.get("host") != socket.gethostname():
