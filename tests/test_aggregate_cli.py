@@ -7,6 +7,7 @@ import json
 import re
 
 import pytest
+from conftest import read_only
 from fake_sweep import make_sweep
 
 from sweep.aggregate_cli import COMMAND, main
@@ -39,6 +40,22 @@ def test_cli_writes_into_the_sweep_folder_by_default(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert (small.sweep_dir / "results.csv").exists()
     assert "figure main_result:" in printed and (small.sweep_dir / "figures" / "main_result.png").exists()
+
+
+def test_a_read_only_sweep_folder_is_read_and_its_outputs_refused_in_one_line(tmp_path, capsys):
+    """An archived sweep, its folder a real read-only mount: reading it needs no write, so
+    the table is printed; writing the table into it fails with one line that names the file
+    and says where else to write, exit 1 and no traceback."""
+    small = make_sweep(tmp_path, models={"tiny_a": 2}, seeds=(0,), controls=(), problems=False)
+    with read_only(small.sweep_dir):
+        code = main([str(small.sweep_dir)])
+    printed = capsys.readouterr()
+    assert code == 1
+    assert "accuracy in % by layer" in printed.out
+    assert printed.err.strip().splitlines() == [
+        f"sweep-aggregate: error: could not write {small.sweep_dir}/results.csv: Read-only file system; write the "
+        "table and figures elsewhere with out=<folder>"]
+    assert main([str(small.sweep_dir), f"out={tmp_path / 'elsewhere'}", "figures=false"]) == 0
 
 
 @pytest.mark.parametrize("argv, message", [

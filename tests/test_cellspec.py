@@ -58,6 +58,11 @@ def test_identity_depends_on_science_not_on_where_or_how_fast_it_runs():
     ("model.readouts.native.head=fited", r"model.readouts.native.head=fited is invalid: it must be one of native, fitted"),
     ("+model.readouts.cls.visual_projection=true", r"model.readouts.cls.visual_projection is not a setting of ViTAdapter"),
     ("+model.readouts.mean.head=fitted", r"model.readouts.mean is not a readout of ViTAdapter; it supports native, cls"),
+    ("+model.load_kwargs.trust_remote_code=true",
+     r"model.load_kwargs.trust_remote_code=True is invalid: it must be left out: models always load with "
+     r"trust_remote_code=False"),
+    ("+model.load_kwargs.revision=main", r"model.load_kwargs.revision=main is invalid: .* set model.revision instead"),
+    ("model.load_kwargs=7", r"model.load_kwargs must be a group of from_pretrained arguments, not 7"),
 ])
 def test_a_model_config_its_adapter_cannot_read_is_refused_when_the_cell_is_specified(override, message):
     with pytest.raises(ConfigError, match=message):

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from conftest import fill, read_only, small_disk
 from sweep import lease as leases
+from sweep.files import WriteFailed
 from sweep.layout import LEASE_FILE
 from sweep.lease import Lease, LeaseHeld, pid_alive, read_lease, why_free
 from sweep.cell_state import cell_state
@@ -88,6 +90,32 @@ def test_a_requeued_slurm_job_takes_over_its_own_lease(tmp_path, monkeypatch):
     lease.release()
 
 
+def test_a_preempted_slurm_task_waiting_in_the_queue_keeps_its_cells_on_its_own_node(tmp_path, monkeypatch):
+    """A re-launch on the node where a preempted task ran finds its process gone and its
+    heartbeat silent, yet the task waits in the queue to be requeued: its lease is held.
+    `squeue` is a stand-in script on PATH (SLURM is not installed on the test machines, and
+    the local cluster cannot hold a preempted task pending on demand); it prints the queue as
+    `squeue --format=%A` does, so the real subprocess call and its parsing run."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    squeue = bin_dir / "squeue"
+    squeue.write_text("#!/bin/sh\necho 77\n")
+    squeue.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(leases, "_squeue_cache", (float("-inf"), None))
+    cell = tmp_path / "cell"
+    write_lease(cell, pid=FAR_PID, slurm_job_id="77", heartbeat=time.time() - 3600)  # this host, pid gone
+    assert why_free(read_lease(cell)) is None
+    with pytest.raises(LeaseHeld):
+        take(cell)
+    monkeypatch.setenv("SLURM_JOB_ID", "77")  # within that very job (an allocation), its dead process lets go
+    assert "its process" in why_free(read_lease(cell)) and "is gone" in why_free(read_lease(cell))
+    monkeypatch.delenv("SLURM_JOB_ID")
+    squeue.write_text("#!/bin/sh\necho 78\n")  # it left the queue: now its cells are free
+    monkeypatch.setattr(leases, "_squeue_cache", (float("-inf"), None))
+    assert "SLURM job 77 is no longer queued" in why_free(read_lease(cell))
+
+
 def test_the_heartbeat_refreshes_the_lease_and_release_keeps_it_as_history(tmp_path):
     lease = take(tmp_path, heartbeat_s=0.1)
     first = read_lease(tmp_path)
@@ -100,6 +128,24 @@ def test_the_heartbeat_refreshes_the_lease_and_release_keeps_it_as_history(tmp_p
     assert cell_state(tmp_path) == "pending"
     take(tmp_path).release(forget=True)  # bad input: the cell never really started
     assert not (tmp_path / LEASE_FILE).exists()
+
+
+def test_a_lease_is_let_go_on_a_full_disk_and_one_that_cannot_be_written_names_its_file(tmp_path):
+    """On a full disk (a real tmpfs, filled) the released lease cannot be written: it is
+    removed instead, so the cell is not shown as held by a process that has let it go. On a
+    read-only folder the lease cannot be taken: WriteFailed names started.json."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    with small_disk(disk, "1m"):
+        lease = take(disk / "cell")
+        fill(disk)
+        lease.release()
+        assert not (disk / "cell" / LEASE_FILE).exists()
+        assert cell_state(disk / "cell") == "pending"
+    archive = tmp_path / "archive"
+    (archive / "cell").mkdir(parents=True)
+    with read_only(archive), pytest.raises(WriteFailed, match=rf"^could not write {archive}/cell/{LEASE_FILE}: "):
+        take(archive / "cell")
 
 
 def test_a_lease_taken_over_is_not_refreshed_by_its_old_owner(tmp_path):

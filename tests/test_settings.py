@@ -7,6 +7,7 @@ exit 2, a message naming the key and the value, no traceback, and nothing writte
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -15,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import compose_cell
+from conftest import compose_cell, read_only
 from sweep.cellspec import cell_spec
 from sweep.errors import ConfigError
-from sweep.rules import Integer, OneOf, Real
+from sweep.rules import Integer, OneOf, Real, Url
 from sweep.settings import cuda_visible
 
 # (overrides, environment, a fragment the message must contain)
@@ -37,6 +38,9 @@ BATTERY: list[tuple[list[str], dict[str, str], str]] = [
     (["logger=wandb", "wandb.mode=bogus"], {}, "wandb.mode=bogus is invalid"),
     (["logger=wandb", "wandb.init_timeout_s=0"], {}, "wandb.init_timeout_s=0 is invalid"),
     (["logger=wandb"], {"WANDB_MODE": "bogus"}, "WANDB_MODE (environment)=bogus is invalid"),
+    (["logger=wandb", "wandb.base_url=notaurl"], {}, "wandb.base_url=notaurl is invalid: it must be an http or "
+                                                     "https URL"),
+    (["+model.load_kwargs.trust_remote_code=true"], {}, "model.load_kwargs.trust_remote_code=True is invalid"),
     (["compute.dtype=float8"], {}, "compute.dtype=float8 is invalid"),
     (["compute.batch_size=0"], {}, "compute.batch_size=0 is invalid"),
     (["compute.batch_size=-1"], {}, "compute.batch_size=-1 is invalid"),
@@ -126,6 +130,38 @@ def test_a_grid_with_one_bad_point_launches_nothing(cli_env, tmp_path):
     assert not (tmp_path / "multirun").exists()
 
 
+@pytest.mark.parametrize("mode", ["cell", "sweep"])
+@pytest.mark.parametrize("kind", ["a file", "under /proc", "read-only"])
+def test_a_cache_dir_that_cannot_be_written_is_a_configuration_error(mode, kind, tmp_path):
+    """Exit 2 and one line before any work, no record and no lease: as a traceback, a `failed`
+    record and exit 1 it looked like a failed measurement. A sweep on a local launcher is
+    refused before its plan is written."""
+    if kind == "a file":
+        cache = tmp_path / "a-file"
+        cache.write_text("not a folder")
+        message = f"cache.dir={cache} is invalid: it must be a folder, and {cache} is a file"
+    elif kind == "under /proc":
+        cache, message = Path("/proc/sweep-cache"), "cache.dir=/proc/sweep-cache is invalid: it must be a folder"
+    else:
+        (tmp_path / "read-only").mkdir()
+        cache = tmp_path / "read-only" / "cache"
+        message = f"cache.dir={cache} is invalid: it must be a folder this process can create and write"
+    work = tmp_path / "work"
+    work.mkdir()
+    env = {**os.environ, "SWEEP_CACHE_DIR": str(cache), "WANDB_MODE": "offline", "SWEEP_PROGRESS": "0",
+           "HOME": str(tmp_path)}
+    command = [sys.executable, "-m", "sweep.run", *(["-m"] if mode == "sweep" else []), "model=toy_vit", "layer=3",
+               "logger=none"]
+    with contextlib.ExitStack() as stack:
+        if kind == "read-only":
+            stack.enter_context(read_only(tmp_path / "read-only"))
+        result = subprocess.run(command, env=env, cwd=work, capture_output=True, text=True, timeout=300)
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output
+    assert message in result.stderr and "Traceback" not in output, output
+    assert written_files(work) == [], "no record, no lease, no plan"
+
+
 # -------------------------------------------------------------------- the rules themselves
 
 
@@ -136,6 +172,14 @@ def test_rules_name_the_key_the_value_and_what_is_valid():
         OneOf("float32", "bfloat16").check("compute.dtype", "float8")
     with pytest.raises(ConfigError, match=r"a number > 0"):
         Real(0, low_open=True).check("probe.settings.alpha", 0.0)
+
+
+def test_a_server_address_must_be_an_http_url_with_a_host():
+    for good in ("https://api.wandb.ai", "http://localhost:8080", "https://wandb.example.org/base"):
+        assert Url().check("wandb.base_url", good) == good
+    for bad in ("notaurl", "api.wandb.ai", "ftp://api.wandb.ai", "https://", "http://host:notaport", ""):
+        with pytest.raises(ConfigError, match=r"^wandb\.base_url=.* is invalid: it must be an http or https URL"):
+            Url().check("wandb.base_url", bad)
 
 
 def test_rules_do_not_coerce_what_a_user_typed():

@@ -11,6 +11,8 @@ import time
 
 import pytest
 
+from conftest import compose_cell, fill, read_only, small_disk
+from sweep.cellspec import cell_spec
 from sweeps import GRID, checkpointed_rows, fresh, multirun, records
 
 
@@ -97,6 +99,69 @@ def multirun_status(sweep_dir, env):
     import sys
     return subprocess.run([sys.executable, "-m", "sweep.status", str(sweep_dir)], env=env, capture_output=True,
                           text=True).stdout
+
+
+def test_a_disk_that_fills_up_mid_sweep_ends_it_with_one_line_and_lets_every_lease_go(cli_env, tmp_path):
+    """The sweep folder is a real 8 MiB filesystem (a tmpfs), filled while the unit holds its
+    second cell just before that cell's record is written. The records that could not be
+    written are named with the error, no cell is left held by the finished launch (its unit
+    ran in this very process), the sweep exits 1, and once there is space again the cells
+    without a record are pending, for a re-launch to run."""
+    root = tmp_path / "multirun"
+    root.mkdir()
+    victim = "toy_vit-L04-none"  # the unit writes toy_vit-L03-none's record first
+    args = ["model=toy_vit", "layer=3,4", "intervention=none,shuffle", "sweep.name=full", "logger=none"]
+    out, err = tmp_path / "out.log", tmp_path / "err.log"
+    with small_disk(root, "8m"):
+        sweep = multirun(args, {**cli_env, "SWEEP_TEST_PAUSE": f"{victim}=30"}, tmp_path, background=True,
+                         stdout=open(out, "w"), stderr=open(err, "w"))
+        deadline = time.time() + 600
+        while f"SWEEP_TEST_PAUSE: holding {victim}" not in out.read_text():
+            assert sweep.poll() is None and time.time() < deadline, err.read_text()
+            time.sleep(0.2)
+        fill(root)
+        sweep.wait(timeout=300)
+        output = out.read_text() + err.read_text()
+        sweep_dir = root / "full"
+        assert sweep.returncode == 1, output
+        assert re.search(rf"could not write multirun/full/toy_vit/{victim}\S+/result\.json: No space left on device",
+                         output), output
+        assert "RUNNING" not in output and "Traceback" not in output, output
+        assert [record["name"] for record in records(sweep_dir).values()] == ["toy_vit-L03-none-native"]
+        for lease in sweep_dir.rglob("started.json"):
+            assert json.loads(lease.read_text())["released"] is not None, lease
+        (root / "filler").unlink()
+        status = multirun_status(sweep_dir, cli_env)
+        assert "4 cells: 1 done, 3 pending" in status, status
+
+
+def test_a_read_only_sweep_folder_is_relaunched_without_a_write_or_refused_in_one_line(cli_env, tmp_path):
+    """An archived sweep, its folder a read-only mount: a re-launch that finds every cell done
+    writes nothing (not even plan.json) and exits 0; one with a cell to run ends with one line
+    naming the file it could not write. The records are stand-ins written here (the planner
+    reads only a record's status and cell id), so that no model has to run."""
+    sweep_dir = tmp_path / "multirun" / "archive"
+    args = ["model=toy_vit", "layer=3,4", "intervention=none", "sweep.name=archive", "logger=none"]
+    folders = []
+    for layer in (3, 4):
+        spec = cell_spec(compose_cell("model=toy_vit", f"layer={layer}", "intervention=none"))
+        folders.append(sweep_dir / spec.subdir)
+        folders[-1].mkdir(parents=True)
+        (folders[-1] / "result.json").write_text(json.dumps({"cell_id": spec.cell_id, "name": spec.name,
+                                                             "status": "complete"}))
+    first = multirun(args, cli_env, tmp_path)  # writes plan.json
+    assert first.returncode == 0 and "2 cells, 2 already done, 0 to run" in first.stdout, first.stderr
+    with read_only(sweep_dir):
+        again = multirun(args, cli_env, tmp_path)
+        assert "2 cells: 2 done" in multirun_status(sweep_dir, cli_env)
+    assert again.returncode == 0, again.stderr
+    assert "2 already done, 0 to run" in again.stdout and "Traceback" not in again.stderr
+    (folders[1] / "result.json").unlink()
+    with read_only(sweep_dir):
+        pending = multirun(args, cli_env, tmp_path)
+    assert pending.returncode == 1, pending.stdout + pending.stderr
+    assert pending.stderr.strip().splitlines() == [
+        f"error: could not write {sweep_dir}/multirun.yaml: Read-only file system"], pending.stderr
 
 
 def test_a_failing_cell_does_not_stop_the_others_and_is_reported(cli_env, tmp_path):

@@ -17,6 +17,7 @@ from sweep.aggregate import FIGURES_DIR, SourceError, SweepTable, fetch_wandb_ru
     problems_text, summary_text, write_results
 from sweep.cli import Command, Setting, UsageError
 from sweep.errors import ConfigError
+from sweep.files import WriteFailed
 from sweep.layout import SweepPaths
 from sweep.reference import reference_warnings
 from sweep.rules import Flag, OneOf, Optional, Text
@@ -107,7 +108,8 @@ def load(options: Options) -> tuple[SweepTable, Path]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Exit 0 when a table was written (even with missing or failed cells: it draws what
-    it has), 1 when there was nothing to read, 2 on usage errors."""
+    it has), 1 when there was nothing to read or its outputs could not be written (after
+    the table is printed: reading needs no write), 2 on usage errors."""
     try:
         options = parse_args(sys.argv[1:] if argv is None else argv)
         if options is None:
@@ -128,15 +130,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("sweep-aggregate: no cell has a record yet; nothing written (sweep-status shows their state)",
               file=sys.stderr)
         return 1
-    written = write_results(table, out_dir)
-    print(f"wrote {', '.join(str(p) for p in written)}")
-    figures = None
-    if options.figures:
-        try:
+    try:
+        written = write_results(table, out_dir)
+        print(f"wrote {', '.join(str(p) for p in written)}")
+        figures = None
+        if options.figures:
             figures = _draw(table, out_dir / FIGURES_DIR)
-        except SourceError as error:
-            print(f"sweep-aggregate: error while drawing: {error}", file=sys.stderr)
-            return 1
+    except SourceError as error:
+        print(f"sweep-aggregate: error while drawing: {error}", file=sys.stderr)
+        return 1
+    except OSError as error:  # a read-only sweep folder (an archive), a full disk: the table above stands
+        print(f"sweep-aggregate: error: {WriteFailed.of(error.filename or out_dir, error)}; write the table "
+              f"and figures elsewhere with out=<folder>", file=sys.stderr)
+        return 1
     if summary_run is not None:
         from sweep.dashboard import log_summary_run  # wandb is slow to import; only when logging
 

@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from sweep.adapters import ADAPTERS
 from sweep.errors import ConfigError
 from sweep.interventions import INTERVENTIONS, edited_token, intervention_label, variant
-from sweep.rules import Integer, Rule, checked, plain
+from sweep.rules import Integer, Rule, checked, invalid, plain
 from sweep.settings import CellSettings, check_data_folders, parse_integer, parse_settings
 
 RECORD_FORMAT = 5  # 2: the identity includes compute.attn_implementation and compute.flush_denormal,
@@ -124,6 +124,29 @@ class CellSpec:
         return f"{self.model}/{self.name}-{self.cell_id[:8]}"
 
 
+#: `from_pretrained` arguments that `models.load_model` sets itself, and why `model.load_kwargs`
+#: may not: given twice, the load would end in a TypeError after the cell started, and a
+#: checkpoint's own code must never run on the machines that load it.
+LOADER_ARGUMENTS = {
+    "trust_remote_code": "left out: models always load with trust_remote_code=False, so no code shipped with a "
+                         "checkpoint runs; choose a built-in class with model.hf_class",
+    "revision": "left out; set model.revision instead",
+    "attn_implementation": "left out; set compute.attn_implementation instead",
+    "output_loading_info": "left out: the loader asks for it to check what loaded",
+    "ignore_mismatched_sizes": "left out: the loader sets it to name mismatched weights itself",
+}
+
+
+def _check_load_kwargs(load_kwargs: Any) -> None:
+    if load_kwargs is None:
+        return
+    if not isinstance(load_kwargs, Mapping):
+        raise ConfigError(f"model.load_kwargs must be a group of from_pretrained arguments, not {load_kwargs!r}")
+    for key, why in LOADER_ARGUMENTS.items():
+        if key in load_kwargs:
+            raise invalid(f"model.load_kwargs.{key}", load_kwargs[key], why)
+
+
 def _model(node: Any) -> dict[str, Any]:
     """The model node, with what can be checked without loading it: its architecture is
     one the adapters know and can read out as its `readouts` say. (`hf_class` and
@@ -141,6 +164,7 @@ def _model(node: Any) -> dict[str, Any]:
     if not isinstance(model["readouts"], Mapping):
         raise ConfigError(f"model.readouts must be a group of readouts, not {model['readouts']!r}")
     ADAPTERS[model["adapter"]].check_readouts(model["readouts"])
+    _check_load_kwargs(model.get("load_kwargs"))
     if model["projection_readout"] not in model["readouts"]:
         raise ConfigError(f"model.projection_readout={model['projection_readout']} is invalid: it must be one of "
                           f"the model's readouts ({', '.join(model['readouts'])})")

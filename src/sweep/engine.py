@@ -41,7 +41,7 @@ from sweep.artifacts import Artifacts, ComputeLedger, Features
 from sweep.cache import ArtifactCache, CorruptEntryError
 from sweep.cellspec import CellSpec
 from sweep.data import batches
-from sweep.files import atomic_write_bytes
+from sweep.files import WriteFailed, atomic_write_bytes
 from sweep.interventions import NONE, AttentionCut, attention_cut, donor_indices, replacement_cls
 from sweep.linear_heads import LinearHead
 from sweep.metrics import NonFiniteLogits, rank_metrics, require_finite, top_k_accuracy, true_class_ranks
@@ -200,9 +200,14 @@ class Checkpoints:
         return time.monotonic() - self._last >= self.interval_s
 
     def save(self, cells: Sequence[CellProgress], meta: Callable[[CellSpec], Mapping[str, str]]) -> None:
+        """A checkpoint that cannot be written (a full disk) only loses its insurance: the
+        pass goes on, and its cells' records, far smaller, may still fit."""
         for cell in cells:
             if cell.rows < cell.n:
-                cell.save(self.path_of(cell.spec), meta(cell.spec))
+                try:
+                    cell.save(self.path_of(cell.spec), meta(cell.spec))
+                except WriteFailed as error:
+                    logger.warning("%s; the pass goes on without this checkpoint", error)
         self._last = time.monotonic()
 
     def discard(self, spec: CellSpec) -> None:

@@ -9,6 +9,7 @@ Torch-free: every command writes through it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -33,27 +34,54 @@ _HASH_MEMO: dict[str, tuple[tuple[int, int, int, int], str]] = {}
 # --------------------------------------------------------------------------- atomic writes
 
 
+class WriteFailed(OSError):
+    """A file could not be written (a full disk, a read-only folder). It names the file that
+    was meant, with the reason, where the OSError underneath names a temporary or nothing
+    (ENOSPC from write() has no file name). Still an OSError, so that code that tolerates a
+    failed write (a heartbeat, the hash memo) keeps doing so; the commands end with its one
+    line instead of a traceback."""
+
+    def __init__(self, path: str | Path, errno: int | None, reason: str) -> None:
+        super().__init__(errno, reason)
+        self.path, self.reason = Path(path), reason
+
+    @classmethod
+    def of(cls, path: str | Path, error: OSError) -> WriteFailed:
+        return error if isinstance(error, WriteFailed) else cls(path, error.errno, error.strerror or str(error))
+
+    def __str__(self) -> str:
+        return f"could not write {self.path}: {self.reason}"
+
+    def __reduce__(self) -> tuple:  # a unit's error travels back from its job pickled
+        return type(self), (str(self.path), self.errno, self.reason)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` so readers see either the old file or the complete new one, never a
     prefix, even if this process is killed: temp file in the same directory, fsync,
-    os.replace. The directory must exist (creating it silently would hide a wrong path)."""
+    os.replace. The directory must exist (creating it silently would hide a wrong path).
+    Any other failure raises WriteFailed, naming `path`."""
     path = Path(path)
     parent = path.parent
     if not parent.is_dir():
         raise FileNotFoundError(f"cannot write {path}: directory {parent} does not exist")
     tmp = parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
-    # os.open with 0o666 lets the umask decide permissions, like a plain open() would;
-    # tempfile.mkstemp would leave the final file readable by its owner only.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        # os.open with 0o666 lets the umask decide permissions, like a plain open() would;
+        # tempfile.mkstemp would leave the final file readable by its owner only.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            raise
+    except OSError as error:
+        raise WriteFailed.of(path, error) from error
     fsync_dir(parent)
 
 

@@ -13,7 +13,11 @@ A cell that runs holds `started.json` (LEASE_FILE) in its folder:
 The file stays after release, as the history of who ran the cell. A lease is *free* when
 absent or released, *held* while its owner lives, and *dead* when its process is gone
 (this host), its SLURM job left the queue (`squeue`), a requeue of the same job runs now
-(higher SLURM_RESTART_COUNT), or its heartbeat is older than its `stale_after_s`. A dead
+(higher SLURM_RESTART_COUNT), or its heartbeat is older than its `stale_after_s`. While
+squeue answers, another SLURM job's lease is judged by the queue alone: a preempted task
+waits there to be requeued, its process gone from the node and its heartbeat silent, and
+keeps its cells (a lease of the job this process runs in is judged by its process, as
+outside SLURM: in an interactive allocation a killed `sweep-run` can be run again). A dead
 lease is taken over; when its owner is gone for sure (not only silent), the taker also
 removes the `.*.tmp` files its interrupted atomic writes left in the folder. Taking,
 refreshing and releasing happen under a file lock (`.started.json.lock`, never deleted:
@@ -39,7 +43,7 @@ from typing import Any
 
 import filelock
 
-from sweep.files import atomic_write_json
+from sweep.files import WriteFailed, atomic_write_json
 from sweep.layout import LEASE_FILE
 
 LOCK_FILE = f".{LEASE_FILE}.lock"
@@ -116,12 +120,13 @@ def why_free(lease: Mapping[str, Any] | None, now: float | None = None) -> str |
     restarts = _count(os.environ.get("SLURM_RESTART_COUNT"))
     if job and job == os.environ.get("SLURM_JOB_ID") and restarts > _count(lease.get("slurm_restart_count")):
         return f"SLURM job {job} was requeued (restart {restarts}) and runs again"
+    queued = queued_slurm_jobs() if job else None
+    if queued is not None and str(job) not in queued:
+        return f"SLURM job {job} is no longer queued"
+    if queued is not None and job != os.environ.get("SLURM_JOB_ID"):
+        return None  # a preempted task waits in the queue, its pid gone from this node, to be requeued with its cells
     if lease.get("host") == socket.gethostname() and not pid_alive(int(lease.get("pid") or -1)):
         return f"its process {lease.get('pid')} on {lease.get('host')} is gone"
-    if job:
-        queued = queued_slurm_jobs()
-        if queued is not None and str(job) not in queued:
-            return f"SLURM job {job} is no longer queued"
     if "token" not in lease and not job and lease.get("host") != socket.gethostname():
         return "a started.json from before leases, whose owner on another host cannot be checked"
     heartbeat, stale_after = lease.get("heartbeat"), lease.get("stale_after_s")
@@ -167,6 +172,15 @@ class Lease:
             raise ValueError(f"sweep.lease needs 0 < heartbeat_s < stale_after_s, got {heartbeat_s} and "
                              f"{stale_after_s}")
         cell_dir = Path(cell_dir)
+        try:
+            return cls._take(cell_dir, stale_after_s, heartbeat_s)
+        except (WriteFailed, filelock.Timeout):  # Timeout is an OSError too
+            raise
+        except OSError as error:  # the folder or its lock file cannot be made (a full disk, a read-only folder)
+            raise WriteFailed.of(cell_dir / LEASE_FILE, error) from error
+
+    @classmethod
+    def _take(cls, cell_dir: Path, stale_after_s: float, heartbeat_s: float) -> Lease:
         cell_dir.mkdir(parents=True, exist_ok=True)
         with _lock(cell_dir):
             current = read_lease(cell_dir)
@@ -190,16 +204,24 @@ class Lease:
 
     def release(self, *, forget: bool = False) -> None:
         """Let go: mark the lease released (kept as the cell's history), or with `forget`
-        remove it (the cell never really started, e.g. bad input: it stays pending)."""
+        remove it (the cell never really started, e.g. bad input: it stays pending). Where
+        the released lease cannot be written (a full disk) it is removed instead: a lease
+        left held would show the cell as running for as long as this process lives."""
         self._stop.set()
         self._thread.join()
         with _lock(self.cell_dir):
             if not self._still_mine():
                 return
-            if forget:
+            if not forget:
+                try:
+                    atomic_write_json(self.cell_dir / LEASE_FILE, {**self.content, "released": time.time()})
+                    return
+                except OSError as error:
+                    log.warning("%s; removing the lease instead", error)
+            try:
                 (self.cell_dir / LEASE_FILE).unlink(missing_ok=True)
-            else:
-                atomic_write_json(self.cell_dir / LEASE_FILE, {**self.content, "released": time.time()})
+            except OSError as error:
+                raise WriteFailed.of(self.cell_dir / LEASE_FILE, error) from error
 
     def refresh(self) -> bool:
         """Write a new heartbeat; False (and a warning) if someone took the lease over —

@@ -12,6 +12,7 @@ import re
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
+from urllib.parse import urlparse
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -93,6 +94,24 @@ class Text(Rule):
 
     def accepts(self, value: Any) -> bool:
         return isinstance(value, str) and bool(value.strip())
+
+
+class Url(Rule):
+    """An http(s) address with a host. Checked with the settings, not when it is first used:
+    a server address that is no URL (`wandb.base_url=notaurl`) otherwise passes every check
+    and then stops the W&B run from being created at all, offline included."""
+
+    description = "an http or https URL with a host, e.g. https://api.wandb.ai"
+
+    def accepts(self, value: Any) -> bool:
+        if not isinstance(value, str):
+            return False
+        try:
+            url = urlparse(value.strip())
+            url.port  # noqa: B018 -- raises ValueError for a port that is no number or out of range
+        except ValueError:
+            return False
+        return url.scheme in ("http", "https") and bool(url.hostname)
 
 
 class Optional(Rule):

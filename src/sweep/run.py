@@ -31,11 +31,11 @@ from sweep.cell_state import stale_progress
 from sweep.cellspec import CellSpec, cell_spec
 from sweep.conf_path import CONF_PACKAGE, check_not_shadowed
 from sweep.errors import ConfigError, SweepError, entered, mark_entered
-from sweep.files import atomic_write_json
+from sweep.files import WriteFailed, atomic_write_json
 from sweep.layout import OUTCOMES_FILE, PROGRESS_FILE, RESULT_FILE, UNIT_SUMMARY, UNITS_DIR
 from sweep.lease import Lease, LeaseHeld
 from sweep.redaction import redact_files, redact_logs
-from sweep.settings import SweepRun, check_device, parse_settings, parse_sweep
+from sweep.settings import SweepRun, check_cache_dir, check_device, parse_settings, parse_sweep
 from sweep.units import cell_config, read_unit
 
 log = logging.getLogger("sweep.run")
@@ -144,6 +144,7 @@ def run_cell(cfg: DictConfig) -> dict[str, Any]:
     for cell in todo:
         check_device(cell.spec.settings.compute, cuda_devices=torch.cuda.device_count())
     settings = parse_settings(cfg, is_toy=cfg.model.get("toy") is not None).cache
+    check_cache_dir(settings.dir, Path(to_absolute_path(settings.dir)))
     cache = ArtifactCache(to_absolute_path(settings.dir), enabled=settings.enabled, verify=settings.verify)
     if prepare_only:
         from sweep.artifacts import ComputeLedger
@@ -179,6 +180,9 @@ def _take_leases(cells: list[JobCell], run: SweepRun, statuses: dict[str, Any]) 
             log.info("%s is running elsewhere (%s); skipping it here", cell.spec.name, held)
             statuses[cell.spec.name] = {**base, "status": "running elsewhere", "owner": held.holder}
             continue
+        except WriteFailed:  # a full disk, a read-only folder: nothing runs, what was taken is let go
+            _let_go(leased)
+            raise
         if run.force:  # recompute: a checkpoint left by a kill after an earlier record must not be resumed
             (cell.folder / PROGRESS_FILE).unlink(missing_ok=True)
         if rec.is_complete(cell.folder, cell.spec.cell_id) and not run.force:
@@ -193,16 +197,27 @@ def _take_leases(cells: list[JobCell], run: SweepRun, statuses: dict[str, Any]) 
 def _measure(cfg: DictConfig, cells: list[JobCell], cache: Any, run: SweepRun, unit_id: str | None,
              started: float, statuses: dict[str, Any]) -> None:
     """Measure the leased cells as one unit; write each cell's record (and W&B run) the
-    moment it is measured. A failure of the unit as a whole fails every cell not yet written."""
+    moment it is measured. A failure of the unit as a whole fails every cell not yet written.
+    A record that cannot be written (a full disk) is no failed measurement: its cell's lease
+    is let go, leaving it pending, the other cells still get their try, and the unit then
+    ends with WriteFailed naming the first such file."""
     from sweep.engine import Checkpoints, measure_unit
 
     by_id = {cell.spec.cell_id: cell for cell in cells}
     written: set[str] = set()
+    unwritten: list[WriteFailed] = []  # records that could not be written (a full disk): their cells stay pending
+
+    def write(cell: JobCell, result: Any, error: BaseException | None, trace: str | None = None) -> None:
+        try:
+            statuses[cell.spec.name] = _write_cell(cell, result, error, unit_id, started, trace=trace)
+        except WriteFailed as failed:  # the other cells may still fit: each gets its try
+            log.error("%s: %s", cell.spec.name, failed)
+            unwritten.append(failed)
+            _let_go([cell])
+        written.add(cell.spec.cell_id)
 
     def emit(spec: CellSpec, result: Any, error: BaseException | None) -> None:
-        cell = by_id[spec.cell_id]
-        statuses[spec.name] = _write_cell(cell, result, error, unit_id, started)
-        written.add(spec.cell_id)
+        write(by_id[spec.cell_id], result, error)
 
     checkpoints = Checkpoints(lambda spec: by_id[spec.cell_id].folder / PROGRESS_FILE, run.unit.checkpoint_s)
     try:
@@ -212,17 +227,40 @@ def _measure(cfg: DictConfig, cells: list[JobCell], cache: Any, run: SweepRun, u
             if cell.spec.cell_id not in written:
                 cell.lease.release(forget=True)
         raise
+    except WriteFailed as error:  # another file of the unit: no measurement failed, the cells stay pending
+        _let_go([cell for cell in cells if cell.spec.cell_id not in written])
+        unwritten.append(error)
+        raise _first(unwritten) from error
     except Exception as error:
+        trace = traceback.format_exc()
         for cell in cells:
             if cell.spec.cell_id not in written:
-                statuses[cell.spec.name] = _write_cell(cell, None, error, unit_id, started,
-                                                       trace=traceback.format_exc())
+                write(cell, None, error, trace)
         raise
     # not on SystemExit (preemption, kill): the leases then die with their process or job
+    if unwritten:
+        raise _first(unwritten)
     if unit_id is not None:
         _write_unit_summary(summary, len(cells), started, cache)
     log.info("unit %s: %d cells in %.1f s, %s block applications", unit_id or "of one", len(cells),
              time.perf_counter() - started, f"{summary['block_calls']:,}")
+
+
+def _first(unwritten: list[WriteFailed]) -> WriteFailed:
+    """The unit's error: its first file that could not be written, and how many more."""
+    first, more = unwritten[0], len(unwritten) - 1
+    return WriteFailed(first.path, first.errno, first.reason + (f" (and {more} more of this unit's files)"
+                                                               if more else ""))
+
+
+def _let_go(cells: list[JobCell]) -> None:
+    """Release these cells' leases after a write failed, so that they show as pending and a
+    re-launch runs them; a lease that cannot be let go either dies with this process."""
+    for cell in cells:
+        try:
+            cell.lease.release()
+        except WriteFailed as error:
+            log.error("%s: %s", cell.spec.name, error)
 
 
 def _write_unit_summary(summary: dict[str, Any], n_cells: int, started: float, cache: Any) -> None:
@@ -291,6 +329,11 @@ def _hydra_main(cfg: DictConfig) -> dict[str, Any]:
         print(f"error: {error}", file=sys.stderr)
         _remove_if_only_hydra_files(Path(HydraConfig.get().runtime.output_dir))
         sys.exit(2)
+    except WriteFailed as error:  # a full disk, a read-only folder: what this job held is released
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(1)
     if HydraConfig.get().mode != RunMode.MULTIRUN and record.get("status") == "failed":
         folder = Path(HydraConfig.get().runtime.output_dir)
         print(f"error: {record['name']} failed: {record['error']} (its record: {folder / RESULT_FILE})",

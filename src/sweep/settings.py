@@ -13,6 +13,7 @@ Torch-free on purpose: the planner parses thousands of cells in a second.
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from sweep.errors import ConfigError, DataUnavailable
 from sweep.interventions import COMMON_SETTINGS, INTERVENTIONS
 from sweep.probes import PROBES
 from sweep.registry import Registry
-from sweep.rules import (MISSING, Device, Flag, Integer, OneOf, Optional, Real, Rule, Text, TextList, checked,
+from sweep.rules import (MISSING, Device, Flag, Integer, OneOf, Optional, Real, Rule, Text, TextList, Url, checked,
                          frozen, invalid, plain)
 
 # --------------------------------------------------------------------------- the groups
@@ -87,7 +88,7 @@ class Wandb:
     log_outcomes: bool
 
     RULES = MappingProxyType({
-        "project": Text(), "entity": Optional(Text()), "mode": OneOf(*WANDB_MODES), "base_url": Text(),
+        "project": Text(), "entity": Optional(Text()), "mode": OneOf(*WANDB_MODES), "base_url": Url(),
         "reachability_timeout_s": Real(0, low_open=True), "init_timeout_s": Real(0, low_open=True),
         "finish_timeout_s": Real(0, low_open=True),
         "tags": TextList(), "log_outcomes": Flag()})
@@ -256,6 +257,23 @@ def check_data_folders(data: Mapping[str, Any]) -> None:
             raise DataUnavailable(
                 f"data folder {folder} does not exist; set data.root to a folder in ImageNet layout "
                 f"({data['train_dir']}/<wnid>/*.JPEG and {data['val_dir']}/<wnid>/*.JPEG)")
+
+
+def check_cache_dir(setting: str, root: Path) -> None:
+    """`cache.dir` (`setting`, at the absolute `root`) must be a folder this process can
+    write: a file, a folder under /proc, a read-only mount otherwise fails the cell only once
+    its lease is taken and its model loads, as a traceback and a `failed` record. Creates the
+    folder (the cache would) and a nameless probe file, which vanishes when closed."""
+    if root.exists() and not root.is_dir():
+        raise invalid("cache.dir", setting, f"a folder, and {root} is a file")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=root):
+            pass
+    except OSError as error:
+        raise invalid("cache.dir", setting, f"a folder this process can create and write ({root}: "
+                                            f"{error.strerror or error}); set cache.dir or SWEEP_CACHE_DIR to one "
+                                            "(on a cluster, one that every node shares)") from None
 
 
 def cuda_visible() -> bool:

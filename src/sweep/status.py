@@ -165,7 +165,9 @@ def record_folder(sweep_dir: Path, cell: dict) -> Path:
 
 def write_plan(plan: Plan) -> None:
     """Record every runnable cell of the sweep, so status can tell pending from unknown,
-    and where each cell taken from sweep.results_from has its record."""
+    and where each cell taken from sweep.results_from has its record. A plan.json that
+    already says exactly this is left alone: a re-launch with nothing to run writes nothing
+    (its sweep folder may be read-only, an archive)."""
     from sweep.files import atomic_write_json
 
     cells = []
@@ -174,7 +176,13 @@ def write_plan(plan: Plan) -> None:
         elsewhere = c.done_at is not None and c.done_at.resolve() != here.resolve()
         cells.append({"name": c.spec.name, "cell_id": c.spec.cell_id, "subdir": c.spec.subdir,
                       **({"record_dir": str(c.done_at.resolve())} if elsewhere else {})})
-    atomic_write_json(SweepPaths(plan.sweep_dir).plan, {"sweep_id": plan.sweep_id, "cells": cells})
+    content, path = {"sweep_id": plan.sweep_id, "cells": cells}, SweepPaths(plan.sweep_dir).plan
+    try:
+        if json.loads(path.read_text()) == content:
+            return
+    except (OSError, ValueError):
+        pass
+    atomic_write_json(path, content)
 
 
 if __name__ == "__main__":

@@ -29,8 +29,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from sweep.cell_state import stale_progress
 from sweep.conf_path import check_not_shadowed
 from sweep.errors import SweepError, mark_entered
+from sweep.files import WriteFailed
 from sweep.redaction import redact, redact_file, redact_logs
-from sweep.settings import check_device, cuda_visible, parse_sweep
+from sweep.settings import check_cache_dir, check_device, cuda_visible, parse_sweep
 from sweep.plan import Dimension, GroupComposer, Plan, describe, derive_sweep_id, make_plan
 from sweep.status import summarise_cells, write_plan
 from sweep.units import Unit, make_units, preparation_units, write_unit
@@ -71,6 +72,9 @@ class CellSweeper(Sweeper):
         except SweepError as error:
             print(f"error: {error}", file=sys.stderr)
             sys.exit(2)
+        except OSError as error:  # the sweep folder cannot be written (a full disk, a read-only mount)
+            print(f"error: {WriteFailed.of(error.filename, error) if error.filename else error}", file=sys.stderr)
+            sys.exit(1)
 
     # -- the grid ---------------------------------------------------------------------
     def _dimensions(self, grid: Dict[str, str], arguments: List[str]) -> List[Dimension]:
@@ -172,11 +176,15 @@ class CellSweeper(Sweeper):
 
     def _check_launcher(self, plan: Plan, *, dry_run: bool) -> None:
         """What the plan can know about where the cells will run: a local launcher runs them
-        here, so a GPU they ask for must be here; SLURM needs `sbatch`."""
+        here, so a GPU they ask for must be here and their cache.dir writable; SLURM needs
+        `sbatch`."""
         target = str(self.config.hydra.launcher.get("_target_", ""))
         if "Slurm" not in target:
             for cell in plan.pending:
                 check_device(cell.spec.settings.compute, cuda_devices=int(cuda_visible()))
+            if not dry_run:  # the check makes the folder (a dry run writes nothing)
+                for directory in sorted({cell.spec.settings.cache.dir for cell in plan.pending}):
+                    check_cache_dir(directory, Path(directory).expanduser().absolute())
         if "Slurm" in target and shutil.which("sbatch") is None and plan.pending and not dry_run:
             raise SweepError(
                 "hydra/launcher=slurm submits to SLURM, but `sbatch` is not on this machine's PATH. Run where SLURM "
