@@ -11,20 +11,21 @@ from sweep.cellspec import cell_spec
 from sweep.conf_path import CONF_DIR, CONF_PACKAGE
 from sweep.errors import ConfigError
 
-# The cell ids of two cells per model (record format 4: the shuffle's intervention.token in
-# the identity; DeiT's distillation and DINOv2's patch_mean readouts in their model nodes).
+# The cell ids of two cells per model (record format 5: the identity is the whole resolved
+# config but cellspec.NOT_MEASURED; DeiT's distillation and DINOv2's patch_mean readouts in
+# their model nodes).
 # The toys composed to these before and after they started from toy_base.yaml. The id
 # hashes the whole composed model node, so any key a toy gains, loses or changes (e.g. a
 # real model's load_kwargs or visual_projection leaking into its toy) shows here. Update
 # these only together with a deliberate change of what a cell measures (and then bump
 # cellspec.RECORD_FORMAT where the record changes too), or of a model node.
 CELL_IDS = {
-    "vit": ("bde11a136eeb8b05", "9617a9e7a107abfc"), "deit": ("9f669602e9ac7a49", "9038d76e219c2952"),
-    "beit": ("09b8a8b90fe64615", "1fa8bcff404809d1"), "dinov2": ("345e07d614b223fb", "83fd8e404bed7d62"),
-    "dinov2_reg": ("d9888b0bb8347f28", "f3de14017b111f4f"), "clip": ("3610e9d144860b46", "e925760c9e3d3808"),
-    "toy_vit": ("79d8516e3bbbf475", "294dabdd3f2472e0"), "toy_deit": ("0a5ba3cd7a7cb319", "3676084cff4b424b"),
-    "toy_beit": ("b80a6b473ae30ebe", "776780550e98c622"), "toy_dinov2": ("e344af6ce09bb7c6", "5bfe064da9edec3f"),
-    "toy_dinov2_reg": ("f5b2ecef51647fbb", "22c8e4f4ccab1e23"), "toy_clip": ("69eda74416dc1cd5", "3a985e5d00e65f2b"),
+    "vit": ("b1386d00dc08b876", "c0edf2d31d34961b"), "deit": ("fb1b6b7c2b6d9feb", "3cf9d4d882fa687f"),
+    "beit": ("c9632d273971b3b2", "5f8681fb3a84df46"), "dinov2": ("a41005472bfe444b", "55da4275c5df75e1"),
+    "dinov2_reg": ("112d21bdaddf3672", "f7b22ddf90959c67"), "clip": ("cef80bfcb31cf03f", "f5a3709067dfa95c"),
+    "toy_vit": ("dad933eabeb2b32c", "fa89f88e608d03ea"), "toy_deit": ("99ad12f5643eb900", "14fc860bd72d5043"),
+    "toy_beit": ("603744d9e5a3374a", "d0e1e4e4597ed6a0"), "toy_dinov2": ("f8e84baddfdd0d57", "98ccabb796a1dad7"),
+    "toy_dinov2_reg": ("65e5cc352868d25a", "17de429b9a4e41a9"), "toy_clip": ("b21a321b7a6dce05", "6ca9b68dda873dc4"),
 }
 SHUFFLE_L3, NONE_LAST_CLS = ["layer=3", "intervention=shuffle", "readout=native", "seed=0"], \
     ["layer=-1", "intervention=none", "readout=cls"]
