@@ -64,15 +64,15 @@ def test_a_cell_folder_is_named_by_the_cell_and_a_bad_config_gets_none():
     """`hydra.run.dir` is `runs/${cell:subdir}`. A config that is no valid cell has no folder
     to name: resolving it raises the cell's ConfigError (once it was `runs/invalid/...`, one
     folder shared by every bad config)."""
-    from hydra import compose, initialize_config_dir
+    from hydra import compose, initialize_config_module
     from omegaconf import OmegaConf
     from omegaconf.errors import InterpolationResolutionError
 
     from sweep.cellspec import cell_spec
-    from sweep.conf_path import CONF_DIR
+    from sweep.conf_path import CONF_PACKAGE
     from sweep.run import CheckCell  # noqa: F401  (importing sweep.run registers ${cell:...})
 
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+    with initialize_config_module(config_module=CONF_PACKAGE, version_base="1.3"):
         good = compose("config", overrides=[*FAST, "model=toy_vit", "layer=3"], return_hydra_config=True)
         bad = compose("config", overrides=[*FAST, "model=toy_vit", "layer=9"], return_hydra_config=True)
     assert OmegaConf.select(good, "hydra.run.dir") == f"runs/{cell_spec(good).subdir}"
