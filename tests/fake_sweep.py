@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from sweep.cellspec import RECORD_FORMAT
+from sweep.cellspec import IDENTITY_FORMAT
 
 N_CLASSES = 10
 N_VAL = 200
@@ -163,7 +163,7 @@ def _identity(sweep_id: str, model: str, n_layers: int, layer: int, intervention
     return {"cell_id": cell_id(name, sweep_id), "name": name, "sweep_id": sweep_id, "model": model, "layer": layer,
             "n_layers": n_layers, "intervention": intervention, "token": token, "readout": readout,
             "seed": seed,
-            "config": {"format": RECORD_FORMAT, "layer": layer, "seed": seed, "readout": readout,
+            "config": {"format": IDENTITY_FORMAT, "layer": layer, "seed": seed, "readout": readout,
                        "model": {"name": model, "n_layers": n_layers, "preprocess": {"std": [0.5, 0.5, 0.5]}},
                        "intervention": settings, "probe": {"method": "ridge", "settings": {"alpha": 1.0}},
                        "data": {"name": "digits", "val_per_class": 20},

@@ -11,14 +11,14 @@ from sweep.cellspec import cell_spec
 from sweep.conf_path import CONF_DIR, CONF_PACKAGE
 from sweep.errors import ConfigError
 
-# The cell ids of two cells per model (record format 5: the identity is the whole resolved
+# The cell ids of two cells per model (identity format 5: the identity is the whole resolved
 # config but cellspec.NOT_MEASURED; DeiT's distillation and DINOv2's patch_mean readouts in
 # their model nodes).
 # The toys composed to these before and after they started from toy_base.yaml. The id
 # hashes the whole composed model node, so any key a toy gains, loses or changes (e.g. a
 # real model's load_kwargs or visual_projection leaking into its toy) shows here. Update
 # these only together with a deliberate change of what a cell measures (and then bump
-# cellspec.RECORD_FORMAT where the record changes too), or of a model node.
+# cellspec.IDENTITY_FORMAT), or of a model node.
 CELL_IDS = {
     "vit": ("b1386d00dc08b876", "c0edf2d31d34961b"), "deit": ("fb1b6b7c2b6d9feb", "3cf9d4d882fa687f"),
     "beit": ("c9632d273971b3b2", "5f8681fb3a84df46"), "dinov2": ("a41005472bfe444b", "55da4275c5df75e1"),

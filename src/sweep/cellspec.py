@@ -20,12 +20,14 @@ from sweep.interventions import INTERVENTIONS, edited_token, intervention_label,
 from sweep.rules import Integer, Rule, checked, invalid, plain
 from sweep.settings import CellSettings, check_data_folders, parse_integer, parse_settings
 
-RECORD_FORMAT = 5  # 2: the identity includes compute.attn_implementation and compute.flush_denormal,
-                   # and the seed only where the intervention draws random numbers;
-                   # 3: records carry the donor metrics, and intervention.probe_after is in the identity;
-                   # 4: the shuffle's intervention.token is in the identity, records carry `token`;
-                   # 5: the identity is the whole resolved config but NOT_MEASURED (a setting added
-                   #    later is in it by default); records carry it whole as `config`
+#: What a cell id means; part of every identity, so bump it only when cells measure something
+#: else (then every cell is measured again). 2: the identity includes
+#: compute.attn_implementation and compute.flush_denormal, and the seed only where the
+#: intervention draws random numbers; 3: intervention.probe_after; 4: the shuffle's
+#: intervention.token; 5: the identity is the whole resolved config but NOT_MEASURED (a
+#: setting added later is in it by default). A new metric or record field is not a new
+#: measurement: it bumps `record.RECORD_FORMAT`, which is in no cell id (docs/recipes.md).
+IDENTITY_FORMAT = 5
 
 #: The settings that change no number a cell reports: where its records, logs and cache
 #: live, what it logs, how its launch is packed, and how many rows a call carries. Every
@@ -183,7 +185,7 @@ def identity(cfg: DictConfig | Mapping[str, Any], settings: CellSettings, *, mod
                   compute=dict(vars(settings.compute)))
     if settings.toy_training is not None:
         config["toy_training"] = {**vars(settings.toy_training), "data": dict(settings.toy_training.data.values)}
-    return {"format": RECORD_FORMAT, **measured_config(config)}
+    return {"format": IDENTITY_FORMAT, **measured_config(config)}
 
 
 def cell_spec(cfg: DictConfig | Mapping[str, Any]) -> CellSpec:

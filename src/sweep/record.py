@@ -23,6 +23,13 @@ from sweep.interventions import variant
 from sweep.layout import OUTCOMES_FILE, RESULT_FILE
 from sweep.redaction import redact_tree
 
+#: The layout of result.json (docs/results.md), written into every record as `record_format`.
+#: Bump it when a record gains a field or a metric; it is no part of a cell id, so existing
+#: cells stay done (their records lack the new field, their table cells stay empty). What a
+#: cell id means is `cellspec.IDENTITY_FORMAT`. 5: `config` holds the whole identity; 6: this
+#: field.
+RECORD_FORMAT = 6
+
 PACKAGES = ("sweep", "torch", "transformers", "datasets", "hydra-core", "submitit", "wandb", "scikit-learn", "numpy")
 
 
@@ -64,6 +71,7 @@ def _git_commit() -> str:
 def cell_fields(spec: CellSpec, cfg: Mapping[str, Any], sweep_id: str | None) -> dict[str, Any]:
     """The record's identifying part, shared by complete and failed records."""
     return {
+        "record_format": RECORD_FORMAT,
         "cell_id": spec.cell_id,
         "name": spec.name,
         "sweep_id": sweep_id,
