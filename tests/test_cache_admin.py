@@ -69,9 +69,17 @@ def test_prune_by_size_removes_least_recently_used_first(tmp_path):
     assert info(cache).total_bytes <= 5500
 
 
-def test_prune_needs_a_criterion(tmp_path):
-    with pytest.raises(ValueError, match="older_than_days and/or max_size_gb"):
-        prune(ArtifactCache(tmp_path))
+def test_prune_without_a_criterion_removes_only_stale_temp_dirs(tmp_path):
+    """What killed writers left in tmp/ goes with no limit given; every entry stays."""
+    cache, entries = populate(tmp_path)
+    stale = tmp_path / "tmp" / f"features.{'0' * 24}.node1.99.dead"
+    stale.mkdir(parents=True)
+    (stale / "part.bin").write_bytes(b"x")
+    two_days_ago = time.time() - 2 * DAY
+    for p in (stale / "part.bin", stale):
+        os.utime(p, (two_days_ago, two_days_ago))
+    assert prune(cache) == [stale]
+    assert all(e.exists() for e in entries.values())
 
 
 def test_prune_removes_stale_temp_dirs_but_not_fresh_ones(tmp_path):

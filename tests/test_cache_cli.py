@@ -97,10 +97,17 @@ def test_prune_by_size_dry_run_removes_nothing(cache_dir, capsys):
     assert info(ArtifactCache(cache_dir)).total_bytes <= 3_500_000
 
 
-def test_prune_without_a_criterion_is_an_error(cache_dir):
+def test_prune_without_a_criterion_removes_what_killed_runs_left_after_a_day(cache_dir):
+    stale, fresh = cache_dir / "tmp" / f"features.{'0' * 24}.node1.99.dead", cache_dir / "tmp" / "features.x.live"
+    for folder in (stale, fresh):
+        folder.mkdir(parents=True)
+        (folder / "part.bin").write_bytes(b"x")
+    two_days_ago = time.time() - 2 * DAY
+    for path in (stale / "part.bin", stale):
+        os.utime(path, (two_days_ago, two_days_ago))
     result = sweep_cache("prune", f"cache.dir={cache_dir}")
-    assert result.returncode == 2
-    assert "prune needs older_than_days and/or max_size_gb" in result.stderr
+    assert result.returncode == 0, result.stderr
+    assert not stale.exists() and fresh.exists()
     assert entry(cache_dir, "features", "old").exists()
 
 

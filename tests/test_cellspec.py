@@ -54,6 +54,7 @@ def test_identity_depends_on_science_not_on_where_or_how_fast_it_runs():
     ("model.readouts.native.head=fited", r"model.readouts.native.head=fited is invalid: it must be one of native, fitted"),
     ("+model.readouts.cls.visual_projection=true", r"model.readouts.cls.visual_projection is not a setting of ViTAdapter"),
     ("+model.readouts.mean.head=fitted", r"model.readouts.mean is not a readout of ViTAdapter; it supports native, cls"),
+    ("+model.revison=v2", r"model.revison is not a setting of model; its settings are: name, adapter, hf_class"),
 ])
 def test_a_model_config_its_adapter_cannot_read_is_refused_when_the_cell_is_specified(override, message):
     with pytest.raises(ConfigError, match=message):

@@ -121,3 +121,21 @@ def test_a_cell_whose_lease_was_taken_over_writes_no_record(cli_env, tmp_path):
 
 def _log_text(folder: Path) -> str:
     return "".join(p.read_text() for p in folder.glob("runs/toy_vit/*/*.log"))
+
+
+def test_ctrl_c_is_one_line_and_exit_130(cli_env, tmp_path):
+    """Ctrl-C while a sweep runs (its cell held before its record by SWEEP_TEST_PAUSE, so the
+    signal lands inside sweep-run, not before or after it)."""
+    import signal
+
+    command = [sys.executable, "-m", "sweep.run", "-m", "model=toy_vit", "layer=3", "sweep.name=interrupted", *FAST]
+    process = subprocess.Popen(command, env={**cli_env, "SWEEP_TEST_PAUSE": "toy_vit=120"}, cwd=tmp_path,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lease = tmp_path / "multirun" / "interrupted"
+    deadline = time.monotonic() + 240
+    while not list(lease.glob("*/*/started.json")) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert "Traceback" not in err and "sweep-run: interrupted (Ctrl-C)" in err, err

@@ -66,6 +66,7 @@ class CheckCell(Callback):
             return
         try:
             cell_spec(config)
+            parse_sweep(config.sweep)
         except SweepError as error:
             print(f"error: {error}", file=sys.stderr)
             sys.exit(2)
@@ -303,9 +304,15 @@ def _remove_if_only_hydra_files(folder: Path) -> None:
 
 def main() -> None:
     """Exit 2 for every kind of bad input: Hydra reports an unknown config group, option or
-    an unparsable override itself (exit 1) before any code of ours runs."""
+    an unparsable override itself (exit 1) before any code of ours runs. Ctrl-C (while Hydra
+    composes, the sweep plans, torch loads, or later) is one line and exit 130, the shell's
+    code for SIGINT, not a traceback through Hydra's frames."""
     try:
         _hydra_main()
+    except KeyboardInterrupt:
+        print("sweep-run: interrupted (Ctrl-C); re-launching the same command resumes where it stopped",
+              file=sys.stderr)
+        sys.exit(130)
     except SystemExit as exit:
         if exit.code == 1 and not entered():
             sys.exit(2)
