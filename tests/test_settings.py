@@ -78,10 +78,13 @@ BATTERY: list[tuple[list[str], dict[str, str], str]] = [
     (["sweep.force=maybe"], {}, "sweep.force=maybe is invalid"),
     (["sweep.lease.stale_after_s=0"], {}, "sweep.lease.stale_after_s=0 is invalid"),
     (["sweep.lease.heartbeat_s=400"], {}, "sweep.lease.heartbeat_s=400.0 is invalid"),
-    (["sweep.name=../../escaped"], {}, "sweep.name=../../escaped is invalid: it must be null or a name of 1 to 100"),
+    (["sweep.name=../../escaped"], {}, "sweep.name=../../escaped is invalid: it must be a name of 1 to 100"),
     (["sweep.name=" + "x" * 300], {}, "sweep.name=" + "x" * 300 + " is invalid"),
     (["+sweep.result_from=[elsewhere]"], {}, "sweep.result_from is not a setting of sweep; its settings are: name"),
     (["+model.revison=v2"], {}, "model.revison is not a setting of model"),
+    (["data.train_per_class=150"], {}, "data.train_per_class=150 and data.val_per_class=70 ask for 220 images of each"),
+    (["toy_training.data.train_per_class=120"], {},
+     "toy_training.data.train_per_class=120 and toy_training.data.val_per_class=70 ask for 190 images"),
 ]
 IDS = [" ".join(args) + "".join(f" {k}={v!r}" for k, v in env.items()) for args, env, _ in BATTERY]
 
