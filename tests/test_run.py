@@ -47,6 +47,7 @@ def test_one_cell_writes_its_record_and_a_second_run_skips_it(cli_env, tmp_path)
     (["model=toy_vit", "layer=9"], "valid layers are 0..6"),
     (["model=clip", "~model.readouts.cls", "model.projection_readout=native", "readout=cls"], "no 'cls' readout"),
     (["data=imagefolder", "data.root=/no/such/imagenet", "model=toy_vit"], "/no/such/imagenet/train does not exist"),
+    (["model=toy_vit", "model.hf_class=Bogus"], "model.hf_class=Bogus is invalid"),  # found as the unit starts
 ])
 def test_bad_input_is_a_clear_error_before_any_work(cli_env, tmp_path, args, message):
     """Before any work: no record, and nothing in a fresh artifact cache (no weights loaded,
@@ -57,6 +58,7 @@ def test_bad_input_is_a_clear_error_before_any_work(cli_env, tmp_path, args, mes
     assert message in result.stdout + result.stderr
     assert "Traceback" not in result.stderr
     assert no_records(tmp_path)
+    assert not (tmp_path / "runs").exists(), "a refused cell leaves no folder"
     assert not cache.exists() or not [p for p in cache.rglob("*") if p.is_file()]
 
 

@@ -32,7 +32,7 @@ from sweep.conf_path import CONF_PACKAGE, check_not_shadowed
 from sweep.errors import ConfigError, SweepError, entered, mark_entered
 from sweep.files import atomic_write_json
 from sweep.layout import OUTCOMES_FILE, PROGRESS_FILE, RESULT_FILE, UNIT_SUMMARY, UNITS_DIR
-from sweep.lease import Lease, LeaseHeld
+from sweep.lease import LOCK_FILE as LEASE_LOCK_FILE, Lease, LeaseHeld
 from sweep.redaction import redact_files, redact_logs
 from sweep.settings import SweepRun, check_device, parse_settings, parse_sweep
 from sweep.units import cell_config, read_unit
@@ -292,8 +292,10 @@ def _hydra_main(cfg: DictConfig) -> dict[str, Any]:
 
 def _remove_if_only_hydra_files(folder: Path) -> None:
     """Bad input leaves nothing behind: Hydra made the job's folder (its .hydra/ and log)
-    before the settings could be checked; a folder holding anything else is kept."""
-    ours = {".hydra", f"{HydraConfig.get().job.name}.log"}
+    before the settings could be checked, and a refusal as the unit starts comes after the
+    cell's lease was taken (its lock file stays when the lease is released); a folder
+    holding anything else is kept."""
+    ours = {".hydra", f"{HydraConfig.get().job.name}.log", LEASE_LOCK_FILE}
     if folder.is_dir() and {p.name for p in folder.iterdir()} <= ours:
         shutil.rmtree(folder, ignore_errors=True)
         for parent in folder.parents:
