@@ -13,6 +13,7 @@ import pytest
 from sweep.cache import LAST_USED_NAME, ArtifactCache
 from sweep.cache_admin import info
 from sweep.cache_cli import human_size, main
+from test_cache_admin import temp_dirs  # a stale and a fresh folder in the cache's tmp/
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 DAY = 86400.0
@@ -98,13 +99,7 @@ def test_prune_by_size_dry_run_removes_nothing(cache_dir, capsys):
 
 
 def test_prune_without_a_criterion_removes_what_killed_runs_left_after_a_day(cache_dir):
-    stale, fresh = cache_dir / "tmp" / f"features.{'0' * 24}.node1.99.dead", cache_dir / "tmp" / "features.x.live"
-    for folder in (stale, fresh):
-        folder.mkdir(parents=True)
-        (folder / "part.bin").write_bytes(b"x")
-    two_days_ago = time.time() - 2 * DAY
-    for path in (stale / "part.bin", stale):
-        os.utime(path, (two_days_ago, two_days_ago))
+    stale, fresh = temp_dirs(cache_dir)
     result = sweep_cache("prune", f"cache.dir={cache_dir}")
     assert result.returncode == 0, result.stderr
     assert not stale.exists() and fresh.exists()

@@ -32,7 +32,8 @@ def test_environment_secrets_are_redacted_whatever_their_form(monkeypatch):
 def test_a_pinned_commit_is_not_taken_for_a_key():
     """A model pinned to a commit (`model.revision=<40 hex>`) keeps it: its files and the W&B
     config would otherwise lose what the cell measured."""
-    for text in (f"model.revision={COMMIT}", f"revision: {COMMIT}", f"commit {COMMIT}"):
+    for text in (f"model.revision={COMMIT}", f"revision: {COMMIT}", f"commit {COMMIT}",
+                 f"hub/models--google--vit/snapshots/{COMMIT}/config.json"):
         assert redact(text) == text
     assert redact(COMMIT, "revision") == COMMIT
     assert redact(COMMIT, "note") == REDACTED

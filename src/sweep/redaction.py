@@ -23,9 +23,9 @@ REDACTED = "<redacted>"
 _HEX40 = re.compile(r"(?<![0-9A-Za-z])[0-9a-f]{40}(?![0-9A-Za-z])")
 TOKEN_PATTERNS = (re.compile(r"(?<![0-9A-Za-z])hf_[A-Za-z0-9]{30,}"),
                   re.compile(r"\bBearer\s+[A-Za-z0-9._~+/=-]{8,}", re.IGNORECASE), _HEX40)
-#: 40 hex digits right after one of these words are a git commit (a pinned `model.revision`,
-#: the record's commit), not a W&B key: they stay
-_COMMIT_BEFORE = re.compile(r"(revision|commit|sha)\W{0,4}$", re.IGNORECASE)
+#: 40 hex digits right after one of these words are a git commit (a pinned `model.revision`, a
+#: hub snapshot's folder, the record's commit), not a W&B key: they stay
+_COMMIT_BEFORE = re.compile(r"(revision|commit|sha|snapshots)\W{0,4}$", re.IGNORECASE)
 _COMMIT_KEY = re.compile(r"(revision|commit|sha)$", re.IGNORECASE)
 
 
