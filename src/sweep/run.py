@@ -314,11 +314,22 @@ def main() -> None:
     except KeyboardInterrupt:
         print("sweep-run: interrupted (Ctrl-C); re-launching the same command resumes where it stopped",
               file=sys.stderr)
-        sys.exit(130)
+        _exit_interrupted()
     except SystemExit as exit:
         if exit.code == 1 and not entered():
             sys.exit(2)
         raise
+
+
+def _exit_interrupted() -> None:
+    """Exit 130 now. Not `sys.exit`: a Ctrl-C that lands inside code run by `exec` (every
+    dataclass and named tuple an import defines) marks the interpreter, which then ends
+    itself by SIGINT whatever status it was asked for. The `finally` blocks between the
+    signal and here have run (a cell's W&B run finished, its lease left to die with it)."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(130)
 
 
 if __name__ == "__main__":
