@@ -43,7 +43,8 @@ def is_scientific(key: str) -> bool:
     return any(key == science or key.startswith(science + ".") for science in SCIENCE)
 
 
-__all__ = ["MODEL_KEYS", "SCIENCE", "CellSpec", "LayerOutOfRange", "NotApplicable", "cell_spec", "is_scientific", "resolve_layer"]
+__all__ = ["MODEL_KEYS", "SCIENCE", "CellSpec", "LayerOutOfRange", "NotApplicable", "cell_spec", "is_scientific",
+           "resolve_layer"]
 
 
 class NotApplicable(ConfigError):
