@@ -13,6 +13,7 @@ import pytest
 from sweep.cache import LAST_USED_NAME, ArtifactCache
 from sweep.cache_admin import info
 from sweep.cache_cli import human_size, main
+from test_cache_admin import temp_dirs  # a stale and a fresh folder in the cache's tmp/
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 DAY = 86400.0
@@ -97,10 +98,11 @@ def test_prune_by_size_dry_run_removes_nothing(cache_dir, capsys):
     assert info(ArtifactCache(cache_dir)).total_bytes <= 3_500_000
 
 
-def test_prune_without_a_criterion_is_an_error(cache_dir):
+def test_prune_without_a_criterion_removes_what_killed_runs_left_after_a_day(cache_dir):
+    stale, fresh = temp_dirs(cache_dir)
     result = sweep_cache("prune", f"cache.dir={cache_dir}")
-    assert result.returncode == 2
-    assert "prune needs older_than_days and/or max_size_gb" in result.stderr
+    assert result.returncode == 0, result.stderr
+    assert not stale.exists() and fresh.exists()
     assert entry(cache_dir, "features", "old").exists()
 
 

@@ -63,6 +63,7 @@ def test_identity_depends_on_science_not_on_where_or_how_fast_it_runs():
      r"trust_remote_code=False"),
     ("+model.load_kwargs.revision=main", r"model.load_kwargs.revision=main is invalid: .* set model.revision instead"),
     ("model.load_kwargs=7", r"model.load_kwargs must be a group of from_pretrained arguments, not 7"),
+    ("+model.revison=v2", r"model.revison is not a setting of model; its settings are: name, adapter, hf_class"),
 ])
 def test_a_model_config_its_adapter_cannot_read_is_refused_when_the_cell_is_specified(override, message):
     with pytest.raises(ConfigError, match=message):

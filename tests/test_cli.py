@@ -13,8 +13,9 @@ COMMAND = Command(prog="sweep-example", summary="An example.", words=(("<folder>
 
 
 def test_values_are_read_as_on_a_hydra_command_line():
-    assert [value_of(v) for v in ("true", "False", "null", "", "7", "0.5", "1e-3", "a/b")] == \
-        [True, False, None, None, 7, 0.5, 0.001, "a/b"]
+    """By Hydra's own parser: only `null` is null; `none` and an empty value are text."""
+    assert [value_of(v) for v in ("true", "False", "null", "", "none", "None", "7", "0.5", "1e-3", "a/b", "'x y'")] \
+        == [True, False, None, "", "none", "None", 7, 0.5, 0.001, "a/b", "x y"]
 
 
 def test_words_then_checked_settings_with_their_defaults():
@@ -28,6 +29,8 @@ def test_words_then_checked_settings_with_their_defaults():
     (["colour=red"], "colour is not a setting of sweep-example; its settings are: count, out, loud"),
     (["--loud"], "unknown option '--loud': settings are key=value"),
     (["a", "b"], "takes at most 1 positional word"),
+    (["count=1,2"], "count=1,2 is several values; give one"),
+    (["out=[a"], r"out=\[a cannot be read as a value"),
 ])
 def test_what_cannot_be_acted_on_is_refused_by_name(argv, message):
     with pytest.raises(UsageError, match=message):

@@ -13,8 +13,8 @@ from PIL import Image
 
 from hf_processors import HF_PROCESSORS, hf_processor, model_preprocess
 from imagenet_folder import make_imagenet_folder
-from sweep.data import (DataUnavailable, balanced_subset, imagenet_wnids, load_split, main,
-                        normalise, preprocess_split, to_uint8)
+from sweep.data import (DIGITS_PER_CLASS, CorruptImage, DataUnavailable, balanced_subset, check_data, imagenet_wnids,
+                        load_split, main, normalise, preprocess_split, to_uint8)
 
 PREPROCESS = {"resize": 256, "resize_exact": False, "crop": 224, "interpolation": "bicubic",
               "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
@@ -142,9 +142,52 @@ def test_an_image_folder_with_too_few_images_or_a_damaged_one_is_a_clear_error(t
         load_split(_folder_data(tmp_path, val_per_class=4), "val")
     with pytest.raises(DataUnavailable, match="data.n_classes=1001 is more than the 1000 classes"):
         load_split(_folder_data(tmp_path, n_classes=1001), "val")
-    (tmp_path / "train" / imagenet_wnids()[1] / f"{imagenet_wnids()[1]}_3.JPEG").write_bytes(b"not a JPEG")
-    with pytest.raises(DataUnavailable, match=rf"could not decode .*{imagenet_wnids()[1]}_3.JPEG"):
+    damaged = tmp_path / "train" / imagenet_wnids()[1] / f"{imagenet_wnids()[1]}_3.JPEG"
+    damaged.write_bytes(damaged.read_bytes()[:-2])  # its header intact, its end cut off
+    check_data(_folder_data(tmp_path, train_per_class=4, val_per_class=3))  # a header is all the plan reads
+    with pytest.raises(CorruptImage, match=rf"could not decode .*{imagenet_wnids()[1]}_3.JPEG"):
         load_split(_folder_data(tmp_path, train_per_class=4), "train")
+
+
+def test_digits_has_the_images_per_class_the_plan_checks_against():
+    from sklearn.datasets import load_digits
+
+    assert tuple(np.bincount(load_digits().target).tolist()) == DIGITS_PER_CLASS
+
+
+@pytest.mark.parametrize("key, train, val, n_classes, fewest", [
+    ("data", 150, 70, 10, "174 of class 8"), ("toy_training.data", 100, 78, 3, "177 of class 2")])
+def test_digits_subsets_larger_than_its_classes_are_refused_before_anything_trains(key, train, val, n_classes,
+                                                                                    fewest):
+    data = {"source": "sklearn_digits", "name": "digits", "n_classes": n_classes, "train_per_class": train,
+            "val_per_class": val, "seed": 0}
+    with pytest.raises(DataUnavailable, match=rf"{key}.train_per_class={train} and {key}.val_per_class={val} ask "
+                                              rf"for {train + val} images of each class, and sklearn digits has "
+                                              rf"{fewest}"):
+        check_data(data, key)
+    check_data({**data, "train_per_class": int(fewest.split()[0]) - val}, key)  # exactly what it has
+
+
+def _bad_tree(root: Path, damage) -> dict:
+    for split in ("train", "val"):
+        _solid_tree(root / split, n_classes=3, per_class=4)
+    damage(root)
+    return _folder_data(root, train_per_class=4, val_per_class=4)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda root: (root / "train" / "cats").mkdir(), r"train has folders that are not ImageNet-1k synsets: \['cats'\]"),
+    (lambda root: [p.unlink() for p in (root / "val" / imagenet_wnids()[1]).iterdir()],
+     rf"class 1 has only 0 images in .*val/{imagenet_wnids()[1]}, 4 per class were asked; lower data.val_per_class"),
+    (lambda root: (root / "val" / imagenet_wnids()[2] / f"{imagenet_wnids()[2]}_1.JPEG").write_bytes(b""),
+     rf"{imagenet_wnids()[2]}_1.JPEG is one of the images the subset reads, and it is empty \(0 bytes\)"),
+    (lambda root: (root / "train" / imagenet_wnids()[0] / f"{imagenet_wnids()[0]}_2.JPEG").write_text("<html>"),
+     rf"{imagenet_wnids()[0]}_2.JPEG is one of the images the subset reads, and it is not an image PIL reads"),
+])
+def test_an_image_folders_contents_are_checked_without_decoding_it(tmp_path, damage, message):
+    """What the plan finds by listing the folders and reading the sampled files' headers."""
+    with pytest.raises(DataUnavailable, match=message):
+        check_data(_bad_tree(tmp_path, damage))
 
 
 def test_the_flat_ilsvrc2012_validation_folder_is_sorted_into_wnid_folders(tmp_path, capsys):

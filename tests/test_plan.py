@@ -3,13 +3,16 @@ one is exercised end to end in test_sweep.py)."""
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 
+import pytest
 from omegaconf import OmegaConf
 
 from conftest import compose_cell
 from sweep.cellspec import NOT_MEASURED, cell_spec
-from sweep.plan import Dimension, GroupComposer, derive_sweep_id, make_plan
+from sweep.errors import ConfigError
+from sweep.plan import Dimension, GroupComposer, derive_sweep_id, index_results, make_plan
 
 MODELS = {"a": 2, "b": 3}
 
@@ -85,3 +88,23 @@ def test_the_sweep_id_hashes_exactly_the_settings_of_a_cells_identity():
     spec = cell_spec(cfg)
     assert set(spec.science) == {"format", *(set(cfg) - set(NOT_MEASURED))}
     assert "batch_size" not in spec.science["compute"] and "device" not in spec.science["compute"]
+
+
+def _record(folder, **fields):
+    folder.mkdir(parents=True)
+    (folder / "result.json").write_text(json.dumps({"cell_id": "c1", "name": "cell", "status": "complete", **fields}))
+    return folder
+
+
+def test_two_different_records_of_one_cell_in_results_from_are_refused_naming_both(tmp_path):
+    first = _record(tmp_path / "one" / "m" / "cell", metrics={"accuracy": 0.5})
+    second = _record(tmp_path / "two" / "m" / "cell", metrics={"accuracy": 0.7})
+    with pytest.raises(ConfigError, match="two different records of cell cell") as refused:
+        index_results([tmp_path / "one", tmp_path / "two"])
+    assert str(first) in str(refused.value) and str(second) in str(refused.value)
+
+
+def test_one_record_reached_twice_or_copied_is_one_record(tmp_path):
+    first = _record(tmp_path / "one" / "m" / "cell", metrics={"accuracy": 0.5})
+    _record(tmp_path / "copy" / "m" / "cell", metrics={"accuracy": 0.5})
+    assert index_results([tmp_path / "one", tmp_path, tmp_path / "copy"]) == {"c1": first}

@@ -47,6 +47,7 @@ def test_one_cell_writes_its_record_and_a_second_run_skips_it(cli_env, tmp_path)
     (["model=toy_vit", "layer=9"], "valid layers are 0..6"),
     (["model=clip", "~model.readouts.cls", "model.projection_readout=native", "readout=cls"], "no 'cls' readout"),
     (["data=imagefolder", "data.root=/no/such/imagenet", "model=toy_vit"], "/no/such/imagenet/train does not exist"),
+    (["model=toy_vit", "model.hf_class=Bogus"], "model.hf_class=Bogus is invalid"),  # found as the unit starts
 ])
 def test_bad_input_is_a_clear_error_before_any_work(cli_env, tmp_path, args, message):
     """Before any work: no record, and nothing in a fresh artifact cache (no weights loaded,
@@ -57,6 +58,7 @@ def test_bad_input_is_a_clear_error_before_any_work(cli_env, tmp_path, args, mes
     assert message in result.stdout + result.stderr
     assert "Traceback" not in result.stderr
     assert no_records(tmp_path)
+    assert not (tmp_path / "runs").exists(), "a refused cell leaves no folder"
     assert not cache.exists() or not [p for p in cache.rglob("*") if p.is_file()]
 
 
@@ -121,3 +123,21 @@ def test_a_cell_whose_lease_was_taken_over_writes_no_record(cli_env, tmp_path):
 
 def _log_text(folder: Path) -> str:
     return "".join(p.read_text() for p in folder.glob("runs/toy_vit/*/*.log"))
+
+
+def test_ctrl_c_is_one_line_and_exit_130(cli_env, tmp_path):
+    """Ctrl-C while a sweep runs (its cell held before its record by SWEEP_TEST_PAUSE, so the
+    signal lands inside sweep-run, not before or after it)."""
+    import signal
+
+    command = [sys.executable, "-m", "sweep.run", "-m", "model=toy_vit", "layer=3", "sweep.name=interrupted", *FAST]
+    process = subprocess.Popen(command, env={**cli_env, "SWEEP_TEST_PAUSE": "toy_vit=120"}, cwd=tmp_path,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lease = tmp_path / "multirun" / "interrupted"
+    deadline = time.monotonic() + 240
+    while not list(lease.glob("*/*/started.json")) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert "Traceback" not in err and "sweep-run: interrupted (Ctrl-C)" in err, err

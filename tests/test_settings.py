@@ -82,6 +82,13 @@ BATTERY: list[tuple[list[str], dict[str, str], str]] = [
     (["sweep.force=maybe"], {}, "sweep.force=maybe is invalid"),
     (["sweep.lease.stale_after_s=0"], {}, "sweep.lease.stale_after_s=0 is invalid"),
     (["sweep.lease.heartbeat_s=400"], {}, "sweep.lease.heartbeat_s=400.0 is invalid"),
+    (["sweep.name=../../escaped"], {}, "sweep.name=../../escaped is invalid: it must be a name of 1 to 100"),
+    (["sweep.name=" + "x" * 300], {}, "sweep.name=" + "x" * 300 + " is invalid"),
+    (["+sweep.result_from=[elsewhere]"], {}, "sweep.result_from is not a setting of sweep; its settings are: name"),
+    (["+model.revison=v2"], {}, "model.revison is not a setting of model"),
+    (["data.train_per_class=150"], {}, "data.train_per_class=150 and data.val_per_class=70 ask for 220 images of each"),
+    (["toy_training.data.train_per_class=120"], {},
+     "toy_training.data.train_per_class=120 and toy_training.data.val_per_class=70 ask for 190 images"),
 ]
 IDS = [" ".join(args) + "".join(f" {k}={v!r}" for k, v in env.items()) for args, env, _ in BATTERY]
 
@@ -222,3 +229,21 @@ def test_the_image_folders_class_bound_is_the_number_of_imagenet_classes():
 
     assert IMAGENET_CLASSES == len(imagenet_wnids())
     assert DATA_SOURCES["imagefolder"]["n_classes"].high == DATA_SOURCES["hub"]["n_classes"].high == IMAGENET_CLASSES
+
+
+@pytest.mark.parametrize("mode", ["cell", "plan"])
+def test_an_image_folder_that_cannot_give_its_subset_is_refused_before_anything_runs(mode, tmp_path):
+    """A zero-byte image among those the subset reads: found by the plan (or sweep-run's check)
+    from the listing and the files' headers, before the toy trains; nothing is left behind."""
+    from imagenet_folder import make_imagenet_folder
+    from sweep.data import imagenet_wnids
+
+    data = make_imagenet_folder(tmp_path.parent / f"{tmp_path.name}-data", n_classes=2, per_class=2)
+    for image in (data / "val" / imagenet_wnids()[1]).iterdir():
+        image.write_bytes(b"")
+    result, _ = run_bad_input(mode, ["data=imagefolder", f"data.root={data}", "data.n_classes=2",
+                                     "data.train_per_class=2", "data.val_per_class=2"], {}, tmp_path)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"{data / 'val' / imagenet_wnids()[1]}/" in result.stderr and "it is empty (0 bytes)" in result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    assert written_files(tmp_path) == [], "bad input must leave nothing behind"

@@ -57,3 +57,31 @@ def test_a_bad_command_line_says_what_is_valid(tmp_path, capsys):
             assert exit_.code == 2
         error = capsys.readouterr().err
         assert message in error and "usage: sweep-status" in error, error
+
+
+def test_every_record_in_the_folder_counts_not_only_the_latest_launchs_plan(tmp_path, capsys):
+    """Two launches into one sweep folder, two cells each: plan.json names the second's."""
+    for name, cell_id in (("a", "1"), ("b", "2"), ("c", "3"), ("d", "4")):
+        folder(tmp_path, name, {"cell_id": cell_id, "status": "complete"})
+    (tmp_path / "plan.json").write_text(json.dumps({"sweep_id": "s", "cells": [
+        {"name": "c", "cell_id": "3", "subdir": "m/c"}, {"name": "d", "cell_id": "4", "subdir": "m/d"}]}))
+    try:
+        main([str(tmp_path)])
+    except SystemExit as exit_:
+        assert exit_.code == 0
+    out = capsys.readouterr().out
+    assert "4 cells: 4 done" in out, out
+    assert f"compared to the latest launch's plan ({tmp_path / 'plan.json'}: 2 cells), and 2 more cell folders " \
+           "from earlier launches" in out, out
+
+
+def test_a_long_error_is_shortened_at_a_word_not_mid_word(tmp_path, capsys):
+    error = "RuntimeError: " + "the connection to the server was refused " * 12
+    folder(tmp_path, "b", {"cell_id": "2", "status": "failed", "error": error})
+    try:
+        main([str(tmp_path)])
+    except SystemExit:
+        pass
+    line = next(line for line in capsys.readouterr().out.splitlines() if "FAILED" in line)
+    shown = line.split("FAILED  b: ", 1)[1]
+    assert shown.endswith("…") and error.startswith(shown[:-1]) and error[len(shown) - 1] == " ", shown

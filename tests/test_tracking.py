@@ -17,10 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FAST
+from conftest import FAST, compose_cell
+from sweep.cellspec import cell_spec
 from sweep.record import AXES
 from sweep.errors import ConfigError
-from sweep.tracking import WandbTracker, check_mode, choose_mode, run_id
+from sweep.tracking import WandbTracker, check_mode, choose_mode, run_id, tracker
 from sweeps import multirun
 from wandb_files import OfflineRun
 
@@ -354,3 +355,22 @@ def test_a_rate_limit_mid_run_costs_a_units_other_cells_no_wait(cli_env, tmp_pat
     offline = [folder for folder in sweep_dir.rglob("offline-run-*") if not folder.is_symlink()]
     assert len(offline) == 2  # the other cell's run and the summary run
     assert b"aggregate" not in bytes(server.received)
+
+
+def test_wandbs_cache_is_in_the_sweeps_own_folder_wherever_hydra_puts_it(monkeypatch, tmp_path):
+    """hydra.sweep.dir elsewhere: W&B's cache and staging go with the sweep, not to
+    <cwd>/<sweep.root>/.wandb (a real, disabled W&B run)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    for name in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.delenv(name, raising=False)  # restored after the test: the tracker sets them
+    cfg = compose_cell("model=toy_vit", "layer=3", "logger=wandb")
+    spec = cell_spec(cfg)
+    sweep_dir = tmp_path / "elsewhere" / "mine"
+    cell_dir = sweep_dir / spec.subdir
+    cell_dir.mkdir(parents=True)
+    with tracker(cfg, spec, "mine", cell_dir):
+        cache, data = os.environ["WANDB_CACHE_DIR"], os.environ["WANDB_DATA_DIR"]
+    assert Path(cache) == sweep_dir.resolve() / ".wandb" / "cache"
+    assert Path(data) == sweep_dir.resolve() / ".wandb" / "data"
+    assert not (tmp_path / "multirun").exists()

@@ -23,7 +23,7 @@ from typing import Any
 import pandas as pd
 
 from sweep.cellspec import GRID_KEYS
-from sweep.errors import SweepError
+from sweep.errors import SweepError, first_line
 from sweep.files import atomic_write_bytes, atomic_write_text
 from sweep.intervals import LEVEL, summary_interval
 from sweep.interventions import INTERVENTIONS, intervention_label
@@ -448,7 +448,7 @@ def problems_text(table: SweepTable) -> list[str]:
         lines.append(f"missing: {cell['name']} (no record; {cell['folder']})")
     lines += _more(len(table.missing), "missing")
     for _, cell in table.failed.head(SHOWN_PROBLEMS).iterrows():
-        error = (str(cell["error"]).strip().splitlines() or ["?"])[0][:200]
+        error = first_line(cell["error"], 200)
         lines.append(f"failed: {cell['name']} ({error}) log: {_log_of(cell['folder'])}")
     lines += _more(len(table.failed), "failed")
     if len(table.missing) or len(table.failed):

@@ -87,9 +87,8 @@ def plan_prune(
     than `older_than_days` go; then, least recently used first, entries until the
     remaining entries fit in `max_size_gb` (decimal GB; tmp/ not counted). Temp dirs
     with nothing modified for `stale_tmp_days` (left by killed writers or forgotten
-    uncached results) and leftovers of deletions always go."""
-    if older_than_days is None and max_size_gb is None:
-        raise ValueError("prune needs older_than_days and/or max_size_gb")
+    uncached results) and leftovers of deletions always go; with neither limit, only they
+    go (what killed runs leave behind is never wanted, entries may be)."""
     limits = {"older_than_days": older_than_days, "max_size_gb": max_size_gb, "stale_tmp_days": stale_tmp_days}
     for name, value in limits.items():
         if value is not None and not value >= 0:

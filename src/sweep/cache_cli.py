@@ -56,7 +56,8 @@ INFO = Command(prog="sweep-cache info", summary="Entries and sizes per artifact 
 PRUNE = Command(
     prog="sweep-cache prune",
     summary="Remove entries unused for a while and/or the least recently used ones until the cache fits a size. "
-            "Entries being computed are skipped. Stale temporary directories are removed too.",
+            "Entries being computed are skipped. Stale temporary directories (left by killed runs) are removed too; "
+            "without older_than_days or max_size_gb, only they are.",
     settings={
         "cache.dir": _dir_setting(),
         "older_than_days": Setting(Optional(Real(0)), None, "remove entries unused for more than this many days"),
@@ -126,8 +127,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(command.usage())
             return 0
         _, settings = parsed
-        if name == "prune" and settings["older_than_days"] is None and settings["max_size_gb"] is None:
-            raise UsageError("prune needs older_than_days and/or max_size_gb (refusing to guess what to remove)")
     except UsageError as error:
         print(f"sweep-cache: error: {error}\n\n{(command.usage() if command else USAGE)}", file=sys.stderr)
         return 2

@@ -10,6 +10,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from omegaconf import DictConfig
@@ -73,7 +74,7 @@ def measured_config(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     return config
 
 
-__all__ = ["NOT_MEASURED", "CellSpec", "LayerOutOfRange", "NotApplicable", "cell_spec", "is_scientific",
+__all__ = ["MODEL_KEYS", "NOT_MEASURED", "CellSpec", "LayerOutOfRange", "NotApplicable", "cell_spec", "is_scientific",
            "measured_config", "resolve_layer"]
 
 
@@ -149,6 +150,13 @@ def _check_load_kwargs(load_kwargs: Any) -> None:
             raise invalid(f"model.load_kwargs.{key}", load_kwargs[key], why)
 
 
+#: every key a model config (conf/model/*.yaml) may set -> whether it must be set: the one
+#: declaration of a model's keys, so a typo (`+model.revison=...`) is refused, not ignored
+MODEL_KEYS = MappingProxyType({
+    "name": True, "adapter": True, "hf_class": True, "n_layers": True, "readouts": True, "projection_readout": True,
+    "source": False, "revision": False, "load_kwargs": False, "toy": False, "preprocess": False})
+
+
 def _model(node: Any) -> dict[str, Any]:
     """The model node, with what can be checked without loading it: its architecture is
     one the adapters know and can read out as its `readouts` say. (`hf_class` and
@@ -157,12 +165,13 @@ def _model(node: Any) -> dict[str, Any]:
     model = plain(node)
     if not isinstance(model, Mapping):
         raise ConfigError(f"model must be a group of settings, not {model!r}")
-    for key, rule in (("name", None), ("adapter", None), ("hf_class", None), ("n_layers", Integer(1)),
-                      ("readouts", None), ("projection_readout", None)):
+    unknown = sorted(set(model) - set(MODEL_KEYS))
+    if unknown:
+        raise ConfigError(f"model.{unknown[0]} is not a setting of model; its settings are: {', '.join(MODEL_KEYS)}")
+    for key in (key for key, required in MODEL_KEYS.items() if required):
         if key not in model:
             raise ConfigError(f"model.{key} is not set (its model config, model/{model.get('name', '<name>')}.yaml)")
-        if rule is not None:
-            rule.check(f"model.{key}", model[key])
+    Integer(1).check("model.n_layers", model["n_layers"])
     if not isinstance(model["readouts"], Mapping):
         raise ConfigError(f"model.readouts must be a group of readouts, not {model['readouts']!r}")
     ADAPTERS[model["adapter"]].check_readouts(model["readouts"])
@@ -192,7 +201,8 @@ def cell_spec(cfg: DictConfig | Mapping[str, Any]) -> CellSpec:
     """Validate every setting of the cell (cheaply, before any weights load) and identify it.
 
     Raises `NotApplicable` for a grid point this model cannot run, `ConfigError` for any
-    other bad setting, and `DataUnavailable` for a data folder that does not exist."""
+    other bad setting, and `DataUnavailable` for data that cannot give the subsets asked for
+    (`sweep.data.check_data`)."""
     model = _model(cfg["model"])
     n_layers, model_name = int(model["n_layers"]), str(model["name"])
     settings = parse_settings(cfg, is_toy=model.get("toy") is not None)
@@ -220,6 +230,8 @@ def cell_spec(cfg: DictConfig | Mapping[str, Any]) -> CellSpec:
             + (f"its model config (model/{model_name}.yaml) declares no readout of the CLS token alone; "
                "use readout=native" if readout == "cls" else "choose one of those"))
     check_data_folders(settings.data.values)
+    if settings.toy_training is not None:  # the toy learns digits first: a subset it lacks fails now, not then
+        check_data_folders(settings.toy_training.data.values, "toy_training.data")
     science = identity(cfg, settings, model=model, readout=readout, layer=layer, seed=seed)
     return CellSpec(model=model_name, layer=layer, n_layers=n_layers, intervention=settings.intervention.choice,
                     readout=readout, seed=seed, science=science, settings=settings, token=token)

@@ -72,7 +72,7 @@ class Command:
             if key in given:
                 raise UsageError(f"{key} is given twice")
             try:
-                given[key] = self.settings[key].rule.check(key, value_of(text))
+                given[key] = self.settings[key].rule.check(key, value_of(text, key))
             except ConfigError as error:
                 raise UsageError(str(error)) from None
         if len(words) > len(self.words):
@@ -81,19 +81,22 @@ class Command:
         return words, {key: given.get(key, setting.default) for key, setting in self.settings.items()}
 
 
-def value_of(text: str) -> Any:
-    """A command-line value as Hydra reads one: true/false, null, a number, else text."""
-    lowered = text.lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    if lowered in ("null", "none", ""):
-        return None
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            continue
-    return text
+def value_of(text: str, key: str = "key") -> Any:
+    """A command-line value as Hydra reads one, by Hydra's own override parser: true/false,
+    null (only `null`: `none` and an empty value are text), numbers, quoted text, lists.
+    A sweep (`a,b`, `range(...)`) is not one value and is refused, naming `key`."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    try:
+        override = OverridesParser.create().parse_override(f"{key}={text}")
+    except HydraException as error:
+        message = " ".join(str(error).split())
+        raise ConfigError(f"{key}={text} cannot be read as a value ({message}); as text, quote it: "
+                          f"{key}='{text}'") from None
+    if override.is_sweep_override():
+        raise ConfigError(f"{key}={text} is several values; give one")
+    return override.value()
 
 
 def _shown(value: Any) -> str:

@@ -21,13 +21,15 @@ from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from PIL import Image
 
-from sweep.errors import DataUnavailable
+from sweep.errors import DataUnavailable, brief
+
+if TYPE_CHECKING:  # torch only where tensors are made: the planner checks data (`check_data`) without it
+    import torch
 
 SPLITS = ("train", "val")
 # Part of the images artifact's key: bump it whenever `to_uint8` changes its pixels, so that
@@ -106,12 +108,17 @@ def _imagefolder(data: Mapping[str, Any], split: str) -> LabelledImages:
 
     Costs in proportion to the subset, not the tree: each class folder is listed (names
     only, no stat per file) and only the sampled files are decoded — a full ImageNet train
-    tree has 1.28 M files. That the folders exist is checked when a cell is specified, before
-    any model loads (`settings.check_data_folders`, from `cell_spec`); again here, for
-    readers of a split outside a cell."""
-    from sweep.settings import check_data_folders
+    tree has 1.28 M files. The listing and the sample are checked when a cell is specified,
+    before any model loads (`check_data`, from `cell_spec`); the listing again here, for
+    readers of a split outside a cell. A file that fails to decode fails the cells that
+    read it (`CorruptImage`), not the sweep."""
+    paths, labels = _sampled_files(data, split)
+    return LabelledImages([_decoded(path) for path in paths], labels)
 
-    check_data_folders(data)
+
+def _sampled_files(data: Mapping[str, Any], split: str) -> tuple[list[Path], list[int]]:
+    """The files of `split` that the subset decodes, and their labels (the standard index)."""
+    _check_split_folders(data)
     folder = Path(str(data["root"])).expanduser() / str(data[f"{split}_dir"])
     per_class, n_classes = int(data[f"{split}_per_class"]), int(data["n_classes"])
     _check_class_folders(folder)
@@ -126,7 +133,63 @@ def _imagefolder(data: Mapping[str, Any], split: str) -> LabelledImages:
     chosen = _draw([range(starts[cls], starts[cls + 1]) for cls in range(n_classes)], per_class, int(data["seed"]))
     labels = [int(np.searchsorted(starts, index, side="right")) - 1 for index in chosen]
     paths = [folder / wnids[cls] / names[cls][index - starts[cls]] for index, cls in zip(chosen, labels)]
-    return LabelledImages([_decoded(path) for path in paths], labels)
+    return paths, labels
+
+
+def _check_split_folders(data: Mapping[str, Any]) -> None:
+    """An image folder must exist with its split folders."""
+    root = Path(str(data["root"])).expanduser()
+    for split in SPLITS:
+        folder = root / str(data[f"{split}_dir"])
+        if not folder.is_dir():
+            raise DataUnavailable(
+                f"data folder {folder} does not exist; set data.root to a folder in ImageNet layout "
+                f"({data['train_dir']}/<wnid>/*.JPEG and {data['val_dir']}/<wnid>/*.JPEG)")
+
+
+#: images of each class in scikit-learn's bundled digits (a test keeps it equal to load_digits):
+#: the plan checks a subset against it without importing scikit-learn
+DIGITS_PER_CLASS = (178, 182, 177, 183, 181, 182, 181, 179, 174, 180)
+
+
+def check_data(data: Mapping[str, Any], key: str = "data") -> None:
+    """What can be found wrong with the data without decoding it, checked when a cell is
+    specified, so that a sweep refuses it at its plan rather than after toys trained and
+    models loaded: digits' subsets within its ~180 images per class; an image folder's
+    split and class folders (named by wnids, each with enough images) and every file its
+    subsets will decode, non-empty and of an image format PIL reads (its header only). A
+    file damaged further in is found while decoding and fails its cells. Once per data
+    settings and process: a plan specifies thousands of cells."""
+    _check_data(tuple(sorted((name, value) for name, value in data.items())), key)
+
+
+@cache
+def _check_data(items: tuple[tuple[str, Any], ...], key: str) -> None:
+    data = dict(items)
+    if data["source"] == "sklearn_digits":
+        train, val, n_classes = int(data["train_per_class"]), int(data["val_per_class"]), int(data["n_classes"])
+        fewest = min(range(n_classes), key=lambda cls: DIGITS_PER_CLASS[cls])
+        if train + val > DIGITS_PER_CLASS[fewest]:
+            raise DataUnavailable(
+                f"{key}.train_per_class={train} and {key}.val_per_class={val} ask for {train + val} images of each "
+                f"class, and sklearn digits has {DIGITS_PER_CLASS[fewest]} of class {fewest} (the fewest of its "
+                f"first {n_classes}): lower them to add up to at most {DIGITS_PER_CLASS[fewest]}")
+    elif data["source"] == "imagefolder":
+        for split in SPLITS:
+            for path in _sampled_files(data, split)[0]:
+                _check_header(path)
+
+
+def _check_header(path: Path) -> None:
+    """`path` is a non-empty file of an image format PIL reads (its header, not its pixels)."""
+    try:
+        with Image.open(path):
+            pass
+    except (OSError, SyntaxError, ValueError) as error:
+        size = path.stat().st_size if path.exists() else 0
+        what = "it is empty (0 bytes)" if size == 0 else f"it is not an image PIL reads ({type(error).__name__})"
+        raise DataUnavailable(f"{path} is one of the images the subset reads, and {what}; remove or replace it "
+                              "(or change data.seed)") from None
 
 
 @cache
@@ -179,6 +242,11 @@ def _class_files(folder: Path, cls: int, wnid: str, per_class: int, split: str) 
     return names
 
 
+class CorruptImage(RuntimeError):
+    """An image file that failed to decode: a failed measurement of the cells that read it
+    (each gets a record naming the file), not bad input that stops the sweep."""
+
+
 def _decoded(path: Path) -> Image.Image:
     """The image, decoded now (its file closed): thousands of lazily opened files would run
     out of file handles."""
@@ -186,7 +254,8 @@ def _decoded(path: Path) -> Image.Image:
         image = Image.open(path)
         image.load()
     except (OSError, SyntaxError, ValueError) as error:  # PIL's errors for a damaged file
-        raise DataUnavailable(f"could not decode {path} ({type(error).__name__}: {error})") from error
+        raise CorruptImage(f"could not decode {path} ({type(error).__name__}: {error}); remove or replace it "
+                           "(or change data.seed)") from error
     return image
 
 
@@ -282,7 +351,7 @@ def _hub(data: Mapping[str, Any], split: str) -> LabelledImages:
     except Exception as error:  # the hub raises many types: offline, gated, not found
         raise DataUnavailable(
             f"could not read {data['hub_id']} ({hub_split}) from the hub ({type(error).__name__}: "
-            f"{' '.join(str(error).split())[:200]}). "
+            f"{brief(error, 200)}). "
             f"It is gated: accept its terms on the hub and export {data['token_env']}=<token>, or use local "
             "data: data=imagefolder data.root=/path/to/imagenet (train/<wnid>/*.JPEG, val/<wnid>/*.JPEG)"
         ) from error
@@ -362,12 +431,17 @@ def to_uint8(image: Image.Image, preprocess: Mapping[str, Any]) -> np.ndarray:
 
 
 def preprocess_split(split: LabelledImages, preprocess: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    import torch
+
     images = torch.from_numpy(np.stack([to_uint8(image, preprocess) for image in split.images]))
     return images, torch.tensor(split.labels, dtype=torch.long)
 
 
-def normalise(images: torch.Tensor, preprocess: Mapping[str, Any], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def normalise(images: torch.Tensor, preprocess: Mapping[str, Any], dtype: torch.dtype | None = None) -> torch.Tensor:
     """uint8 (n, 3, H, W) on the device → normalised float pixels."""
+    import torch
+
+    dtype = torch.float32 if dtype is None else dtype
     mean = torch.tensor(list(preprocess["mean"]), device=images.device, dtype=dtype).view(1, 3, 1, 1)
     std = torch.tensor(list(preprocess["std"]), device=images.device, dtype=dtype).view(1, 3, 1, 1)
     return (images.to(dtype) / 255.0 - mean) / std

@@ -1,6 +1,23 @@
 """Errors a user can fix; the entry points print their message without a traceback."""
 
 
+def brief(text: object, limit: int) -> str:
+    """`text` on one line (whitespace collapsed), at most `limit` characters: cut at a word
+    boundary and marked with an ellipsis, since a message cut mid-word (`... could not
+    con`) reads as another message, or as the whole one."""
+    text = " ".join(str(text).split())
+    if len(text) <= limit:
+        return text
+    cut = text[:limit - 1]
+    space = cut.rfind(" ")
+    return (cut[:space] if space > limit // 2 else cut) + "…"
+
+
+def first_line(text: object, limit: int) -> str:
+    """The first line of `text` (an error's message: the rest is detail), `brief`."""
+    return brief((str(text).strip().splitlines() or ["?"])[0], limit)
+
+
 class SweepError(Exception):
     """Base class: something about the input that the user can fix, explained in the message."""
 

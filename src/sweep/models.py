@@ -32,7 +32,7 @@ from huggingface_hub.utils import validate_repo_id
 from safetensors import safe_open
 
 from sweep.adapters import ADAPTERS, Adapter
-from sweep.errors import ConfigError, SweepError
+from sweep.errors import ConfigError, SweepError, brief
 from sweep.files import file_sha256
 
 transformers.utils.logging.disable_progress_bar()  # our own bars report progress
@@ -107,7 +107,7 @@ def load_model(model_cfg: Mapping[str, Any], weights: str | Path, *, device: tor
                                           **kwargs)
     except OSError as error:
         raise ModelUnavailable(
-            f"could not load {model_cfg['name']} from '{weights}' ({' '.join(str(error).split())[:120]}). "
+            f"could not load {model_cfg['name']} from '{weights}' ({brief(error, 120)}). "
             "Without hub access, fetch it on a machine with internet with `sweep-prepare` and the same overrides "
             "(into the Hugging Face cache this machine reads), or download it elsewhere "
             "(`hf download <id> --local-dir DIR`) and set model.source=DIR") from error
@@ -115,7 +115,7 @@ def load_model(model_cfg: Mapping[str, Any], weights: str | Path, *, device: tor
         raise
     except RuntimeError as error:  # transformers 5 raises for weights it failed to convert or copy
         raise IncompleteCheckpoint(
-            f"{model_cfg['name']} from '{weights}' did not load: {' '.join(str(error).split())[:300]} "
+            f"{model_cfg['name']} from '{weights}' did not load: {brief(error, 300)} "
             "(transformers' LOAD REPORT above names the keys)") from error
     check_loading_info(info, allowed_heads(kind, readouts), where=f"{model_cfg['name']} from '{weights}'")
     tensors = {name: checkpoint_tensor(weights, revision, name, why=f"{model_cfg['name']} ({why})")

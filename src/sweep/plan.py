@@ -114,17 +114,28 @@ def set_dotted(cfg: dict[str, Any], key: str, value: Any) -> None:
 
 
 def index_results(folders: Iterable[str | Path]) -> dict[str, Path]:
-    """cell_id -> folder, for every complete record under `folders` (sweep.results_from)."""
-    found: dict[str, Path] = {}
+    """cell_id -> folder, for every complete record under `folders` (sweep.results_from).
+    Two different records of one cell are refused, naming both: which one counted would
+    otherwise depend on the order of the folders. (The same record reached twice, through
+    a folder and its parent, or a copy of it, is one record.)"""
+    found: dict[str, tuple[Path, dict[str, Any]]] = {}
     for folder in folders:
         root = Path(folder)
         if not root.is_dir():
             raise ConfigError(f"sweep.results_from names {root}, which is not a folder")
         for path in records_under(root):
             record = read_record(path.parent)
-            if record and record.get("status") == "complete":
-                found[str(record["cell_id"])] = path.parent
-    return found
+            if not record or record.get("status") != "complete":
+                continue
+            cell_id = str(record["cell_id"])
+            if cell_id in found and found[cell_id][1] != record and \
+                    found[cell_id][0].resolve() != path.parent.resolve():
+                raise ConfigError(
+                    f"sweep.results_from holds two different records of cell {record.get('name', cell_id)} "
+                    f"({cell_id}): {found[cell_id][0]} and {path.parent}; keep one (remove the other's folder from "
+                    "sweep.results_from, or its record)")
+            found.setdefault(cell_id, (path.parent, record))
+    return {cell_id: folder for cell_id, (folder, _) in found.items()}
 
 
 class GroupComposer:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from sweep.cache_cli import human_size
-from sweep.errors import ConfigError, SweepError
+from sweep.errors import ConfigError, SweepError, first_line
 from sweep.redaction import redact
 from sweep.settings import Cache
 
@@ -177,7 +177,7 @@ def files_size(folder: Path) -> int:
 
 
 def _first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or ["?"])[0][:300]
+    return first_line(error, 300)
 
 
 # -- the report ---------------------------------------------------------------------------

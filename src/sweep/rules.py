@@ -114,6 +114,19 @@ class Url(Rule):
         return url.scheme in ("http", "https") and bool(url.hostname)
 
 
+class Name(Rule):
+    """One path component, safe on every file system and in a shell: a sweep's name becomes
+    its folder (`<sweep.root>/<name>`), so `../x` or `a/b` would write outside `sweep.root`
+    and a very long name fails in the file system, far from the setting."""
+
+    MAX = 100
+    description = f"a name of 1 to {MAX} letters, digits, '.', '_' or '-', starting with a letter or digit"
+    _pattern = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+    def accepts(self, value: Any) -> bool:
+        return isinstance(value, str) and len(value) <= self.MAX and bool(self._pattern.match(value))
+
+
 class Optional(Rule):
     def __init__(self, rule: Rule) -> None:
         self.rule = rule

@@ -33,7 +33,7 @@ from sweep.conf_path import CONF_PACKAGE, check_not_shadowed
 from sweep.errors import ConfigError, SweepError, entered, mark_entered
 from sweep.files import WriteFailed, atomic_write_json
 from sweep.layout import OUTCOMES_FILE, PROGRESS_FILE, RESULT_FILE, UNIT_SUMMARY, UNITS_DIR
-from sweep.lease import Lease, LeaseHeld
+from sweep.lease import LOCK_FILE as LEASE_LOCK_FILE, Lease, LeaseHeld
 from sweep.redaction import redact_files, redact_logs
 from sweep.settings import SweepRun, check_cache_dir, check_device, parse_settings, parse_sweep
 from sweep.units import cell_config, read_unit
@@ -70,6 +70,7 @@ class CheckCell(Callback):
             return
         try:
             cell_spec(config)
+            parse_sweep(config.sweep)
         except SweepError as error:
             print(f"error: {error}", file=sys.stderr)
             sys.exit(2)
@@ -344,8 +345,10 @@ def _hydra_main(cfg: DictConfig) -> dict[str, Any]:
 
 def _remove_if_only_hydra_files(folder: Path) -> None:
     """Bad input leaves nothing behind: Hydra made the job's folder (its .hydra/ and log)
-    before the settings could be checked; a folder holding anything else is kept."""
-    ours = {".hydra", f"{HydraConfig.get().job.name}.log"}
+    before the settings could be checked, and a refusal as the unit starts comes after the
+    cell's lease was taken (its lock file stays when the lease is released); a folder
+    holding anything else is kept."""
+    ours = {".hydra", f"{HydraConfig.get().job.name}.log", LEASE_LOCK_FILE}
     if folder.is_dir() and {p.name for p in folder.iterdir()} <= ours:
         shutil.rmtree(folder, ignore_errors=True)
         for parent in folder.parents:
@@ -356,13 +359,30 @@ def _remove_if_only_hydra_files(folder: Path) -> None:
 
 def main() -> None:
     """Exit 2 for every kind of bad input: Hydra reports an unknown config group, option or
-    an unparsable override itself (exit 1) before any code of ours runs."""
+    an unparsable override itself (exit 1) before any code of ours runs. Ctrl-C (while Hydra
+    composes, the sweep plans, torch loads, or later) is one line and exit 130, the shell's
+    code for SIGINT, not a traceback through Hydra's frames."""
     try:
         _hydra_main()
+    except KeyboardInterrupt:
+        print("sweep-run: interrupted (Ctrl-C); re-launching the same command resumes where it stopped",
+              file=sys.stderr)
+        _exit_interrupted()
     except SystemExit as exit:
         if exit.code == 1 and not entered():
             sys.exit(2)
         raise
+
+
+def _exit_interrupted() -> None:
+    """Exit 130 now. Not `sys.exit`: a Ctrl-C that lands inside code run by `exec` (every
+    dataclass and named tuple an import defines) marks the interpreter, which then ends
+    itself by SIGINT whatever status it was asked for. The `finally` blocks between the
+    signal and here have run (a cell's W&B run finished, its lease left to die with it)."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(130)
 
 
 if __name__ == "__main__":

@@ -20,12 +20,12 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from sweep.errors import ConfigError, DataUnavailable
+from sweep.errors import ConfigError
 from sweep.interventions import COMMON_SETTINGS, INTERVENTIONS
 from sweep.probes import PROBES
 from sweep.registry import Registry
-from sweep.rules import (MISSING, Device, Flag, Integer, OneOf, Optional, Real, Rule, Text, TextList, Url, checked,
-                         frozen, invalid, plain)
+from sweep.rules import (MISSING, Device, Flag, Integer, Name, OneOf, Optional, Real, Rule, Text, TextList, Url,
+                         checked, frozen, invalid, plain)
 
 # --------------------------------------------------------------------------- the groups
 
@@ -230,8 +230,16 @@ class UnitSize:
                               "checkpoint_s": Real(0), "id": Optional(Text())})
 
 
+#: every key of the `sweep:` group (`lease` and `unit` are checked as groups of their own):
+#: a key outside it (`+sweep.result_from=...`, a typo) is refused, not silently ignored
+SWEEP_RULES = MappingProxyType({
+    "name": Optional(Name()), "id": Optional(Name()), "root": Text(), "dry_run": Flag(), "force": Flag(),
+    "results_from": TextList(), "lease": Rule(), "unit": Rule()})
+
+
 def parse_sweep(sweep: Mapping[str, Any]) -> SweepRun:
-    flags = {key: Flag().check(f"sweep.{key}", plain(sweep[key])) for key in ("dry_run", "force")}
+    values = checked("sweep", plain(sweep), SWEEP_RULES)
+    flags = {key: values[key] for key in ("dry_run", "force")}
     lease = checked("sweep.lease", plain(sweep["lease"]), {"heartbeat_s": Real(0, low_open=True),
                                                            "stale_after_s": Real(0, low_open=True)})
     if lease["heartbeat_s"] >= lease["stale_after_s"]:
@@ -245,18 +253,13 @@ def parse_sweep(sweep: Mapping[str, Any]) -> SweepRun:
 # --------------------------------------------------------------------------- where the cell runs
 
 
-def check_data_folders(data: Mapping[str, Any]) -> None:
-    """An image folder must exist with its split folders: cheap, so it is checked before any
-    model loads rather than when the images are first read."""
-    if data["source"] != "imagefolder":
-        return
-    root = Path(str(data["root"])).expanduser()
-    for split in ("train", "val"):
-        folder = root / str(data[f"{split}_dir"])
-        if not folder.is_dir():
-            raise DataUnavailable(
-                f"data folder {folder} does not exist; set data.root to a folder in ImageNet layout "
-                f"({data['train_dir']}/<wnid>/*.JPEG and {data['val_dir']}/<wnid>/*.JPEG)")
+def check_data_folders(data: Mapping[str, Any], key: str = "data") -> None:
+    """The data a cell reads, checked as far as listing files and reading image headers
+    goes (`sweep.data.check_data`): cheap, so it is checked before any model loads or toy
+    trains rather than when the images are first read."""
+    from sweep.data import check_data  # numpy and PIL: only once a cell is specified
+
+    check_data(data, key)
 
 
 def check_cache_dir(setting: str, root: Path) -> None:
@@ -309,6 +312,8 @@ def settings_table() -> str:
         prefix = group.split()[0]
         rows += [(f"{prefix}.{key}", rule.description) for key, rule in rules.items() if key != "data"]
     rows += [("logger", "one of " + ", ".join(LOGGERS)), ("outcomes.save", Flag.description),
+             ("sweep.name", SWEEP_RULES["name"].description), ("sweep.root", SWEEP_RULES["root"].description),
+             ("sweep.results_from", SWEEP_RULES["results_from"].description),
              ("sweep.dry_run", Flag.description), ("sweep.force", Flag.description),
              ("sweep.lease.heartbeat_s", "a number > 0, below sweep.lease.stale_after_s"),
              ("sweep.lease.stale_after_s", "a number > 0")]

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from sweep.cell_state import cell_state, read_state
 from sweep.cli import Command, Setting, UsageError
+from sweep.errors import first_line
 from sweep.layout import RESULT_FILE, CellPaths, SweepPaths
 from sweep.record import read_record
 from sweep.rules import Flag
@@ -72,8 +73,7 @@ def summarise_cells(cells: Iterable[tuple[object, Path]], *, finished: bool = Fa
         if state == "failed" and found.record is None:
             summary.failed.append((spec.name, folder, errors[spec.name]))
         elif state == "failed":
-            error = str(found.record.get("error")).strip().splitlines() or ["?"]
-            summary.failed.append((spec.name, folder, error[0][:300]))
+            summary.failed.append((spec.name, folder, first_line(found.record.get("error"), 300)))
         elif state == "corrupt":
             summary.corrupt.append((spec.name, folder))
         elif state == "running":
@@ -90,12 +90,30 @@ class _Named:
 
 
 def sweep_cells(sweep_dir: Path) -> list[tuple[_Named, Path]]:
-    """The sweep's planned cells (from plan.json), else every cell folder found."""
+    """Every cell of the sweep: those of its plan (plan.json, the latest launch's, with the
+    records it took from sweep.results_from), and every other cell folder in the sweep
+    folder (earlier launches of other grids into the same sweep.name)."""
     paths = SweepPaths(sweep_dir)
+    planned: list[tuple[_Named, Path]] = []
     if paths.plan.exists():
         plan = json.loads(paths.plan.read_text())
-        return [(_Named(c["name"], c["cell_id"]), record_folder(sweep_dir, c)) for c in plan["cells"]]
-    return [(_Named(f.name, None), f) for f in paths.cell_folders()]
+        planned = [(_Named(c["name"], c["cell_id"]), record_folder(sweep_dir, c)) for c in plan["cells"]]
+    known = {folder.resolve() for _, folder in planned}
+    others = [(_Named(f.name, (read_record(f) or {}).get("cell_id")), f) for f in paths.cell_folders()
+              if f.resolve() not in known]
+    return planned + others
+
+
+def compared_to(sweep_dir: Path, cells: list[tuple[_Named, Path]]) -> str:
+    """Which plan the counts are compared to: a sweep folder holds every launch's cells, and
+    plan.json only the latest launch's."""
+    paths = SweepPaths(sweep_dir)
+    if not paths.plan.exists():
+        return f"no {paths.plan.name} in {sweep_dir}: counting the cell folders found there"
+    planned = len(json.loads(paths.plan.read_text())["cells"])
+    extra = len(cells) - planned
+    return (f"compared to the latest launch's plan ({paths.plan}: {planned} cells)"
+            + (f", and {extra} more cell folders from earlier launches" if extra else ""))
 
 
 COMMAND = Command(
@@ -129,6 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     if units:
         print(units)
     summary = summarise_cells(cells)
+    print(compared_to(sweep_dir, cells))
     print(summary.text())
     sys.exit(0)
 

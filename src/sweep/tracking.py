@@ -29,6 +29,7 @@ from urllib.parse import urlparse
 from omegaconf import OmegaConf
 
 from sweep.cellspec import CellSpec
+from sweep.errors import first_line
 from sweep.record import AXES, record_row, versions
 from sweep.redaction import redact, redact_tree
 from sweep.rules import OneOf
@@ -103,7 +104,7 @@ def _has_api_key() -> bool:
 
 def scrubbed_config(cfg: Any) -> dict[str, Any]:
     """The resolved config as a plain dict, without Hydra's node and with every secret
-    from the environment redacted."""
+    (from the environment, or a token-like value) redacted."""
     plain = OmegaConf.to_container(cfg, resolve=True)
     plain.pop("hydra", None)
     return redact_tree(plain)
@@ -133,8 +134,7 @@ def _remove_run_folders(wandb_dir: Path, rid: str) -> None:
 
 def _brief(error: BaseException) -> str:
     """One redacted line for a W&B error (their messages span lines and may quote input)."""
-    text = str(error).strip().splitlines()
-    return redact(f"{type(error).__name__}: {text[0] if text else ''}"[:300])
+    return redact(first_line(f"{type(error).__name__}: {str(error).strip()}", 300))
 
 
 def _teardown() -> None:
@@ -254,7 +254,9 @@ def tracker(cfg: Any, spec: CellSpec, sweep_id: str | None, cell_dir: Path) -> I
     if str(cfg.logger.name) == "none":
         yield NullTracker()
         return
-    side = Path(cfg.sweep.root).resolve() / ".wandb" if sweep_id else cell_dir / ".wandb-cache"
+    # wandb's cache and staging: shared by a sweep's cells, in the sweep's own folder (a cell's
+    # folder is <sweep folder>/<model>/<cell>, sweep.layout), wherever hydra.sweep.dir puts it
+    side = cell_dir.resolve().parent.parent / ".wandb" if sweep_id else cell_dir / ".wandb-cache"
     wandb_cfg = cfg.wandb
     init = dict(
         group=sweep_id or "single-cells", job_type=spec.intervention, name=spec.name,

@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from sweep.cell_state import stale_progress
 from sweep.conf_path import check_not_shadowed
-from sweep.errors import SweepError, mark_entered
+from sweep.errors import SweepError, first_line, mark_entered
 from sweep.files import WriteFailed
 from sweep.redaction import redact, redact_file, redact_logs
 from sweep.settings import check_cache_dir, check_device, cuda_visible, parse_sweep
@@ -210,8 +210,7 @@ def _summary_run(plan: Plan, config: DictConfig) -> None:
 
 
 def _first_line(error: object) -> str:
-    lines = str(error).strip().splitlines() or ["?"]
-    return f"{type(error).__name__}: {lines[0][:600]}"
+    return f"{type(error).__name__}: {first_line(error, 600)}"
 
 
 def _is_submission_error(error: BaseException) -> bool:
