@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import FAST
+from helpers import FAST
 
 GRID = ["model=toy_vit,toy_clip", "layer=3,4,5", "intervention=none,shuffle", "readout=native", "seed=0"]
 

@@ -7,7 +7,7 @@ import json
 import re
 
 import pytest
-from conftest import read_only
+from helpers import read_only
 from fake_sweep import make_sweep
 
 from sweep.aggregate_cli import COMMAND, main

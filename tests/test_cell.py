@@ -7,7 +7,7 @@ import shutil
 import pytest
 import torch
 
-from conftest import compose_cell
+from helpers import compose_cell
 from sweep.cache import ArtifactCache
 from sweep.cell import measure
 from sweep.cellspec import cell_spec
@@ -149,7 +149,7 @@ def test_a_cell_whose_logits_are_not_finite_fails_naming_the_layer_and_the_rows(
 
     import transformers
 
-    from conftest import FAST
+    from helpers import FAST
 
     config = transformers.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                                     intermediate_size=64, image_size=16, patch_size=4, num_labels=10)

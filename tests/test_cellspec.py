@@ -6,7 +6,7 @@ import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
-from conftest import compose_cell
+from helpers import compose_cell
 from sweep.cellspec import LayerOutOfRange, NotApplicable, cell_spec, is_scientific, resolve_layer
 from sweep.conf_path import CONF_PACKAGE
 from sweep.errors import ConfigError, SweepError

@@ -17,7 +17,7 @@ import transformers
 from safetensors.torch import load_file, save_file
 
 import sweep.files
-from conftest import compose_cell
+from helpers import compose_cell
 from sweep.adapters import Adapter, ClipAdapter, ReadoutUnavailable
 from sweep.cache import ArtifactCache
 from sweep.cell import measure

@@ -22,7 +22,7 @@ from typing import NamedTuple
 
 import pytest
 
-from conftest import FAST
+from helpers import FAST
 
 pytestmark = pytest.mark.slow
 

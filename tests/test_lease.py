@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import fill, read_only, small_disk
+from helpers import fill, read_only, small_disk
 from sweep import lease as leases
 from sweep.files import WriteFailed
 from sweep.layout import LEASE_FILE

@@ -9,7 +9,7 @@ from functools import lru_cache
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import compose_cell
+from helpers import compose_cell
 from sweep.cellspec import NOT_MEASURED, cell_spec
 from sweep.errors import ConfigError
 from sweep.plan import Dimension, GroupComposer, derive_sweep_id, index_results, make_plan

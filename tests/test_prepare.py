@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import compose_cell
+from helpers import compose_cell
 from imagenet_folder import make_imagenet_folder
 from sweep.cellspec import cell_spec
 from sweep.errors import ConfigError

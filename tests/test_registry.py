@@ -10,7 +10,7 @@ import torch
 import yaml
 from omegaconf import OmegaConf
 
-from conftest import compose_cell
+from helpers import compose_cell
 from sweep.adapters import ADAPTERS
 from sweep.cellspec import cell_spec
 from sweep.conf_path import CONF_DIR

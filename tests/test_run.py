@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FAST
+from helpers import FAST
 
 
 def sweep_run(args, env, cwd, timeout=300):

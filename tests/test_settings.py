@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import compose_cell, read_only
+from helpers import compose_cell, read_only
 from sweep.cellspec import cell_spec
 from sweep.errors import ConfigError
 from sweep.rules import Integer, OneOf, Real, Url

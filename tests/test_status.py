@@ -85,3 +85,15 @@ def test_a_long_error_is_shortened_at_a_word_not_mid_word(tmp_path, capsys):
     line = next(line for line in capsys.readouterr().out.splitlines() if "FAILED" in line)
     shown = line.split("FAILED  b: ", 1)[1]
     assert shown.endswith("…") and error.startswith(shown[:-1]) and error[len(shown) - 1] == " ", shown
+
+
+def test_an_unreadable_plan_is_one_line_naming_it(tmp_path, capsys):
+    (tmp_path / "plan.json").write_text("{ torn")
+    try:
+        main([str(tmp_path)])
+    except SystemExit as exit:
+        assert exit.code == 1
+    else:
+        raise AssertionError("an unreadable plan.json must end sweep-status with exit 1")
+    err = capsys.readouterr().err
+    assert f"cannot read {tmp_path / 'plan.json'}" in err and "Traceback" not in err

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import compose_cell, fill, read_only, small_disk
+from helpers import compose_cell, fill, read_only, small_disk
 from sweep.cellspec import cell_spec
 from sweeps import GRID, checkpointed_rows, fresh, multirun, records
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FAST, compose_cell
+from helpers import FAST, compose_cell
 from sweep.cellspec import cell_spec
 from sweep.record import AXES
 from sweep.errors import ConfigError

@@ -6,7 +6,7 @@ import json
 
 from omegaconf import OmegaConf
 
-from conftest import compose_cell
+from helpers import compose_cell
 from sweep.cellspec import cell_spec
 from sweep.plan import GroupComposer, make_plan
 from sweep.settings import UnitSize

@@ -29,7 +29,8 @@ from sweep.intervals import LEVEL, summary_interval
 from sweep.interventions import INTERVENTIONS, intervention_label
 from sweep.layout import OUTCOMES_FILE, RESULT_FILE, SweepPaths
 from sweep.record import AXES, COLUMNS, DTYPES, record_row, scalar
-from sweep.status import log_files, record_folder
+from sweep.plan import UnreadablePlan, read_plan_file, record_folder
+from sweep.status import log_files
 
 SORT_KEYS = ["model", "intervention", "token", "readout", "seed", "layer", "cell_id"]
 RESULT_FILES = ("results.csv", "results.parquet")
@@ -144,13 +145,10 @@ def load_local(sweep_dir: Path) -> SweepTable:
 
 
 def _read_plan(sweep_dir: Path) -> dict[str, Any] | None:
-    path = SweepPaths(sweep_dir).plan
-    if not path.exists():
-        return None
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        raise SourceError(f"cannot read {path}: {error}") from error
+        return read_plan_file(sweep_dir)
+    except UnreadablePlan as error:
+        raise SourceError(str(error)) from error
 
 
 def _missing_local(sweep_dir: Path, plan: Mapping[str, Any] | None, recorded: set[str], *,

@@ -21,7 +21,8 @@ from sweep.cellspec import CellSpec, NotApplicable, cell_spec, is_scientific
 from sweep.cell_state import read_state
 from sweep.errors import ConfigError, SweepError
 from sweep.interventions import INTERVENTIONS
-from sweep.layout import records_under
+from sweep.files import atomic_write_json
+from sweep.layout import SweepPaths, records_under
 from sweep.record import read_record
 
 SHOWN_RUNNING = 10  # cells running elsewhere listed by name in the plan
@@ -282,3 +283,50 @@ def describe(plan: Plan, units: Sequence[Any], *, dry_run: bool) -> str:
             lines.extend(f"    {c.spec.name}  [{' '.join(c.overrides)}]" for c in unit.cells)
         lines.append("dry run: nothing launched (drop sweep.dry_run=true to run)")
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- plan.json
+
+# The planner's record of a sweep's latest launch, `<sweep>/plan.json`: written here at
+# launch, read (through `read_plan_file`) by sweep-status and sweep-aggregate.
+
+
+class UnreadablePlan(SweepError):
+    """plan.json exists but cannot be read or parsed."""
+
+
+def read_plan_file(sweep_dir: Path) -> dict[str, Any] | None:
+    """The sweep's plan.json, or None where a sweep has none (launched before it existed)."""
+    path = SweepPaths(sweep_dir).plan
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise UnreadablePlan(f"cannot read {path}: {error}") from error
+
+
+def record_folder(sweep_dir: Path, cell: dict) -> Path:
+    """Where a planned cell's record lives: its folder in the sweep, or the folder of
+    sweep.results_from that held its complete record when the sweep was planned."""
+    return Path(cell["record_dir"]) if cell.get("record_dir") else sweep_dir / cell["subdir"]
+
+
+def write_plan_file(plan: Plan) -> None:
+    """Record every runnable cell of the sweep, so status can tell pending from unknown,
+    and where each cell taken from sweep.results_from has its record. A plan.json that
+    already says exactly this is left alone: a re-launch with nothing to run writes nothing
+    (its sweep folder may be read-only, an archive)."""
+    cells = []
+    for c in plan.runnable:
+        here = plan.sweep_dir / c.spec.subdir
+        elsewhere = c.done_at is not None and c.done_at.resolve() != here.resolve()
+        cells.append({"name": c.spec.name, "cell_id": c.spec.cell_id, "subdir": c.spec.subdir,
+                      **({"record_dir": str(c.done_at.resolve())} if elsewhere else {})})
+    content, path = {"sweep_id": plan.sweep_id, "cells": cells}, SweepPaths(plan.sweep_dir).plan
+    try:
+        if json.loads(path.read_text()) == content:
+            return
+    except (OSError, ValueError):
+        pass
+    atomic_write_json(path, content)

@@ -10,17 +10,15 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from sweep.cell_state import cell_state, read_state
 from sweep.cli import Command, Setting, UsageError
 from sweep.errors import first_line
 from sweep.layout import RESULT_FILE, CellPaths, SweepPaths
+from sweep.plan import UnreadablePlan, read_plan_file, record_folder
 from sweep.record import read_record
 from sweep.rules import Flag
 
-if TYPE_CHECKING:
-    from sweep.plan import Plan  # sweep.plan imports this module
 
 
 def log_files(cell_dir: Path) -> list[Path]:
@@ -94,10 +92,8 @@ def sweep_cells(sweep_dir: Path) -> list[tuple[_Named, Path]]:
     records it took from sweep.results_from), and every other cell folder in the sweep
     folder (earlier launches of other grids into the same sweep.name)."""
     paths = SweepPaths(sweep_dir)
-    planned: list[tuple[_Named, Path]] = []
-    if paths.plan.exists():
-        plan = json.loads(paths.plan.read_text())
-        planned = [(_Named(c["name"], c["cell_id"]), record_folder(sweep_dir, c)) for c in plan["cells"]]
+    plan = read_plan_file(sweep_dir) or {"cells": []}
+    planned = [(_Named(c["name"], c["cell_id"]), record_folder(sweep_dir, c)) for c in plan["cells"]]
     known = {folder.resolve() for _, folder in planned}
     others = [(_Named(f.name, (read_record(f) or {}).get("cell_id")), f) for f in paths.cell_folders()
               if f.resolve() not in known]
@@ -107,10 +103,10 @@ def sweep_cells(sweep_dir: Path) -> list[tuple[_Named, Path]]:
 def compared_to(sweep_dir: Path, cells: list[tuple[_Named, Path]]) -> str:
     """Which plan the counts are compared to: a sweep folder holds every launch's cells, and
     plan.json only the latest launch's."""
-    paths = SweepPaths(sweep_dir)
-    if not paths.plan.exists():
+    paths, plan = SweepPaths(sweep_dir), read_plan_file(sweep_dir)
+    if plan is None:
         return f"no {paths.plan.name} in {sweep_dir}: counting the cell folders found there"
-    planned = len(json.loads(paths.plan.read_text())["cells"])
+    planned = len(plan["cells"])
     extra = len(cells) - planned
     return (f"compared to the latest launch's plan ({paths.plan}: {planned} cells)"
             + (f", and {extra} more cell folders from earlier launches" if extra else ""))
@@ -139,7 +135,11 @@ def main(argv: list[str] | None = None) -> None:
     except UsageError as error:
         print(f"sweep-status: error: {error}\n\n{COMMAND.usage()}", file=sys.stderr)
         sys.exit(2)
-    cells = sweep_cells(sweep_dir)
+    try:
+        cells = sweep_cells(sweep_dir)
+    except UnreadablePlan as error:
+        print(f"sweep-status: error: {error}", file=sys.stderr)
+        sys.exit(1)
     if settings["cells"]:
         for spec, folder in cells:
             print(f"{cell_state(folder, spec.cell_id):<8} {spec.name}  {folder}")
@@ -174,34 +174,6 @@ def units_text(sweep_dir: Path) -> str:
                      + f"  (log: {folder / 'run.log'})")
     return f"{len(lines)} work units launched:\n" + "\n".join(lines) if lines else ""
 
-
-
-def record_folder(sweep_dir: Path, cell: dict) -> Path:
-    """Where a planned cell's record lives: its folder in the sweep, or the folder of
-    sweep.results_from that held its complete record when the sweep was planned."""
-    return Path(cell["record_dir"]) if cell.get("record_dir") else sweep_dir / cell["subdir"]
-
-
-def write_plan(plan: Plan) -> None:
-    """Record every runnable cell of the sweep, so status can tell pending from unknown,
-    and where each cell taken from sweep.results_from has its record. A plan.json that
-    already says exactly this is left alone: a re-launch with nothing to run writes nothing
-    (its sweep folder may be read-only, an archive)."""
-    from sweep.files import atomic_write_json
-
-    cells = []
-    for c in plan.runnable:
-        here = plan.sweep_dir / c.spec.subdir
-        elsewhere = c.done_at is not None and c.done_at.resolve() != here.resolve()
-        cells.append({"name": c.spec.name, "cell_id": c.spec.cell_id, "subdir": c.spec.subdir,
-                      **({"record_dir": str(c.done_at.resolve())} if elsewhere else {})})
-    content, path = {"sweep_id": plan.sweep_id, "cells": cells}, SweepPaths(plan.sweep_dir).plan
-    try:
-        if json.loads(path.read_text()) == content:
-            return
-    except (OSError, ValueError):
-        pass
-    atomic_write_json(path, content)
 
 
 if __name__ == "__main__":

@@ -32,8 +32,8 @@ from sweep.errors import SweepError, first_line, mark_entered
 from sweep.files import WriteFailed
 from sweep.redaction import redact, redact_file, redact_logs
 from sweep.settings import check_cache_dir, check_device, cuda_visible, parse_sweep
-from sweep.plan import Dimension, GroupComposer, Plan, describe, derive_sweep_id, make_plan
-from sweep.status import summarise_cells, write_plan
+from sweep.plan import Dimension, GroupComposer, Plan, describe, derive_sweep_id, make_plan, write_plan_file
+from sweep.status import summarise_cells
 from sweep.units import Unit, make_units, preparation_units, write_unit
 
 log = logging.getLogger(__name__)
@@ -123,7 +123,7 @@ class CellSweeper(Sweeper):
         if run.dry_run:
             return []
         plan.sweep_dir.mkdir(parents=True, exist_ok=True)
-        write_plan(plan)  # also when nothing is left to run: it says where results_from cells have their record
+        write_plan_file(plan)  # also when nothing is left to run: it says where results_from cells have their record
         _remove_stale_checkpoints(plan)
         if not plan.pending:
             return []
