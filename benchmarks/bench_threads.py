@@ -39,8 +39,9 @@ def changed(a: torch.Tensor, b: torch.Tensor) -> str:
 def toys(names: list[str]) -> None:
     from hydra import compose, initialize_config_module
 
-    from sweep.artifacts import Artifacts, ComputeLedger
+    from sweep.artifacts import Artifacts, ComputeLedger, Runtime
     from sweep.cache import ArtifactCache
+    from sweep.cellspec import cell_spec
     from sweep.conf_path import CONF_PACKAGE
     from sweep.data import batches
     from sweep.metrics import rank_metrics
@@ -48,16 +49,17 @@ def toys(names: list[str]) -> None:
 
     for name in names:
         with initialize_config_module(config_module=CONF_PACKAGE, version_base="1.3"):
-            cfg = compose("config", overrides=[f"model={name}", "logger=none"])
+            spec = cell_spec(compose("config", overrides=[f"model={name}", "logger=none", "compute.device=cpu"]))
+        settings = spec.settings
         torch.set_num_threads(1)
-        artifacts = Artifacts(cfg, ArtifactCache(os.environ.get("SWEEP_CACHE_DIR", ".cache/sweep")),
-                              torch.device("cpu"), ComputeLedger())
+        artifacts = Artifacts(spec, ArtifactCache(os.environ.get("SWEEP_CACHE_DIR", ".cache/sweep")),
+                              Runtime.of(settings.compute), ComputeLedger())
         _, loaded = artifacts.model()
-        _, splits = artifacts.images(cfg["data"], cfg["model"]["preprocess"])
-        adapter, n_classes, probe = loaded.adapter, int(cfg["data"]["n_classes"]), cfg["probe"]
-        readouts = cfg["model"]["readouts"]
+        _, splits = artifacts.images()
+        adapter, n_classes, probe = loaded.adapter, settings.data["n_classes"], settings.probe
+        readouts = settings.model.readouts
         native = [r for r, s in readouts.items() if s["head"] != "fitted"]
-        projection = str(cfg["model"]["projection_readout"])
+        projection = settings.model.projection_readout
         runs = []
         for count in COUNTS:
             torch.set_num_threads(count)
@@ -66,14 +68,14 @@ def toys(names: list[str]) -> None:
                 for split in ("train", "val"):
                     images = splits[split].images
                     run[split] = torch.cat([torch.stack(list(adapter.hidden_states(artifacts.pixels(images[part]))))
-                                            for part in batches(len(images), int(cfg["compute"]["batch_size"]))], 1)
+                                            for part in batches(len(images), settings.compute.batch_size)], 1)
                 if native:
                     run["native logits"] = adapter.logits(run["val"][-1], native[0])
             if readouts[projection]["head"] == "fitted":
                 with torch.inference_mode():
                     features = adapter.float_readout_features(run["train"][-1], projection)
-                (head,) = fit_probes(features, splits["train"].labels, n_classes, method=str(probe["method"]),
-                                     settings=probe["settings"], progress=False)
+                (head,) = fit_probes(features, splits["train"].labels, n_classes, method=probe.choice,
+                                     settings=probe.values, progress=False)
                 adapter.install_head(projection, head)
             with torch.inference_mode():
                 run["projection logits"] = adapter.projection_logits(run["val"][-1][:, adapter.cls_index], projection)

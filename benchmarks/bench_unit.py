@@ -132,8 +132,9 @@ def bare_seconds_per_image(kind: str, source: Path, cfg, images, repeats: int) -
 
     from sweep.data import batches, normalise
     from sweep.models import hf_class
+    from sweep.settings import Model
 
-    model = hf_class(cfg.model).from_pretrained(str(source), attn_implementation=str(cfg.compute.attn_implementation),
+    model = hf_class(Model.of(cfg.model)).from_pretrained(str(source), attn_implementation=str(cfg.compute.attn_implementation),
                                                 **dict(cfg.model.load_kwargs or {})).eval()
     pixels = normalise(images, cfg.model.preprocess)
     batch = int(cfg.compute.batch_size)
@@ -174,7 +175,7 @@ def part_shapes(args: argparse.Namespace) -> bool:
             cfg, specs = compose_unit(kind, folders[kind], data_root, work / "cache", args)
             n_layers = specs[0].n_layers
             started = time.perf_counter()
-            prepared = prepare(cfg, specs, cache, ComputeLedger())  # fills the cache: features, heads, probes
+            prepared = prepare(specs[0], specs, cache, ComputeLedger())  # fills the cache: features, heads, probes
             fill_s = time.perf_counter() - started
             val_images = prepared.val_images
             n_val = len(prepared.features.labels["val"])
@@ -183,7 +184,7 @@ def part_shapes(args: argparse.Namespace) -> bool:
             for _ in range(args.repeats or 1):
                 emitted = []
                 before = os.getloadavg()[0]
-                summary = measure_unit(cfg, specs, cache, lambda spec, result, error: emitted.append(error))
+                summary = measure_unit(specs, cache, lambda spec, result, error: emitted.append(error))
                 assert len(emitted) == len(specs) and not any(emitted), emitted
                 summaries.append((summary, before, os.getloadavg()[0]))
             summary, load_before, load_after = min(summaries, key=lambda s: s[0]["measure_s"])
@@ -251,7 +252,7 @@ def write_cell_parts(cache_dir: Path, work: Path, n: int) -> dict[str, list[floa
                 for layer in range(n) for readout in READOUTS][:n]
     specs = [cell_spec(c) for c in cfgs]
     results = {}
-    measure_unit(cfgs[0], specs, ArtifactCache(cache_dir), lambda s, r, e: results.__setitem__(s.cell_id, r))
+    measure_unit(specs, ArtifactCache(cache_dir), lambda s, r, e: results.__setitem__(s.cell_id, r))
     parts: dict[str, list[float]] = {}
     for cfg, spec in zip(cfgs, specs):
         folder = work / spec.subdir

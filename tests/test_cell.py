@@ -17,7 +17,7 @@ from sweep.errors import ConfigError
 def run(cache, *overrides):
     """Measure the cell the overrides name, with `cache` (an ArtifactCache or its folder)."""
     cfg = compose_cell(*overrides)
-    return measure(cfg, cell_spec(cfg), cache if isinstance(cache, ArtifactCache) else ArtifactCache(cache))
+    return measure(cell_spec(cfg), cache if isinstance(cache, ArtifactCache) else ArtifactCache(cache))
 
 
 @pytest.fixture(scope="module")
@@ -27,10 +27,10 @@ def plain_vit(cache_dir):
 
 def test_no_intervention_reproduces_the_plain_models_accuracy(cache_dir, plain_vit):
     """The cached-features path gives the accuracy of a bare HF forward on the same images."""
-    from sweep.artifacts import Artifacts, ComputeLedger
-    cfg = compose_cell("model=toy_vit")
-    artifacts = Artifacts(cfg, ArtifactCache(cache_dir), torch.device("cpu"), ComputeLedger())
-    _, splits = artifacts.images(cfg.data, cfg.model.preprocess)
+    from sweep.artifacts import Artifacts, ComputeLedger, Runtime
+    spec = cell_spec(compose_cell("model=toy_vit", "compute.device=cpu"))
+    artifacts = Artifacts(spec, ArtifactCache(cache_dir), Runtime.of(spec.settings.compute), ComputeLedger())
+    _, splits = artifacts.images()
     _, loaded = artifacts.model()
     with torch.no_grad():
         logits = loaded.adapter.model(pixel_values=artifacts.pixels(splits["val"].images)).logits
@@ -94,7 +94,7 @@ def test_cached_artifacts_give_bit_identical_metrics_to_recomputation(cache_dir,
     """With the cache off, everything (toy training included) is recomputed in a temporary
     folder; the measurement must not change by a single bit."""
     cfg = compose_cell("model=toy_vit", "intervention=none", "layer=-1", "cache.enabled=false")
-    recomputed = measure(cfg, cell_spec(cfg), ArtifactCache(tmp_path, enabled=False))
+    recomputed = measure(cell_spec(cfg), ArtifactCache(tmp_path, enabled=False))
     assert recomputed.metrics == plain_vit.metrics
     for key, values in plain_vit.outcomes.items():
         assert torch.equal(recomputed.outcomes[key], values), key

@@ -171,7 +171,7 @@ def _numbers(config, cache):
     from sweep.cell import measure
 
     try:
-        result = measure(OmegaConf.create(config), cell_spec(config), cache)
+        result = measure(cell_spec(config), cache)
     except Exception as error:  # a value accepted by the plan but refused when the cell runs
         return type(error).__name__, None, None
     return dict(result.metrics), {k: v.tolist() for k, v in result.outcomes.items()}, result.artifacts

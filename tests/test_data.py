@@ -242,15 +242,15 @@ def test_sorting_the_flat_validation_folder_refuses_bad_labels_and_a_used_folder
 
 def test_the_images_key_depends_on_the_pixels_geometry_not_on_the_normalisation(tmp_path):
     """ViT and BEiT (same geometry, other mean/std) share one decode; another crop is another."""
-    from sweep.artifacts import Artifacts, ComputeLedger
+    from sweep.artifacts import cached_images
     from sweep.cache import ArtifactCache
 
-    artifacts = Artifacts({"compute": {}}, ArtifactCache(tmp_path), torch.device("cpu"), ComputeLedger())
+    cache = ArtifactCache(tmp_path)
     data = {"name": "digits", "source": "sklearn_digits", "n_classes": 2, "train_per_class": 2,
             "val_per_class": 2, "seed": 0}
-    key, splits = artifacts.images(data, PREPROCESS)
-    other_norm, again = artifacts.images(data, {**PREPROCESS, "mean": [0.485, 0.456, 0.406], "std": [0.2, 0.2, 0.2]})
-    other_crop, _ = artifacts.images(data, {**PREPROCESS, "crop": 192})
+    key, splits = cached_images(cache, data, PREPROCESS)
+    other_norm, again = cached_images(cache, data, {**PREPROCESS, "mean": [0.485, 0.456, 0.406], "std": [0.2, 0.2, 0.2]})
+    other_crop, _ = cached_images(cache, data, {**PREPROCESS, "crop": 192})
     assert other_norm == key != other_crop
     assert torch.equal(again["val"].images, splits["val"].images)
     assert len(list((tmp_path / "images").iterdir())) == 2

@@ -29,22 +29,21 @@ def cell(layer, intervention, readout, seed, *extra):
     return cfg, cell_spec(cfg)
 
 
-def measure_all(cache_dir, specs, cfg, **kwargs):
+def measure_all(cache_dir, specs, **kwargs):
     results, errors = {}, {}
 
     def emit(spec, result, error):
         assert spec.cell_id not in results and spec.cell_id not in errors, "a cell is emitted once"
         (results if error is None else errors)[spec.cell_id] = result if error is None else error
 
-    summary = measure_unit(cfg, specs, ArtifactCache(cache_dir), emit, **kwargs)
+    summary = measure_unit(specs, ArtifactCache(cache_dir), emit, **kwargs)
     return results, errors, summary
 
 
 @pytest.fixture(scope="module")
 def unit(cache_dir):
     cells = [cell(*point) for point in GRID]
-    cfg = cells[0][0]
-    results, errors, summary = measure_all(cache_dir, [spec for _, spec in cells], cfg)
+    results, errors, summary = measure_all(cache_dir, [spec for _, spec in cells])
     assert not errors
     return cells, results, summary
 
@@ -56,7 +55,7 @@ def test_a_unit_gives_every_cell_exactly_what_the_cell_gives_alone(cache_dir, un
     assert all({"donor_accuracy", "donor_agreement", "probe_after"} <= set(r.metrics) for r in shuffled)
     assert all("donor" in r.outcomes for r in shuffled)
     for cfg, spec in cells:
-        alone = measure(cfg, spec, ArtifactCache(cache_dir))
+        alone = measure(spec, ArtifactCache(cache_dir))
         together = results[spec.cell_id]
         assert together.metrics == alone.metrics, spec.name
         assert together.outcomes.keys() == alone.outcomes.keys()
@@ -109,15 +108,15 @@ def test_a_killed_unit_resumes_at_its_checkpoint_with_the_same_numbers(cache_dir
     cfg = cells[0][0].copy()
     cfg.compute.batch_size = 64  # 400 validation images: 7 batches, so a kill can fall in between
     specs = [cell_spec(cfg_with(cfg, spec)) for _, spec in cells if spec.intervention != "none"]
-    uninterrupted, _, _ = measure_all(cache_dir, specs, cfg)
+    uninterrupted, _, _ = measure_all(cache_dir, specs)
 
     def path_of(spec):
         return tmp_path / f"{spec.cell_id}.safetensors"
 
     with pytest.raises(KeyboardInterrupt):
-        measure_all(cache_dir, specs, cfg, checkpoints=DiesAfter(path_of, 3))
+        measure_all(cache_dir, specs, checkpoints=DiesAfter(path_of, 3))
     assert all(path_of(spec).exists() for spec in specs)
-    resumed, errors, summary = measure_all(cache_dir, specs, cfg, checkpoints=Checkpoints(path_of, 0))
+    resumed, errors, summary = measure_all(cache_dir, specs, checkpoints=Checkpoints(path_of, 0))
     assert not errors
     for spec in specs:
         assert resumed[spec.cell_id].compute["resumed_rows"] == 3 * 64
@@ -134,9 +133,9 @@ def test_a_progress_file_of_another_pass_is_not_resumed(cache_dir, unit, tmp_pat
     small = cfg.copy()
     small.compute.batch_size = 64
     with pytest.raises(KeyboardInterrupt):
-        measure_all(cache_dir, [cell_spec(small)], small,
+        measure_all(cache_dir, [cell_spec(small)],
                     checkpoints=DiesAfter(lambda s: tmp_path / "progress.safetensors", 2))
-    results, _, _ = measure_all(cache_dir, [spec], cfg,
+    results, _, _ = measure_all(cache_dir, [spec],
                                 checkpoints=Checkpoints(lambda s: tmp_path / "progress.safetensors", 0))
     assert results[spec.cell_id].compute["resumed_rows"] == 0
     assert results[spec.cell_id].metrics == uninterrupted[spec.cell_id].metrics
@@ -159,7 +158,7 @@ def test_an_identity_edit_at_the_last_layer_changes_nothing_bit_for_bit(cache_di
         ("intervention=shuffle", "intervention.permutation=identity", "readout=native"),
         ("intervention=shuffle", "intervention.permutation=identity", "readout=cls"))]
     specs = [cell_spec(cfg) for cfg in cfgs]
-    results, errors, summary = measure_all(cache_dir, specs, cfgs[0])
+    results, errors, summary = measure_all(cache_dir, specs)
     assert not errors and summary["block_calls_by_purpose"].get("unmodified", 0) == 0
     for plain, edited in ((specs[0], specs[2]), (specs[1], specs[3])):
         for key in ("predicted", "rank"):
@@ -177,7 +176,7 @@ def test_at_the_last_layer_the_cls_readout_follows_the_donor_exactly(cache_dir, 
     cfgs = [compose_cell(f"model={model}", "layer=-1", "readout=cls", intervention)
             for intervention in ("intervention=none", "intervention=shuffle")]
     specs = [cell_spec(cfg) for cfg in cfgs]
-    results, errors, _ = measure_all(cache_dir, specs, cfgs[0])
+    results, errors, _ = measure_all(cache_dir, specs)
     assert not errors
     plain, shuffled = (results[spec.cell_id] for spec in specs)
     assert shuffled.metrics["donor_agreement"] == 1.0
@@ -195,7 +194,7 @@ def test_an_identity_edit_keeps_donor_metrics_and_later_probes_at_their_unmodifi
     nones = [cell(layer, "none", "native", 0) for layer in range(n_layers + 1)]
     edits = [cell(layer, "shuffle", readout, 0, "intervention.permutation=identity", PROBE_AFTER)
              for layer in (0, 2, n_layers - 1) for readout in ("native", "cls")]
-    results, errors, _ = measure_all(cache_dir, [spec for _, spec in nones + edits], nones[0][0])
+    results, errors, _ = measure_all(cache_dir, [spec for _, spec in nones + edits])
     assert not errors
     probe = {spec.layer: results[spec.cell_id].metrics["probe_accuracy"] for _, spec in nones}
     for _, spec in edits:
@@ -231,13 +230,13 @@ def test_knockout_cells_share_one_suffix_per_setting_and_give_what_each_gives_al
     cells = [knockout_cell(1, edge, span, readout) for edge, span in KNOCKOUTS for readout in ("native", "cls")]
     cells.append(cell(1, "shuffle", "cls", 0))
     specs = [spec for _, spec in cells]
-    results, errors, summary = measure_all(cache_dir, specs, cells[0][0])
+    results, errors, summary = measure_all(cache_dir, specs)
     assert not errors
     n_val, n_layers = results[specs[0].cell_id].counts["n_val"], specs[0].n_layers
     assert summary["block_calls_by_purpose"]["branch"] == 5 * (n_layers - 1) * n_val  # four knockouts, one shuffle
     assert len({tuple(results[s.cell_id].outcomes["predicted"].tolist()) for s in specs if s.readout == "cls"}) == 5
     for cfg, spec in cells:
-        alone = measure(cfg, spec, ArtifactCache(cache_dir))
+        alone = measure(spec, ArtifactCache(cache_dir))
         assert results[spec.cell_id].metrics == alone.metrics, spec.name
         for key, values in alone.outcomes.items():
             assert torch.equal(results[spec.cell_id].outcomes[key], values), (spec.name, key)
@@ -251,7 +250,7 @@ def test_cutting_patches_to_cls_after_layer_0_leaves_the_cls_readout_at_chance(c
     extra = (f"compute.attn_implementation={attn}",)
     plain_cfg, plain = cell(0, "none", "cls", 0, *extra)
     _, knocked = knockout_cell(0, "patches_to_cls", "after", "cls", *extra)
-    results, errors, _ = measure_all(cache_dir, [plain, knocked], plain_cfg)
+    results, errors, _ = measure_all(cache_dir, [plain, knocked])
     assert not errors
     result = results[knocked.cell_id]
     assert len(set(result.outcomes["predicted"].tolist())) == 1
@@ -281,7 +280,7 @@ def test_at_the_embedding_moving_the_patches_moves_the_image_and_moving_a_specia
     plain_cfg = compose_cell(f"model={model}", "layer=0", "intervention=none", "readout=native")
     cells = [token_cell(model, 0, token) for token in (*TOYS_WITH_TOKENS[model], "patches")]
     specs = [cell_spec(plain_cfg), *(spec for _, spec in cells)]
-    results, errors, _ = measure_all(cache_dir, specs, plain_cfg)
+    results, errors, _ = measure_all(cache_dir, specs)
     assert not errors
     plain = results[specs[0].cell_id].outcomes["predicted"]
     for spec in specs[1:]:
@@ -302,10 +301,10 @@ def test_a_token_shuffle_equals_hfs_own_forward_with_the_donors_tokens_patched_i
 
     layer = 2
     cfg, spec = token_cell("toy_deit", layer, "distillation")
-    results, errors, _ = measure_all(cache_dir, [spec], cfg)
+    results, errors, _ = measure_all(cache_dir, [spec])
     assert not errors
     result = results[spec.cell_id]
-    prepared = prepare(cfg, [spec], ArtifactCache(cache_dir), ComputeLedger())
+    prepared = prepare(spec, [spec], ArtifactCache(cache_dir), ComputeLedger())
     model, artifacts = prepared.loaded.adapter.model, prepared.artifacts
     donors = result.outcomes["donor"]
     pixels = artifacts.pixels(prepared.val_images)
@@ -335,7 +334,7 @@ def test_token_shuffles_of_one_seed_share_one_donor_prefix_and_cost_what_the_pla
              for seed in (0, 1)]
     cells.append(cell(2, "shuffle", "native", 0))
     specs = [spec for _, spec in cells]
-    results, errors, summary = measure_all(cache_dir, specs, cells[0][0])
+    results, errors, summary = measure_all(cache_dir, specs)
     assert not errors
     n_val, n_layers = results[specs[0].cell_id].counts["n_val"], specs[0].n_layers
     by_purpose = summary["block_calls_by_purpose"]
@@ -344,7 +343,7 @@ def test_token_shuffles_of_one_seed_share_one_donor_prefix_and_cost_what_the_pla
     assert sum(by_purpose[k] for k in ("unmodified", "branch", "donor")) == cost_per_image(specs) * n_val
     assert sum(r.compute["block_calls"] for r in results.values()) == pytest.approx(summary["block_calls"])
     for cfg, spec in cells[::5]:  # a unit's numbers are the cell's alone
-        alone = measure(cfg, spec, ArtifactCache(cache_dir))
+        alone = measure(spec, ArtifactCache(cache_dir))
         assert results[spec.cell_id].metrics == alone.metrics, spec.name
 
 
@@ -355,7 +354,7 @@ def test_at_the_last_layer_moving_the_patches_changes_only_readouts_that_read_th
     for model, readout, follows in (("toy_vit", "cls", False), ("toy_clip", "native", True)):
         plain_cfg = compose_cell(f"model={model}", "layer=-1", "intervention=none", f"readout={readout}")
         _, moved = token_cell(model, -1, "patches", readout)
-        results, errors, _ = measure_all(cache_dir, [cell_spec(plain_cfg), moved], plain_cfg)
+        results, errors, _ = measure_all(cache_dir, [cell_spec(plain_cfg), moved])
         assert not errors
         plain = results[cell_spec(plain_cfg).cell_id].outcomes["predicted"]
         result = results[moved.cell_id]
@@ -370,7 +369,7 @@ def test_a_last_layer_cls_shuffle_leaves_a_readout_that_never_reads_the_cls_unch
     cfgs = [compose_cell(f"model={model}", "layer=-1", f"readout={readout}", intervention)
             for intervention in ("intervention=none", "intervention=shuffle")]
     specs = [cell_spec(cfg) for cfg in cfgs]
-    results, errors, _ = measure_all(cache_dir, specs, cfgs[0])
+    results, errors, _ = measure_all(cache_dir, specs)
     assert not errors
     plain, shuffled = (results[spec.cell_id] for spec in specs)
     assert shuffled.metrics["accuracy"] == plain.metrics["accuracy"] > 3 * plain.metrics["chance"]
@@ -384,7 +383,7 @@ def test_an_early_shuffle_moves_deits_cls_head_to_the_donor_but_hardly_its_disti
     images, at chance; the CLS head 0.17 vs 0.86, following the donor for 0.65)."""
     points = [(1, intervention, readout, 0) for intervention in ("none", "shuffle") for readout in ("cls", "distillation")]
     cells = [cell(*point) for point in points]
-    results, errors, _ = measure_all(cache_dir, [spec for _, spec in cells], cells[0][0])
+    results, errors, _ = measure_all(cache_dir, [spec for _, spec in cells])
     assert not errors
     by_name = {spec.name: results[spec.cell_id].metrics for _, spec in cells}
     cls, distillation = by_name["toy_deit-L01-shuffle-cls-s0"], by_name["toy_deit-L01-shuffle-distillation-s0"]

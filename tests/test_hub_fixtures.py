@@ -25,6 +25,7 @@ from sweep.cellspec import cell_spec
 from sweep.errors import SweepError
 from sweep.models import IncompleteCheckpoint, LoadedModel, ModelUnavailable, folder_digest, load_model
 from sweep.linear_heads import LinearHead
+from sweep.settings import Model
 
 FIXTURES = Path(__file__).parent / "fixtures" / "hub"
 N_LAYERS = 3  # make_hub_fixtures.N_LAYERS
@@ -43,7 +44,7 @@ def model_cfg(fixture: str, *overrides: str, source: Path | None = None):
 
 def load(fixture: str, *overrides: str, source: Path | None = None) -> LoadedModel:
     cfg = model_cfg(fixture, *overrides, source=source)
-    return load_model(cfg, cfg["source"], device=torch.device("cpu"), attn_implementation="eager")
+    return load_model(Model.of(cfg), cfg["source"], device=torch.device("cpu"), attn_implementation="eager")
 
 
 def pixels(n: int = 3, size: int = 224, seed: int = 1) -> torch.Tensor:
@@ -318,7 +319,7 @@ def test_new_weights_in_a_local_folder_give_new_cache_keys_and_revision(tmp_path
 
     def cell():
         cfg = small_cell("dinov2", "intervention=shuffle", "layer=2", source=folder)
-        return measure(cfg, cell_spec(cfg), cache)
+        return measure(cell_spec(cfg), cache)
 
     first = cell()
     assert first.model_revision.startswith("sha256:")
@@ -361,7 +362,7 @@ def small_cell(fixture: str, *overrides: str, source: Path | None = None):
 def test_a_clip_cell_projects_through_its_cls_readout(tmp_path):
     """At L = N the class-embedding projection is the cls readout: same predictions."""
     cfg = small_cell("clip", "intervention=none", "readout=cls", "layer=-1")
-    result = measure(cfg, cell_spec(cfg), ArtifactCache(tmp_path))
+    result = measure(cell_spec(cfg), ArtifactCache(tmp_path))
     assert torch.equal(result.outcomes["projection_predicted"], result.outcomes["predicted"])
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import time
 from functools import partial
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from sweep.cache import ArtifactCache, content_key
-from sweep.cellspec import NOT_MEASURED, measured_config, without
+from sweep.cellspec import NOT_MEASURED, CellSpec, without
 from sweep.data import (DECODER_VERSION, SAMPLER_VERSION, SPLITS, batches, load_split, normalise, pixel_settings,
                         preprocess_split)
 from sweep.linear_heads import LinearHead
@@ -37,6 +37,7 @@ from sweep.metrics import rank_metrics
 from sweep.models import LoadedModel, check_classes, load_model
 from sweep.probes import fit_probes
 from sweep.progress import progress_bar
+from sweep.settings import Compute
 from sweep.rules import plain
 from sweep.toy import train_toy
 
@@ -145,14 +146,51 @@ def cached_images(cache: ArtifactCache, data: Mapping[str, Any], preprocess: Map
     return content_key("images", spec), splits
 
 
-class Artifacts:
-    """Gets (or computes, once, under the cache's lock) what one cell needs."""
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how this process runs the blocks: the device, the precision and the rows per
+    call (`compute.*`). Not part of the cache: `Artifacts` keys what depends on it."""
 
-    def __init__(self, cfg: Mapping[str, Any], cache: ArtifactCache, device: torch.device, ledger: ComputeLedger):
-        self.cfg, self.cache, self.device, self.ledger = cfg, cache, device, ledger
-        self.compute = cfg["compute"]
-        self.measured = measured_config(cfg)  # what every key below is cut from
+    device: torch.device
+    dtype: str
+    batch_size: int
+
+    @classmethod
+    def of(cls, compute: Compute) -> Runtime:
+        return cls(pick_device(compute.device), compute.dtype, compute.batch_size)
+
+    def autocast(self) -> torch.autocast:
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.dtype == "bfloat16")
+
+    def batches(self, n: int) -> Iterator[slice]:
+        return batches(n, self.batch_size)
+
+    def pixels(self, images: torch.Tensor, preprocess: Mapping[str, Any]) -> torch.Tensor:
+        """uint8 images -> the model's normalised input, on the device."""
+        return normalise(images.to(self.device, non_blocking=True), preprocess)
+
+
+def pick_device(setting: str) -> torch.device:
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(setting)
+
+
+class Artifacts:
+    """The artifact cache's front for one unit: gets (or computes, once, under the cache's
+    lock) what its cells need. `spec` is any cell of the unit (they share every setting an
+    artifact reads); each key is cut from its identity."""
+
+    def __init__(self, spec: CellSpec, cache: ArtifactCache, runtime: Runtime, ledger: ComputeLedger):
+        assert spec.settings is not None, "a cell spec made by cell_spec carries its settings"
+        self.settings, self.identity = spec.settings, spec.science
+        self.model_settings = spec.settings.model
+        self.cache, self.runtime, self.ledger = cache, runtime, ledger
         self.keys: dict[str, str] = {}  # kind -> the key of each entry this cell read, for its record
+
+    @property
+    def device(self) -> torch.device:
+        return self.runtime.device
 
     def _get(self, kind: str, spec: Mapping[str, Any], compute: Callable[[Path], None], *, name: str | None = None,
              **options: Any) -> Path:
@@ -161,48 +199,52 @@ class Artifacts:
         return folder
 
     # -- images ---------------------------------------------------------------------
-    def images(self, data: Mapping[str, Any], preprocess: Mapping[str, Any], name: str = "images"
-               ) -> tuple[str, dict[str, Split]]:
-        key, splits = cached_images(self.cache, data, preprocess)
+    def images(self, data: Mapping[str, Any] | None = None, name: str = "images") -> tuple[str, dict[str, Split]]:
+        """The data subset (`data`, else the cell's) at the model's pixel geometry."""
+        data = self.settings.data.values if data is None else data
+        key, splits = cached_images(self.cache, data, self.model_settings.preprocess)
         self.keys[name] = key
         return key, splits
 
-    # -- model ----------------------------------------------------------------------
-    def model(self) -> tuple[dict[str, Any], LoadedModel]:
-        """Load the configured model; returns its identity (for artifact specs) too."""
-        model_cfg = self.cfg["model"]
-        check_classes(model_cfg)  # before a toy's training reads its images
-        weights: str | Path = str(model_cfg["source"])
-        identity = {k: model_cfg[k] for k in ("hf_class", "adapter", "source", "revision", "load_kwargs")}
-        if model_cfg.get("toy") is not None:
-            weights, identity["toy"] = self._toy_weights(model_cfg)
-        loaded = load_model(model_cfg, weights, device=self.device,
-                            attn_implementation=str(self.compute["attn_implementation"]),
-                            hash_memo=self.cache.root / FILE_HASHES)
-        identity["revision"] = loaded.revision if model_cfg.get("toy") is None else identity["toy"]
-        return identity, loaded
+    def pixels(self, images: torch.Tensor) -> torch.Tensor:
+        return self.runtime.pixels(images, self.model_settings.preprocess)
 
-    def _toy_weights(self, model_cfg: Mapping[str, Any]) -> tuple[Path, str]:
-        training = self.cfg["toy_training"]
-        images_key, splits = self.images(training["data"], model_cfg["preprocess"], name="toy_images")
-        spec = {"model": without(self.measured["model"], TOY_UNREAD), "training": self.measured["toy_training"],
+    # -- model ----------------------------------------------------------------------
+    def model(self) -> tuple[str, LoadedModel]:
+        """Load the configured model; returns which weights it is too (the hub's commit, the
+        local files' hash, or the toy's cache key), for the features' key."""
+        model = self.model_settings
+        check_classes(model)  # before a toy's training reads its images
+        weights: str | Path = str(model.source)
+        toy_key = None
+        if model.is_toy:
+            weights, toy_key = self._toy_weights()
+        loaded = load_model(model, weights, device=self.device,
+                            attn_implementation=self.settings.compute.attn_implementation,
+                            hash_memo=self.cache.root / FILE_HASHES)
+        return toy_key or loaded.revision, loaded
+
+    def _toy_weights(self) -> tuple[Path, str]:
+        training = self.settings.toy_training
+        assert training is not None, "a toy's cell has toy_training settings"
+        images_key, splits = self.images(training.data.values, name="toy_images")
+        spec = {"model": without(self.identity["model"], TOY_UNREAD), "training": self.identity["toy_training"],
                 "images": images_key}
 
         def compute(out: Path) -> None:
             train = splits["train"]
-            train_toy(model_cfg, training, train.images, train.labels, out)
+            train_toy(self.model_settings, training, train.images, train.labels, out)
 
-        folder = self._get("toy_model", spec, compute, description=f"train {model_cfg['name']}")
+        folder = self._get("toy_model", spec, compute, description=f"train {self.model_settings.name}")
         return folder, content_key("toy_model", spec)
 
     # -- features -------------------------------------------------------------------
-    def features(self, model_identity: Mapping[str, Any], loaded: LoadedModel, images_key: str,
-                 splits: Mapping[str, Split]) -> Features:
-        readouts = sorted(self.cfg["model"]["readouts"])
-        model = without(self.measured["model"], FEATURES_UNREAD)
+    def features(self, weights: str, loaded: LoadedModel, images_key: str, splits: Mapping[str, Split]) -> Features:
+        readouts = sorted(self.model_settings.readouts)
+        model = without(self.identity["model"], FEATURES_UNREAD)
         model["readouts"] = {r: without(settings, ("head",)) for r, settings in model["readouts"].items()}
-        spec = {"model": model, "weights": model_identity["revision"], "images": images_key,
-                "compute": {**self.measured["compute"], "batch_size": int(self.compute["batch_size"]),
+        spec = {"model": model, "weights": weights, "images": images_key,
+                "compute": {**self.identity["compute"], "batch_size": self.runtime.batch_size,
                             "device": self.device.type}}
 
         def compute(out: Path) -> None:
@@ -214,7 +256,7 @@ class Artifacts:
             _write_seconds(out, seconds)
 
         key = content_key("features", spec)
-        folder = self._get("features", spec, compute, description=f"{self.cfg['model']['name']} unmodified pass")
+        folder = self._get("features", spec, compute, description=f"{self.model_settings.name} unmodified pass")
         cls, readout, labels = {}, {}, {}
         for split in SPLITS:
             tensors = load_file(folder / f"{split}.safetensors")
@@ -222,20 +264,13 @@ class Artifacts:
             readout[split] = {r: tensors[f"readout.{r}"] for r in readouts}
         return Features(key, cls, readout, labels)
 
-    def pixels(self, images: torch.Tensor) -> torch.Tensor:
-        return normalise(images.to(self.device, non_blocking=True), self.cfg["model"]["preprocess"])
-
-    def autocast(self) -> torch.autocast:
-        dtype = str(self.compute["dtype"])
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
-
     def _unmodified_pass(self, loaded: LoadedModel, split: Split, readouts: list[str], out: Path, name: str) -> None:
         adapter, n = loaded.adapter, len(split)
         cls = torch.empty(adapter.n_layers + 1, n, adapter.hidden_size)
         features: dict[str, list[torch.Tensor]] = {r: [] for r in readouts}
-        bar = progress_bar(total=n, desc=f"features {self.cfg['model']['name']} {name}", unit="img")
-        with torch.inference_mode(), self.autocast():
-            for part in batches(n, int(self.compute["batch_size"])):
+        bar = progress_bar(total=n, desc=f"features {self.model_settings.name} {name}", unit="img")
+        with torch.inference_mode(), self.runtime.autocast():
+            for part in self.runtime.batches(n):
                 hidden = None
                 for layer, hidden in enumerate(adapter.hidden_states(self.pixels(split.images[part]))):
                     cls[layer, part] = hidden[:, adapter.cls_index].float().cpu()
@@ -250,14 +285,13 @@ class Artifacts:
 
     # -- heads and probes -----------------------------------------------------------
     def fitted_head(self, features: Features, readout: str) -> LinearHead:
-        probe = self.cfg["probe"]
-        n_classes = int(self.cfg["data"]["n_classes"])
-        spec = {"features": features.key, "readout": readout, "probe": self.measured["probe"], "n_classes": n_classes}
+        probe, n_classes = self.settings.probe, self.settings.data["n_classes"]
+        spec = {"features": features.key, "readout": readout, "probe": self.identity["probe"], "n_classes": n_classes}
 
         def compute(out: Path) -> None:
             train = features.readout["train"][readout]
             (head,) = fit_probes(train.flatten(1), features.labels["train"], n_classes,
-                                 method=str(probe["method"]), settings=probe["settings"], device=str(self.device.type))
+                                 method=probe.choice, settings=probe.values, device=self.device.type)
             save_file(head.state_dict(), out / "head.safetensors")
 
         folder = self._get("head", spec, compute, name=f"head.{readout}", description=f"{readout} head")
@@ -266,13 +300,12 @@ class Artifacts:
     def probes(self, features: Features) -> tuple[list[LinearHead], list[dict[str, float]]]:
         """Per-layer CLS probes and, per layer, the validation scores of that layer's probe
         and of the last layer's probe applied to that layer."""
-        probe = self.cfg["probe"]
-        n_classes = int(self.cfg["data"]["n_classes"])
-        spec = {"features": features.key, "probe": self.measured["probe"], "n_classes": n_classes}
+        probe, n_classes = self.settings.probe, self.settings.data["n_classes"]
+        spec = {"features": features.key, "probe": self.identity["probe"], "n_classes": n_classes}
 
         def compute(out: Path) -> None:
             heads = fit_probes(features.cls["train"], features.labels["train"], n_classes,
-                               method=str(probe["method"]), settings=probe["settings"], device=str(self.device.type))
+                               method=probe.choice, settings=probe.values, device=self.device.type)
             val_cls, labels = features.cls["val"], features.labels["val"]
             scores = [{**rank_metrics(head.logits(val_cls[layer]), labels, "probe_"),
                        **rank_metrics(heads[-1].logits(val_cls[layer]), labels, "last_probe_")}

@@ -10,7 +10,6 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import Any
 
 from omegaconf import DictConfig
@@ -19,7 +18,7 @@ from sweep.adapters import ADAPTERS
 from sweep.errors import ConfigError
 from sweep.interventions import INTERVENTIONS, edited_token, intervention_label, variant
 from sweep.rules import Integer, Rule, checked, invalid, plain
-from sweep.settings import CellSettings, check_data_folders, parse_integer, parse_settings
+from sweep.settings import MODEL_KEYS, CellSettings, Model, check_data_folders, parse_integer, parse_settings
 
 #: What a cell id means; part of every identity, so bump it only when cells measure something
 #: else (then every cell is measured again). 2: the identity includes
@@ -150,11 +149,6 @@ def _check_load_kwargs(load_kwargs: Any) -> None:
             raise invalid(f"model.load_kwargs.{key}", load_kwargs[key], why)
 
 
-#: every key a model config (conf/model/*.yaml) may set -> whether it must be set: the one
-#: declaration of a model's keys, so a typo (`+model.revison=...`) is refused, not ignored
-MODEL_KEYS = MappingProxyType({
-    "name": True, "adapter": True, "hf_class": True, "n_layers": True, "readouts": True, "projection_readout": True,
-    "source": False, "revision": False, "load_kwargs": False, "toy": False, "preprocess": False})
 
 
 def _model(node: Any) -> dict[str, Any]:
@@ -205,7 +199,7 @@ def cell_spec(cfg: DictConfig | Mapping[str, Any]) -> CellSpec:
     (`sweep.data.check_data`)."""
     model = _model(cfg["model"])
     n_layers, model_name = int(model["n_layers"]), str(model["name"])
-    settings = parse_settings(cfg, is_toy=model.get("toy") is not None)
+    settings = parse_settings(cfg, model=Model.of(model))
     layer = resolve_layer(parse_integer("layer", cfg["layer"], Integer()), n_layers, model_name)
     seed = parse_integer("seed", cfg["seed"], Integer(0))
     intervention = INTERVENTIONS[settings.intervention.choice]

@@ -37,16 +37,16 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save
 
-from sweep.artifacts import Artifacts, ComputeLedger, Features
+from sweep.artifacts import Artifacts, ComputeLedger, Features, Runtime
 from sweep.cache import ArtifactCache, CorruptEntryError
 from sweep.cellspec import CellSpec
-from sweep.data import batches
 from sweep.files import WriteFailed, atomic_write_bytes
 from sweep.interventions import NONE, AttentionCut, attention_cut, donor_indices, replacement_cls
 from sweep.linear_heads import LinearHead
 from sweep.metrics import NonFiniteLogits, rank_metrics, require_finite, top_k_accuracy, true_class_ranks
 from sweep.models import LoadedModel
 from sweep.progress import progress_bar
+from sweep.settings import CellSettings
 from sweep.units import branch_key, donor_key, reads_donor_states
 
 logger = logging.getLogger(__name__)
@@ -69,12 +69,6 @@ class CellResult:
 Emit = Callable[[CellSpec, "CellResult | None", "BaseException | None"], None]
 
 
-def pick_device(setting: str) -> torch.device:
-    if setting == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(setting)
-
-
 @dataclass
 class _Prepared:
     artifacts: Artifacts
@@ -85,30 +79,37 @@ class _Prepared:
     val_images: torch.Tensor | None
     seconds: float
 
+    @property
+    def settings(self) -> CellSettings:
+        return self.artifacts.settings
 
-def prepare(cfg: Mapping[str, Any], specs: Sequence[CellSpec], cache: ArtifactCache, ledger: ComputeLedger
-            ) -> _Prepared:
-    """Model, images, features, fitted heads and (for `none` cells) probes. A cached file
+    @property
+    def runtime(self) -> Runtime:
+        return self.artifacts.runtime
+
+
+def prepare(unit: CellSpec, specs: Sequence[CellSpec], cache: ArtifactCache, ledger: ComputeLedger) -> _Prepared:
+    """Model, images, features, fitted heads and (for `none` cells) probes of the unit that
+    `unit` (any of its cells: they share every setting these read) belongs to. A cached file
     found corrupt while reading (its entry is removed then) costs one more attempt, which
     recomputes that entry."""
     try:
-        return _prepare(cfg, specs, cache, ledger)
+        return _prepare(unit, specs, cache, ledger)
     except CorruptEntryError as exc:
         logger.warning("%s; preparing the unit again", exc)
-        return _prepare(cfg, specs, cache, ledger)
+        return _prepare(unit, specs, cache, ledger)
 
 
-def _prepare(cfg: Mapping[str, Any], specs: Sequence[CellSpec], cache: ArtifactCache, ledger: ComputeLedger
-             ) -> _Prepared:
+def _prepare(unit: CellSpec, specs: Sequence[CellSpec], cache: ArtifactCache, ledger: ComputeLedger) -> _Prepared:
     started = time.perf_counter()
-    artifacts = Artifacts(cfg, cache, pick_device(str(cfg["compute"]["device"])), ledger)
-    identity, loaded = artifacts.model()  # first: a model that cannot load fails before any data work
-    torch.set_flush_denormal(bool(cfg["compute"]["flush_denormal"]))  # after a toy's training, which sets its own
-    images_key, splits = artifacts.images(cfg["data"], cfg["model"]["preprocess"])
-    features = artifacts.features(identity, loaded, images_key, splits)
-    for readout, settings in cfg["model"]["readouts"].items():
-        if settings["head"] == "fitted":
-            loaded.adapter.install_head(readout, artifacts.fitted_head(features, readout))
+    assert unit.settings is not None, "a cell spec made by cell_spec carries its settings"
+    artifacts = Artifacts(unit, cache, Runtime.of(unit.settings.compute), ledger)
+    weights, loaded = artifacts.model()  # first: a model that cannot load fails before any data work
+    torch.set_flush_denormal(unit.settings.compute.flush_denormal)  # after a toy's training, which sets its own
+    images_key, splits = artifacts.images()
+    features = artifacts.features(weights, loaded, images_key, splits)
+    for readout in unit.settings.model.fitted_readouts:
+        loaded.adapter.install_head(readout, artifacts.fitted_head(features, readout))
     wants_probes = not specs or any(s.intervention == NONE or _probe_after(s) for s in specs)
     probes = artifacts.probes(features) if wants_probes else None
     n_layers = loaded.adapter.n_layers
@@ -266,12 +267,12 @@ class _Branch:
                     cell.add(part, logits, labels, probe_predicted if cell.probe_layers else None)
 
 
-def measure_unit(cfg: Mapping[str, Any], specs: Sequence[CellSpec], cache: ArtifactCache, emit: Emit, *,
+def measure_unit(specs: Sequence[CellSpec], cache: ArtifactCache, emit: Emit, *,
                  checkpoints: Checkpoints | None = None) -> dict[str, Any]:
     """Measure `specs` (cells of one unit: equal but for layer, intervention, readout and
     seed) and `emit` each as soon as it is measured. Returns the unit's compute summary."""
     ledger = ComputeLedger()
-    prepared = prepare(cfg, specs, cache, ledger)
+    prepared = prepare(specs[0], specs, cache, ledger)
     started = time.perf_counter()
     emit_s = 0.0
 
@@ -287,9 +288,9 @@ def measure_unit(cfg: Mapping[str, Any], specs: Sequence[CellSpec], cache: Artif
     shares = _Shares(ledger, specs)
     layer_readouts: dict[int, tuple[dict[str, float], dict[str, torch.Tensor]]] = {}
     for spec in nones:
-        _emit_guarded(timed_emit, spec, lambda spec=spec: _none_result(cfg, spec, prepared, layer_readouts, shares))
+        _emit_guarded(timed_emit, spec, lambda spec=spec: _none_result(spec, prepared, layer_readouts, shares))
     if others:
-        _measure_branches(cfg, others, prepared, timed_emit, checkpoints, shares)
+        _measure_branches(others, prepared, timed_emit, checkpoints, shares)
     return {"block_calls": ledger.total, "block_calls_by_purpose": dict(ledger.block_calls),
             "prepare_s": prepared.seconds, "measure_s": time.perf_counter() - started - emit_s,
             "bookkeeping_s": emit_s}  # records, outcomes and W&B runs, written as each cell is measured
@@ -326,31 +327,31 @@ class _Shares:
         return share
 
 
-def _result(cfg: Mapping[str, Any], spec: CellSpec, prepared: _Prepared, metrics: dict[str, float],
+def _result(spec: CellSpec, prepared: _Prepared, metrics: dict[str, float],
             outcomes: dict[str, torch.Tensor], compute: dict[str, Any], n_classes: int) -> CellResult:
     features, device = prepared.features, prepared.artifacts.device
     return CellResult(
         metrics=metrics, outcomes=outcomes,
         counts={"n_train": len(features.labels["train"]), "n_val": len(features.labels["val"]),
                 "n_classes": n_classes},
-        compute={**compute, "device": device.type, "dtype": str(cfg["compute"]["dtype"]),
-                 "batch_size": int(cfg["compute"]["batch_size"]), "cpu_threads": torch.get_num_threads()},
+        compute={**compute, "device": device.type, "dtype": prepared.runtime.dtype,
+                 "batch_size": prepared.runtime.batch_size, "cpu_threads": torch.get_num_threads()},
         timings={"prepare_s": prepared.seconds},
         model_revision=prepared.loaded.revision,
         artifacts=dict(prepared.artifacts.keys))
 
 
-def _none_result(cfg: Mapping[str, Any], spec: CellSpec, prepared: _Prepared,
+def _none_result(spec: CellSpec, prepared: _Prepared,
                  layer_readouts: dict[int, tuple[dict[str, float], dict[str, torch.Tensor]]],
                  shares: _Shares) -> CellResult:
     started = time.perf_counter()
     labels = prepared.features.labels["val"]
-    logits = unmodified_logits(cfg, prepared, spec.readout)
+    logits = unmodified_logits(prepared, spec.readout)
     metrics = {k: v for k, v in rank_metrics(logits, labels).items() if k in ("accuracy", "top5")}
     metrics["chance"] = 1.0 / logits.shape[1]
     outcomes = {"label": labels, "predicted": logits.argmax(1), "rank": true_class_ranks(logits, labels)}
     if spec.layer not in layer_readouts:  # readout-independent: once per layer
-        layer_readouts[spec.layer] = _layer_readouts(cfg, spec, prepared)
+        layer_readouts[spec.layer] = _layer_readouts(spec, prepared)
     layer_metrics, layer_outcomes = layer_readouts[spec.layer]
     metrics.update(layer_metrics)
     outcomes.update(layer_outcomes)
@@ -359,24 +360,24 @@ def _none_result(cfg: Mapping[str, Any], spec: CellSpec, prepared: _Prepared,
         scores = prepared.probes[1]
         metrics["probe_after"] = {str(later): scores[later]["probe_accuracy"]
                                   for later in range(spec.layer + 1, spec.n_layers + 1)}
-    result = _result(cfg, spec, prepared, metrics, outcomes, {"block_calls": shares.of(None)}, logits.shape[1])
+    result = _result(spec, prepared, metrics, outcomes, {"block_calls": shares.of(None)}, logits.shape[1])
     result.timings["measure_s"] = time.perf_counter() - started
     return result
 
 
-def unmodified_logits(cfg: Mapping[str, Any], prepared: _Prepared, readout: str) -> torch.Tensor:
+def unmodified_logits(prepared: _Prepared, readout: str) -> torch.Tensor:
     """`readout`'s logits of the unmodified model on the validation set, from the cached
     features (no block runs): what `none` cells score, and each donor's own prediction."""
     adapter, features, device = prepared.loaded.adapter, prepared.features, prepared.artifacts.device
     stored = features.readout["val"][readout]
-    with torch.inference_mode(), prepared.artifacts.autocast():
+    with torch.inference_mode(), prepared.runtime.autocast():
         logits = torch.cat([adapter.apply_head(readout, stored[part].to(device)).cpu()
-                            for part in batches(len(stored), int(cfg["compute"]["batch_size"]))])
+                            for part in prepared.runtime.batches(len(stored))])
     require_finite(logits, f"the {readout} readout of the unmodified model")
     return logits
 
 
-def _layer_readouts(cfg: Mapping[str, Any], spec: CellSpec, prepared: _Prepared
+def _layer_readouts(spec: CellSpec, prepared: _Prepared
                     ) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
     """What layer L's CLS already says: the probe, the last layer's probe, and the
     class-embedding projection through the final norm and head."""
@@ -384,10 +385,10 @@ def _layer_readouts(cfg: Mapping[str, Any], spec: CellSpec, prepared: _Prepared
     labels, cls = features.labels["val"], features.cls["val"][spec.layer]
     assert prepared.probes is not None
     heads, scores = prepared.probes
-    readout = str(cfg["model"]["projection_readout"])
+    readout = prepared.settings.model.projection_readout
     with torch.inference_mode():
         projected = torch.cat([adapter.projection_logits(cls[part].to(device), readout).cpu()
-                               for part in batches(len(labels), int(cfg["compute"]["batch_size"]))])
+                               for part in prepared.runtime.batches(len(labels))])
     require_finite(projected, f"layer {spec.layer}'s class-embedding projection")
     probe_logits = heads[spec.layer].logits(cls)
     outcomes = {"projection_predicted": projected.argmax(1), "projection_rank": true_class_ranks(projected, labels),
@@ -405,12 +406,12 @@ def _layer_readouts(cfg: Mapping[str, Any], spec: CellSpec, prepared: _Prepared
     return metrics, outcomes
 
 
-def _measure_branches(cfg: Mapping[str, Any], specs: Sequence[CellSpec], prepared: _Prepared, emit: Emit,
+def _measure_branches(specs: Sequence[CellSpec], prepared: _Prepared, emit: Emit,
                       checkpoints: Checkpoints | None, shares: _Shares) -> None:
     started = time.perf_counter()
     features = prepared.features
     labels = features.labels["val"]
-    n, batch_size = len(labels), int(cfg["compute"]["batch_size"])
+    n, batch_size = len(labels), prepared.runtime.batch_size
     branches: dict[tuple, _Branch] = {}
     for spec in specs:
         key = branch_key(spec)
@@ -444,7 +445,7 @@ def _measure_branches(cfg: Mapping[str, Any], specs: Sequence[CellSpec], prepare
     for branch in branches.values():
         by_layer.setdefault(branch.layer, []).append(branch)
     try:
-        _pass(cfg, prepared, by_layer, cells, labels, start, checkpoints, meta)
+        _pass(prepared, by_layer, cells, labels, start, checkpoints, meta)
     except (SystemExit, KeyboardInterrupt):  # preemption (submitit's USR2 handler), Ctrl-C: keep what is done
         if checkpoints is not None:
             checkpoints.save(cells, meta)
@@ -454,7 +455,7 @@ def _measure_branches(cfg: Mapping[str, Any], specs: Sequence[CellSpec], prepare
     for branch in branches.values():
         for cell in branch.cells:
             _emit_guarded(emit, cell.spec, lambda cell=cell, branch=branch: _branch_result(
-                cfg, cell, branch, prepared, shares.of(branch), measured_s, len(cells), unmodified))
+                cell, branch, prepared, shares.of(branch), measured_s, len(cells), unmodified))
 
 
 class _DonorStreams:
@@ -489,19 +490,19 @@ class _DonorStreams:
         return None if branch.donor_key is None else self.hidden[branch.donor_key]
 
 
-def _pass(cfg: Mapping[str, Any], prepared: _Prepared, by_layer: dict[int, list[_Branch]], cells: list[CellProgress],
+def _pass(prepared: _Prepared, by_layer: dict[int, list[_Branch]], cells: list[CellProgress],
           labels: torch.Tensor, start: int, checkpoints: Checkpoints | None,
           meta: Callable[[CellSpec], Mapping[str, str]]) -> None:
     """The unit's one pass over the validation batches from `start` (see the module docstring)."""
     adapter, features, artifacts = prepared.loaded.adapter, prepared.features, prepared.artifacts
-    n, batch_size = len(labels), int(cfg["compute"]["batch_size"])
+    n = len(labels)
     branches = [b for at_layer in by_layer.values() for b in at_layer]
     deepest = max((b.layer for b in branches if not b.from_features), default=None)  # of the prefix to run
     streams = _DonorStreams(branches)
-    bar = progress_bar(total=n - start, desc=f"unit {cfg['model']['name']}: {len(cells)} cells, "
+    bar = progress_bar(total=n - start, desc=f"unit {prepared.settings.model.name}: {len(cells)} cells, "
                        f"{len(branches)} branches", unit="img")
-    with torch.inference_mode(), artifacts.autocast():
-        for part in batches(n, batch_size):
+    with torch.inference_mode(), prepared.runtime.autocast():
+        for part in prepared.runtime.batches(n):
             if part.stop <= start:
                 continue
             rows = part.stop - part.start
@@ -551,7 +552,7 @@ def _run_suffix(prepared: _Prepared, branch: _Branch, hidden: torch.Tensor
     return hidden, torch.stack(predicted) if predicted else None
 
 
-def _branch_result(cfg: Mapping[str, Any], cell: CellProgress, branch: _Branch, prepared: _Prepared, share: float,
+def _branch_result(cell: CellProgress, branch: _Branch, prepared: _Prepared, share: float,
                    measured_s: float, n_cells: int, unmodified: dict[str, torch.Tensor]) -> CellResult:
     spec, labels = cell.spec, prepared.features.labels["val"]
     if cell.bad:
@@ -565,14 +566,14 @@ def _branch_result(cfg: Mapping[str, Any], cell: CellProgress, branch: _Branch, 
     outcomes = {"label": labels, "predicted": cell.predicted, "rank": cell.rank}
     if branch.donors is not None:
         if spec.readout not in unmodified:
-            unmodified[spec.readout] = unmodified_logits(cfg, prepared, spec.readout).argmax(1)
+            unmodified[spec.readout] = unmodified_logits(prepared, spec.readout).argmax(1)
         donor_metrics, donor_outcomes = _donor_metrics(cell.predicted, labels, branch.donors, unmodified[spec.readout])
         metrics.update(donor_metrics)
         outcomes.update(donor_outcomes)
     if _probe_after(spec):  # at L = N no later layer: empty
         metrics["probe_after"] = {str(later): float((cell.probe_predicted[i] == labels).double().mean())
                                   for i, later in enumerate(cell.probe_layers)}
-    result = _result(cfg, spec, prepared, metrics, outcomes,
+    result = _result(spec, prepared, metrics, outcomes,
                      {"block_calls": share, "resumed_rows": cell.resumed_rows}, n_classes)
     result.timings["measure_s"] = measured_s / n_cells
     return result

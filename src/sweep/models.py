@@ -34,6 +34,7 @@ from safetensors import safe_open
 from sweep.adapters import ADAPTERS, Adapter
 from sweep.errors import ConfigError, SweepError, brief
 from sweep.files import file_sha256
+from sweep.settings import Model
 
 transformers.utils.logging.disable_progress_bar()  # our own bars report progress
 logger = logging.getLogger(__name__)
@@ -75,39 +76,39 @@ def transformers_class(key: str, name: Any) -> type:
                           "of that name") from None
 
 
-def hf_class(model_cfg: Mapping[str, Any]) -> type:
-    return transformers_class("model.hf_class", model_cfg["hf_class"])
+def hf_class(model: Model) -> type:
+    return transformers_class("model.hf_class", model.hf_class)
 
 
-def check_classes(model_cfg: Mapping[str, Any]) -> None:
+def check_classes(model: Model) -> None:
     """Resolve the classes a model config names. The planner cannot (it does not import
     transformers), so a cell's unit does it first, before any data is read or a toy trains."""
-    hf_class(model_cfg)
-    if model_cfg.get("toy") is not None:
-        transformers_class("model.toy.config_class", model_cfg["toy"]["config_class"])
+    hf_class(model)
+    if model.toy is not None:
+        transformers_class("model.toy.config_class", model.toy["config_class"])
 
 
-def load_model(model_cfg: Mapping[str, Any], weights: str | Path, *, device: torch.device,
+def load_model(model: Model, weights: str | Path, *, device: torch.device,
                attn_implementation: str, hash_memo: Path | None = None) -> LoadedModel:
     """Load `weights` (hub id or folder) as `model.hf_class`, check that everything but the
     head came from the checkpoint, and wrap it in its adapter. `hash_memo`: where file
     hashes of local folders are remembered (see `model_revision`)."""
-    cls = hf_class(model_cfg)
-    kind = ADAPTERS[str(model_cfg["adapter"])]
-    readouts = model_cfg.get("readouts") or {}
-    kwargs = dict(model_cfg.get("load_kwargs") or {})
+    cls = hf_class(model)
+    kind = ADAPTERS[model.adapter]
+    readouts = model.readouts
+    kwargs = dict(model.load_kwargs)
     # Shape mismatches are reported in the loading info instead of raised, so that the check
     # below can name them; anything outside the head is refused there.
     kwargs["ignore_mismatched_sizes"] = True
-    revision = model_cfg.get("revision")
-    require_offline_copy(model_cfg, weights)
+    revision = model.revision
+    require_offline_copy(model, weights)
     try:
-        model, info = cls.from_pretrained(str(weights), revision=revision, trust_remote_code=False,
+        loaded, info = cls.from_pretrained(str(weights), revision=revision, trust_remote_code=False,
                                           attn_implementation=attn_implementation, output_loading_info=True,
                                           **kwargs)
     except OSError as error:
         raise ModelUnavailable(
-            f"could not load {model_cfg['name']} from '{weights}' ({brief(error, 120)}). "
+            f"could not load {model.name} from '{weights}' ({brief(error, 120)}). "
             "Without hub access, fetch it on a machine with internet with `sweep-prepare` and the same overrides "
             "(into the Hugging Face cache this machine reads), or download it elsewhere "
             "(`hf download <id> --local-dir DIR`) and set model.source=DIR") from error
@@ -115,17 +116,17 @@ def load_model(model_cfg: Mapping[str, Any], weights: str | Path, *, device: tor
         raise
     except RuntimeError as error:  # transformers 5 raises for weights it failed to convert or copy
         raise IncompleteCheckpoint(
-            f"{model_cfg['name']} from '{weights}' did not load: {brief(error, 300)} "
+            f"{model.name} from '{weights}' did not load: {brief(error, 300)} "
             "(transformers' LOAD REPORT above names the keys)") from error
-    check_loading_info(info, allowed_heads(kind, readouts), where=f"{model_cfg['name']} from '{weights}'")
-    tensors = {name: checkpoint_tensor(weights, revision, name, why=f"{model_cfg['name']} ({why})")
+    check_loading_info(info, allowed_heads(kind, readouts), where=f"{model.name} from '{weights}'")
+    tensors = {name: checkpoint_tensor(weights, revision, name, why=f"{model.name} ({why})")
                for name, why in kind.checkpoint_tensors(readouts).items()}
-    model = model.to(device).eval()
-    adapter = kind(model, readouts=readouts, tensors=tensors)
-    expected = int(model_cfg["n_layers"])
+    loaded = loaded.to(device).eval()
+    adapter = kind(loaded, readouts=readouts, tensors=tensors)
+    expected = model.n_layers
     if adapter.n_layers != expected:
-        raise ValueError(f"{model_cfg['name']} has {adapter.n_layers} blocks but its model config "
-                         f"(model/{model_cfg['name']}.yaml) says n_layers: {expected}; fix the YAML")
+        raise ValueError(f"{model.name} has {adapter.n_layers} blocks but its model config "
+                         f"(model/{model.name}.yaml) says n_layers: {expected}; fix the YAML")
     return LoadedModel(adapter, model_revision(weights, revision, hash_memo))
 
 
@@ -148,16 +149,16 @@ def hub_snapshot(repo_id: str, revision: str | None) -> Path | None:
     return Path(config).parent if isinstance(config, str) else None
 
 
-def require_offline_copy(model_cfg: Mapping[str, Any], weights: str | Path) -> None:
+def require_offline_copy(model: Model, weights: str | Path) -> None:
     """With HF_HUB_OFFLINE=1 (a compute node without internet) a hub model must already be
     in the Hugging Face cache: refuse one that is not, by name, revision and the command that
     fetches it, before the cell reads any data or computes anything."""
     if not hub_constants.HF_HUB_OFFLINE or not is_hub_id(weights):
         return
-    revision = model_cfg.get("revision") or "main"
+    revision = model.revision or "main"
     if hub_snapshot(str(weights), revision) is None:
         raise ModelUnavailable(
-            f"model {model_cfg['name']} ({weights} at revision {revision}) is not in the Hugging Face cache "
+            f"model {model.name} ({weights} at revision {revision}) is not in the Hugging Face cache "
             f"({hub_constants.HF_HUB_CACHE}), and HF_HUB_OFFLINE=1 forbids downloading it. Run `sweep-prepare` with "
             "this sweep's overrides on a machine with internet (a login node) that shares this cache (the same "
             "HF_HOME or HF_HUB_CACHE), then run again (docs/sweeps.md, 'A cluster without internet'); or download "

@@ -35,7 +35,7 @@ from sweep.files import WriteFailed, atomic_write_json
 from sweep.layout import OUTCOMES_FILE, PROGRESS_FILE, RESULT_FILE, UNIT_SUMMARY, UNITS_DIR
 from sweep.lease import LOCK_FILE as LEASE_LOCK_FILE, Lease, LeaseHeld
 from sweep.redaction import redact_files, redact_logs
-from sweep.settings import SweepRun, check_cache_dir, check_device, parse_settings, parse_sweep
+from sweep.settings import SweepRun, check_cache_dir, check_device, parse_sweep
 from sweep.units import cell_config, read_unit
 
 log = logging.getLogger("sweep.run")
@@ -144,7 +144,8 @@ def run_cell(cfg: DictConfig) -> dict[str, Any]:
 
     for cell in todo:
         check_device(cell.spec.settings.compute, cuda_devices=torch.cuda.device_count())
-    settings = parse_settings(cfg, is_toy=cfg.model.get("toy") is not None).cache
+    unit = cells[0].spec if cells else cell_spec(cfg)  # any cell of the unit: they share what is read below
+    settings = unit.settings.cache
     check_cache_dir(settings.dir, Path(to_absolute_path(settings.dir)))
     cache = ArtifactCache(to_absolute_path(settings.dir), enabled=settings.enabled, verify=settings.verify)
     if prepare_only:
@@ -152,14 +153,14 @@ def run_cell(cfg: DictConfig) -> dict[str, Any]:
         from sweep.engine import prepare
 
         ledger = ComputeLedger()
-        prepared = prepare(cfg, [], cache, ledger)
+        prepared = prepare(unit, [], cache, ledger)
         _write_unit_summary({"block_calls": ledger.total, "block_calls_by_purpose": dict(ledger.block_calls),
                              "prepare_s": prepared.seconds}, 0, started, cache)
-        log.info("unit %s: %s's artifacts are ready (%.1f s)", unit_id, cfg.model.name, prepared.seconds)
+        log.info("unit %s: %s's artifacts are ready (%.1f s)", unit_id, unit.model, prepared.seconds)
         return {"unit": unit_id, "prepared": True}
     leased = _take_leases(todo, run, statuses)
     if leased:
-        _measure(cfg, leased, cache, run, unit_id, started, statuses)
+        _measure(leased, cache, run, unit_id, started, statuses)
     return _job_return(cells, statuses, unit_id)
 
 
@@ -195,7 +196,7 @@ def _take_leases(cells: list[JobCell], run: SweepRun, statuses: dict[str, Any]) 
     return leased
 
 
-def _measure(cfg: DictConfig, cells: list[JobCell], cache: Any, run: SweepRun, unit_id: str | None,
+def _measure(cells: list[JobCell], cache: Any, run: SweepRun, unit_id: str | None,
              started: float, statuses: dict[str, Any]) -> None:
     """Measure the leased cells as one unit; write each cell's record (and W&B run) the
     moment it is measured. A failure of the unit as a whole fails every cell not yet written.
@@ -222,7 +223,7 @@ def _measure(cfg: DictConfig, cells: list[JobCell], cache: Any, run: SweepRun, u
 
     checkpoints = Checkpoints(lambda spec: by_id[spec.cell_id].folder / PROGRESS_FILE, run.unit.checkpoint_s)
     try:
-        summary = measure_unit(cfg, [cell.spec for cell in cells], cache, emit, checkpoints=checkpoints)
+        summary = measure_unit([cell.spec for cell in cells], cache, emit, checkpoints=checkpoints)
     except SweepError:  # bad input, not a failed measurement: leave the cells pending
         for cell in cells:
             if cell.spec.cell_id not in written:

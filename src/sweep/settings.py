@@ -12,6 +12,7 @@ Torch-free on purpose: the planner parses thousands of cells in a second.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 from collections.abc import Mapping
@@ -126,9 +127,49 @@ class Variant:
 
 
 @dataclass(frozen=True)
+class Model:
+    """A model group (conf/model/<name>.yaml). Its fields are the one declaration of the keys
+    a model config may set (required: those without a default); `cellspec` checks the
+    values, which needs the adapters (what an architecture can read out)."""
+
+    name: str
+    adapter: str
+    hf_class: str
+    n_layers: int
+    readouts: Mapping[str, Mapping[str, Any]]  # readout -> {head: native | fitted, ...options}
+    projection_readout: str                    # whose head the class-embedding projection uses
+    source: str | None = None                  # hub id or local folder; `toy` for a toy
+    revision: str | None = None
+    load_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    toy: Mapping[str, Any] | None = None       # a toy's HF config class and config
+    preprocess: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def of(cls, node: Mapping[str, Any]) -> Model:
+        """From a checked model node (a key set to null takes its default)."""
+        return cls(**{key: value for key, value in node.items() if value is not None})
+
+    @property
+    def is_toy(self) -> bool:
+        return self.toy is not None
+
+    @property
+    def fitted_readouts(self) -> list[str]:
+        """The readouts whose head is fitted here (not the checkpoint's own)."""
+        return [name for name, readout in self.readouts.items() if readout["head"] == "fitted"]
+
+
+#: model key -> whether a model config must set it (from `Model`'s fields)
+MODEL_KEYS: Mapping[str, bool] = MappingProxyType({
+    f.name: f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    for f in dataclasses.fields(Model)})
+
+
+@dataclass(frozen=True)
 class CellSettings:
     """Every setting a cell acts on, checked."""
 
+    model: Model
     compute: Compute
     intervention: Variant
     probe: Variant
@@ -184,21 +225,26 @@ def parse_integer(key: str, value: Any, rule: Integer) -> int:
     return rule.check(key, plain(value))
 
 
-def parse_settings(cfg: Mapping[str, Any], *, is_toy: bool) -> CellSettings:
-    """Every group of a composed cell config, checked (see the module docstring)."""
-    toy = None
-    if is_toy:
-        toy = parse_fixed(ToyTraining, "toy_training", cfg["toy_training"])
-        toy = ToyTraining(**{**toy.__dict__, "data": parse_data(cfg["toy_training"]["data"], "toy_training.data")})
-    cache = parse_fixed(Cache, "cache", cfg["cache"], hints={
+def parse_cache(cfg: Mapping[str, Any]) -> Cache:
+    return parse_fixed(Cache, "cache", cfg["cache"], hints={
         "dir": "set cache.dir, or SWEEP_CACHE_DIR when it is set but empty, to a folder (on a cluster, one that "
                "every node shares)"})
+
+
+def parse_settings(cfg: Mapping[str, Any], *, model: Model) -> CellSettings:
+    """Every group of a composed cell config, checked (see the module docstring); `model`
+    is checked by `cellspec`, which knows the adapters."""
+    toy = None
+    if model.is_toy:
+        toy = parse_fixed(ToyTraining, "toy_training", cfg["toy_training"])
+        toy = ToyTraining(**{**toy.__dict__, "data": parse_data(cfg["toy_training"]["data"], "toy_training.data")})
     return CellSettings(
+        model=model,
         compute=parse_fixed(Compute, "compute", cfg["compute"]),
         intervention=parse_variant("intervention", cfg["intervention"], "name", rules_of(INTERVENTIONS)),
         probe=parse_variant("probe", cfg["probe"], "method", rules_of(PROBES), nested="settings"),
         data=parse_data(cfg["data"]),
-        cache=cache,
+        cache=parse_cache(cfg),
         tracking=parse_tracking(cfg),
         outcomes_save=checked("outcomes", plain(cfg["outcomes"]), {"save": Flag()})["save"],
         toy_training=toy,

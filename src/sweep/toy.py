@@ -9,51 +9,47 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 from torch.nn import functional as F
 
 from sweep.data import batches, normalise
 from sweep.models import hf_class, transformers_class
 from sweep.progress import progress_bar
+from sweep.settings import Model, ToyTraining
 
 
-def build_toy(model_cfg: Mapping[str, Any], seed: int) -> torch.nn.Module:
+def build_toy(model: Model, seed: int) -> torch.nn.Module:
     """A freshly initialised toy of `model.hf_class` from `model.toy.config`."""
-    toy = model_cfg["toy"]
-    settings = OmegaConf.to_container(toy["config"]) if isinstance(toy["config"], DictConfig) else dict(toy["config"])
-    config = transformers_class("model.toy.config_class", toy["config_class"])(**settings)
+    assert model.toy is not None, "only a toy's model config says how to build one"
+    config = transformers_class("model.toy.config_class", model.toy["config_class"])(**dict(model.toy["config"]))
     torch.manual_seed(seed)
-    return hf_class(model_cfg)(config)
+    return hf_class(model)(config)
 
 
-def train_toy(model_cfg: Mapping[str, Any], training: Mapping[str, Any], images: torch.Tensor,
-              labels: torch.Tensor, out_dir: Path) -> dict[str, Any]:
+def train_toy(model: Model, training: ToyTraining, images: torch.Tensor, labels: torch.Tensor,
+              out_dir: Path) -> dict[str, Any]:
     """Train with cross-entropy on the model's own logits (for DeiT, the average of its
     two heads, which trains both) and `save_pretrained` into `out_dir`."""
     started = time.perf_counter()
     # One toy for every cell's compute settings: it is keyed by the model and toy_training
     # alone, so its training must not read compute.flush_denormal (set per cell afterwards).
     torch.set_flush_denormal(True)
-    seed = int(training["seed"])
-    model = build_toy(model_cfg, seed).train()
-    optimiser = torch.optim.AdamW(model.parameters(), lr=float(training["lr"]),
-                                  weight_decay=float(training["weight_decay"]))
-    epochs, batch_size = int(training["epochs"]), int(training["batch_size"])
+    seed, epochs, batch_size = training.seed, training.epochs, training.batch_size
+    toy = build_toy(model, seed).train()
+    optimiser = torch.optim.AdamW(toy.parameters(), lr=training.lr, weight_decay=training.weight_decay)
     steps = epochs * -(-len(labels) // batch_size)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=float(training["lr"]), total_steps=steps)
-    pixels = normalise(images, model_cfg["preprocess"])
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=training.lr, total_steps=steps)
+    pixels = normalise(images, model.preprocess)
     generator = torch.Generator().manual_seed(seed)
-    bar = progress_bar(total=epochs, desc=f"training {model_cfg['name']}", unit="epoch")
+    bar = progress_bar(total=epochs, desc=f"training {model.name}", unit="epoch")
     for _ in range(epochs):
         order = torch.randperm(len(labels), generator=generator)
         for part in batches(len(labels), batch_size):
             index = order[part]
-            loss = F.cross_entropy(model(pixel_values=pixels[index]).logits, labels[index])
+            loss = F.cross_entropy(toy(pixel_values=pixels[index]).logits, labels[index])
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
@@ -61,10 +57,10 @@ def train_toy(model_cfg: Mapping[str, Any], training: Mapping[str, Any], images:
         bar.set_postfix(loss=f"{loss.item():.3f}")
         bar.update()
     bar.close()
-    model.eval()
+    toy.eval()
     with torch.no_grad():
-        train_accuracy = float((model(pixel_values=pixels).logits.argmax(1) == labels).float().mean())
-    model.save_pretrained(out_dir)
+        train_accuracy = float((toy(pixel_values=pixels).logits.argmax(1) == labels).float().mean())
+    toy.save_pretrained(out_dir)
     log = {"train_accuracy": train_accuracy, "train_seconds": time.perf_counter() - started,
            "epochs": epochs, "n_train": len(labels)}
     (out_dir / "training.json").write_text(json.dumps(log, indent=2))
