@@ -21,6 +21,7 @@ from helpers import FAST, compose_cell
 from sweep.cellspec import cell_spec
 from sweep.record import AXES
 from sweep.errors import ConfigError
+from sweep.settings import Wandb
 from sweep.tracking import WandbTracker, check_mode, choose_mode, run_id, tracker
 from sweeps import multirun
 from wandb_files import OfflineRun
@@ -75,17 +76,25 @@ def test_no_secret_reaches_any_file_the_sweep_writes(wandb_sweep):
                 assert secret.encode() not in data, f"{name} leaked into {path}"
 
 
+def wandb_settings(**values):
+    """The `wandb:` settings (as the cell's config has them) with some values changed."""
+    node = {"project": "p", "entity": None, "mode": "online", "base_url": "https://api.wandb.ai",
+            "reachability_timeout_s": 1.0, "init_timeout_s": 30.0, "finish_timeout_s": 60.0, "tags": (),
+            "log_outcomes": False}
+    return Wandb(**{**node, **values})
+
+
 def test_online_without_a_key_falls_back_to_offline_and_says_why(monkeypatch, tmp_path):
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
-    mode, why = choose_mode({"mode": "online", "base_url": "https://api.wandb.ai", "reachability_timeout_s": 1})
+    mode, why = choose_mode(wandb_settings(mode="online", base_url="https://api.wandb.ai"))
     assert mode == "offline" and "no W&B API key" in why
 
 
 def test_wandb_mode_from_the_environment_wins_over_the_config(monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "disabled")
-    assert choose_mode({"mode": "online", "base_url": "x", "reachability_timeout_s": 1}) == ("disabled", None)
+    assert choose_mode(wandb_settings(mode="online", base_url="x")) == ("disabled", None)
 
 
 
@@ -95,7 +104,7 @@ def test_after_online_failed_later_cells_of_the_process_go_straight_offline(monk
 
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.setattr(sweep.tracking, "_online_failed", "W&B failed earlier in this process (...)")
-    assert choose_mode({"mode": "online", "base_url": "x", "reachability_timeout_s": 1}) == (
+    assert choose_mode(wandb_settings(mode="online", base_url="x")) == (
         "offline", "W&B failed earlier in this process (...)")
 
 
@@ -103,13 +112,13 @@ def test_wandb_mode_must_be_online_offline_or_disabled(monkeypatch):
     monkeypatch.delenv("WANDB_MODE", raising=False)
     choices = "is invalid: it must be one of online, offline, disabled"
     with pytest.raises(ConfigError, match=f"wandb.mode=bogus {choices}"):
-        choose_mode({"mode": "bogus", "base_url": "x", "reachability_timeout_s": 1})
+        choose_mode(wandb_settings(mode="bogus", base_url="x"))
     monkeypatch.setenv("WANDB_MODE", "offline")  # the config's typo fails even where WANDB_MODE wins
     with pytest.raises(ConfigError, match="wandb.mode=bogus"):
-        choose_mode({"mode": "bogus", "base_url": "x", "reachability_timeout_s": 1})
+        choose_mode(wandb_settings(mode="bogus", base_url="x"))
     monkeypatch.setenv("WANDB_MODE", "bogus")
     with pytest.raises(ConfigError, match="WANDB_MODE=bogus"):
-        choose_mode({"mode": "online", "base_url": "x", "reachability_timeout_s": 1})
+        choose_mode(wandb_settings(mode="online", base_url="x"))
     assert check_mode("dryrun", "WANDB_MODE") == "offline"  # wandb's old name for offline
 
 
@@ -152,7 +161,7 @@ def test_an_online_run_failing_mid_run_sends_the_processs_later_cells_straight_o
     track = WandbTracker("toy-cell", tmp_path, log_outcomes=False)
     track.run, track.online = FailingRun(), True  # as if wandb.init had succeeded online
     track.finish(exit_code=0)
-    mode, why = choose_mode({"mode": "online", "base_url": "x", "reachability_timeout_s": 1})
+    mode, why = choose_mode(wandb_settings(mode="online", base_url="x"))
     assert mode == "offline" and "finishing the W&B run (uploading its data) failed (TimeoutError" in why
 
 

@@ -21,7 +21,6 @@ here fails the sweep or the aggregation.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -118,7 +117,7 @@ def log_summary_run(table: SweepTable, figures: Mapping[str, FigureResult] | Non
                 config={"sweep_id": sweep_id, "source": table.source, "versions": versions()})
     hint = (f"The sweep's summary run is in {out_dir / 'wandb'}; upload it later with "
             f"`wandb sync {out_dir / 'wandb'}/offline-run-*`.")
-    with wandb_run(dataclasses.asdict(settings), init, run_dir=out_dir, side_dir=out_dir / ".wandb-cache",
+    with wandb_run(settings, init, run_dir=out_dir, side_dir=out_dir / ".wandb-cache",
                    offline_hint=hint) as track:
         track.guarded("logging the sweep's summary to W&B", lambda run: log_replacing(run, summary_content(table, figures)))
     return Path(track.run.settings.sync_dir) if track.run is not None else None

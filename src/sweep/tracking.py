@@ -33,7 +33,7 @@ from sweep.errors import first_line
 from sweep.record import AXES, record_row, versions
 from sweep.redaction import redact, redact_tree
 from sweep.rules import OneOf
-from sweep.settings import WANDB_MODES
+from sweep.settings import WANDB_MODES, Wandb
 
 log = logging.getLogger(__name__)
 _said: set[str] = set()
@@ -69,9 +69,9 @@ def say_once(message: str) -> None:
         log.warning(message)
 
 
-def choose_mode(wandb_cfg: Mapping[str, Any]) -> tuple[str, str | None]:
+def choose_mode(settings: Wandb) -> tuple[str, str | None]:
     """(mode, why it fell back to offline or None). WANDB_MODE wins over the config."""
-    mode = check_mode(str(wandb_cfg["mode"]))  # a typo in the config fails even where WANDB_MODE is set
+    mode = check_mode(settings.mode)  # a typo in the config fails even where WANDB_MODE is set
     if os.environ.get("WANDB_MODE"):
         mode = check_mode(os.environ["WANDB_MODE"], "WANDB_MODE")
     if mode != "online":
@@ -80,12 +80,12 @@ def choose_mode(wandb_cfg: Mapping[str, Any]) -> tuple[str, str | None]:
         return "offline", _online_failed
     if not _has_api_key():
         return "offline", "no W&B API key (set WANDB_API_KEY or run `wandb login`)"
-    url = urlparse(str(wandb_cfg["base_url"]))
+    url = urlparse(settings.base_url)
     if not url.hostname:
-        return "offline", f"wandb.base_url={str(wandb_cfg['base_url'])!r} is not a URL"
+        return "offline", f"wandb.base_url={settings.base_url!r} is not a URL"
     port = url.port or (443 if url.scheme == "https" else 80)
     try:
-        socket.create_connection((url.hostname, port), timeout=float(wandb_cfg["reachability_timeout_s"])).close()
+        socket.create_connection((url.hostname, port), timeout=settings.reachability_timeout_s).close()
     except OSError as error:
         return "offline", f"the W&B server {url.hostname}:{port} is unreachable ({error})"
     return "online", None
@@ -249,30 +249,32 @@ def cell_keys(spec: CellSpec) -> dict[str, Any]:
 
 @contextmanager
 def tracker(cfg: Any, spec: CellSpec, sweep_id: str | None, cell_dir: Path) -> Iterator[NullTracker | WandbTracker]:
-    """The cell's tracker. Raises only ConfigError (a bad `wandb.mode`), before any work;
-    W&B's own failures never leave it."""
-    if str(cfg.logger.name) == "none":
+    """The cell's tracker, as its settings (`spec.settings.tracking`) say; `cfg`, the cell's
+    resolved config, is only shown (redacted) in the run's config. Raises only ConfigError
+    (a bad `wandb.mode`), before any work; W&B's own failures never leave it."""
+    tracking = spec.settings.tracking
+    if tracking.wandb is None:  # logger=none
         yield NullTracker()
         return
     # wandb's cache and staging: shared by a sweep's cells, in the sweep's own folder (a cell's
     # folder is <sweep folder>/<model>/<cell>, sweep.layout), wherever hydra.sweep.dir puts it
     side = cell_dir.resolve().parent.parent / ".wandb" if sweep_id else cell_dir / ".wandb-cache"
-    wandb_cfg = cfg.wandb
+    settings = tracking.wandb
     init = dict(
         group=sweep_id or "single-cells", job_type=spec.intervention, name=spec.name,
         id=run_id(sweep_id, spec.cell_id),
-        tags=[spec.model, spec.intervention, spec.readout, f"L{spec.layer}", *wandb_cfg.tags],
+        tags=[spec.model, spec.intervention, spec.readout, f"L{spec.layer}", *settings.tags],
         config={**cell_keys(spec), "identity": redact_tree(spec.science), "config": scrubbed_config(cfg),
                 "versions": versions()})
     offline_hint = ("The runs are in each cell's wandb/ folder; upload them later with `wandb sync <cell "
                     "folder>/wandb/offline-run-*` (or `wandb sync --sync-all` there).")
-    with wandb_run(wandb_cfg, init, run_dir=cell_dir, side_dir=side, offline_hint=offline_hint,
-                   log_outcomes=bool(wandb_cfg.log_outcomes)) as track:
+    with wandb_run(settings, init, run_dir=cell_dir, side_dir=side, offline_hint=offline_hint,
+                   log_outcomes=settings.log_outcomes) as track:
         yield track
 
 
 @contextmanager
-def wandb_run(wandb_cfg: Mapping[str, Any], init: dict[str, Any], *, run_dir: Path, side_dir: Path,
+def wandb_run(settings: Wandb, init: dict[str, Any], *, run_dir: Path, side_dir: Path,
               offline_hint: str, log_outcomes: bool = False) -> Iterator[WandbTracker]:
     """One W&B run in `run_dir` (wandb's cache and staging in `side_dir`) under the rules
     every run of the sweep follows: the mode from `choose_mode` (said once with
@@ -281,7 +283,7 @@ def wandb_run(wandb_cfg: Mapping[str, Any], init: dict[str, Any], *, run_dir: Pa
     here. `init`: group, job_type, name, id, tags and config of the run. `side_dir` must
     not be `run_dir/.wandb`: wandb writes its runs there instead of `run_dir/wandb/` when
     that folder exists and `wandb/` does not."""
-    mode, why = choose_mode(wandb_cfg)
+    mode, why = choose_mode(settings)
     if why:
         say_once(f"W&B: logging offline because {why}. {offline_hint}")
     os.environ.update({"WANDB_DIR": str(run_dir), "WANDB_CACHE_DIR": str(side_dir / "cache"),
@@ -290,11 +292,11 @@ def wandb_run(wandb_cfg: Mapping[str, Any], init: dict[str, Any], *, run_dir: Pa
     # hold the cell's exit ~10 s, and compute nodes have nowhere to send them anyway.
     os.environ.setdefault("WANDB_ERROR_REPORTING", "false")
     init = dict(
-        project=str(wandb_cfg["project"]), entity=wandb_cfg["entity"], resume="allow", **init, dir=str(run_dir),
+        project=settings.project, entity=settings.entity, resume="allow", **init, dir=str(run_dir),
         reinit="finish_previous",
-        settings=dict(console="off", silent=True, base_url=str(wandb_cfg["base_url"]),
-                      init_timeout=float(wandb_cfg["init_timeout_s"]),
-                      finish_timeout=float(wandb_cfg["finish_timeout_s"]), finish_timeout_raises=True,
+        settings=dict(console="off", silent=True, base_url=settings.base_url,
+                      init_timeout=settings.init_timeout_s,
+                      finish_timeout=settings.finish_timeout_s, finish_timeout_raises=True,
                       x_disable_stats=True, disable_git=True, save_code=False,
                       # wandb's requirements.txt re-reads every installed package's metadata
                       # (~70 ms a run, most of a cell's bookkeeping); the config's `versions`
