@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from sweep.interventions import (COMMON_SETTINGS, INTERVENTIONS, TOKENS, AttentionCut, attention_cut, donor_indices,
-                                 edited_token, intervention_label, replacement_cls, shuffle_donors, variant)
+from sweep.interventions import (COMMON_SETTINGS, INTERVENTIONS, TOKENS, AttentionCut, configured, intervention_label,
+                                 shuffle_donors, variant)
 
 
 def test_derangement_moves_every_cls_and_stays_within_groups_of_128():
@@ -50,7 +50,7 @@ def cls():
 
 def test_replacements(cls):
     at_layer, at_embedding = cls
-    make = lambda name, **s: replacement_cls(name, s, cls_at_layer=at_layer, cls_at_embedding=at_embedding, seed=0)  # noqa: E731
+    make = lambda name, **s: configured(name, s).replacement(cls_at_layer=at_layer, cls_at_embedding=at_embedding, seed=0)  # noqa: E731
     assert make("none") is None
     assert torch.count_nonzero(make("zero")) == 0
     assert torch.allclose(make("mean"), at_layer.mean(0).expand(300, 8))
@@ -65,28 +65,28 @@ def test_replacements(cls):
 
 def test_a_knockout_replaces_no_cls_and_cuts_block_L_plus_1_or_every_block_after_L(cls):
     at_layer, at_embedding = cls
-    assert replacement_cls("knockout", {"edge": "patches_to_cls", "span": "after"}, cls_at_layer=at_layer,
-                           cls_at_embedding=at_embedding, seed=None) is None
+    knockout = configured("knockout", {"edge": "patches_to_cls", "span": "after"})
+    assert knockout.replacement(cls_at_layer=at_layer, cls_at_embedding=at_embedding, seed=None) is None
     assert not INTERVENTIONS["knockout"].seeded
     # block k + 1 sits at index k: from hidden state 2 of a 6-block model, block 3 or blocks 3..6
-    assert attention_cut("knockout", {"edge": "cls_to_patches", "span": "single"}, layer=2, n_layers=6) == \
+    assert configured("knockout", {"edge": "cls_to_patches", "span": "single"}).attention_cut(layer=2, n_layers=6) == \
         AttentionCut("cls_to_patches", (2,))
-    assert attention_cut("knockout", {"edge": "patches_to_cls", "span": "after"}, layer=2, n_layers=6) == \
+    assert configured("knockout", {"edge": "patches_to_cls", "span": "after"}).attention_cut(layer=2, n_layers=6) == \
         AttentionCut("patches_to_cls", (2, 3, 4, 5))
-    assert attention_cut("shuffle", {"group_size": 128, "permutation": "derangement"}, layer=2, n_layers=6) is None
+    assert configured("shuffle", {"group_size": 128, "permutation": "derangement"}).attention_cut(layer=2, n_layers=6) is None
 
 
 def test_an_intervention_with_donors_declares_them():
     """The shuffle's donors are its permutation (the engine scores outputs against them);
     interventions whose CLS comes from no other image have none."""
     values = {"group_size": 128, "permutation": "derangement", "token": "cls", "probe_after": False}
-    donors = donor_indices("shuffle", values, n=300, seed=4)
+    donors = configured("shuffle", values).donors(n=300, seed=4)
     assert torch.equal(donors, shuffle_donors(300, group_size=128, permutation="derangement", seed=4))
     at_layer = torch.randn(300, 8, generator=torch.Generator().manual_seed(1))
-    shuffled = replacement_cls("shuffle", values, cls_at_layer=at_layer, cls_at_embedding=at_layer, seed=4)
+    shuffled = configured("shuffle", values).replacement(cls_at_layer=at_layer, cls_at_embedding=at_layer, seed=4)
     assert torch.equal(shuffled, at_layer[donors])
     for name in ("none", "zero", "mean", "noise", "reset"):
-        assert donor_indices(name, {"center": "mean", "probe_after": False}, n=300, seed=4) is None
+        assert configured(name, {"center": "mean", "probe_after": False}).donors(n=300, seed=4) is None
 
 
 def test_every_intervention_takes_probe_after():
@@ -101,12 +101,12 @@ def test_a_shuffle_of_another_token_moves_it_from_the_donors_hidden_state_not_fr
     at_layer = torch.randn(300, 8, generator=torch.Generator().manual_seed(1))
     for token in TOKENS:
         values = {"group_size": 128, "permutation": "derangement", "token": token, "probe_after": False}
-        assert edited_token("shuffle", values) == token
-        replacement = replacement_cls("shuffle", values, cls_at_layer=at_layer, cls_at_embedding=at_layer, seed=4)
+        assert configured("shuffle", values).token == token
+        replacement = configured("shuffle", values).replacement(cls_at_layer=at_layer, cls_at_embedding=at_layer, seed=4)
         assert (replacement is None) == (token != "cls")
-        assert torch.equal(donor_indices("shuffle", values, n=300, seed=4),
+        assert torch.equal(configured("shuffle", values).donors(n=300, seed=4),
                            shuffle_donors(300, group_size=128, permutation="derangement", seed=4))
-    assert {edited_token(name, {}) for name in INTERVENTIONS.names if name != "shuffle"} == {"cls"}
+    assert {configured(name, {}).token for name in INTERVENTIONS.names if name != "shuffle"} == {"cls"}
 
 
 def test_an_interventions_variant_names_the_settings_that_make_another_series():

@@ -15,7 +15,7 @@ from sweep.adapters import ADAPTERS
 from sweep.cellspec import cell_spec
 from sweep.conf_path import CONF_DIR
 from sweep.errors import ConfigError
-from sweep.interventions import INTERVENTIONS, Intervention, replacement_cls
+from sweep.interventions import INTERVENTIONS, Intervention
 from sweep.probes import PROBES
 from sweep.registry import Registry
 from sweep.rules import Real
@@ -56,8 +56,8 @@ def scale_intervention():
     class Scale(Intervention):
         settings = {"factor": Real(0, low_open=True)}
 
-        def replacement(self, values, *, cls_at_layer, cls_at_embedding, seed):
-            return cls_at_layer * values["factor"]
+        def replacement(self, *, cls_at_layer, cls_at_embedding, seed):
+            return cls_at_layer * self.values["factor"]
 
     INTERVENTIONS.register("scale")(Scale)
     yield Scale
@@ -79,7 +79,7 @@ def test_an_intervention_added_as_one_class_is_checked_measured_and_documented(s
     with pytest.raises(ConfigError, match=r"intervention.group_size is not a setting of intervention"):
         cell_spec(_cell_with({"name": "scale", "factor": 2.0, "probe_after": False, "group_size": 128}))
     cls = torch.randn(5, 4)
-    assert torch.equal(replacement_cls("scale", spec.settings.intervention.values, cls_at_layer=cls,
+    assert torch.equal(spec.settings.edit.replacement(cls_at_layer=cls,
                                        cls_at_embedding=cls, seed=None), cls * 2)
     assert "| `intervention.factor (intervention.name=scale)` | a number > 0 |" in settings_table()
 

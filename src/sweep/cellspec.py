@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 from sweep.adapters import ADAPTERS
 from sweep.errors import ConfigError
-from sweep.interventions import INTERVENTIONS, edited_token, intervention_label, variant
+from sweep.interventions import intervention_label, variant
 from sweep.rules import Integer, Rule, checked, invalid, plain
 from sweep.settings import MODEL_KEYS, CellSettings, Model, check_data_folders, parse_integer, parse_settings
 
@@ -202,16 +202,15 @@ def cell_spec(cfg: DictConfig | Mapping[str, Any]) -> CellSpec:
     settings = parse_settings(cfg, model=Model.of(model))
     layer = resolve_layer(parse_integer("layer", cfg["layer"], Integer()), n_layers, model_name)
     seed = parse_integer("seed", cfg["seed"], Integer(0))
-    intervention = INTERVENTIONS[settings.intervention.choice]
+    intervention = settings.edit
     if not intervention.seeded:
         seed = None  # a grid over seeds measures such a cell once
     if intervention.needs_a_block and layer == n_layers:
         raise LayerOutOfRange(
             f"layer={cfg['layer']} is L = {n_layers}, the last hidden state of {model_name}: intervention="
-            f"{settings.intervention.choice} acts in the blocks after layer L and there is none; valid layers are "
+            f"{intervention.name} acts in the blocks after layer L and there is none; valid layers are "
             f"0..{n_layers - 1}, or -{n_layers + 1}..-2 from the end")
-    values = settings.intervention.values
-    token = edited_token(settings.intervention.choice, values) if "token" in intervention.settings else None
+    token = intervention.token if "token" in intervention.settings else None
     supported_tokens = ADAPTERS[model["adapter"]].supported_tokens
     if token is not None and token not in supported_tokens:
         raise NotApplicable(f"model {model_name} has no '{token}' token for intervention.token (it has: "
@@ -227,5 +226,5 @@ def cell_spec(cfg: DictConfig | Mapping[str, Any]) -> CellSpec:
     if settings.toy_training is not None:  # the toy learns digits first: a subset it lacks fails now, not then
         check_data_folders(settings.toy_training.data.values, "toy_training.data")
     science = identity(cfg, settings, model=model, readout=readout, layer=layer, seed=seed)
-    return CellSpec(model=model_name, layer=layer, n_layers=n_layers, intervention=settings.intervention.choice,
+    return CellSpec(model=model_name, layer=layer, n_layers=n_layers, intervention=intervention.name,
                     readout=readout, seed=seed, science=science, settings=settings, token=token)

@@ -41,7 +41,7 @@ from sweep.artifacts import Artifacts, ComputeLedger, Features, Runtime
 from sweep.cache import ArtifactCache, CorruptEntryError
 from sweep.cellspec import CellSpec
 from sweep.files import WriteFailed, atomic_write_bytes
-from sweep.interventions import NONE, AttentionCut, attention_cut, donor_indices, replacement_cls
+from sweep.interventions import NONE, AttentionCut
 from sweep.linear_heads import LinearHead
 from sweep.metrics import NonFiniteLogits, rank_metrics, require_finite, top_k_accuracy, true_class_ranks
 from sweep.models import LoadedModel
@@ -119,7 +119,7 @@ def _prepare(unit: CellSpec, specs: Sequence[CellSpec], cache: ArtifactCache, le
 
 
 def _probe_after(spec: CellSpec) -> bool:
-    return bool(spec.settings.intervention.values["probe_after"])
+    return bool(spec.settings.edit.values["probe_after"])
 
 
 # -- per-cell progress -------------------------------------------------------------------
@@ -415,12 +415,12 @@ def _measure_branches(specs: Sequence[CellSpec], prepared: _Prepared, emit: Emit
     branches: dict[tuple, _Branch] = {}
     for spec in specs:
         key = branch_key(spec)
-        values = spec.settings.intervention.values
+        edit = spec.settings.edit
         if key not in branches:
-            replacement = replacement_cls(spec.intervention, values, cls_at_layer=features.cls["val"][spec.layer],
-                                          cls_at_embedding=features.cls["val"][0], seed=spec.seed)
-            cut = attention_cut(spec.intervention, values, layer=spec.layer, n_layers=spec.n_layers)
-            donors = donor_indices(spec.intervention, values, n=n, seed=spec.seed)
+            replacement = edit.replacement(cls_at_layer=features.cls["val"][spec.layer],
+                                           cls_at_embedding=features.cls["val"][0], seed=spec.seed)
+            cut = edit.attention_cut(layer=spec.layer, n_layers=spec.n_layers)
+            donors = edit.donors(n=n, seed=spec.seed)
             probe_layers = list(range(spec.layer + 1, spec.n_layers + 1)) if _probe_after(spec) else []
             token = spec.token if reads_donor_states(spec) else None
             if token is not None:

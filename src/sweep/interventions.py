@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from sweep.registry import Registry
@@ -63,9 +64,11 @@ COMMON_SETTINGS: Mapping[str, Rule] = {"probe_after": Flag()}
 
 
 class Intervention:
-    """`replacement` gives the CLS each validation example carries after the edit, (n, D),
-    or None where no CLS is replaced; `attention_cut` the attention edges cut after layer L,
-    or None where attention is left alone."""
+    """One intervention as a cell configures it: built once from the registry with its
+    checked settings (`configured`), then asked what it does. `replacement` gives the CLS
+    each validation example carries after the edit, (n, D), or None where no CLS is
+    replaced; `attention_cut` the attention edges cut after layer L, or None where attention
+    is left alone."""
 
     #: the settings of `intervention.<key>` besides its name
     settings: ClassVar[Mapping[str, Rule]] = {}
@@ -83,32 +86,54 @@ class Intervention:
         super().__init_subclass__(**kwargs)
         cls.settings = {**COMMON_SETTINGS, **cls.settings}
 
-    def replacement(self, values: Mapping[str, Any], *, cls_at_layer: torch.Tensor,
-                    cls_at_embedding: torch.Tensor, seed: int | None) -> torch.Tensor | None:
+    def __init__(self, name: str, values: Mapping[str, Any]) -> None:
+        self.name, self.values = name, MappingProxyType(dict(values))
+
+    def replacement(self, *, cls_at_layer: torch.Tensor, cls_at_embedding: torch.Tensor,
+                    seed: int | None) -> torch.Tensor | None:
         raise NotImplementedError
 
-    def attention_cut(self, values: Mapping[str, Any], *, layer: int, n_layers: int) -> AttentionCut | None:
+    def attention_cut(self, *, layer: int, n_layers: int) -> AttentionCut | None:
         return None
 
-    def token(self, values: Mapping[str, Any]) -> str:
+    @property
+    def token(self) -> str:
         """The token(s) this intervention edits at layer L (one of TOKENS): the CLS, unless the
         intervention declares a `token` setting. Only the CLS is replaced from the cached
         features (`replacement`); any other token comes from the donor's own hidden state."""
         return CLS
 
-    def donors(self, values: Mapping[str, Any], *, n: int, seed: int | None) -> torch.Tensor | None:
+    def donors(self, *, n: int, seed: int | None) -> torch.Tensor | None:
         """donors[i] = the example whose CLS example i receives, or None when the new CLS
         comes from no other example. An intervention that declares donors gets the donor
         metrics (donor_accuracy, donor_agreement) and the outcomes' donor columns."""
         return None
 
+    @property
+    def variant(self) -> str | None:
+        """The values of its labelled settings that are named, joined by "+" (`patches`,
+        `patches_to_cls+after`), or None: what tells its series apart in one table."""
+        named = [str(self.values[key]) for key, unnamed in self.labelled.items()
+                 if key in self.values and self.values[key] != unnamed]
+        return "+".join(named) or None
+
+    @property
+    def label(self) -> str:
+        return intervention_label(self.name, self.variant)
+
 
 INTERVENTIONS: Registry[type[Intervention]] = Registry("intervention.name")
 
 
+def configured(name: str, values: Mapping[str, Any]) -> Intervention:
+    """Intervention `name` with its checked settings `values` (`settings.CellSettings.edit`
+    holds the cell's, built once)."""
+    return INTERVENTIONS[name](name, values)
+
+
 @INTERVENTIONS.register(NONE)
 class Unmodified(Intervention):
-    def replacement(self, values, *, cls_at_layer, cls_at_embedding, seed):
+    def replacement(self, *, cls_at_layer, cls_at_embedding, seed):
         return None
 
 
@@ -123,22 +148,23 @@ class Shuffle(Intervention):
     seeded = True
     labelled = {"token": CLS}  # the study's shuffle moves the CLS: `shuffle`; `shuffle@patches`
 
-    def replacement(self, values, *, cls_at_layer, cls_at_embedding, seed):
-        if self.token(values) != CLS:
+    def replacement(self, *, cls_at_layer, cls_at_embedding, seed):
+        if self.token != CLS:
             return None  # moved from the donors' hidden states, not from the cached CLS
-        return cls_at_layer[self.donors(values, n=cls_at_layer.shape[0], seed=seed)]
+        return cls_at_layer[self.donors(n=cls_at_layer.shape[0], seed=seed)]
 
-    def token(self, values):
-        return str(values["token"])
+    @property
+    def token(self):
+        return str(self.values["token"])
 
-    def donors(self, values, *, n, seed):
-        return shuffle_donors(n, group_size=int(values["group_size"]), permutation=str(values["permutation"]),
-                              seed=seed)
+    def donors(self, *, n, seed):
+        return shuffle_donors(n, group_size=int(self.values["group_size"]),
+                              permutation=str(self.values["permutation"]), seed=seed)
 
 
 @INTERVENTIONS.register("zero")
 class Zero(Intervention):
-    def replacement(self, values, *, cls_at_layer, cls_at_embedding, seed):
+    def replacement(self, *, cls_at_layer, cls_at_embedding, seed):
         import torch
 
         return torch.zeros_like(cls_at_layer)
@@ -148,7 +174,7 @@ class Zero(Intervention):
 class Mean(Intervention):
     """Every example gets the validation set's mean CLS at the layer."""
 
-    def replacement(self, values, *, cls_at_layer, cls_at_embedding, seed):
+    def replacement(self, *, cls_at_layer, cls_at_embedding, seed):
         n, dim = cls_at_layer.shape
         return cls_at_layer.mean(dim=0, keepdim=True).expand(n, dim).clone()
 
@@ -160,11 +186,11 @@ class Noise(Intervention):
     settings = {"center": OneOf("mean", "zero")}
     seeded = True
 
-    def replacement(self, values, *, cls_at_layer, cls_at_embedding, seed):
+    def replacement(self, *, cls_at_layer, cls_at_embedding, seed):
         import torch
 
         n, dim = cls_at_layer.shape
-        centre = cls_at_layer.mean(dim=0) if values["center"] == "mean" else torch.zeros(dim)
+        centre = cls_at_layer.mean(dim=0) if self.values["center"] == "mean" else torch.zeros(dim)
         std = cls_at_layer.std(dim=0)
         noise = torch.randn(n, dim, generator=torch.Generator().manual_seed(seed), dtype=cls_at_layer.dtype)
         return centre + std * noise
@@ -174,7 +200,7 @@ class Noise(Intervention):
 class Reset(Intervention):
     """The CLS goes back to what it was at the embedding (layer 0)."""
 
-    def replacement(self, values, *, cls_at_layer, cls_at_embedding, seed):
+    def replacement(self, *, cls_at_layer, cls_at_embedding, seed):
         return cls_at_embedding.clone()
 
 
@@ -188,53 +214,24 @@ class Knockout(Intervention):
     needs_a_block = True
     labelled = {"edge": None, "span": None}  # `knockout@patches_to_cls+after`
 
-    def replacement(self, values, *, cls_at_layer, cls_at_embedding, seed):
+    def replacement(self, *, cls_at_layer, cls_at_embedding, seed):
         return None
 
-    def attention_cut(self, values, *, layer, n_layers):
-        stop = layer + 1 if values["span"] == "single" else n_layers
-        return AttentionCut(str(values["edge"]), tuple(range(layer, stop)))
-
-
-def attention_cut(name: str, settings: Mapping[str, Any], *, layer: int, n_layers: int) -> AttentionCut | None:
-    """The attention edges intervention `name` cuts after hidden state `layer`, or None."""
-    return INTERVENTIONS[name]().attention_cut(settings, layer=layer, n_layers=n_layers)
-
-
-def replacement_cls(name: str, settings: Mapping[str, Any], *, cls_at_layer: torch.Tensor,
-                    cls_at_embedding: torch.Tensor, seed: int | None) -> torch.Tensor | None:
-    """The CLS token each validation example carries after intervention `name`, shape (n, D).
-
-    `cls_at_layer` is the unmodified CLS at the intervened layer for every validation
-    example; `None` means "no CLS is replaced" (`none`, and `knockout`, which cuts attention
-    instead: see `attention_cut`)."""
-    return INTERVENTIONS[name]().replacement(settings, cls_at_layer=cls_at_layer,
-                                             cls_at_embedding=cls_at_embedding, seed=seed)
+    def attention_cut(self, *, layer, n_layers):
+        stop = layer + 1 if self.values["span"] == "single" else n_layers
+        return AttentionCut(str(self.values["edge"]), tuple(range(layer, stop)))
 
 
 def variant(name: str, settings: Mapping[str, Any]) -> str | None:
-    """The values of intervention `name`'s labelled settings that are named, joined by "+"
-    (`patches`, `patches_to_cls+after`), or None: what tells its series apart in one table."""
-    labelled = INTERVENTIONS[name].labelled if name in INTERVENTIONS else {}
-    named = [str(settings[key]) for key, unnamed in labelled.items()
-             if key in settings and settings[key] != unnamed]
-    return "+".join(named) or None
+    """The variant (`Intervention.variant`) of a record's intervention: `settings` as its
+    record's config has them; None for a name this version does not know."""
+    return configured(name, settings).variant if name in INTERVENTIONS else None
 
 
 def intervention_label(name: str, variant: str | None) -> str:
     """How cell names, the table's series and the figures name an intervention: its name, and
     its variant after an @ (`shuffle`, `shuffle@patches`, `knockout@cls_to_patches+single`)."""
     return f"{name}@{variant}" if variant else name
-
-
-def edited_token(name: str, settings: Mapping[str, Any]) -> str:
-    """The token(s) intervention `name` edits at layer L (see Intervention.token)."""
-    return INTERVENTIONS[name]().token(settings)
-
-
-def donor_indices(name: str, settings: Mapping[str, Any], *, n: int, seed: int | None) -> torch.Tensor | None:
-    """Each validation example's donor under intervention `name` (see Intervention.donors)."""
-    return INTERVENTIONS[name]().donors(settings, n=n, seed=seed)
 
 
 def shuffle_donors(n: int, *, group_size: int, permutation: str, seed: int) -> torch.Tensor:

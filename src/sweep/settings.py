@@ -22,7 +22,7 @@ from types import MappingProxyType
 from typing import Any
 
 from sweep.errors import ConfigError
-from sweep.interventions import COMMON_SETTINGS, INTERVENTIONS
+from sweep.interventions import COMMON_SETTINGS, INTERVENTIONS, Intervention, configured
 from sweep.probes import PROBES
 from sweep.registry import Registry
 from sweep.rules import (MISSING, Device, Flag, Integer, Name, OneOf, Optional, Real, Rule, Text, TextList, Url,
@@ -172,6 +172,7 @@ class CellSettings:
     model: Model
     compute: Compute
     intervention: Variant
+    edit: Intervention  # the intervention, configured once with the checked `intervention` settings
     probe: Variant
     data: Variant
     cache: Cache
@@ -238,10 +239,12 @@ def parse_settings(cfg: Mapping[str, Any], *, model: Model) -> CellSettings:
     if model.is_toy:
         toy = parse_fixed(ToyTraining, "toy_training", cfg["toy_training"])
         toy = ToyTraining(**{**toy.__dict__, "data": parse_data(cfg["toy_training"]["data"], "toy_training.data")})
+    intervention = parse_variant("intervention", cfg["intervention"], "name", rules_of(INTERVENTIONS))
     return CellSettings(
         model=model,
         compute=parse_fixed(Compute, "compute", cfg["compute"]),
-        intervention=parse_variant("intervention", cfg["intervention"], "name", rules_of(INTERVENTIONS)),
+        intervention=intervention,
+        edit=configured(intervention.choice, intervention.values),
         probe=parse_variant("probe", cfg["probe"], "method", rules_of(PROBES), nested="settings"),
         data=parse_data(cfg["data"]),
         cache=parse_cache(cfg),
