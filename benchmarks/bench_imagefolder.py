@@ -58,8 +58,16 @@ def write_tree(root: Path, per_class: int, variants: list[bytes]) -> Path:
 
 def build_seconds(root: Path, per_class: int) -> tuple[float, int]:
     """Seconds to build the subset once, and its size."""
-    data = {"source": "imagefolder", "root": str(root), "train_dir": "train", "val_dir": "val",
-            "n_classes": 1000, "train_per_class": per_class, "val_per_class": per_class, "seed": 0}
+    data = {
+        "source": "imagefolder",
+        "root": str(root),
+        "train_dir": "train",
+        "val_dir": "val",
+        "n_classes": 1000,
+        "train_per_class": per_class,
+        "val_per_class": per_class,
+        "seed": 0,
+    }
     started = time.perf_counter()
     count = len(load_split(data, "val").labels)
     return time.perf_counter() - started, count
@@ -89,13 +97,17 @@ def main() -> None:
                 seconds, count = build_seconds(roots[size], args.per_class)
                 best[size] = min(best[size], seconds)
         for size in sizes:
-            print(f"tree of 1000 classes x {size} files ({1000 * size} images, written in {written[size]:.1f} s): "
-                  f"{count}-image subset in {best[size]:.2f} s (best of {args.repeats})")
+            print(
+                f"tree of 1000 classes x {size} files ({1000 * size} images, written in {written[size]:.1f} s): "
+                f"{count}-image subset in {best[size]:.2f} s (best of {args.repeats})"
+            )
         small, large = sizes
         ratio = best[large] / best[small]
         print(f"ratio {large}/{small}: {ratio:.2f}x (goal <= {MAX_RATIO}x): {'PASS' if ratio <= MAX_RATIO else 'FAIL'}")
-        print(f"at {large} per class: {best[large]:.2f} s (goal <= {MAX_SECONDS:.0f} s): "
-              f"{'PASS' if best[large] <= MAX_SECONDS else 'FAIL'}")
+        print(
+            f"at {large} per class: {best[large]:.2f} s (goal <= {MAX_SECONDS:.0f} s): "
+            f"{'PASS' if best[large] <= MAX_SECONDS else 'FAIL'}"
+        )
     finally:
         if args.dir is None:
             shutil.rmtree(base)

@@ -28,8 +28,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_sweep_compute import sweep  # noqa: E402
 from slurm_fixture import local_slurm_unavailable, start_local_slurm, stop_local_slurm  # noqa: E402
 
-GRID = ["model=toy_vit,toy_deit", "layer=range(0,7)", "intervention=none,shuffle", "readout=native,cls",
-        "seed=0", "logger=none"]
+GRID = [
+    "model=toy_vit,toy_deit",
+    "layer=range(0,7)",
+    "intervention=none,shuffle",
+    "readout=native,cls",
+    "seed=0",
+    "logger=none",
+]
 
 
 def lock_share(sweep_dir: Path) -> tuple[int, float, float]:
@@ -52,8 +58,10 @@ def main() -> None:
                     shutil.rmtree(cache / kind, ignore_errors=True)
                 seconds = sweep([*GRID, f"sweep.name={name}", "hydra/launcher=local_slurm", *extra], root, cache)
                 units, wall, waited = lock_share(root / "multirun" / name)
-                print(f"[{name}] {units} units in {seconds:.0f} s: unit time {wall:.1f} s, waiting on locks "
-                      f"{waited:.2f} s = {100 * waited / wall:.1f} % of unit time")
+                print(
+                    f"[{name}] {units} units in {seconds:.0f} s: unit time {wall:.1f} s, waiting on locks "
+                    f"{waited:.2f} s = {100 * waited / wall:.1f} % of unit time"
+                )
         finally:
             stop_local_slurm(root / "slurm")
 

@@ -41,8 +41,9 @@ TOYS = "toy_vit,toy_deit,toy_beit,toy_dinov2,toy_clip"
 def sweep(args: list[str], cwd: Path, cache: Path) -> float:
     env = {**os.environ, "SWEEP_CACHE_DIR": str(cache), "WANDB_MODE": "offline", "SWEEP_PROGRESS": "0"}
     started = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "sweep.run", "-m", *args], cwd=cwd, env=env,
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "sweep.run", "-m", *args], cwd=cwd, env=env, capture_output=True, text=True
+    )
     if result.returncode != 0:
         sys.exit(f"sweep failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return time.perf_counter() - started
@@ -61,8 +62,12 @@ def tally(sweep_dir: Path) -> dict[str, float]:
         per_model[record["model"]] = {"n": n, "images": counts["n_train"] + counts["n_val"], "val": counts["n_val"]}
         naive += n * (counts["n_train"] + counts["n_val"])
         if record["intervention"] != "none":
-            branch = (record["model"], layer, json.dumps(record["config"]["intervention"], sort_keys=True),
-                      record["seed"])
+            branch = (
+                record["model"],
+                layer,
+                json.dumps(record["config"]["intervention"], sort_keys=True),
+                record["seed"],
+            )
             branches[branch] = (n - layer) * counts["n_val"]
             naive += n * counts["n_val"]
             if layer < n:
@@ -71,25 +76,42 @@ def tally(sweep_dir: Path) -> dict[str, float]:
     unmodified = sum(m["n"] * m["images"] for m in per_model.values())
     shared_suffix = sum(branches.values()) + unmodified
     donor_aware = shared_suffix + sum(prefix[model] * m["val"] for model, m in per_model.items())
-    return {"used": used, "naive": naive, "cells": cells, "shared_suffix_bound": shared_suffix,
-            "donor_aware_bound": donor_aware}
+    return {
+        "used": used,
+        "naive": naive,
+        "cells": cells,
+        "shared_suffix_bound": shared_suffix,
+        "donor_aware_bound": donor_aware,
+    }
 
 
 def report(label: str, t: dict[str, float], seconds: float) -> None:
-    print(f"[{label}] {t['cells']:.0f} cells in {seconds:.0f} s: block applications naive {t['naive']:,.0f}, "
-          f"this project {t['used']:,.0f}")
-    print(f"    this project / shared-suffix bound ({t['shared_suffix_bound']:,.0f}: one unmodified pass over train + "
-          f"val, then N - L blocks once per distinct (model, layer, intervention, seed), every readout on that one "
-          f"output) = {t['used'] / t['shared_suffix_bound']:.3f} (target <= 1.02): "
-          f"{'PASS' if t['used'] <= 1.02 * t['shared_suffix_bound'] else 'FAIL'}")
-    print(f"    this project / donor-aware bound ({t['donor_aware_bound']:,.0f}: the same plus one unmodified prefix "
-          f"over val up to the deepest intervened layer below N) = {t['used'] / t['donor_aware_bound']:.3f};  "
-          f"naive / shared-suffix bound = {t['naive'] / t['shared_suffix_bound']:.1f}")
+    print(
+        f"[{label}] {t['cells']:.0f} cells in {seconds:.0f} s: block applications naive {t['naive']:,.0f}, "
+        f"this project {t['used']:,.0f}"
+    )
+    print(
+        f"    this project / shared-suffix bound ({t['shared_suffix_bound']:,.0f}: one unmodified pass over train + "
+        f"val, then N - L blocks once per distinct (model, layer, intervention, seed), every readout on that one "
+        f"output) = {t['used'] / t['shared_suffix_bound']:.3f} (target <= 1.02): "
+        f"{'PASS' if t['used'] <= 1.02 * t['shared_suffix_bound'] else 'FAIL'}"
+    )
+    print(
+        f"    this project / donor-aware bound ({t['donor_aware_bound']:,.0f}: the same plus one unmodified prefix "
+        f"over val up to the deepest intervened layer below N) = {t['used'] / t['donor_aware_bound']:.3f};  "
+        f"naive / shared-suffix bound = {t['naive'] / t['shared_suffix_bound']:.1f}"
+    )
 
 
 def compute_vs_bound(models: str, seeds: str, layers: str) -> None:
-    grid = [f"model={models}", f"layer={layers}", "intervention=none,shuffle", "readout=native,cls",
-            f"seed={seeds}", "logger=none"]
+    grid = [
+        f"model={models}",
+        f"layer={layers}",
+        "intervention=none,shuffle",
+        "readout=native,cls",
+        f"seed={seeds}",
+        "logger=none",
+    ]
     measure_grid(grid, f"{models} x layers {layers} x none,shuffle x native,cls x seeds {seeds}", models)
 
 
@@ -100,8 +122,19 @@ def experiment(name: str) -> None:
 def measure_grid(grid: list[str], label: str, models: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(tmp) / "cache"
-        sweep([f"model={models}", "sweep.name=warmup", "layer=0", "intervention=none", "readout=native", "seed=0",
-               "logger=none"], Path(tmp), cache)  # trains the toys once, so the run below starts from trained weights
+        sweep(
+            [
+                f"model={models}",
+                "sweep.name=warmup",
+                "layer=0",
+                "intervention=none",
+                "readout=native",
+                "seed=0",
+                "logger=none",
+            ],
+            Path(tmp),
+            cache,
+        )  # trains the toys once, so the run below starts from trained weights
         for kind in ("features", "probes", "head"):  # a fresh unmodified pass, as a first sweep of a model has
             subprocess.run(["rm", "-rf", str(cache / kind)])
         seconds = sweep([*grid, "sweep.name=measured"], Path(tmp), cache)
@@ -109,8 +142,8 @@ def measure_grid(grid: list[str], label: str, models: str) -> None:
 
 
 SCALES = (1, 2, 4)
-VAL_PER_CLASS = 4000        # at 1x: 40,000 validation images (ImageNet's validation set has 50,000); 4x is 160,000
-TRAIN_PER_CLASS = 20        # the same at every scale
+VAL_PER_CLASS = 4000  # at 1x: 40,000 validation images (ImageNet's validation set has 50,000); 4x is 160,000
+TRAIN_PER_CLASS = 20  # the same at every scale
 
 
 def scaling(models: str, val_per_class: int) -> None:
@@ -138,52 +171,82 @@ def scaling(models: str, val_per_class: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(tmp) / "cache"
         os.environ["HF_DATASETS_CACHE"] = str(Path(tmp) / "hf-datasets")  # each folder is converted once, here
-        sweep([f"model={models}", "layer=0", "intervention=none", "logger=none", "sweep.name=warmup"],
-              Path(tmp), cache)  # trains the toys on digits
+        sweep(
+            [f"model={models}", "layer=0", "intervention=none", "logger=none", "sweep.name=warmup"], Path(tmp), cache
+        )  # trains the toys on digits
         for factor in SCALES:
             root = Path(tmp) / f"images-x{factor}"
             print(f"{factor}x: writing {10 * val_per_class * factor:,} validation images ...", flush=True)
             write_image_folder(root, TRAIN_PER_CLASS, val_per_class * factor, seed=factor)
             before = _size(cache)
-            seconds = sweep([f"model={models}", "layer=range(0,7)", "intervention=none,shuffle",
-                             "readout=native,cls", "seed=0", "logger=none", "data=imagefolder", f"data.root={root}",
-                             "data.n_classes=10", f"data.train_per_class={TRAIN_PER_CLASS}",
-                             f"data.val_per_class={val_per_class * factor}", f"sweep.name=x{factor}"],
-                            Path(tmp), cache)
-            rows.append(_scale_row(factor, seconds, _size(cache) - before, Path(tmp) / "multirun" / f"x{factor}", cache))
+            seconds = sweep(
+                [
+                    f"model={models}",
+                    "layer=range(0,7)",
+                    "intervention=none,shuffle",
+                    "readout=native,cls",
+                    "seed=0",
+                    "logger=none",
+                    "data=imagefolder",
+                    f"data.root={root}",
+                    "data.n_classes=10",
+                    f"data.train_per_class={TRAIN_PER_CLASS}",
+                    f"data.val_per_class={val_per_class * factor}",
+                    f"sweep.name=x{factor}",
+                ],
+                Path(tmp),
+                cache,
+            )
+            rows.append(
+                _scale_row(factor, seconds, _size(cache) - before, Path(tmp) / "multirun" / f"x{factor}", cache)
+            )
             print(f"{factor}x: {seconds:.1f} s", flush=True)
             _drop_scale(rows[-1]["entries"], cache, root)
 
     print(f"models {models}; {TRAIN_PER_CLASS * 10} training images at every scale\n")
     print("scale | val images | cells | sweep wall | of which val-dependent | cache added | val-dependent cache")
     for r in rows:
-        print(f"  {r['factor']}x | {r['n']:>10} | {r['cells']:>5} | {r['wall']:8.1f} s | {r['val_s']:20.2f} s "
-              f"| {r['added'] / 2**20:8.1f} MiB | {r['val_bytes'] / 2**20:8.1f} MiB")
+        print(
+            f"  {r['factor']}x | {r['n']:>10} | {r['cells']:>5} | {r['wall']:8.1f} s | {r['val_s']:20.2f} s "
+            f"| {r['added'] / 2**20:8.1f} MiB | {r['val_bytes'] / 2**20:8.1f} MiB"
+        )
     print("\nper 1,000 validation images:")
     for r in rows:
-        print(f"  {r['factor']}x: wall {1000 * r['wall'] / r['n']:6.2f} s, val-dependent {1000 * r['val_s'] / r['n']:6.3f} s "
-              f"(decoding {1000 * r['images_val_s'] / r['n']:.2f} s, unmodified pass {1000 * r['features_val_s'] / r['n']:.2f} s, "
-              f"cells {1000 * r['measure_s'] / r['n']:.2f} s), "
-              f"val-dependent cache {1000 * r['val_bytes'] / r['n'] / 2**20:6.2f} MiB")
+        print(
+            f"  {r['factor']}x: wall {1000 * r['wall'] / r['n']:6.2f} s, val-dependent {1000 * r['val_s'] / r['n']:6.3f} s "
+            f"(decoding {1000 * r['images_val_s'] / r['n']:.2f} s, unmodified pass {1000 * r['features_val_s'] / r['n']:.2f} s, "
+            f"cells {1000 * r['measure_s'] / r['n']:.2f} s), "
+            f"val-dependent cache {1000 * r['val_bytes'] / r['n'] / 2**20:6.2f} MiB"
+        )
     n = [r["n"] for r in rows]
     slope, intercept = _line(n, [r["wall"] for r in rows])
-    print(f"\nwall = {intercept:.1f} s fixed + {1000 * slope:.2f} s per 1,000 images (least squares over the three scales)")
+    print(
+        f"\nwall = {intercept:.1f} s fixed + {1000 * slope:.2f} s per 1,000 images (least squares over the three scales)"
+    )
     steps = [(b["wall"] - a["wall"]) / (b["n"] - a["n"]) for a, b in zip(rows, rows[1:])]
     step_spread = abs(steps[0] / steps[-1] - 1)
-    print("marginal wall time per 1,000 images, " + ", ".join(
-        f"{a['factor']}x->{b['factor']}x {1000 * step:.2f} s" for a, b, step in zip(rows, rows[1:], steps))
-        + f": they differ by {step_spread * 100:.0f} % (within 15 %: {'PASS' if step_spread <= 0.15 else 'FAIL'})")
+    print(
+        "marginal wall time per 1,000 images, "
+        + ", ".join(f"{a['factor']}x->{b['factor']}x {1000 * step:.2f} s" for a, b, step in zip(rows, rows[1:], steps))
+        + f": they differ by {step_spread * 100:.0f} % (within 15 %: {'PASS' if step_spread <= 0.15 else 'FAIL'})"
+    )
     print("each ratio to images against the mean of the three (the target: within ±15 %):")
-    for label, key, unit, scale in (("val-dependent time", "val_s", "s", 1000), ("val-dependent cache", "val_bytes", "MiB",
-                                    1000 / 2**20), ("wall time", "wall", "s", 1000)):
+    for label, key, unit, scale in (
+        ("val-dependent time", "val_s", "s", 1000),
+        ("val-dependent cache", "val_bytes", "MiB", 1000 / 2**20),
+        ("wall time", "wall", "s", 1000),
+    ):
         ratios = [r[key] / r["n"] for r in rows]
         mean = sum(ratios) / len(ratios)
         deviation = max(abs(x / mean - 1) for x in ratios)
         verdict = "PASS" if deviation <= 0.15 else "FAIL"
         note = f"; includes the {intercept:.0f} s fixed cost above" if key == "wall" else ""
-        print(f"  {label} per 1,000 images: " + ", ".join(f"{x * scale:.2f} {unit}" for x in ratios)
-              + f": within ±{deviation * 100:.0f} % of their mean: {verdict}"
-              + f" (largest / smallest = {max(ratios) / min(ratios):.2f}{note})")
+        print(
+            f"  {label} per 1,000 images: "
+            + ", ".join(f"{x * scale:.2f} {unit}" for x in ratios)
+            + f": within ±{deviation * 100:.0f} % of their mean: {verdict}"
+            + f" (largest / smallest = {max(ratios) / min(ratios):.2f}{note})"
+        )
 
 
 def write_image_folder(root: Path, train_per_class: int, val_per_class: int, seed: int) -> None:
@@ -206,7 +269,9 @@ def write_image_folder(root: Path, train_per_class: int, val_per_class: int, see
             for i in range(count):
                 image = pool[i % len(pool)]
                 if split == "val":
-                    image = np.roll(image, tuple(rng.integers(-1, 2, size=2)), axis=(0, 1)) + rng.normal(0, 8, image.shape)
+                    image = np.roll(image, tuple(rng.integers(-1, 2, size=2)), axis=(0, 1)) + rng.normal(
+                        0, 8, image.shape
+                    )
                 Image.fromarray(image.clip(0, 255).astype(np.uint8)).save(folder / f"{i:05d}.png")
 
 
@@ -221,12 +286,25 @@ def _scale_row(factor: int, wall: float, added: int, sweep_dir: Path, cache: Pat
     for key in features:
         folder = cache / "features" / key
         val_bytes += (folder / "val.safetensors").stat().st_size
-    entries = {f"{kind}/{key}" for r in records for kind, key in r["artifacts"].items()
-               if kind != "model" and isinstance(key, str)}
-    return {"factor": factor, "n": records[0]["counts"]["n_val"], "cells": len(records), "wall": wall, "added": added,
-            "entries": entries,
-            "val_s": images_val_s + features_val_s + measure_s, "images_val_s": images_val_s,
-            "features_val_s": features_val_s, "measure_s": measure_s, "val_bytes": val_bytes}
+    entries = {
+        f"{kind}/{key}"
+        for r in records
+        for kind, key in r["artifacts"].items()
+        if kind != "model" and isinstance(key, str)
+    }
+    return {
+        "factor": factor,
+        "n": records[0]["counts"]["n_val"],
+        "cells": len(records),
+        "wall": wall,
+        "added": added,
+        "entries": entries,
+        "val_s": images_val_s + features_val_s + measure_s,
+        "images_val_s": images_val_s,
+        "features_val_s": features_val_s,
+        "measure_s": measure_s,
+        "val_bytes": val_bytes,
+    }
 
 
 def _drop_scale(entries: set[str], cache: Path, root: Path) -> None:
@@ -258,8 +336,12 @@ def main() -> None:
     parser.add_argument("--layers", default="range(0,7)", help="the grid's layers, e.g. 0,1,2,-1")
     parser.add_argument("--experiment", help="measure a shipped preset instead of the grid, e.g. toy")
     parser.add_argument("--scaling", action="store_true")
-    parser.add_argument("--val-per-class", type=int, default=VAL_PER_CLASS,
-                        help="validation images per class at 1x (--scaling; ten classes)")
+    parser.add_argument(
+        "--val-per-class",
+        type=int,
+        default=VAL_PER_CLASS,
+        help="validation images per class at 1x (--scaling; ten classes)",
+    )
     args = parser.parse_args()
     if args.scaling:
         scaling(args.models, args.val_per_class)

@@ -52,8 +52,12 @@ def toys(names: list[str]) -> None:
             spec = cell_spec(compose("config", overrides=[f"model={name}", "logger=none", "compute.device=cpu"]))
         settings = spec.settings
         torch.set_num_threads(1)
-        artifacts = Artifacts(spec, ArtifactCache(os.environ.get("SWEEP_CACHE_DIR", ".cache/sweep")),
-                              Runtime.of(settings.compute), ComputeLedger())
+        artifacts = Artifacts(
+            spec,
+            ArtifactCache(os.environ.get("SWEEP_CACHE_DIR", ".cache/sweep")),
+            Runtime.of(settings.compute),
+            ComputeLedger(),
+        )
         _, loaded = artifacts.model()
         _, splits = artifacts.images()
         adapter, n_classes, probe = loaded.adapter, settings.data["n_classes"], settings.probe
@@ -67,39 +71,61 @@ def toys(names: list[str]) -> None:
             with torch.inference_mode():
                 for split in ("train", "val"):
                     images = splits[split].images
-                    run[split] = torch.cat([torch.stack(list(adapter.hidden_states(artifacts.pixels(images[part]))))
-                                            for part in batches(len(images), settings.compute.batch_size)], 1)
+                    run[split] = torch.cat(
+                        [
+                            torch.stack(list(adapter.hidden_states(artifacts.pixels(images[part]))))
+                            for part in batches(len(images), settings.compute.batch_size)
+                        ],
+                        1,
+                    )
                 if native:
                     run["native logits"] = adapter.logits(run["val"][-1], native[0])
             if readouts[projection]["head"] == "fitted":
                 with torch.inference_mode():
                     features = adapter.float_readout_features(run["train"][-1], projection)
-                (head,) = fit_probes(features, splits["train"].labels, n_classes, method=probe.choice,
-                                     settings=probe.values, progress=False)
+                (head,) = fit_probes(
+                    features,
+                    splits["train"].labels,
+                    n_classes,
+                    method=probe.choice,
+                    settings=probe.values,
+                    progress=False,
+                )
                 adapter.install_head(projection, head)
             with torch.inference_mode():
                 run["projection logits"] = adapter.projection_logits(run["val"][-1][:, adapter.cls_index], projection)
-            heads = fit_probes(run["train"][:, :, adapter.cls_index], splits["train"].labels, n_classes,
-                               method=str(probe["method"]), settings=probe["settings"], progress=False)
+            heads = fit_probes(
+                run["train"][:, :, adapter.cls_index],
+                splits["train"].labels,
+                n_classes,
+                method=str(probe["method"]),
+                settings=probe["settings"],
+                progress=False,
+            )
             val_cls = run["val"][:, :, adapter.cls_index]
             run["probe logits"] = torch.stack([h.logits(v) for h, v in zip(heads, val_cls)])
-            run["probe accuracy"] = torch.tensor([rank_metrics(h.logits(v), splits["val"].labels)["accuracy"]
-                                                  for h, v in zip(heads, val_cls)])
+            run["probe accuracy"] = torch.tensor(
+                [rank_metrics(h.logits(v), splits["val"].labels)["accuracy"] for h, v in zip(heads, val_cls)]
+            )
             runs.append(run)
         one, two = runs
         print(f"{name} ({len(splits['train'])} train, {len(splits['val'])} val images):")
         for split in ("train", "val"):
             per_layer = (one[split] - two[split]).abs().amax(dim=(1, 2, 3))
-            print(f"  {split} hidden states 0..N: max |difference| {float(per_layer.max()):.1e} "
-                  f"(max |h| {float(one[split].abs().max()):.1f}); {int((per_layer == 0).sum())} of "
-                  f"{len(per_layer)} layers bit-identical")
+            print(
+                f"  {split} hidden states 0..N: max |difference| {float(per_layer.max()):.1e} "
+                f"(max |h| {float(one[split].abs().max()):.1f}); {int((per_layer == 0).sum())} of "
+                f"{len(per_layer)} layers bit-identical"
+            )
         for key in ("native logits", "projection logits"):
             if key in one:
                 print(f"  {key}: max |difference| {largest(one[key], two[key])}, {changed(one[key], two[key])}")
         flips = (one["probe logits"].argmax(-1) != two["probe logits"].argmax(-1)).sum(1).tolist()
-        print(f"  layer probes: logits max |difference| {largest(one['probe logits'], two['probe logits'])}, "
-              f"predictions changed per layer {flips}, accuracies equal: "
-              f"{torch.equal(one['probe accuracy'], two['probe accuracy'])}")
+        print(
+            f"  layer probes: logits max |difference| {largest(one['probe logits'], two['probe logits'])}, "
+            f"predictions changed per layer {flips}, accuracies equal: "
+            f"{torch.equal(one['probe accuracy'], two['probe accuracy'])}"
+        )
 
 
 def base() -> None:
@@ -116,9 +142,11 @@ def base() -> None:
             projection = model.classifier(model.vit.layernorm(out.hidden_states[-1][:, 0]))
         runs.append((torch.stack(out.hidden_states), out.logits, projection))
     (h1, l1, p1), (h2, l2, p2) = runs
-    print(f"random ViT-base, 8 images: hidden states 0..12 max |difference| {largest(h1, h2)} "
-          f"(max |h| {float(h1.abs().max()):.1f}); logits {largest(l1, l2)}, {changed(l1, l2)}; "
-          f"CLS projection {largest(p1, p2)}, {changed(p1, p2)}")
+    print(
+        f"random ViT-base, 8 images: hidden states 0..12 max |difference| {largest(h1, h2)} "
+        f"(max |h| {float(h1.abs().max()):.1f}); logits {largest(l1, l2)}, {changed(l1, l2)}; "
+        f"CLS projection {largest(p1, p2)}, {changed(p1, p2)}"
+    )
 
 
 def probes() -> None:
@@ -139,10 +167,14 @@ def probes() -> None:
     labels = torch.arange(1000).repeat_interleave(10)
     means = torch.randn(1000, 768, generator=g)
     x = torch.stack([means[labels] + 2 * torch.randn(len(labels), 768, generator=g) for _ in range(2)])
-    fits = {"ridge": lambda: linear_heads.ridge_heads(x, labels, 1000, alpha=1.0, standardize=True,
-                                                       fit_intercept=True, progress=False),
-            "logistic (torch, 10 steps)": lambda: linear_heads.logistic_heads(
-                x, labels, 1000, solver="torch", C=1.0, max_iter=10, tol=1e-4, standardize=True, progress=False)}
+    fits = {
+        "ridge": lambda: linear_heads.ridge_heads(
+            x, labels, 1000, alpha=1.0, standardize=True, fit_intercept=True, progress=False
+        ),
+        "logistic (torch, 10 steps)": lambda: linear_heads.logistic_heads(
+            x, labels, 1000, solver="torch", C=1.0, max_iter=10, tol=1e-4, standardize=True, progress=False
+        ),
+    }
     for method, fit in fits.items():
         heads = []
         for count in COUNTS:
@@ -150,8 +182,10 @@ def probes() -> None:
             spent[0], started = 0.0, time.perf_counter()
             heads.append(fit())
             total = time.perf_counter() - started
-            print(f"{method} on {tuple(x.shape)}, {count} thread(s): {total:.2f} s, of which "
-                  f"{spent[0]:.2f} s ({100 * spent[0] / total:.1f}%) on one thread")
+            print(
+                f"{method} on {tuple(x.shape)}, {count} thread(s): {total:.2f} s, of which "
+                f"{spent[0]:.2f} s ({100 * spent[0] / total:.1f}%) on one thread"
+            )
         same = all(torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias) for a, b in zip(*heads))
         print(f"  heads bit-identical at 1 and 2 threads: {same}")
 

@@ -61,27 +61,41 @@ def verdict(ok: bool) -> str:
 
 # -- part 1: real shapes ------------------------------------------------------------------
 
+
 def write_models(root: Path, kinds: list[str]) -> dict[str, Path]:
     import torch
     import transformers
 
-    base = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
-                image_size=224)
+    base = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072, image_size=224)
     folders = {}
     for kind in kinds:
         torch.manual_seed(0)
         if kind == "vit":
-            model = transformers.ViTForImageClassification(transformers.ViTConfig(**base, patch_size=16,
-                                                                                  num_labels=1000))
+            model = transformers.ViTForImageClassification(
+                transformers.ViTConfig(**base, patch_size=16, num_labels=1000)
+            )
         elif kind == "beit":  # microsoft/beit-base-patch16-224-pt22k-ft22k's flags (a 1000-way head here)
-            model = transformers.BeitForImageClassification(transformers.BeitConfig(
-                **base, patch_size=16, num_labels=1000, use_relative_position_bias=True,
-                use_shared_relative_position_bias=False, use_mean_pooling=True, layer_scale_init_value=0.1,
-                use_absolute_position_embeddings=False, use_mask_token=False))
+            model = transformers.BeitForImageClassification(
+                transformers.BeitConfig(
+                    **base,
+                    patch_size=16,
+                    num_labels=1000,
+                    use_relative_position_bias=True,
+                    use_shared_relative_position_bias=False,
+                    use_mean_pooling=True,
+                    layer_scale_init_value=0.1,
+                    use_absolute_position_embeddings=False,
+                    use_mask_token=False,
+                )
+            )
         elif kind == "clip":  # the hub's format: the full two-tower CLIPModel (a small text tower)
-            model = transformers.CLIPModel(transformers.CLIPConfig(
-                text_config=dict(hidden_size=64, num_hidden_layers=1, num_attention_heads=2, intermediate_size=128),
-                vision_config=dict(**base, patch_size=32), projection_dim=512))
+            model = transformers.CLIPModel(
+                transformers.CLIPConfig(
+                    text_config=dict(hidden_size=64, num_hidden_layers=1, num_attention_heads=2, intermediate_size=128),
+                    vision_config=dict(**base, patch_size=32),
+                    projection_dim=512,
+                )
+            )
         else:
             raise ValueError(kind)
         folders[kind] = root / kind
@@ -113,16 +127,30 @@ def compose_unit(kind: str, source: Path, data_root: Path, cache_dir: Path, args
     from sweep.cellspec import cell_spec
     from sweep.conf_path import CONF_PACKAGE
 
-    common = [f"model={kind}", f"model.source={source}", "model.revision=null", "data=imagefolder",
-              f"data.root={data_root}", f"data.n_classes={args.classes}", f"data.train_per_class={args.train_per_class}",
-              f"data.val_per_class={args.val // args.classes}", "compute.device=cpu", "logger=none",
-              f"cache.dir={cache_dir}", f"compute.batch_size={args.batch_size}"]
+    common = [
+        f"model={kind}",
+        f"model.source={source}",
+        "model.revision=null",
+        "data=imagefolder",
+        f"data.root={data_root}",
+        f"data.n_classes={args.classes}",
+        f"data.train_per_class={args.train_per_class}",
+        f"data.val_per_class={args.val // args.classes}",
+        "compute.device=cpu",
+        "logger=none",
+        f"cache.dir={cache_dir}",
+        f"compute.batch_size={args.batch_size}",
+    ]
     cfgs = []
     with initialize_config_module(config_module=CONF_PACKAGE, version_base="1.3"):
         for layer in LAYERS:
             for readout in READOUTS:
-                cfgs.append(compose("config", overrides=[*common, f"layer={layer}", "intervention=shuffle",
-                                                         f"readout={readout}", "seed=0"]))
+                cfgs.append(
+                    compose(
+                        "config",
+                        overrides=[*common, f"layer={layer}", "intervention=shuffle", f"readout={readout}", "seed=0"],
+                    )
+                )
     return cfgs[0], [cell_spec(cfg) for cfg in cfgs]
 
 
@@ -134,8 +162,13 @@ def bare_seconds_per_image(kind: str, source: Path, cfg, images, repeats: int) -
     from sweep.models import hf_class
     from sweep.settings import Model
 
-    model = hf_class(Model.of(cfg.model)).from_pretrained(str(source), attn_implementation=str(cfg.compute.attn_implementation),
-                                                **dict(cfg.model.load_kwargs or {})).eval()
+    model = (
+        hf_class(Model.of(cfg.model))
+        .from_pretrained(
+            str(source), attn_implementation=str(cfg.compute.attn_implementation), **dict(cfg.model.load_kwargs or {})
+        )
+        .eval()
+    )
     pixels = normalise(images, cfg.model.preprocess)
     batch = int(cfg.compute.batch_size)
     times = []
@@ -166,10 +199,13 @@ def part_shapes(args: argparse.Namespace) -> bool:
     try:
         folders = write_models(work / "models", kinds)
         data_root = write_image_folder(work / "imagenet", args.classes, args.train_per_class, args.val // args.classes)
-        print(f"part shapes: {len(LAYERS)} layers x shuffle x {len(READOUTS)} readouts x seed 0 = "
-              f"{len(LAYERS) * len(READOUTS)} cells, {args.val} val images ({args.classes} classes), "
-              f"{args.train_per_class * args.classes} train, batch {args.batch_size}, float32, "
-              f"{torch.get_num_threads()} threads (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')})", flush=True)
+        print(
+            f"part shapes: {len(LAYERS)} layers x shuffle x {len(READOUTS)} readouts x seed 0 = "
+            f"{len(LAYERS) * len(READOUTS)} cells, {args.val} val images ({args.classes} classes), "
+            f"{args.train_per_class * args.classes} train, batch {args.batch_size}, float32, "
+            f"{torch.get_num_threads()} threads (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')})",
+            flush=True,
+        )
         for kind in kinds:
             cache = ArtifactCache(work / "cache")
             cfg, specs = compose_unit(kind, folders[kind], data_root, work / "cache", args)
@@ -197,15 +233,18 @@ def part_shapes(args: argparse.Namespace) -> bool:
             measure_s = summary["measure_s"]
             ratio, ratio_engine = bare * bound * n_val / measure_s, bare * engine * n_val / measure_s
             ok &= ratio >= 0.85
-            print(f"{kind:<5} cache filled in {fill_s:.1f} s; unit measure_s {measure_s:.1f} s (best of {args.repeats or 1}; "
-                  f"prepare_s {summary['prepare_s']:.1f} s), load avg 1-min {load_before:.2f} -> {load_after:.2f}\n"
-                  f"      bare HF forward {1 / bare:.2f} img/s ({bare * 1e3:.0f} ms/img, best of {args.bare_repeats}), "
-                  f"load avg 1-min {bare_load_before:.2f} -> {bare_load_after:.2f}\n"
-                  f"      unit {n_val * len(specs) / measure_s:.2f} cell-images/s, {n_val / measure_s:.3f} images/s "
-                  f"through all {len(specs)} cells; {n_val * bound / measure_s:.2f} forward-equivalent img/s "
-                  f"(bare {1 / bare:.2f})\n"
-                  f"      F = {bound:.3f}: ratio {ratio:.3f} (goal >= 0.85): {verdict(ratio >= 0.85)} | "
-                  f"F' (engine's count) = {engine:.3f}: ratio {ratio_engine:.3f}", flush=True)
+            print(
+                f"{kind:<5} cache filled in {fill_s:.1f} s; unit measure_s {measure_s:.1f} s (best of {args.repeats or 1}; "
+                f"prepare_s {summary['prepare_s']:.1f} s), load avg 1-min {load_before:.2f} -> {load_after:.2f}\n"
+                f"      bare HF forward {1 / bare:.2f} img/s ({bare * 1e3:.0f} ms/img, best of {args.bare_repeats}), "
+                f"load avg 1-min {bare_load_before:.2f} -> {bare_load_after:.2f}\n"
+                f"      unit {n_val * len(specs) / measure_s:.2f} cell-images/s, {n_val / measure_s:.3f} images/s "
+                f"through all {len(specs)} cells; {n_val * bound / measure_s:.2f} forward-equivalent img/s "
+                f"(bare {1 / bare:.2f})\n"
+                f"      F = {bound:.3f}: ratio {ratio:.3f} (goal >= 0.85): {verdict(ratio >= 0.85)} | "
+                f"F' (engine's count) = {engine:.3f}: ratio {ratio_engine:.3f}",
+                flush=True,
+            )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return ok
@@ -219,15 +258,29 @@ TOY_TRAINING = ["toy_training.epochs=2"]
 
 
 def toy_sweep(root: Path, name: str, cache_dir: Path, extra: list[str], env: dict[str, str]) -> dict:
-    command = [sys.executable, "-m", "sweep.run", "-m", *TOY_GRID, f"sweep.root={root}", f"sweep.name={name}",
-               f"cache.dir={cache_dir}", *TOY_TRAINING, *extra]
+    command = [
+        sys.executable,
+        "-m",
+        "sweep.run",
+        "-m",
+        *TOY_GRID,
+        f"sweep.root={root}",
+        f"sweep.name={name}",
+        f"cache.dir={cache_dir}",
+        *TOY_TRAINING,
+        *extra,
+    ]
     done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
     summaries = [json.loads(p.read_text()) for p in (root / name).glob("units/*/summary.json")]
-    return {"wall_s": sum(s["wall_s"] for s in summaries), "cells": sum(s["cells"] for s in summaries),
-            "units": len(summaries), "measure_s": sum(s["measure_s"] for s in summaries),
-            "prepare_s": sum(s["prepare_s"] for s in summaries)}
+    return {
+        "wall_s": sum(s["wall_s"] for s in summaries),
+        "cells": sum(s["cells"] for s in summaries),
+        "units": len(summaries),
+        "measure_s": sum(s["measure_s"] for s in summaries),
+        "prepare_s": sum(s["prepare_s"] for s in summaries),
+    }
 
 
 def write_cell_parts(cache_dir: Path, work: Path, n: int) -> dict[str, list[float]]:
@@ -236,20 +289,35 @@ def write_cell_parts(cache_dir: Path, work: Path, n: int) -> dict[str, list[floa
     from hydra import compose, initialize_config_module
 
     from sweep import record as rec
-    from sweep.layout import OUTCOMES_FILE
     from sweep.cache import ArtifactCache
     from sweep.cellspec import cell_spec
     from sweep.conf_path import CONF_PACKAGE
     from sweep.engine import measure_unit
+    from sweep.layout import OUTCOMES_FILE
     from sweep.lease import Lease
     from sweep.tracking import tracker
 
     with initialize_config_module(config_module=CONF_PACKAGE, version_base="1.3"):
-        cfgs = [compose("config", overrides=["model=toy_vit", f"layer={layer}", "intervention=shuffle",
-                                             f"readout={readout}", "seed=0", f"cache.dir={cache_dir}",
-                                             *TOY_TRAINING, "logger=wandb", "wandb.mode=offline", "sweep.id=bench-parts",
-                                             f"sweep.root={work}"])
-                for layer in range(n) for readout in READOUTS][:n]
+        cfgs = [
+            compose(
+                "config",
+                overrides=[
+                    "model=toy_vit",
+                    f"layer={layer}",
+                    "intervention=shuffle",
+                    f"readout={readout}",
+                    "seed=0",
+                    f"cache.dir={cache_dir}",
+                    *TOY_TRAINING,
+                    "logger=wandb",
+                    "wandb.mode=offline",
+                    "sweep.id=bench-parts",
+                    f"sweep.root={work}",
+                ],
+            )
+            for layer in range(n)
+            for readout in READOUTS
+        ][:n]
     specs = [cell_spec(c) for c in cfgs]
     results = {}
     measure_unit(specs, ArtifactCache(cache_dir), lambda s, r, e: results.__setitem__(s.cell_id, r))
@@ -262,11 +330,18 @@ def write_cell_parts(cache_dir: Path, work: Path, n: int) -> dict[str, list[floa
         t1 = time.perf_counter()
         rec.write_outcomes(folder, result.outcomes)
         t2 = time.perf_counter()
-        record = {**rec.cell_fields(spec, cfg, cfg.sweep.id), "unit": None, "status": "complete",
-                  "metrics": result.metrics, "counts": result.counts, "compute": result.compute,
-                  "timings": result.timings, "artifacts": result.artifacts,
-                  "versions": {**rec.versions(), "model_revision": result.model_revision},
-                  "outcomes_file": OUTCOMES_FILE}
+        record = {
+            **rec.cell_fields(spec, cfg, cfg.sweep.id),
+            "unit": None,
+            "status": "complete",
+            "metrics": result.metrics,
+            "counts": result.counts,
+            "compute": result.compute,
+            "timings": result.timings,
+            "artifacts": result.artifacts,
+            "versions": {**rec.versions(), "model_revision": result.model_revision},
+            "outcomes_file": OUTCOMES_FILE,
+        }
         t3 = time.perf_counter()
         with tracker(cfg, spec, cfg.sweep.id, folder) as track:
             t4 = time.perf_counter()
@@ -277,9 +352,16 @@ def write_cell_parts(cache_dir: Path, work: Path, n: int) -> dict[str, list[floa
         t7 = time.perf_counter()
         lease.release()
         t8 = time.perf_counter()
-        for key, seconds in (("lease acquire", t1 - t0), ("outcomes.csv", t2 - t1), ("record fields", t3 - t2),
-                             ("W&B init (offline)", t4 - t3), ("W&B log_record", t5 - t4),
-                             ("result.json", t6 - t5), ("W&B finish", t7 - t6), ("lease release", t8 - t7)):
+        for key, seconds in (
+            ("lease acquire", t1 - t0),
+            ("outcomes.csv", t2 - t1),
+            ("record fields", t3 - t2),
+            ("W&B init (offline)", t4 - t3),
+            ("W&B log_record", t5 - t4),
+            ("result.json", t6 - t5),
+            ("W&B finish", t7 - t6),
+            ("lease release", t8 - t7),
+        ):
             parts.setdefault(key, []).append(seconds)
     return parts
 
@@ -291,10 +373,15 @@ def part_bookkeeping(args: argparse.Namespace) -> bool:
     cache_dir = Path(args.cache_dir) if args.cache_dir else work / "cache"
     ok = True
     try:
-        print(f"part bookkeeping: {' '.join(TOY_GRID)} (56 cells), cache {cache_dir}, "
-              f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}", flush=True)
+        print(
+            f"part bookkeeping: {' '.join(TOY_GRID)} (56 cells), cache {cache_dir}, "
+            f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}",
+            flush=True,
+        )
         started = time.perf_counter()
-        toy_sweep(work, "warm", cache_dir, ["logger=none", "outcomes.save=false"], env)  # trains the toy, fills the cache
+        toy_sweep(
+            work, "warm", cache_dir, ["logger=none", "outcomes.save=false"], env
+        )  # trains the toy, fills the cache
         print(f"warm-up sweep (fills the cache): {time.perf_counter() - started:.1f} s, {load()}", flush=True)
         minimal = ["logger=none", "outcomes.save=false"]
         full = ["logger=wandb", "wandb.mode=offline", "outcomes.save=true"]
@@ -304,17 +391,23 @@ def part_bookkeeping(args: argparse.Namespace) -> bool:
                 got = toy_sweep(work, f"{label}-{repeat}", cache_dir, extra, env)
                 got["load"] = os.getloadavg()
                 runs[label].append(got)
-                print(f"  {label:<7} (#{repeat + 1}) unit wall {got['wall_s']:6.2f} s, measure {got['measure_s']:5.2f} s, "
-                      f"prepare {got['prepare_s']:5.2f} s, {got['cells']} cells in {got['units']} unit(s), "
-                      f"{load()}", flush=True)
+                print(
+                    f"  {label:<7} (#{repeat + 1}) unit wall {got['wall_s']:6.2f} s, measure {got['measure_s']:5.2f} s, "
+                    f"prepare {got['prepare_s']:5.2f} s, {got['cells']} cells in {got['units']} unit(s), "
+                    f"{load()}",
+                    flush=True,
+                )
         best = {label: min(r["wall_s"] for r in rs) for label, rs in runs.items()}
         cells = runs["full"][0]["cells"]
         per_cell = (best["full"] - best["minimal"]) / cells
         measure = {label: min(r["measure_s"] for r in rs) for label, rs in runs.items()}
         ok = per_cell <= 0.1
-        print(f"bookkeeping per cell (best unit wall, full {best['full']:.2f} s - minimal {best['minimal']:.2f} s) / "
-              f"{cells} cells = {per_cell:.3f} s (goal <= 0.1 s): {verdict(ok)}  [best measure_s: full "
-              f"{measure['full']:.2f} s, minimal {measure['minimal']:.2f} s], {load()}", flush=True)
+        print(
+            f"bookkeeping per cell (best unit wall, full {best['full']:.2f} s - minimal {best['minimal']:.2f} s) / "
+            f"{cells} cells = {per_cell:.3f} s (goal <= 0.1 s): {verdict(ok)}  [best measure_s: full "
+            f"{measure['full']:.2f} s, minimal {measure['minimal']:.2f} s], {load()}",
+            flush=True,
+        )
         parts = write_cell_parts(cache_dir, work / "parts", args.part_cells)
         print(f"_write_cell's parts, timed directly ({args.part_cells} toy_vit cells, W&B offline), {load()}:")
         print(f"  {'part':<20} {'1st cell':>9} {'median of the rest':>19}")
@@ -322,8 +415,11 @@ def part_bookkeeping(args: argparse.Namespace) -> bool:
             print(f"  {key:<20} {seconds[0] * 1e3:6.1f} ms {statistics.median(seconds[1:]) * 1e3:16.1f} ms")
         first = sum(v[0] for v in parts.values())
         rest = sum(statistics.median(v[1:]) for v in parts.values())
-        print(f"  {'total':<20} {first * 1e3:6.1f} ms {rest * 1e3:16.1f} ms "
-              f"({verdict(rest <= 0.1)} against 0.1 s for the cells after the first)", flush=True)
+        print(
+            f"  {'total':<20} {first * 1e3:6.1f} ms {rest * 1e3:16.1f} ms "
+            f"({verdict(rest <= 0.1)} against 0.1 s for the cells after the first)",
+            flush=True,
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return ok
@@ -336,17 +432,27 @@ UNIT_LINE = re.compile(r"^  unit (\S+): (\S+), (\d+) cells, (\d+) block applicat
 
 def part_tasks(args: argparse.Namespace) -> bool:
     work = Path(tempfile.mkdtemp(prefix="bench_unit_tasks_"))
-    command = [sys.executable, "-m", "sweep.run", "-m", "+experiment=main_result", "hydra/launcher=slurm",
-               "sweep.dry_run=true"]
+    command = [
+        sys.executable,
+        "-m",
+        "sweep.run",
+        "-m",
+        "+experiment=main_result",
+        "hydra/launcher=slurm",
+        "sweep.dry_run=true",
+    ]
     try:
         started = time.perf_counter()
-        done = subprocess.run(command, cwd=work, capture_output=True, text=True,
-                              env={**os.environ, "SWEEP_PROGRESS": "0"})
+        done = subprocess.run(
+            command, cwd=work, capture_output=True, text=True, env={**os.environ, "SWEEP_PROGRESS": "0"}
+        )
         seconds = time.perf_counter() - started
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(f"part tasks: sweep-run -m +experiment=main_result hydra/launcher=slurm sweep.dry_run=true "
-          f"(exit {done.returncode}, {seconds:.1f} s, {load()})")
+    print(
+        f"part tasks: sweep-run -m +experiment=main_result hydra/launcher=slurm sweep.dry_run=true "
+        f"(exit {done.returncode}, {seconds:.1f} s, {load()})"
+    )
     if done.returncode != 0:
         print(done.stdout[-2000:], done.stderr[-2000:], sep="\n")
         return False
@@ -357,8 +463,10 @@ def part_tasks(args: argparse.Namespace) -> bool:
     for model, count in per_model.items():
         cells = [int(n) for _, m, n, _ in units if m == model]
         costs = [int(c) for _, m, _, c in units if m == model]
-        print(f"  {model:<7} {count} unit(s) (goal <= 2): {verdict(count <= 2)}; cells per unit {cells}; "
-              f"block applications per val image {costs}")
+        print(
+            f"  {model:<7} {count} unit(s) (goal <= 2): {verdict(count <= 2)}; cells per unit {cells}; "
+            f"block applications per val image {costs}"
+        )
     print(f"{len(units)} array tasks for {sum(int(n) for _, _, n, _ in units)} cells: {verdict(ok)}")
     return ok
 
@@ -371,8 +479,12 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=2)
     parser.add_argument("--train-per-class", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=None,
-                        help="shapes: measure_unit runs per model, best of (default 1); bookkeeping: sweeps per setting (default 2)")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="shapes: measure_unit runs per model, best of (default 1); bookkeeping: sweeps per setting (default 2)",
+    )
     parser.add_argument("--bare-repeats", type=int, default=3)
     parser.add_argument("--cache-dir", default=None, help="bookkeeping: a cache to reuse (its toy already trained)")
     parser.add_argument("--part-cells", type=int, default=8, help="bookkeeping: cells for the direct timing")

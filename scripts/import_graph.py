@@ -13,8 +13,20 @@ import ast
 import sys
 from pathlib import Path
 
-SWEEP_SIDE = {"plan", "status", "aggregate", "aggregate_cli", "plotting", "dashboard", "reference", "cache_admin",
-              "cache_cli", "cli", "prepare", "hydra_plugins"}
+SWEEP_SIDE = {
+    "plan",
+    "status",
+    "aggregate",
+    "aggregate_cli",
+    "plotting",
+    "dashboard",
+    "reference",
+    "cache_admin",
+    "cache_cli",
+    "cli",
+    "prepare",
+    "hydra_plugins",
+}
 
 
 def module_name(path: Path, src: Path) -> str:
@@ -84,15 +96,17 @@ def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
 
 
 def upward(edges: dict[str, set[str]]) -> list[tuple[str, str]]:
-    return sorted((a, b) for a, targets in edges.items() for b in targets
-                  if a not in SWEEP_SIDE and b in SWEEP_SIDE)
+    return sorted((a, b) for a, targets in edges.items() for b in targets if a not in SWEEP_SIDE and b in SWEEP_SIDE)
 
 
 def main() -> None:
     src = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parents[1] / "src"
     edges = graph(src)
-    lines = {module_name(p, src): len(p.read_text().splitlines()) for p in src.rglob("*.py")
-             if "/conf/" not in str(p) and "egg-info" not in str(p)}
+    lines = {
+        module_name(p, src): len(p.read_text().splitlines())
+        for p in src.rglob("*.py")
+        if "/conf/" not in str(p) and "egg-info" not in str(p)
+    }
     for name in sorted(edges):
         side = "sweep" if name in SWEEP_SIDE else "cell "
         print(f"{side} {name:<14} {lines.get(name, 0):>4} lines -> {', '.join(sorted(edges[name])) or '-'}")

@@ -15,8 +15,14 @@ from hydra import compose, initialize_config_module
 from sweep.conf_path import CONF_PACKAGE
 
 # Small and quick, but trained well enough that the controls are meaningful.
-FAST = ["toy_training.epochs=30", "data.train_per_class=60", "data.val_per_class=40",
-        "toy_training.data.train_per_class=60", "toy_training.data.val_per_class=40", "logger=none"]
+FAST = [
+    "toy_training.epochs=30",
+    "data.train_per_class=60",
+    "data.val_per_class=40",
+    "toy_training.data.train_per_class=60",
+    "toy_training.data.val_per_class=40",
+    "logger=none",
+]
 
 
 def compose_cell(*overrides: str):

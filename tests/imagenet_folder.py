@@ -16,8 +16,15 @@ from PIL import Image
 
 from sweep.data import imagenet_wnids
 
-SHAPES = ((500, 375, "RGB"), (375, 500, "RGB"), (333, 500, "RGB"), (224, 224, "RGB"), (1000, 40, "RGB"),
-          (640, 427, "L"), (500, 353, "CMYK"))
+SHAPES = (
+    (500, 375, "RGB"),
+    (375, 500, "RGB"),
+    (333, 500, "RGB"),
+    (224, 224, "RGB"),
+    (1000, 40, "RGB"),
+    (640, 427, "L"),
+    (500, 353, "CMYK"),
+)
 
 
 def make_imagenet_folder(root: Path, *, n_classes: int, per_class: int, seed: int = 0) -> Path:

@@ -48,9 +48,7 @@ def local_slurm_unavailable() -> str | None:
 def _run(script: str, state_dir: Path, timeout: float) -> subprocess.CompletedProcess:
     cmd = ["bash", str(LAUNCHER_DIR / script), str(state_dir)]
     try:
-        proc = subprocess.run(
-            cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout
-        )
+        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as e:
         raise LocalSlurmError(
             f"{script} timed out after {timeout:.0f}s\n--- stdout:\n{e.stdout}\n--- stderr:\n{e.stderr}"

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_models import KINDS, N_CLASSES, pixels, tiny_adapter
 
 from sweep.adapters import ClipAdapter, ReadoutUnavailable
 from sweep.errors import SweepError
 from sweep.interventions import AttentionCut
 from sweep.linear_heads import LinearHead
-from tiny_models import KINDS, N_CLASSES, pixels, tiny_adapter
 
 
 def last_hidden(adapter, x):
@@ -48,7 +48,7 @@ def test_a_hook_edit_at_layer_L_shows_in_hf_hidden_states_L(kind, layer):
         with adapter.cls_edit(layer, lambda cls: torch.full_like(cls, 3.0)):
             edited = adapter.model(pixel_values=x, output_hidden_states=True).hidden_states
     assert bool((edited[layer][:, adapter.cls_index] == 3.0).all())
-    assert torch.equal(edited[layer][:, adapter.cls_index + 1:], plain[layer][:, adapter.cls_index + 1:])
+    assert torch.equal(edited[layer][:, adapter.cls_index + 1 :], plain[layer][:, adapter.cls_index + 1 :])
     for earlier in range(layer):
         assert torch.equal(edited[earlier], plain[earlier])
     if layer < adapter.n_layers:
@@ -177,7 +177,9 @@ def test_an_intervention_at_the_last_layer_needs_only_the_cached_features(kind, 
         from_features = adapter.apply_head(readout, adapter.features_with_cls(cached, donors, readout))
     assert torch.equal(edited, from_features)
     assert not torch.equal(edited, adapter.logits(hidden, readout)) or (kind, readout) in (
-        ("beit", "native"), ("clip", "native"))  # their native readouts never read the CLS
+        ("beit", "native"),
+        ("clip", "native"),
+    )  # their native readouts never read the CLS
 
 
 # -- attention knockout ---------------------------------------------------------------
@@ -257,8 +259,9 @@ def test_a_knockout_refuses_an_attention_it_does_not_wrap_and_restores_what_it_s
     knockout inside a knockout), and the cut of block 2 set before the refusal is undone."""
     adapter = tiny_adapter("vit", attn="sdpa")
     with knockout(adapter, "patches_to_cls", [0]):
-        with pytest.raises(SweepError, match="wraps sdpa, eager; ViTAttention runs config._attn_implementation="
-                                             "'sweep_knockout'"):
+        with pytest.raises(
+            SweepError, match="wraps sdpa, eager; ViTAttention runs config._attn_implementation='sweep_knockout'"
+        ):
             with knockout(adapter, "patches_to_cls", [1, 0]):
                 pass
         assert adapter.attention_module(1).config._attn_implementation == "sdpa"
@@ -266,6 +269,7 @@ def test_a_knockout_refuses_an_attention_it_does_not_wrap_and_restores_what_it_s
 
 
 # -- tokens (intervention.token) ------------------------------------------------------
+
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_with_tokens_moves_exactly_the_tokens_slots_from_the_donor(kind):

@@ -12,8 +12,15 @@ import pandas as pd
 import pytest
 from fake_sweep import make_sweep
 
-from sweep.aggregate import SourceError, interval_pivot, load_local, load_wandb, read_results, summary_text, \
-    write_results
+from sweep.aggregate import (
+    SourceError,
+    interval_pivot,
+    load_local,
+    load_wandb,
+    read_results,
+    summary_text,
+    write_results,
+)
 from sweep.aggregate_cli import main
 from sweep.intervals import summary_interval
 from sweep.record import COLUMNS, parse_probe_after, record_row
@@ -87,8 +94,12 @@ def test_outcomes_are_per_cell_and_read_on_demand(sweep, table):
 
 def test_the_summary_shows_each_mean_over_seeds_with_the_half_width_of_its_interval(table):
     complete = table.complete
-    point = complete[(complete["model"] == "tiny_b") & (complete["intervention"] == "shuffle")
-                     & (complete["readout"] == "native") & (complete["layer"] == 3)]
+    point = complete[
+        (complete["model"] == "tiny_b")
+        & (complete["intervention"] == "shuffle")
+        & (complete["readout"] == "native")
+        & (complete["layer"] == 3)
+    ]
     expected = summary_interval(point["accuracy"], 200, seeded=True)  # 2 seeds of 200 images
     assert expected.seeds == 2 and expected.seed_variance > 0
     assert interval_pivot(complete).loc[("tiny_b", "shuffle/native"), 3] == pytest.approx(expected.half_width)
@@ -113,15 +124,26 @@ def test_results_files_hold_the_frame(table, tmp_path):
 def wandb_run(record, *, sweep_id, state="finished"):
     summary = {**record_row(record), "_runtime": 12.5, "_timestamp": 1.7e9, "_step": 0, "_wandb": {"runtime": 12}}
     config = {"layer": record["layer"], "seed": record["seed"], "identity": record.get("config")}  # as the tracker logs
-    return SimpleNamespace(summary=summary, config=config,
-                           name=record["name"], id=record["cell_id"][:8], state=state, group=sweep_id)
+    return SimpleNamespace(
+        summary=summary, config=config, name=record["name"], id=record["cell_id"][:8], state=state, group=sweep_id
+    )
 
 
 def test_wandb_runs_give_the_same_table_as_the_folders(sweep, table):
-    runs = [wandb_run(r, sweep_id=sweep.sweep_id, state="failed" if r["status"] == "failed" else "finished")
-            for r in reversed(sweep.records)]  # API order is not folder order
-    runs.append(SimpleNamespace(summary={"_runtime": 3}, config={}, name="tiny_b-L00-noise-native-s1", id="r1",
-                                state="running", group=sweep.sweep_id))
+    runs = [
+        wandb_run(r, sweep_id=sweep.sweep_id, state="failed" if r["status"] == "failed" else "finished")
+        for r in reversed(sweep.records)
+    ]  # API order is not folder order
+    runs.append(
+        SimpleNamespace(
+            summary={"_runtime": 3},
+            config={},
+            name="tiny_b-L00-noise-native-s1",
+            id="r1",
+            state="running",
+            group=sweep.sweep_id,
+        )
+    )
     other = next(r for r in sweep.records if r["status"] == "complete")
     runs.append(wandb_run(other, sweep_id="another-sweep"))
 
@@ -134,8 +156,7 @@ def test_wandb_runs_give_the_same_table_as_the_folders(sweep, table):
 
 
 def test_wandb_runs_of_two_configurations_of_one_series_are_refused_like_records(tmp_path):
-    small = make_sweep(tmp_path, models={"tiny_a": 2}, seeds=(0,), readouts=("native",), controls=(),
-                       problems=False)
+    small = make_sweep(tmp_path, models={"tiny_a": 2}, seeds=(0,), readouts=("native",), controls=(), problems=False)
     runs = [wandb_run(r, sweep_id=small.sweep_id) for r in small.records]
     identity = runs[-1].config["identity"]
     runs[-1].config["identity"] = {**identity, "compute": {**identity["compute"], "dtype": "bfloat16"}}
@@ -144,8 +165,14 @@ def test_wandb_runs_of_two_configurations_of_one_series_are_refused_like_records
 
 
 def test_a_wandb_run_that_crashed_before_logging_is_reported_failed(sweep):
-    crashed = SimpleNamespace(summary={"_runtime": 3}, config={}, name="tiny_a-L01-zero-native-s0", id="c1",
-                              state="crashed", group=sweep.sweep_id)
+    crashed = SimpleNamespace(
+        summary={"_runtime": 3},
+        config={},
+        name="tiny_a-L01-zero-native-s0",
+        id="c1",
+        state="crashed",
+        group=sweep.sweep_id,
+    )
     table = load_wandb([crashed], sweep.sweep_id)
     assert table.frame.empty and list(table.frame.columns) == list(COLUMNS)
     assert "crashed" in table.failed["error"].iloc[0]
@@ -169,8 +196,7 @@ def _copy_cell(record: dict, sweep_dir, *, cell_id: str, **intervention) -> dict
 
 
 def test_records_of_two_configurations_of_one_series_are_refused_naming_the_setting(tmp_path, capsys):
-    small = make_sweep(tmp_path, models={"tiny_a": 2}, seeds=(0, 1), readouts=("native",), controls=(),
-                       problems=False)
+    small = make_sweep(tmp_path, models={"tiny_a": 2}, seeds=(0, 1), readouts=("native",), controls=(), problems=False)
     shuffles = [r for r in small.records if r["intervention"] == "shuffle" and r["layer"] == 1]
     identity = _copy_cell(shuffles[0], small.sweep_dir, cell_id="1" * 16, permutation="identity")
     with pytest.raises(SourceError) as refused:
@@ -185,8 +211,7 @@ def test_records_of_two_configurations_of_one_series_are_refused_naming_the_sett
 
 def test_other_seeds_of_another_configuration_are_refused_too(tmp_path):
     # seed 1 of the identity "shuffle" next to seed 0 of the derangement: the mean over seeds would mix them
-    small = make_sweep(tmp_path, models={"tiny_a": 2}, seeds=(0,), readouts=("native",), controls=(),
-                       problems=False)
+    small = make_sweep(tmp_path, models={"tiny_a": 2}, seeds=(0,), readouts=("native",), controls=(), problems=False)
     shuffle = next(r for r in small.records if r["intervention"] == "shuffle")
     moved = {**shuffle, "seed": 1, "name": shuffle["name"].replace("-s0", "-s1")}
     _copy_cell(moved, small.sweep_dir, cell_id="2" * 16, permutation="identity")
@@ -194,13 +219,14 @@ def test_other_seeds_of_another_configuration_are_refused_too(tmp_path):
         load_local(small.sweep_dir)
 
 
-@pytest.mark.parametrize("setting, value", [("model.preprocess.std", [0.6, 0.6, 0.6]),
-                                            ("compute.dtype", "bfloat16"), ("toy_training.epochs", 3)])
+@pytest.mark.parametrize(
+    "setting, value",
+    [("model.preprocess.std", [0.6, 0.6, 0.6]), ("compute.dtype", "bfloat16"), ("toy_training.epochs", 3)],
+)
 def test_cells_of_one_series_at_different_layers_from_two_configurations_are_refused(tmp_path, setting, value):
     """Layer 0 of one model YAML and layer 1 of an edited one must not be drawn as one curve:
     the records carry their whole identity, so any setting of it is compared."""
-    small = make_sweep(tmp_path, models={"tiny_a": 2}, seeds=(0,), readouts=("native",), controls=(),
-                       problems=False)
+    small = make_sweep(tmp_path, models={"tiny_a": 2}, seeds=(0,), readouts=("native",), controls=(), problems=False)
     edited = next(r for r in small.records if r["intervention"] == "shuffle" and r["layer"] == 1)
     path = next(small.sweep_dir.rglob(f"{edited['name']}-*")) / "result.json"
     record = json.loads(path.read_text())
@@ -215,22 +241,31 @@ def test_cells_of_one_series_at_different_layers_from_two_configurations_are_ref
 
 
 def test_one_grid_point_with_two_cells_is_refused_even_when_the_records_show_no_difference(tmp_path):
-    small = make_sweep(tmp_path, models={"tiny_a": 2}, seeds=(0,), readouts=("native",), controls=(),
-                       problems=False)
+    small = make_sweep(tmp_path, models={"tiny_a": 2}, seeds=(0,), readouts=("native",), controls=(), problems=False)
     _copy_cell(small.records[0], small.sweep_dir, cell_id="3" * 16)  # e.g. another dtype or toy training
     with pytest.raises(SourceError, match="2 cells at .* differ in settings the records do not show"):
         load_local(small.sweep_dir)
 
 
 def test_cells_taken_from_results_from_are_in_the_table(tmp_path):
-    old = make_sweep(tmp_path, sweep_id="old", models={"tiny_a": 2}, seeds=(0,), readouts=("native",),
-                     controls=(), problems=False)
+    old = make_sweep(
+        tmp_path, sweep_id="old", models={"tiny_a": 2}, seeds=(0,), readouts=("native",), controls=(), problems=False
+    )
     new_dir = tmp_path / "new"
     new_dir.mkdir()
     taken = old.records[0]
     folder = next(old.sweep_dir.rglob(f"{taken['name']}-*"))
-    plan = {"sweep_id": "new", "cells": [{"name": taken["name"], "cell_id": taken["cell_id"],
-                                          "subdir": f"tiny_a/{folder.name}", "record_dir": str(folder)}]}
+    plan = {
+        "sweep_id": "new",
+        "cells": [
+            {
+                "name": taken["name"],
+                "cell_id": taken["cell_id"],
+                "subdir": f"tiny_a/{folder.name}",
+                "record_dir": str(folder),
+            }
+        ],
+    }
     (new_dir / "plan.json").write_text(json.dumps(plan))
     table = load_local(new_dir)
     assert list(table.complete["cell_id"]) == [taken["cell_id"]] and table.missing.empty

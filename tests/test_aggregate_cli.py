@@ -7,8 +7,8 @@ import json
 import re
 
 import pytest
-from helpers import read_only
 from fake_sweep import make_sweep
+from helpers import read_only
 
 from sweep.aggregate_cli import COMMAND, main
 
@@ -54,24 +54,31 @@ def test_a_read_only_sweep_folder_is_read_and_its_outputs_refused_in_one_line(tm
     assert "accuracy in % by layer" in printed.out
     assert printed.err.strip().splitlines() == [
         f"sweep-aggregate: error: could not write {small.sweep_dir}/results.csv: Read-only file system; write the "
-        "table and figures elsewhere with out=<folder>"]
+        "table and figures elsewhere with out=<folder>"
+    ]
     assert main([str(small.sweep_dir), f"out={tmp_path / 'elsewhere'}", "figures=false"]) == 0
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["/no/such/sweep"], "does not exist.*multirun/<sweep id>"),
-    ([], "give its folder"),
-    (["{sweep}", "colour=red"], "colour is not a setting of sweep-aggregate; its settings are: source, out, figures"),
-    (["{sweep}", "bootstrap=1000"], "bootstrap is not a setting of sweep-aggregate"),  # bands need no resampling
-    (["{sweep}", "figures=maybe"], "figures=maybe is invalid: it must be true or false"),
-    (["{sweep}", "wandb.log=maybe"], "wandb.log=maybe is invalid: it must be true or false"),
-    (["{sweep}", "source=s3"], "source=s3 is invalid: it must be one of local, wandb"),
-    (["{sweep}", "--out", "x"], "unknown option '--out': settings are key=value"),
-    (["{sweep}", "{sweep}"], "takes at most 1 positional word"),
-    (["source=wandb", "sweep.name=x"], "source=wandb needs wandb.project"),
-    (["{sweep}", "sweep.name=x"], "only apply to source=wandb"),
-    (["{sweep}/tiny_a"], "one model's cells; give the sweep folder"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["/no/such/sweep"], "does not exist.*multirun/<sweep id>"),
+        ([], "give its folder"),
+        (
+            ["{sweep}", "colour=red"],
+            "colour is not a setting of sweep-aggregate; its settings are: source, out, figures",
+        ),
+        (["{sweep}", "bootstrap=1000"], "bootstrap is not a setting of sweep-aggregate"),  # bands need no resampling
+        (["{sweep}", "figures=maybe"], "figures=maybe is invalid: it must be true or false"),
+        (["{sweep}", "wandb.log=maybe"], "wandb.log=maybe is invalid: it must be true or false"),
+        (["{sweep}", "source=s3"], "source=s3 is invalid: it must be one of local, wandb"),
+        (["{sweep}", "--out", "x"], "unknown option '--out': settings are key=value"),
+        (["{sweep}", "{sweep}"], "takes at most 1 positional word"),
+        (["source=wandb", "sweep.name=x"], "source=wandb needs wandb.project"),
+        (["{sweep}", "sweep.name=x"], "only apply to source=wandb"),
+        (["{sweep}/tiny_a"], "one model's cells; give the sweep folder"),
+    ],
+)
 def test_cli_usage_errors_exit_2_and_say_what_to_do(sweep, capsys, argv, message):
     argv = [a.replace("{sweep}", str(sweep.sweep_dir)) for a in argv]
     assert main(argv) == 2
@@ -83,8 +90,12 @@ def test_cli_usage_errors_exit_2_and_say_what_to_do(sweep, capsys, argv, message
 def test_cli_with_no_record_yet_lists_the_planned_cells_and_exits_1(tmp_path, capsys):
     sweep_dir = tmp_path / "just-launched"
     sweep_dir.mkdir()
-    plan = {"sweep_id": "just-launched", "cells": [{"name": "vit-L00-none-native-s0", "cell_id": "0" * 16,
-                                                     "subdir": "vit/vit-L00-none-native-s0-00000000"}]}
+    plan = {
+        "sweep_id": "just-launched",
+        "cells": [
+            {"name": "vit-L00-none-native-s0", "cell_id": "0" * 16, "subdir": "vit/vit-L00-none-native-s0-00000000"}
+        ],
+    }
     (sweep_dir / "plan.json").write_text(json.dumps(plan))
     assert main([str(sweep_dir)]) == 1
     captured = capsys.readouterr()

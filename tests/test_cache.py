@@ -328,7 +328,9 @@ def test_concurrent_processes_compute_once(tmp_path):
         )
     )
     env = {**os.environ, "PYTHONPATH": str(SRC)}
-    procs = [subprocess.Popen([sys.executable, str(worker)], env=env, stdout=subprocess.PIPE, text=True) for _ in range(4)]
+    procs = [
+        subprocess.Popen([sys.executable, str(worker)], env=env, stdout=subprocess.PIPE, text=True) for _ in range(4)
+    ]
     time.sleep(0.3)
     go.touch()
     results = []
@@ -345,4 +347,6 @@ def test_concurrent_processes_compute_once(tmp_path):
 
 
 def test_the_cache_modules_do_not_import_torch():
-    assert run_python("import sys, sweep.cache, sweep.cache_admin, sweep.files; print('torch' in sys.modules)") == "False"
+    assert (
+        run_python("import sys, sweep.cache, sweep.cache_admin, sweep.files; print('torch' in sys.modules)") == "False"
+    )

@@ -6,8 +6,6 @@ import os
 import time
 from pathlib import Path
 
-import pytest
-
 from sweep.cache import LAST_USED_NAME, ArtifactCache
 from sweep.cache_admin import info, prune
 
@@ -26,7 +24,11 @@ def populate(root: Path) -> tuple[ArtifactCache, dict[str, Path]]:
     cache = ArtifactCache(root)
     now = time.time()
     entries = {}
-    for name, kind, size, age_days in [("old", "features", 3000, 10), ("mid", "features", 2000, 5), ("new", "weights", 1000, 0)]:
+    for name, kind, size, age_days in [
+        ("old", "features", 3000, 10),
+        ("mid", "features", 2000, 5),
+        ("new", "weights", 1000, 0),
+    ]:
         entry = cache.get_or_compute(kind, {"name": name}, lambda out, n=size: (out / "x.bin").write_bytes(b"\0" * n))
         stamp = now - age_days * DAY
         os.utime(entry / LAST_USED_NAME, (stamp, stamp))

@@ -9,11 +9,11 @@ import time
 from pathlib import Path
 
 import pytest
+from test_cache_admin import temp_dirs  # a stale and a fresh folder in the cache's tmp/
 
 from sweep.cache import LAST_USED_NAME, ArtifactCache
 from sweep.cache_admin import info
 from sweep.cache_cli import human_size, main
-from test_cache_admin import temp_dirs  # a stale and a fresh folder in the cache's tmp/
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 DAY = 86400.0
@@ -42,7 +42,9 @@ def cache_dir(tmp_path: Path) -> Path:
         ("features", "new", 1_000_000, 0),
         ("weights", "vit", 3_000_000, 0),
     ]:
-        entry = cache.get_or_compute(kind, {"name": name}, lambda out, n=size: (out / "data.bin").write_bytes(b"\0" * n))
+        entry = cache.get_or_compute(
+            kind, {"name": name}, lambda out, n=size: (out / "data.bin").write_bytes(b"\0" * n)
+        )
         stamp = now - age_days * DAY
         os.utime(entry / LAST_USED_NAME, (stamp, stamp))
     return root
@@ -73,7 +75,9 @@ def test_info_uses_the_environment_then_the_default(cache_dir, tmp_path):
 
 def test_help_states_the_default_directory():
     result = sweep_cache("info", "--help")
-    assert "$SWEEP_CACHE_DIR if set, else .cache/sweep relative to the current directory" in " ".join(result.stdout.split())
+    assert "$SWEEP_CACHE_DIR if set, else .cache/sweep relative to the current directory" in " ".join(
+        result.stdout.split()
+    )
 
 
 def test_prune_by_age_removes_only_old_entries(cache_dir):
@@ -120,7 +124,9 @@ def test_human_sizes_are_decimal_like_max_size_gb():
 
 def test_cli_does_not_import_torch():
     code = "import sys, sweep.cache_cli; print('torch' in sys.modules)"
-    result = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(SRC)}, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": str(SRC)}, capture_output=True, text=True
+    )
     assert result.stdout.strip() == "False", result.stderr
 
 

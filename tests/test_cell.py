@@ -6,8 +6,8 @@ import shutil
 
 import pytest
 import torch
-
 from helpers import compose_cell
+
 from sweep.cache import ArtifactCache
 from sweep.cell import measure
 from sweep.cellspec import cell_spec
@@ -28,6 +28,7 @@ def plain_vit(cache_dir):
 def test_no_intervention_reproduces_the_plain_models_accuracy(cache_dir, plain_vit):
     """The cached-features path gives the accuracy of a bare HF forward on the same images."""
     from sweep.artifacts import Artifacts, ComputeLedger, Runtime
+
     spec = cell_spec(compose_cell("model=toy_vit", "compute.device=cpu"))
     artifacts = Artifacts(spec, ArtifactCache(cache_dir), Runtime.of(spec.settings.compute), ComputeLedger())
     _, splits = artifacts.images()
@@ -49,8 +50,9 @@ def test_shuffling_at_the_last_layer_with_the_cls_readout_gives_chance(cache_dir
 
 def test_an_identity_permutation_changes_nothing_bit_for_bit(cache_dir, plain_vit):
     for layer in (0, 2, -1):  # the branch replaces the CLS by itself, then runs blocks L+1..N
-        result = run(cache_dir, "model=toy_vit", "intervention=shuffle", "intervention.permutation=identity",
-                     f"layer={layer}")
+        result = run(
+            cache_dir, "model=toy_vit", "intervention=shuffle", "intervention.permutation=identity", f"layer={layer}"
+        )
         for key in ("predicted", "rank"):
             assert torch.equal(result.outcomes[key], plain_vit.outcomes[key])
         assert result.metrics["accuracy"] == plain_vit.metrics["accuracy"]
@@ -148,19 +150,40 @@ def test_a_cell_whose_logits_are_not_finite_fails_naming_the_layer_and_the_rows(
     import sys
 
     import transformers
-
     from helpers import FAST
 
-    config = transformers.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                    intermediate_size=64, image_size=16, patch_size=4, num_labels=10)
+    config = transformers.ViTConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=16,
+        patch_size=4,
+        num_labels=10,
+    )
     model = transformers.ViTForImageClassification(config)
     with torch.no_grad():
         model.classifier.weight[3, 0] = float("nan")  # every example's class-3 logit is NaN
     model.save_pretrained(tmp_path / "broken")
-    args = [*FAST, "model=vit", f"model.source={tmp_path / 'broken'}", "model.revision=null", "model.n_layers=2",
-            "model.preprocess.resize=16", "model.preprocess.crop=16", "layer=1", "intervention=zero"]
-    result = subprocess.run([sys.executable, "-m", "sweep.run", *args], env=cli_env, cwd=tmp_path,
-                            capture_output=True, text=True, timeout=300)
+    args = [
+        *FAST,
+        "model=vit",
+        f"model.source={tmp_path / 'broken'}",
+        "model.revision=null",
+        "model.n_layers=2",
+        "model.preprocess.resize=16",
+        "model.preprocess.crop=16",
+        "layer=1",
+        "intervention=zero",
+    ]
+    result = subprocess.run(
+        [sys.executable, "-m", "sweep.run", *args],
+        env=cli_env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 1
     (path,) = tmp_path.glob("runs/vit/*/result.json")
     record = json.loads(path.read_text())
@@ -181,8 +204,10 @@ def test_a_class_transformers_does_not_have_is_refused_before_any_data_is_read(t
     """`model.toy.config_class` and `model.hf_class` name classes of transformers, which the
     planner does not import; the cell resolves them first, before it decodes images or
     trains the toy."""
-    for override, key in (("model.toy.config_class=ViTConfg", "model.toy.config_class=ViTConfg"),
-                          ("model.hf_class=ViTForImageClassificashun", "model.hf_class=ViTForImageClassificashun")):
+    for override, key in (
+        ("model.toy.config_class=ViTConfg", "model.toy.config_class=ViTConfg"),
+        ("model.hf_class=ViTForImageClassificashun", "model.hf_class=ViTForImageClassificashun"),
+    ):
         with pytest.raises(ConfigError, match=rf"{key} is invalid: transformers \S+ has no class of that name"):
             run(tmp_path / "cache", "model=toy_vit", "layer=3", override)
     assert not [path for path in (tmp_path / "cache").rglob("*") if path.is_file()]  # nothing decoded or trained

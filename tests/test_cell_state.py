@@ -30,7 +30,6 @@ def test_states(tmp_path):
     assert cell_state(other, "new") == "pending"  # a record of another cell does not count
 
 
-
 def test_a_failed_cell_that_another_launch_re_runs_is_running_not_failed(tmp_path):
     # its owner lives: planning it again would measure it twice
     cell = folder(tmp_path, "rerun", {"cell_id": "x", "status": "failed", "error": "boom"}, started_pid=os.getpid())

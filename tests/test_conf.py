@@ -20,15 +20,23 @@ from sweep.errors import ConfigError
 # these only together with a deliberate change of what a cell measures (and then bump
 # cellspec.IDENTITY_FORMAT), or of a model node.
 CELL_IDS = {
-    "vit": ("b1386d00dc08b876", "c0edf2d31d34961b"), "deit": ("fb1b6b7c2b6d9feb", "3cf9d4d882fa687f"),
-    "beit": ("c9632d273971b3b2", "5f8681fb3a84df46"), "dinov2": ("a41005472bfe444b", "55da4275c5df75e1"),
-    "dinov2_reg": ("112d21bdaddf3672", "f7b22ddf90959c67"), "clip": ("cef80bfcb31cf03f", "f5a3709067dfa95c"),
-    "toy_vit": ("dad933eabeb2b32c", "fa89f88e608d03ea"), "toy_deit": ("99ad12f5643eb900", "14fc860bd72d5043"),
-    "toy_beit": ("603744d9e5a3374a", "d0e1e4e4597ed6a0"), "toy_dinov2": ("f8e84baddfdd0d57", "98ccabb796a1dad7"),
-    "toy_dinov2_reg": ("65e5cc352868d25a", "17de429b9a4e41a9"), "toy_clip": ("b21a321b7a6dce05", "6ca9b68dda873dc4"),
+    "vit": ("b1386d00dc08b876", "c0edf2d31d34961b"),
+    "deit": ("fb1b6b7c2b6d9feb", "3cf9d4d882fa687f"),
+    "beit": ("c9632d273971b3b2", "5f8681fb3a84df46"),
+    "dinov2": ("a41005472bfe444b", "55da4275c5df75e1"),
+    "dinov2_reg": ("112d21bdaddf3672", "f7b22ddf90959c67"),
+    "clip": ("cef80bfcb31cf03f", "f5a3709067dfa95c"),
+    "toy_vit": ("dad933eabeb2b32c", "fa89f88e608d03ea"),
+    "toy_deit": ("99ad12f5643eb900", "14fc860bd72d5043"),
+    "toy_beit": ("603744d9e5a3374a", "d0e1e4e4597ed6a0"),
+    "toy_dinov2": ("f8e84baddfdd0d57", "98ccabb796a1dad7"),
+    "toy_dinov2_reg": ("65e5cc352868d25a", "17de429b9a4e41a9"),
+    "toy_clip": ("b21a321b7a6dce05", "6ca9b68dda873dc4"),
 }
-SHUFFLE_L3, NONE_LAST_CLS = ["layer=3", "intervention=shuffle", "readout=native", "seed=0"], \
-    ["layer=-1", "intervention=none", "readout=cls"]
+SHUFFLE_L3, NONE_LAST_CLS = (
+    ["layer=3", "intervention=shuffle", "readout=native", "seed=0"],
+    ["layer=-1", "intervention=none", "readout=cls"],
+)
 
 
 def composed(*overrides: str, hydra: bool = False):
@@ -57,11 +65,20 @@ def test_toy_base_alone_is_not_a_model():
 def test_the_local_slurm_profile_is_the_shipped_one_sized_for_one_cpu_node():
     slurm = composed("hydra/launcher=slurm", hydra=True).hydra.launcher
     local = composed("hydra/launcher=local_slurm", hydra=True).hydra.launcher
-    own = {"partition": "debug", "timeout_min": 60, "cpus_per_task": 1, "gpus_per_node": None, "mem_gb": 2,
-           "array_parallelism": 4, "signal_delay_s": 30}
+    own = {
+        "partition": "debug",
+        "timeout_min": 60,
+        "cpus_per_task": 1,
+        "gpus_per_node": None,
+        "mem_gb": 2,
+        "array_parallelism": 4,
+        "signal_delay_s": 30,
+    }
     assert {key: local[key] for key in own} == own
     for key in set(slurm) - set(own):  # the rest (setup lines, submitit folder, requeues) is slurm.yaml's
-        assert OmegaConf.to_container(local, resolve=False)[key] == OmegaConf.to_container(slurm, resolve=False)[key], key
+        assert OmegaConf.to_container(local, resolve=False)[key] == OmegaConf.to_container(slurm, resolve=False)[key], (
+            key
+        )
     assert local.setup == ["export PYTHONUNBUFFERED=1", "export OMP_NUM_THREADS=1"]  # its own cpus_per_task
 
 
@@ -77,9 +94,14 @@ def test_every_shipped_preset_plans_a_sweep(experiment, tmp_path):
     import sys
 
     env = {**os.environ, "SWEEP_CACHE_DIR": str(tmp_path / "cache"), "WANDB_MODE": "offline", "HOME": str(tmp_path)}
-    result = subprocess.run([sys.executable, "-m", "sweep.run", "-m", f"+experiment={experiment}", "logger=none",
-                             "sweep.dry_run=true"], env=env, cwd=tmp_path, capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "sweep.run", "-m", f"+experiment={experiment}", "logger=none", "sweep.dry_run=true"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     assert "dry run: nothing launched" in output and " cells, 0 already done" in output, output

@@ -52,9 +52,24 @@ def test_sweep_run_refuses_it_before_any_work(cli_env, tmp_path):
     mine = tmp_path / "mine" / "model"
     mine.mkdir(parents=True)
     (mine / "toy_vit.yaml").write_text((CONF_DIR / "model" / "toy_vit.yaml").read_text() + "n_layers: 4\n")
-    result = subprocess.run([sys.executable, "-m", "sweep.run", "-m", "--config-dir", str(tmp_path / "mine"),
-                             "model=toy_vit", "layer=1", "logger=none"], env=cli_env, cwd=tmp_path, capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sweep.run",
+            "-m",
+            "--config-dir",
+            str(tmp_path / "mine"),
+            "model=toy_vit",
+            "layer=1",
+            "logger=none",
+        ],
+        env=cli_env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 2
     assert "is hidden by the shipped model/toy_vit.yaml" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "multirun").exists()

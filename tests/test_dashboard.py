@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 import yaml
 from fake_sweep import make_sweep
-
-from sweep.aggregate import load_local
-from sweep.record import COLUMNS
-from sweep.dashboard import accuracy_lines, log_replacing, summary_run_id, summary_settings
-from sweep.errors import ConfigError
 from sweeps import multirun
 from wandb_files import OfflineRun, offline_runs
+
+from sweep.aggregate import load_local
+from sweep.dashboard import accuracy_lines, log_replacing, summary_run_id, summary_settings
+from sweep.errors import ConfigError
+from sweep.record import COLUMNS
 
 FIGURES = ("main_result", "identifiability", "controls")
 SERIES = ["probe", "shuffle (native readout)", "shuffle (CLS-only readout)", "chance"]
@@ -28,8 +28,13 @@ SERIES = ["probe", "shuffle (native readout)", "shuffle (CLS-only readout)", "ch
 def aggregate(sweep_dir: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     """`sweep-aggregate <sweep> wandb.log=true` offline, in its own process as a user runs it."""
     env = {**os.environ, "WANDB_MODE": "offline", "HOME": str(sweep_dir.parent), **(env or {})}
-    return subprocess.run([sys.executable, "-m", "sweep.aggregate_cli", str(sweep_dir), "wandb.log=true",
-                           *args], env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "sweep.aggregate_cli", str(sweep_dir), "wandb.log=true", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def summary_runs(sweep_dir: Path) -> list[OfflineRun]:
@@ -55,8 +60,15 @@ def test_accuracy_lines_are_the_main_figures_series_per_model(fake):
     probe, shuffle_native, _, chance = lines["tiny_a"]
     assert list(probe.layers) == [0, 1, 2, 3] and list(chance.layers) == [0, 1, 2, 3]
     assert all(value == pytest.approx(0.1) for value in chance.mean)  # ten classes
-    record = next(r for r in fake.records if r["model"] == "tiny_a" and r["layer"] == 2
-                  and r["intervention"] == "shuffle" and r["readout"] == "native" and r["seed"] == 0)
+    record = next(
+        r
+        for r in fake.records
+        if r["model"] == "tiny_a"
+        and r["layer"] == 2
+        and r["intervention"] == "shuffle"
+        and r["readout"] == "native"
+        and r["seed"] == 0
+    )
     other = next(r for r in fake.records if r["name"] == record["name"].replace("-s0", "-s1"))
     assert shuffle_native.mean[2] == pytest.approx((record["metrics"]["accuracy"] + other["metrics"]["accuracy"]) / 2)
 
@@ -67,8 +79,7 @@ def test_the_summary_run_holds_the_table_the_figures_and_a_line_plot_per_model(f
     assert "summary run (group dash, job_type aggregate)" in done.stdout
     (run,) = summary_runs(fake.sweep_dir)
     assert run.folder.parent == fake.sweep_dir / "wandb"
-    assert (run.run.run_id, run.run.run_group, run.run.display_name) == (summary_run_id("dash"), "dash",
-                                                                          "summary-dash")
+    assert (run.run.run_id, run.run.run_group, run.run.display_name) == (summary_run_id("dash"), "dash", "summary-dash")
     assert len(run.history) == 1  # everything in one step, mirrored in the summary
     results = run.table("results")
     assert run.summary["results"]["_type"] == "table-file"
@@ -84,7 +95,10 @@ def test_the_summary_run_holds_the_table_the_figures_and_a_line_plot_per_model(f
     assert {line for _, line, _ in points["data"]} == set(SERIES)
     assert [0.1] * 4 == [value for _, line, value in points["data"] if line == "chance"]
     assert (run.summary["cells/complete"], run.summary["cells/failed"], run.summary["cells/missing"]) == (
-        len(load_local(fake.sweep_dir).complete), 1, 1)
+        len(load_local(fake.sweep_dir).complete),
+        1,
+        1,
+    )
 
 
 def test_aggregating_again_replaces_the_summary_run_with_the_new_content(tmp_path):
@@ -114,11 +128,23 @@ class ResumedRun:
 
 
 def test_a_resumed_run_keeps_only_the_new_aggregations_summary_keys():
-    run = ResumedRun({"_runtime": 30, "_wandb": {"runtime": 30}, "results": "old", "figures/controls": "old",
-                      "accuracy_vs_layer/tiny_a_table": "old", "accuracy_vs_layer/tiny_b_table": "old"})
+    run = ResumedRun(
+        {
+            "_runtime": 30,
+            "_wandb": {"runtime": 30},
+            "results": "old",
+            "figures/controls": "old",
+            "accuracy_vs_layer/tiny_a_table": "old",
+            "accuracy_vs_layer/tiny_b_table": "old",
+        }
+    )
     log_replacing(run, {"results": "new", "accuracy_vs_layer/tiny_a": "chart"})
-    assert run.summary == {"_runtime": 30, "_wandb": {"runtime": 30}, "results": "new",
-                           "accuracy_vs_layer/tiny_a_table": "chart"}
+    assert run.summary == {
+        "_runtime": 30,
+        "_wandb": {"runtime": 30},
+        "results": "new",
+        "accuracy_vs_layer/tiny_a_table": "chart",
+    }
     assert len(run.steps) == 1
 
 
@@ -132,10 +158,23 @@ def test_a_bad_wandb_mode_stops_sweep_aggregate_before_it_reads_anything(fake, t
 def test_the_settings_are_those_the_sweeps_cells_ran_with(tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_MODE", raising=False)
     assert summary_settings(tmp_path).project == "sweep"  # no multirun.yaml: conf/config.yaml's
-    (tmp_path / "multirun.yaml").write_text(yaml.safe_dump({"wandb": {
-        "project": "cls-study", "entity": None, "mode": "offline", "base_url": "https://api.wandb.ai",
-        "reachability_timeout_s": 1.0, "init_timeout_s": 30, "finish_timeout_s": 60, "tags": ["a"],
-        "log_outcomes": False}}))
+    (tmp_path / "multirun.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "wandb": {
+                    "project": "cls-study",
+                    "entity": None,
+                    "mode": "offline",
+                    "base_url": "https://api.wandb.ai",
+                    "reachability_timeout_s": 1.0,
+                    "init_timeout_s": 30,
+                    "finish_timeout_s": 60,
+                    "tags": ["a"],
+                    "log_outcomes": False,
+                }
+            }
+        )
+    )
     settings = summary_settings(tmp_path)
     assert (settings.project, settings.mode, settings.tags) == ("cls-study", "offline", ("a",))
     assert summary_settings(None, project="other", entity="me").project == "other"
@@ -146,8 +185,18 @@ def test_the_settings_are_those_the_sweeps_cells_ran_with(tmp_path, monkeypatch)
 
 def test_a_sweep_with_logger_wandb_ends_with_its_summary_run(cache_dir, tmp_path):
     env = {**os.environ, "SWEEP_CACHE_DIR": str(cache_dir), "WANDB_MODE": "offline", "HOME": str(tmp_path)}
-    result = multirun(["model=toy_vit", "layer=5,6", "intervention=none,shuffle", "readout=native,cls",
-                       "sweep.name=ends", "logger=wandb"], env, tmp_path)
+    result = multirun(
+        [
+            "model=toy_vit",
+            "layer=5,6",
+            "intervention=none,shuffle",
+            "readout=native,cls",
+            "sweep.name=ends",
+            "logger=wandb",
+        ],
+        env,
+        tmp_path,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     sweep_dir = tmp_path / "multirun" / "ends"
     assert (sweep_dir / "results.csv").exists() and (sweep_dir / "figures" / "main_result.png").exists()

@@ -9,15 +9,31 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hf_processors import HF_PROCESSORS, hf_processor, model_preprocess
 from PIL import Image
 
-from hf_processors import HF_PROCESSORS, hf_processor, model_preprocess
-from imagenet_folder import make_imagenet_folder
-from sweep.data import (DIGITS_PER_CLASS, CorruptImage, DataUnavailable, balanced_subset, check_data, imagenet_wnids,
-                        load_split, main, normalise, preprocess_split, to_uint8)
+from sweep.data import (
+    DIGITS_PER_CLASS,
+    CorruptImage,
+    DataUnavailable,
+    balanced_subset,
+    check_data,
+    imagenet_wnids,
+    load_split,
+    main,
+    normalise,
+    preprocess_split,
+    to_uint8,
+)
 
-PREPROCESS = {"resize": 256, "resize_exact": False, "crop": 224, "interpolation": "bicubic",
-              "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
+PREPROCESS = {
+    "resize": 256,
+    "resize_exact": False,
+    "crop": 224,
+    "interpolation": "bicubic",
+    "mean": [0.5, 0.5, 0.5],
+    "std": [0.5, 0.5, 0.5],
+}
 
 
 def test_the_standard_imagenet_order_is_the_sorted_wnids():
@@ -50,9 +66,19 @@ def test_an_imagenet_folder_maps_wnids_to_the_standard_index(tmp_path):
         for wnid in chosen:
             (tmp_path / split / wnid).mkdir(parents=True)
             for i in range(3):
-                Image.new("RGB", (40, 30), color=(chosen[wnid] % 256, i * 40, 0)).save(tmp_path / split / wnid / f"{i}.JPEG")
-    data = {"source": "imagefolder", "root": str(tmp_path), "train_dir": "train", "val_dir": "val",
-            "n_classes": 1000, "train_per_class": 2, "val_per_class": 2, "seed": 0}
+                Image.new("RGB", (40, 30), color=(chosen[wnid] % 256, i * 40, 0)).save(
+                    tmp_path / split / wnid / f"{i}.JPEG"
+                )
+    data = {
+        "source": "imagefolder",
+        "root": str(tmp_path),
+        "train_dir": "train",
+        "val_dir": "val",
+        "n_classes": 1000,
+        "train_per_class": 2,
+        "val_per_class": 2,
+        "seed": 0,
+    }
     # n_classes 1000 with two classes present: asking for all of them is a clear error
     with pytest.raises(DataUnavailable, match="class 0 has only 0 images"):
         load_split(data, "train")
@@ -61,8 +87,16 @@ def test_an_imagenet_folder_maps_wnids_to_the_standard_index(tmp_path):
 def test_an_imagenet_folder_with_wrong_names_or_missing_is_a_clear_error(tmp_path):
     (tmp_path / "train" / "cats").mkdir(parents=True)
     (tmp_path / "val").mkdir()
-    data = {"source": "imagefolder", "root": str(tmp_path), "train_dir": "train", "val_dir": "val",
-            "n_classes": 1000, "train_per_class": 1, "val_per_class": 1, "seed": 0}
+    data = {
+        "source": "imagefolder",
+        "root": str(tmp_path),
+        "train_dir": "train",
+        "val_dir": "val",
+        "n_classes": 1000,
+        "train_per_class": 1,
+        "val_per_class": 1,
+        "seed": 0,
+    }
     with pytest.raises(DataUnavailable, match="not ImageNet-1k synsets"):
         load_split(data, "train")
     with pytest.raises(DataUnavailable, match="does not exist"):
@@ -72,6 +106,7 @@ def test_an_imagenet_folder_with_wrong_names_or_missing_is_a_clear_error(tmp_pat
 # -- a local folder in ImageNet layout -----------------------------------------------------
 # Each test image is one solid colour that encodes (class, file number), so a decoded image
 # says which file it came from; JPEG keeps a solid colour to within a few levels.
+
 
 def _colour(cls: int, k: int) -> tuple[int, int, int]:
     """Distinct for cls < 7 and k < 32."""
@@ -94,8 +129,17 @@ def _solid_tree(split_folder: Path, n_classes: int, per_class: int, order: int =
 
 
 def _folder_data(root: Path, **settings) -> dict:
-    return {"source": "imagefolder", "root": str(root), "train_dir": "train", "val_dir": "val",
-            "n_classes": 3, "train_per_class": 2, "val_per_class": 2, "seed": 0, **settings}
+    return {
+        "source": "imagefolder",
+        "root": str(root),
+        "train_dir": "train",
+        "val_dir": "val",
+        "n_classes": 3,
+        "train_per_class": 2,
+        "val_per_class": 2,
+        "seed": 0,
+        **settings,
+    }
 
 
 def test_an_image_folder_subset_is_balanced_seeded_and_labelled_in_the_standard_order(tmp_path):
@@ -137,8 +181,11 @@ def test_an_image_folder_with_too_few_images_or_a_damaged_one_is_a_clear_error(t
     _solid_tree(tmp_path / "train", n_classes=3, per_class=4)
     _solid_tree(tmp_path / "val", n_classes=3, per_class=4)
     (tmp_path / "val" / imagenet_wnids()[2] / f"{imagenet_wnids()[2]}_0.JPEG").unlink()
-    with pytest.raises(DataUnavailable, match=rf"class 2 has only 3 images in .*{imagenet_wnids()[2]}, 4 per class "
-                                              r"were asked; lower data.val_per_class"):
+    with pytest.raises(
+        DataUnavailable,
+        match=rf"class 2 has only 3 images in .*{imagenet_wnids()[2]}, 4 per class "
+        r"were asked; lower data.val_per_class",
+    ):
         load_split(_folder_data(tmp_path, val_per_class=4), "val")
     with pytest.raises(DataUnavailable, match="data.n_classes=1001 is more than the 1000 classes"):
         load_split(_folder_data(tmp_path, n_classes=1001), "val")
@@ -155,15 +202,25 @@ def test_digits_has_the_images_per_class_the_plan_checks_against():
     assert tuple(np.bincount(load_digits().target).tolist()) == DIGITS_PER_CLASS
 
 
-@pytest.mark.parametrize("key, train, val, n_classes, fewest", [
-    ("data", 150, 70, 10, "174 of class 8"), ("toy_training.data", 100, 78, 3, "177 of class 2")])
-def test_digits_subsets_larger_than_its_classes_are_refused_before_anything_trains(key, train, val, n_classes,
-                                                                                    fewest):
-    data = {"source": "sklearn_digits", "name": "digits", "n_classes": n_classes, "train_per_class": train,
-            "val_per_class": val, "seed": 0}
-    with pytest.raises(DataUnavailable, match=rf"{key}.train_per_class={train} and {key}.val_per_class={val} ask "
-                                              rf"for {train + val} images of each class, and sklearn digits has "
-                                              rf"{fewest}"):
+@pytest.mark.parametrize(
+    "key, train, val, n_classes, fewest",
+    [("data", 150, 70, 10, "174 of class 8"), ("toy_training.data", 100, 78, 3, "177 of class 2")],
+)
+def test_digits_subsets_larger_than_its_classes_are_refused_before_anything_trains(key, train, val, n_classes, fewest):
+    data = {
+        "source": "sklearn_digits",
+        "name": "digits",
+        "n_classes": n_classes,
+        "train_per_class": train,
+        "val_per_class": val,
+        "seed": 0,
+    }
+    with pytest.raises(
+        DataUnavailable,
+        match=rf"{key}.train_per_class={train} and {key}.val_per_class={val} ask "
+        rf"for {train + val} images of each class, and sklearn digits has "
+        rf"{fewest}",
+    ):
         check_data(data, key)
     check_data({**data, "train_per_class": int(fewest.split()[0]) - val}, key)  # exactly what it has
 
@@ -175,15 +232,28 @@ def _bad_tree(root: Path, damage) -> dict:
     return _folder_data(root, train_per_class=4, val_per_class=4)
 
 
-@pytest.mark.parametrize("damage, message", [
-    (lambda root: (root / "train" / "cats").mkdir(), r"train has folders that are not ImageNet-1k synsets: \['cats'\]"),
-    (lambda root: [p.unlink() for p in (root / "val" / imagenet_wnids()[1]).iterdir()],
-     rf"class 1 has only 0 images in .*val/{imagenet_wnids()[1]}, 4 per class were asked; lower data.val_per_class"),
-    (lambda root: (root / "val" / imagenet_wnids()[2] / f"{imagenet_wnids()[2]}_1.JPEG").write_bytes(b""),
-     rf"{imagenet_wnids()[2]}_1.JPEG is one of the images the subset reads, and it is empty \(0 bytes\)"),
-    (lambda root: (root / "train" / imagenet_wnids()[0] / f"{imagenet_wnids()[0]}_2.JPEG").write_text("<html>"),
-     rf"{imagenet_wnids()[0]}_2.JPEG is one of the images the subset reads, and it is not an image PIL reads"),
-])
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (
+            lambda root: (root / "train" / "cats").mkdir(),
+            r"train has folders that are not ImageNet-1k synsets: \['cats'\]",
+        ),
+        (
+            lambda root: [p.unlink() for p in (root / "val" / imagenet_wnids()[1]).iterdir()],
+            rf"class 1 has only 0 images in .*val/{imagenet_wnids()[1]}, 4 per class were asked; "
+            r"lower data.val_per_class",
+        ),
+        (
+            lambda root: (root / "val" / imagenet_wnids()[2] / f"{imagenet_wnids()[2]}_1.JPEG").write_bytes(b""),
+            rf"{imagenet_wnids()[2]}_1.JPEG is one of the images the subset reads, and it is empty \(0 bytes\)",
+        ),
+        (
+            lambda root: (root / "train" / imagenet_wnids()[0] / f"{imagenet_wnids()[0]}_2.JPEG").write_text("<html>"),
+            rf"{imagenet_wnids()[0]}_2.JPEG is one of the images the subset reads, and it is not an image PIL reads",
+        ),
+    ],
+)
 def test_an_image_folders_contents_are_checked_without_decoding_it(tmp_path, damage, message):
     """What the plan finds by listing the folders and reading the sampled files' headers."""
     with pytest.raises(DataUnavailable, match=message):
@@ -230,11 +300,12 @@ def test_sorting_the_flat_validation_folder_refuses_bad_labels_and_a_used_folder
     (used / "n01440764").mkdir(parents=True)
     good = tmp_path / "good.txt"
     good.write_text("n01440764\n" * 3)
-    for labels, out, message in ((devkit, tmp_path / "out", "gives '490' for ILSVRC2012_val_00000001.JPEG, not an "
-                                                            "ImageNet-1k wnid"),
-                                 (short, tmp_path / "out", "has 2 labels for 3 images"),
-                                 (tmp_path / "missing.csv", tmp_path / "out", "missing.csv does not exist"),
-                                 (good, used, "is not empty")):
+    for labels, out, message in (
+        (devkit, tmp_path / "out", "gives '490' for ILSVRC2012_val_00000001.JPEG, not an ImageNet-1k wnid"),
+        (short, tmp_path / "out", "has 2 labels for 3 images"),
+        (tmp_path / "missing.csv", tmp_path / "out", "missing.csv does not exist"),
+        (good, used, "is not empty"),
+    ):
         assert main(["sort-val", str(flat), str(labels), str(out)]) == 2
         assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
@@ -246,10 +317,18 @@ def test_the_images_key_depends_on_the_pixels_geometry_not_on_the_normalisation(
     from sweep.cache import ArtifactCache
 
     cache = ArtifactCache(tmp_path)
-    data = {"name": "digits", "source": "sklearn_digits", "n_classes": 2, "train_per_class": 2,
-            "val_per_class": 2, "seed": 0}
+    data = {
+        "name": "digits",
+        "source": "sklearn_digits",
+        "n_classes": 2,
+        "train_per_class": 2,
+        "val_per_class": 2,
+        "seed": 0,
+    }
     key, splits = cached_images(cache, data, PREPROCESS)
-    other_norm, again = cached_images(cache, data, {**PREPROCESS, "mean": [0.485, 0.456, 0.406], "std": [0.2, 0.2, 0.2]})
+    other_norm, again = cached_images(
+        cache, data, {**PREPROCESS, "mean": [0.485, 0.456, 0.406], "std": [0.2, 0.2, 0.2]}
+    )
     other_crop, _ = cached_images(cache, data, {**PREPROCESS, "crop": 192})
     assert other_norm == key != other_crop
     assert torch.equal(again["val"].images, splits["val"].images)
@@ -275,18 +354,27 @@ def test_preprocessing_resizes_the_short_edge_crops_the_centre_and_normalises_on
 # name -> (PIL mode, (width, height), file format). Random-noise pixels, so any off-by-one in
 # the resized size or the crop offset shows. JPEG cannot hold transparency, so the RGBA case
 # and a palette image with a transparent colour are PNGs.
-IMAGES = {"500x375": ("RGB", (500, 375), "JPEG"), "375x500": ("RGB", (375, 500), "JPEG"),
-          "333x500": ("RGB", (333, 500), "JPEG"), "224x224": ("RGB", (224, 224), "JPEG"),
-          "1x1000": ("RGB", (1, 1000), "JPEG"), "1000x1": ("RGB", (1000, 1), "JPEG"),
-          "grayscale-640x427": ("L", (640, 427), "JPEG"), "rgba-481x360": ("RGBA", (481, 360), "PNG"),
-          "cmyk-500x353": ("CMYK", (500, 353), "JPEG"), "palette-transparent-301x250": ("P", (301, 250), "PNG")}
+IMAGES = {
+    "500x375": ("RGB", (500, 375), "JPEG"),
+    "375x500": ("RGB", (375, 500), "JPEG"),
+    "333x500": ("RGB", (333, 500), "JPEG"),
+    "224x224": ("RGB", (224, 224), "JPEG"),
+    "1x1000": ("RGB", (1, 1000), "JPEG"),
+    "1000x1": ("RGB", (1000, 1), "JPEG"),
+    "grayscale-640x427": ("L", (640, 427), "JPEG"),
+    "rgba-481x360": ("RGBA", (481, 360), "PNG"),
+    "cmyk-500x353": ("CMYK", (500, 353), "JPEG"),
+    "palette-transparent-301x250": ("P", (301, 250), "PNG"),
+}
 
 
 def _image_file(tmp_path: Path, name: str) -> Path:
     mode, (width, height), fmt = IMAGES[name]
     channels = len(Image.new(mode, (1, 1)).getbands())
     rng = np.random.default_rng(list(IMAGES).index(name))
-    image = Image.frombytes(mode, (width, height), rng.integers(0, 256, (height, width, channels), dtype=np.uint8).tobytes())
+    image = Image.frombytes(
+        mode, (width, height), rng.integers(0, 256, (height, width, channels), dtype=np.uint8).tobytes()
+    )
     options = {}
     if mode == "P":
         image.putpalette(rng.integers(0, 256, 768, dtype=np.uint8).tobytes())

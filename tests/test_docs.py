@@ -162,11 +162,15 @@ def invocations(line: DocLine, home: Path) -> list[list[str]]:
 
 
 #: lines that name what does not exist: the check must refuse each (it is not a check otherwise)
-WRONG = [DocLine("(wrong group option)", ("sweep-run", "model=resnet", "layer=3")),
-         DocLine("(wrong key in a sweep)", ("sweep-run", "-m", "+experiment=toy", "sweep.unit.max_cellz=50")),
-         DocLine("(wrong key on a SLURM line)", ("sweep-run", "-m", "model=vit,deit", "hydra/launcher=slurm",
-                                                 "hydra.launcher.partitions=gpu")),
-         DocLine("(wrong subcommand)", ("sweep-cache", "inventory"))]
+WRONG = [
+    DocLine("(wrong group option)", ("sweep-run", "model=resnet", "layer=3")),
+    DocLine("(wrong key in a sweep)", ("sweep-run", "-m", "+experiment=toy", "sweep.unit.max_cellz=50")),
+    DocLine(
+        "(wrong key on a SLURM line)",
+        ("sweep-run", "-m", "model=vit,deit", "hydra/launcher=slurm", "hydra.launcher.partitions=gpu"),
+    ),
+    DocLine("(wrong subcommand)", ("sweep-cache", "inventory")),
+]
 
 
 @pytest.fixture(scope="module")
@@ -176,10 +180,23 @@ def outcomes(tmp_path_factory) -> dict[str, list[dict]]:
     doc_files(home)
     lines = [*doc_lines(), *WRONG]
     calls = [(line.where, argv) for line in lines for argv in invocations(line, home)]
-    env = {**os.environ, "HOME": str(home), "SWEEP_CACHE_DIR": str(home / "cache"), "WANDB_MODE": "offline",
-           "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, __file__], input=json.dumps([argv for _, argv in calls]), env=env,
-                          cwd=home, capture_output=True, text=True, timeout=600)
+    env = {
+        **os.environ,
+        "HOME": str(home),
+        "SWEEP_CACHE_DIR": str(home / "cache"),
+        "WANDB_MODE": "offline",
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+    }
+    done = subprocess.run(
+        [sys.executable, __file__],
+        input=json.dumps([argv for _, argv in calls]),
+        env=env,
+        cwd=home,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr
     results: dict[str, list[dict]] = {}
     for (where, _), result in zip(calls, json.loads(done.stdout.splitlines()[-1]), strict=True):

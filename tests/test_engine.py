@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import compose_cell
 from omegaconf import OmegaConf
 
-from helpers import compose_cell
 from sweep.cache import ArtifactCache
 from sweep.cell import measure
 from sweep.cellspec import cell_spec
@@ -15,17 +15,19 @@ from sweep.engine import Checkpoints, measure_unit
 from sweep.units import cost_per_image
 
 PROBE_AFTER = "intervention.probe_after=true"
-GRID = [(layer, intervention, readout, seed, *extra)
-        for layer in (1, 4)
-        for intervention, seeds, extra in (("none", (0,), ()), ("shuffle", (0, 1), (PROBE_AFTER,)),
-                                           ("mean", (0,), ()))
-        for readout in ("native", "cls")
-        for seed in seeds]
+GRID = [
+    (layer, intervention, readout, seed, *extra)
+    for layer in (1, 4)
+    for intervention, seeds, extra in (("none", (0,), ()), ("shuffle", (0, 1), (PROBE_AFTER,)), ("mean", (0,), ()))
+    for readout in ("native", "cls")
+    for seed in seeds
+]
 
 
 def cell(layer, intervention, readout, seed, *extra):
-    cfg = compose_cell("model=toy_deit", f"layer={layer}", f"intervention={intervention}", f"readout={readout}",
-                       f"seed={seed}", *extra)
+    cfg = compose_cell(
+        "model=toy_deit", f"layer={layer}", f"intervention={intervention}", f"readout={readout}", f"seed={seed}", *extra
+    )
     return cfg, cell_spec(cfg)
 
 
@@ -54,7 +56,7 @@ def test_a_unit_gives_every_cell_exactly_what_the_cell_gives_alone(cache_dir, un
     shuffled = [results[spec.cell_id] for _, spec in cells if spec.intervention == "shuffle"]
     assert all({"donor_accuracy", "donor_agreement", "probe_after"} <= set(r.metrics) for r in shuffled)
     assert all("donor" in r.outcomes for r in shuffled)
-    for cfg, spec in cells:
+    for _, spec in cells:
         alone = measure(spec, ArtifactCache(cache_dir))
         together = results[spec.cell_id]
         assert together.metrics == alone.metrics, spec.name
@@ -133,10 +135,12 @@ def test_a_progress_file_of_another_pass_is_not_resumed(cache_dir, unit, tmp_pat
     small = cfg.copy()
     small.compute.batch_size = 64
     with pytest.raises(KeyboardInterrupt):
-        measure_all(cache_dir, [cell_spec(small)],
-                    checkpoints=DiesAfter(lambda s: tmp_path / "progress.safetensors", 2))
-    results, _, _ = measure_all(cache_dir, [spec],
-                                checkpoints=Checkpoints(lambda s: tmp_path / "progress.safetensors", 0))
+        measure_all(
+            cache_dir, [cell_spec(small)], checkpoints=DiesAfter(lambda s: tmp_path / "progress.safetensors", 2)
+        )
+    results, _, _ = measure_all(
+        cache_dir, [spec], checkpoints=Checkpoints(lambda s: tmp_path / "progress.safetensors", 0)
+    )
     assert results[spec.cell_id].compute["resumed_rows"] == 0
     assert results[spec.cell_id].metrics == uninterrupted[spec.cell_id].metrics
 
@@ -153,10 +157,15 @@ def cfg_with(base, spec):
 def test_an_identity_edit_at_the_last_layer_changes_nothing_bit_for_bit(cache_dir, model):
     """At L = N no block runs (the readout reads the cached features with the CLS replaced):
     an identity permutation there must give the unmodified model's outcomes exactly."""
-    cfgs = [compose_cell(f"model={model}", "layer=-1", *point) for point in (
-        ("intervention=none", "readout=native"), ("intervention=none", "readout=cls"),
-        ("intervention=shuffle", "intervention.permutation=identity", "readout=native"),
-        ("intervention=shuffle", "intervention.permutation=identity", "readout=cls"))]
+    cfgs = [
+        compose_cell(f"model={model}", "layer=-1", *point)
+        for point in (
+            ("intervention=none", "readout=native"),
+            ("intervention=none", "readout=cls"),
+            ("intervention=shuffle", "intervention.permutation=identity", "readout=native"),
+            ("intervention=shuffle", "intervention.permutation=identity", "readout=cls"),
+        )
+    ]
     specs = [cell_spec(cfg) for cfg in cfgs]
     results, errors, summary = measure_all(cache_dir, specs)
     assert not errors and summary["block_calls_by_purpose"].get("unmodified", 0) == 0
@@ -173,8 +182,10 @@ def test_at_the_last_layer_the_cls_readout_follows_the_donor_exactly(cache_dir, 
     """At L = N the CLS-only readout reads nothing but the donor's CLS: every output is the
     donor's own unmodified prediction, so donor_accuracy is the unmodified accuracy, while
     the accuracy against the image's own label falls towards chance."""
-    cfgs = [compose_cell(f"model={model}", "layer=-1", "readout=cls", intervention)
-            for intervention in ("intervention=none", "intervention=shuffle")]
+    cfgs = [
+        compose_cell(f"model={model}", "layer=-1", "readout=cls", intervention)
+        for intervention in ("intervention=none", "intervention=shuffle")
+    ]
     specs = [cell_spec(cfg) for cfg in cfgs]
     results, errors, _ = measure_all(cache_dir, specs)
     assert not errors
@@ -192,8 +203,11 @@ def test_an_identity_edit_keeps_donor_metrics_and_later_probes_at_their_unmodifi
     scored on the cached features (`none` cells' probe_accuracy)."""
     n_layers = cell("-1", "none", "native", 0)[1].n_layers
     nones = [cell(layer, "none", "native", 0) for layer in range(n_layers + 1)]
-    edits = [cell(layer, "shuffle", readout, 0, "intervention.permutation=identity", PROBE_AFTER)
-             for layer in (0, 2, n_layers - 1) for readout in ("native", "cls")]
+    edits = [
+        cell(layer, "shuffle", readout, 0, "intervention.permutation=identity", PROBE_AFTER)
+        for layer in (0, 2, n_layers - 1)
+        for readout in ("native", "cls")
+    ]
     results, errors, _ = measure_all(cache_dir, [spec for _, spec in nones + edits])
     assert not errors
     probe = {spec.layer: results[spec.cell_id].metrics["probe_accuracy"] for _, spec in nones}
@@ -235,7 +249,7 @@ def test_knockout_cells_share_one_suffix_per_setting_and_give_what_each_gives_al
     n_val, n_layers = results[specs[0].cell_id].counts["n_val"], specs[0].n_layers
     assert summary["block_calls_by_purpose"]["branch"] == 5 * (n_layers - 1) * n_val  # four knockouts, one shuffle
     assert len({tuple(results[s.cell_id].outcomes["predicted"].tolist()) for s in specs if s.readout == "cls"}) == 5
-    for cfg, spec in cells:
+    for _, spec in cells:
         alone = measure(spec, ArtifactCache(cache_dir))
         assert results[spec.cell_id].metrics == alone.metrics, spec.name
         for key, values in alone.outcomes.items():
@@ -260,19 +274,31 @@ def test_cutting_patches_to_cls_after_layer_0_leaves_the_cls_readout_at_chance(c
 
 # -- intervention.token: what moves from the donor ------------------------------------------
 
-TOYS_WITH_TOKENS = {"toy_vit": ("cls",), "toy_deit": ("cls", "distillation"), "toy_beit": ("cls",),
-                    "toy_dinov2": ("cls",), "toy_clip": ("cls",), "toy_dinov2_reg": ("cls", "registers")}
+TOYS_WITH_TOKENS = {
+    "toy_vit": ("cls",),
+    "toy_deit": ("cls", "distillation"),
+    "toy_beit": ("cls",),
+    "toy_dinov2": ("cls",),
+    "toy_clip": ("cls",),
+    "toy_dinov2_reg": ("cls", "registers"),
+}
 
 
 def token_cell(model, layer, token, readout="native", *extra):
-    cfg = compose_cell(f"model={model}", f"layer={layer}", "intervention=shuffle", f"intervention.token={token}",
-                       f"readout={readout}", "seed=0", *extra)
+    cfg = compose_cell(
+        f"model={model}",
+        f"layer={layer}",
+        "intervention=shuffle",
+        f"intervention.token={token}",
+        f"readout={readout}",
+        "seed=0",
+        *extra,
+    )
     return cfg, cell_spec(cfg)
 
 
 @pytest.mark.parametrize("model", sorted(TOYS_WITH_TOKENS))
-def test_at_the_embedding_moving_the_patches_moves_the_image_and_moving_a_special_token_moves_nothing(
-        cache_dir, model):
+def test_at_the_embedding_moving_the_patches_moves_the_image_and_moving_a_special_token_moves_nothing(cache_dir, model):
     """At L = 0 the CLS, distillation and register tokens are the same for every image (a
     learned vector plus its position), and the patches are all there is of the image: a
     shuffle of the patches is a shuffle of the images (every output is the donor's own
@@ -329,9 +355,13 @@ def test_a_token_shuffle_equals_hfs_own_forward_with_the_donors_tokens_patched_i
 def test_token_shuffles_of_one_seed_share_one_donor_prefix_and_cost_what_the_planner_counts(cache_dir):
     """Donor states are computed once per seed, to the deepest layer that reads them, shared
     by every token and layer; the unit's block applications equal cost_per_image exactly."""
-    cells = [token_cell("toy_deit", layer, token, readout, f"seed={seed}")
-             for layer in (1, 3, 6) for token in ("distillation", "patches") for readout in ("native", "cls")
-             for seed in (0, 1)]
+    cells = [
+        token_cell("toy_deit", layer, token, readout, f"seed={seed}")
+        for layer in (1, 3, 6)
+        for token in ("distillation", "patches")
+        for readout in ("native", "cls")
+        for seed in (0, 1)
+    ]
     cells.append(cell(2, "shuffle", "native", 0))
     specs = [spec for _, spec in cells]
     results, errors, summary = measure_all(cache_dir, specs)
@@ -342,7 +372,7 @@ def test_token_shuffles_of_one_seed_share_one_donor_prefix_and_cost_what_the_pla
     assert by_purpose["unmodified"] == n_layers * n_val
     assert sum(by_purpose[k] for k in ("unmodified", "branch", "donor")) == cost_per_image(specs) * n_val
     assert sum(r.compute["block_calls"] for r in results.values()) == pytest.approx(summary["block_calls"])
-    for cfg, spec in cells[::5]:  # a unit's numbers are the cell's alone
+    for spec in specs[::5]:  # a unit's numbers are the cell's alone
         alone = measure(spec, ArtifactCache(cache_dir))
         assert results[spec.cell_id].metrics == alone.metrics, spec.name
 
@@ -366,8 +396,10 @@ def test_at_the_last_layer_moving_the_patches_changes_only_readouts_that_read_th
 def test_a_last_layer_cls_shuffle_leaves_a_readout_that_never_reads_the_cls_unchanged(cache_dir, model, readout):
     """DeiT's distillation head reads the distillation token, DINOv2's patch_mean the patch
     tokens: a CLS replaced at L = N (after the last block) reaches neither."""
-    cfgs = [compose_cell(f"model={model}", "layer=-1", f"readout={readout}", intervention)
-            for intervention in ("intervention=none", "intervention=shuffle")]
+    cfgs = [
+        compose_cell(f"model={model}", "layer=-1", f"readout={readout}", intervention)
+        for intervention in ("intervention=none", "intervention=shuffle")
+    ]
     specs = [cell_spec(cfg) for cfg in cfgs]
     results, errors, _ = measure_all(cache_dir, specs)
     assert not errors
@@ -381,7 +413,9 @@ def test_an_early_shuffle_moves_deits_cls_head_to_the_donor_but_hardly_its_disti
     distillation head, which sees the CLS only through attention in blocks 2..N, keeps its
     own image's (on the toy: 0.85 vs 0.85 unmodified, following the donor for 0.11 of the
     images, at chance; the CLS head 0.17 vs 0.86, following the donor for 0.65)."""
-    points = [(1, intervention, readout, 0) for intervention in ("none", "shuffle") for readout in ("cls", "distillation")]
+    points = [
+        (1, intervention, readout, 0) for intervention in ("none", "shuffle") for readout in ("cls", "distillation")
+    ]
     cells = [cell(*point) for point in points]
     results, errors, _ = measure_all(cache_dir, [spec for _, spec in cells])
     assert not errors

@@ -7,8 +7,8 @@ import json
 import pickle
 
 import pytest
-
 from helpers import read_only
+
 from sweep.files import WriteFailed, atomic_write_bytes, atomic_write_json, atomic_write_text
 
 

@@ -14,31 +14,42 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
+from helpers import compose_cell
 from safetensors.torch import load_file, save_file
 
 import sweep.files
-from helpers import compose_cell
 from sweep.adapters import Adapter, ClipAdapter, ReadoutUnavailable
 from sweep.cache import ArtifactCache
 from sweep.cell import measure
 from sweep.cellspec import cell_spec
 from sweep.errors import SweepError
-from sweep.models import IncompleteCheckpoint, LoadedModel, ModelUnavailable, folder_digest, load_model
 from sweep.linear_heads import LinearHead
+from sweep.models import IncompleteCheckpoint, LoadedModel, ModelUnavailable, folder_digest, load_model
 from sweep.settings import Model
 
 FIXTURES = Path(__file__).parent / "fixtures" / "hub"
 N_LAYERS = 3  # make_hub_fixtures.N_LAYERS
 #: fixture folder -> the model config it is a small copy of
-CONF = {"vit": "vit", "deit": "deit", "beit": "beit", "beit_shared": "beit", "dinov2": "dinov2", "clip": "clip",
-        "dinov2_reg": "dinov2_reg"}
+CONF = {
+    "vit": "vit",
+    "deit": "deit",
+    "beit": "beit",
+    "beit_shared": "beit",
+    "dinov2": "dinov2",
+    "clip": "clip",
+    "dinov2_reg": "dinov2_reg",
+}
 ALL = tuple(CONF)
 N_CLASSES = 1000
 
 
 def model_cfg(fixture: str, *overrides: str, source: Path | None = None):
-    cfg = compose_cell(f"model={CONF[fixture]}", f"model.source={source or FIXTURES / fixture}",
-                       f"model.n_layers={N_LAYERS}", *overrides)
+    cfg = compose_cell(
+        f"model={CONF[fixture]}",
+        f"model.source={source or FIXTURES / fixture}",
+        f"model.n_layers={N_LAYERS}",
+        *overrides,
+    )
     return cfg["model"]
 
 
@@ -66,8 +77,12 @@ def with_fitted_heads(fixture: str, x: torch.Tensor) -> Adapter:
         for readout, settings in model_cfg(fixture)["readouts"].items():
             if settings["head"] == "fitted":
                 dim = adapter.readout_features(hidden, readout).shape[-1]
-                adapter.install_head(readout, LinearHead(torch.randn(N_CLASSES, dim, generator=generator),
-                                                         torch.randn(N_CLASSES, generator=generator)))
+                adapter.install_head(
+                    readout,
+                    LinearHead(
+                        torch.randn(N_CLASSES, dim, generator=generator), torch.randn(N_CLASSES, generator=generator)
+                    ),
+                )
     return adapter
 
 
@@ -119,11 +134,14 @@ def _reshape_backbone_key(weights):
     weights["vit.encoder.layer.0.intermediate.dense.bias"] = torch.randn(65)
 
 
-@pytest.mark.parametrize("edit, named", [
-    (_rename_backbone_key, "vit.layers.1.mlp.fc2.weight"),
-    (_drop_backbone_key, "cls_token"),
-    (_reshape_backbone_key, "(checkpoint (65,), model (64,))"),
-])
+@pytest.mark.parametrize(
+    "edit, named",
+    [
+        (_rename_backbone_key, "vit.layers.1.mlp.fc2.weight"),
+        (_drop_backbone_key, "cls_token"),
+        (_reshape_backbone_key, "(checkpoint (65,), model (64,))"),
+    ],
+)
 def test_a_checkpoint_missing_part_of_the_backbone_is_refused_by_name(tmp_path, edit, named):
     folder = copy_fixture("vit", tmp_path, edit)
     with pytest.raises(IncompleteCheckpoint, match="did not load completely") as refused:
@@ -163,8 +181,12 @@ def test_native_readout_equals_the_hf_forward(fixture):
 
 #: (fixture, input size): 160 px where the model takes other sizes (BEiT's relative position
 #: bias must then follow the input, not config.image_size)
-SIZES = [(fixture, 224) for fixture in ALL] + [("beit", 160), ("beit_shared", 160), ("dinov2", 160),
-                                                ("dinov2_reg", 160)]
+SIZES = [(fixture, 224) for fixture in ALL] + [
+    ("beit", 160),
+    ("beit_shared", 160),
+    ("dinov2", 160),
+    ("dinov2_reg", 160),
+]
 
 
 @pytest.mark.parametrize("fixture, size", SIZES)
@@ -230,8 +252,9 @@ def test_deit_distillation_readout_is_hfs_own_distillation_logits():
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("fixture, base, first_patch", [("dinov2", "dinov2", 1),
-                                                         ("dinov2_reg", "dinov2_with_registers", 5)])
+@pytest.mark.parametrize(
+    "fixture, base, first_patch", [("dinov2", "dinov2", 1), ("dinov2_reg", "dinov2_with_registers", 5)]
+)
 def test_dinov2_patch_mean_readout_is_the_mean_of_hfs_final_patch_tokens(fixture, base, first_patch):
     """The registers model's patches start after its CLS and 4 registers, as HF's own head reads them."""
     x = pixels()
@@ -244,10 +267,13 @@ def test_dinov2_patch_mean_readout_is_the_mean_of_hfs_final_patch_tokens(fixture
 
 
 # -- where each token sits (intervention.token) -----------------------------------------------
-@pytest.mark.parametrize("fixture, token, parameter", [
-    ("deit", "distillation", "deit.embeddings.distillation_token"),
-    ("dinov2_reg", "registers", "dinov2_with_registers.embeddings.register_tokens"),
-])
+@pytest.mark.parametrize(
+    "fixture, token, parameter",
+    [
+        ("deit", "distillation", "deit.embeddings.distillation_token"),
+        ("dinov2_reg", "registers", "dinov2_with_registers.embeddings.register_tokens"),
+    ],
+)
 def test_a_special_tokens_slots_hold_its_own_learned_vectors_at_the_embedding(fixture, token, parameter):
     """DeiT's distillation token (plus its position) and DINOv2's registers (no position) at
     hidden state 0, read from HF's own output_hidden_states: the slots a shuffle of that token
@@ -299,7 +325,9 @@ def test_clip_cls_needs_a_head_fitted_here():
 
 
 def test_an_unknown_readout_setting_is_refused_with_the_valid_ones():
-    with pytest.raises(SweepError, match=r"model.readouts.cls.visual_projektion .*valid settings: head, visual_projection"):
+    with pytest.raises(
+        SweepError, match=r"model.readouts.cls.visual_projektion .*valid settings: head, visual_projection"
+    ):
         load("clip", "+model.readouts.cls.visual_projektion=true")
 
 
@@ -354,9 +382,15 @@ def test_a_folders_files_are_hashed_once_across_processes(tmp_path, monkeypatch)
 
 
 def small_cell(fixture: str, *overrides: str, source: Path | None = None):
-    return compose_cell(f"model={CONF[fixture]}", f"model.source={source or FIXTURES / fixture}",
-                        f"model.n_layers={N_LAYERS}", "data.train_per_class=3", "data.val_per_class=2",
-                        "compute.device=cpu", *overrides)
+    return compose_cell(
+        f"model={CONF[fixture]}",
+        f"model.source={source or FIXTURES / fixture}",
+        f"model.n_layers={N_LAYERS}",
+        "data.train_per_class=3",
+        "data.val_per_class=2",
+        "compute.device=cpu",
+        *overrides,
+    )
 
 
 def test_a_clip_cell_projects_through_its_cls_readout(tmp_path):
@@ -376,8 +410,7 @@ E2E_CLASSES, E2E_PER_CLASS = 4, 3
 def imagenet_folder(tmp_path_factory):
     from imagenet_folder import make_imagenet_folder
 
-    return make_imagenet_folder(tmp_path_factory.mktemp("imagenet"), n_classes=E2E_CLASSES,
-                                per_class=E2E_PER_CLASS)
+    return make_imagenet_folder(tmp_path_factory.mktemp("imagenet"), n_classes=E2E_CLASSES, per_class=E2E_PER_CLASS)
 
 
 def fitted_native_head(cache: Path) -> LinearHead | None:
@@ -393,9 +426,9 @@ def fitted_native_head(cache: Path) -> LinearHead | None:
 def independent_predictions(fixture: str, root: Path, head: LinearHead | None) -> list[tuple[int, int, int]]:
     """HF's image processor and HF's own forward on every validation file, no sweep code
     between the files and the logits (only a head fitted here, where the model has none)."""
+    from hf_processors import hf_processor, model_preprocess
     from PIL import Image
 
-    from hf_processors import hf_processor, model_preprocess
     from sweep.data import imagenet_wnids
 
     processor = hf_processor(fixture, model_preprocess(fixture))
@@ -427,12 +460,23 @@ def test_a_cell_on_an_imagenet_folder_scores_what_hf_scores_on_the_same_files(fi
 
     cache = tmp_path / "cache"
     env = {**os.environ, "SWEEP_CACHE_DIR": str(cache), "WANDB_MODE": "offline", "SWEEP_PROGRESS": "0"}
-    args = [f"model={CONF[fixture]}", f"model.source={FIXTURES / fixture}", f"model.n_layers={N_LAYERS}",
-            "data=imagefolder", f"data.root={imagenet_folder}", f"data.n_classes={E2E_CLASSES}",
-            f"data.train_per_class={E2E_PER_CLASS}", f"data.val_per_class={E2E_PER_CLASS}",
-            "intervention=none", "layer=-1", "logger=none", "compute.attn_implementation=eager"]
-    result = subprocess.run([sys.executable, "-m", "sweep.run", *args], env=env, cwd=tmp_path,
-                            capture_output=True, text=True, timeout=600)
+    args = [
+        f"model={CONF[fixture]}",
+        f"model.source={FIXTURES / fixture}",
+        f"model.n_layers={N_LAYERS}",
+        "data=imagefolder",
+        f"data.root={imagenet_folder}",
+        f"data.n_classes={E2E_CLASSES}",
+        f"data.train_per_class={E2E_PER_CLASS}",
+        f"data.val_per_class={E2E_PER_CLASS}",
+        "intervention=none",
+        "layer=-1",
+        "logger=none",
+        "compute.attn_implementation=eager",
+    ]
+    result = subprocess.run(
+        [sys.executable, "-m", "sweep.run", *args], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stderr
     (path,) = tmp_path.glob(f"runs/{CONF[fixture]}/*/result.json")
     record = json.loads(path.read_text())

@@ -20,7 +20,6 @@ import venv
 from pathlib import Path
 
 import pytest
-
 from test_install import REPO, ok
 
 pytestmark = pytest.mark.slow
@@ -63,12 +62,14 @@ def hydra_bin(request, tmp_path_factory) -> tuple[str, Path]:
 def test_runs_without_a_warning(hydra_bin, what, cli_env, tmp_path):
     version, bin = hydra_bin
     env = {k: v for k, v in cli_env.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    versions = ok([bin / "python", "-c", "import hydra, omegaconf; print(hydra.__version__, omegaconf.__version__)"],
-                  env=env)
+    versions = ok(
+        [bin / "python", "-c", "import hydra, omegaconf; print(hydra.__version__, omegaconf.__version__)"], env=env
+    )
     assert versions.startswith("1.4.0rc" if version == "1.4rc" else "1.3."), versions
     command, *args = COMMANDS[what]
-    result = subprocess.run([str(bin / command), *args], env=env, cwd=tmp_path, capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(
+        [str(bin / command), *args], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr
     assert "warn" not in result.stderr.lower() and "deprecat" not in result.stderr.lower(), result.stderr
     if what == "submitit launcher":
@@ -77,8 +78,11 @@ def test_runs_without_a_warning(hydra_bin, what, cli_env, tmp_path):
 
 def test_the_editable_install_maps_sweep_conf_to_the_top_level_conf(hydra_bin, tmp_path):
     _, bin = hydra_bin
-    where = ok([bin / "python", "-c", "import sweep.conf; print(sweep.conf.__file__)"], cwd=tmp_path,
-               env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    where = ok(
+        [bin / "python", "-c", "import sweep.conf; print(sweep.conf.__file__)"],
+        cwd=tmp_path,
+        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+    )
     conf = Path(where.strip()).parent
     assert conf.name == "conf" and (conf.parent / "src" / "sweep").is_dir(), conf
     assert (conf / "hydra" / "launcher" / "slurm.yaml").is_file() and (conf / "experiment" / "toy.yaml").is_file()

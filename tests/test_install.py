@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import NamedTuple
 
 import pytest
-
 from helpers import FAST
 
 pytestmark = pytest.mark.slow
@@ -51,8 +50,21 @@ def build_wheel(into: Path) -> Path:
         shutil.copy2(REPO / name, source / name)
     for name in ("src", "conf"):
         shutil.copytree(REPO / name, source / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    ok([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q",
-        "-w", into / "dist", source])
+    ok(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "-q",
+            "-w",
+            into / "dist",
+            source,
+        ]
+    )
     (wheel,) = (into / "dist").glob("sweep-*.whl")
     return wheel
 
@@ -83,8 +95,9 @@ def env(cli_env) -> dict:
 
 def run(installed: Installed, command: str, args: list, env: dict, cwd: Path) -> subprocess.CompletedProcess:
     """One of the installed commands, as a user runs it."""
-    return subprocess.run([str(installed.bin / command), *args], env=env, cwd=cwd, capture_output=True,
-                          text=True, timeout=600)
+    return subprocess.run(
+        [str(installed.bin / command), *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=600
+    )
 
 
 def shipped_configs(installed: Installed, env: dict) -> Path:
@@ -105,17 +118,29 @@ def user_folder(where: Path, shipped: Path) -> Path:
 
 def test_the_wheel_ships_the_configuration_and_the_sweeper(installed):
     names = set(zipfile.ZipFile(installed.wheel).namelist())
-    for name in ("sweep/conf/__init__.py", "sweep/conf/config.yaml", "sweep/conf/reference.yaml",
-                 "sweep/conf/model/toy_vit.yaml", "sweep/conf/experiment/toy.yaml",
-                 "sweep/conf/hydra/launcher/slurm.yaml", "sweep/conf/hydra/launcher/local.yaml",
-                 "hydra_plugins/sweep_cells/cell_sweeper.py"):
+    for name in (
+        "sweep/conf/__init__.py",
+        "sweep/conf/config.yaml",
+        "sweep/conf/reference.yaml",
+        "sweep/conf/model/toy_vit.yaml",
+        "sweep/conf/experiment/toy.yaml",
+        "sweep/conf/hydra/launcher/slurm.yaml",
+        "sweep/conf/hydra/launcher/local.yaml",
+        "hydra_plugins/sweep_cells/cell_sweeper.py",
+    ):
         assert name in names, f"{name} is not in {installed.wheel.name}"
 
 
 def test_the_wheels_copy_is_the_one_that_runs(installed, env, tmp_path):
-    where = ok([installed.bin / "python", "-c",
-                "import sweep, hydra_plugins.sweep_cells as p; print(sweep.__file__); print(p.__file__)"],
-               env=env, cwd=tmp_path).split()
+    where = ok(
+        [
+            installed.bin / "python",
+            "-c",
+            "import sweep, hydra_plugins.sweep_cells as p; print(sweep.__file__); print(p.__file__)",
+        ],
+        env=env,
+        cwd=tmp_path,
+    ).split()
     venv_root = installed.bin.parent
     assert all(Path(path).is_relative_to(venv_root) for path in where), where
 
@@ -131,18 +156,45 @@ def test_a_users_model_and_cluster_profile_are_picked_up_by_a_multirun(installed
     config_dir = user_folder(tmp_path / "my-configs", shipped_configs(installed, env))
     work = tmp_path / "work"
     work.mkdir()
-    result = run(installed, "sweep-run", ["-m", "--config-dir", str(config_dir), *FAST, "model=my_vit,toy_vit",
-                                          "layer=2,3", "intervention=shuffle", "readout=native", "seed=0",
-                                          "hydra/launcher=mine", "sweep.name=mine"], env, work)
+    result = run(
+        installed,
+        "sweep-run",
+        [
+            "-m",
+            "--config-dir",
+            str(config_dir),
+            *FAST,
+            "model=my_vit,toy_vit",
+            "layer=2,3",
+            "intervention=shuffle",
+            "readout=native",
+            "seed=0",
+            "hydra/launcher=mine",
+            "sweep.name=mine",
+        ],
+        env,
+        work,
+    )
     assert result.returncode == 0, result.stderr
     sweep_dir = work / "multirun" / "mine"
     records = [json.loads(p.read_text()) for p in sweep_dir.rglob("result.json")]
-    assert sorted((r["model"], r["layer"]) for r in records) == [("my_vit", 2), ("my_vit", 3),
-                                                                 ("toy_vit", 2), ("toy_vit", 3)]
+    assert sorted((r["model"], r["layer"]) for r in records) == [
+        ("my_vit", 2),
+        ("my_vit", 3),
+        ("toy_vit", 2),
+        ("toy_vit", 3),
+    ]
     assert all(r["status"] == "complete" for r in records)
-    choices = ok([installed.bin / "python", "-c", "import sys; from omegaconf import OmegaConf; "
-                  "print(OmegaConf.load(sys.argv[1]).hydra.runtime.choices['hydra/launcher'])",
-                  sweep_dir / "multirun.yaml"], env=env)
+    choices = ok(
+        [
+            installed.bin / "python",
+            "-c",
+            "import sys; from omegaconf import OmegaConf; "
+            "print(OmegaConf.load(sys.argv[1]).hydra.runtime.choices['hydra/launcher'])",
+            sweep_dir / "multirun.yaml",
+        ],
+        env=env,
+    )
     assert choices.strip() == "mine"
 
     # the other commands, from the wheel too: status, the table (reads the shipped reference.yaml), the cache
@@ -157,7 +209,12 @@ def test_a_users_model_and_cluster_profile_are_picked_up_by_a_multirun(installed
 
 def test_hydra_searchpath_adds_a_users_folder_too(installed, env, tmp_path):
     config_dir = user_folder(tmp_path / "my-configs", shipped_configs(installed, env))
-    result = run(installed, "sweep-run", ["--cfg", "job", "--package", "model",
-                                          f"hydra.searchpath=[file://{config_dir}]", "model=my_vit"], env, tmp_path)
+    result = run(
+        installed,
+        "sweep-run",
+        ["--cfg", "job", "--package", "model", f"hydra.searchpath=[file://{config_dir}]", "model=my_vit"],
+        env,
+        tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     assert "name: my_vit" in result.stdout

@@ -119,16 +119,17 @@ def test_few_seeds_widen_the_interval_like_students_t():
     assert interval.half_width == pytest.approx(12.706 * 0.02, rel=1e-3)
 
 
-@pytest.mark.parametrize("correct,examples", [(1, 10_000), (0, 10_000), (10, 10_000), (5, 700), (420, 700),
-                                              (700, 700)])
+@pytest.mark.parametrize("correct,examples", [(1, 10_000), (0, 10_000), (10, 10_000), (5, 700), (420, 700), (700, 700)])
 def test_a_seedless_cell_has_wilsons_interval(correct, examples):
     # the normal approximation gives [-0.0001, 0.0003] at 1 in 10,000 and a zero-width
     # interval at none or all correct; the score interval is scipy's Wilson interval
     outcomes = np.zeros(examples)
     outcomes[:correct] = 1
     wilson = binomtest(correct, examples).proportion_ci(confidence_level=LEVEL, method="wilson")
-    for interval in (outcome_interval([outcomes], seeded=False), summary_interval([correct / examples], examples,
-                                                                                  seeded=False)):
+    for interval in (
+        outcome_interval([outcomes], seeded=False),
+        summary_interval([correct / examples], examples, seeded=False),
+    ):
         assert (interval.low, interval.high) == pytest.approx((wilson.low, wilson.high), rel=1e-9, abs=1e-15)
 
 
@@ -144,8 +145,12 @@ def test_constant_outcomes_still_have_an_interval():
 # images: where late-layer shuffles sit) and on the toys' digits, near 1. Outcomes are
 # Bernoulli with a per-image difficulty and a per-seed shift on the logit scale, so an
 # accuracy stays in [0, 1]: name -> (accuracy of the median image and seed, images).
-EDGE_CELLS = {"near 0": (0.001, 1000), "chance, ImageNet": (0.001, 10_000), "chance, digits": (0.1, 700),
-              "near 1": (0.998, 700)}
+EDGE_CELLS = {
+    "near 0": (0.001, 1000),
+    "chance, ImageNet": (0.001, 10_000),
+    "chance, digits": (0.1, 700),
+    "near 1": (0.998, 700),
+}
 IMAGE_SD, EDGE_SEED_SD, EDGE_REPLICATIONS = 1.0, 0.3, 1000
 
 

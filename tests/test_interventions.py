@@ -3,8 +3,16 @@
 import pytest
 import torch
 
-from sweep.interventions import (COMMON_SETTINGS, INTERVENTIONS, TOKENS, AttentionCut, configured, intervention_label,
-                                 shuffle_donors, variant)
+from sweep.interventions import (
+    COMMON_SETTINGS,
+    INTERVENTIONS,
+    TOKENS,
+    AttentionCut,
+    configured,
+    intervention_label,
+    shuffle_donors,
+    variant,
+)
 
 
 def test_derangement_moves_every_cls_and_stays_within_groups_of_128():
@@ -50,7 +58,9 @@ def cls():
 
 def test_replacements(cls):
     at_layer, at_embedding = cls
-    make = lambda name, **s: configured(name, s).replacement(cls_at_layer=at_layer, cls_at_embedding=at_embedding, seed=0)  # noqa: E731
+    make = lambda name, **s: configured(name, s).replacement(
+        cls_at_layer=at_layer, cls_at_embedding=at_embedding, seed=0
+    )  # noqa: E731
     assert make("none") is None
     assert torch.count_nonzero(make("zero")) == 0
     assert torch.allclose(make("mean"), at_layer.mean(0).expand(300, 8))
@@ -69,11 +79,16 @@ def test_a_knockout_replaces_no_cls_and_cuts_block_L_plus_1_or_every_block_after
     assert knockout.replacement(cls_at_layer=at_layer, cls_at_embedding=at_embedding, seed=None) is None
     assert not INTERVENTIONS["knockout"].seeded
     # block k + 1 sits at index k: from hidden state 2 of a 6-block model, block 3 or blocks 3..6
-    assert configured("knockout", {"edge": "cls_to_patches", "span": "single"}).attention_cut(layer=2, n_layers=6) == \
-        AttentionCut("cls_to_patches", (2,))
-    assert configured("knockout", {"edge": "patches_to_cls", "span": "after"}).attention_cut(layer=2, n_layers=6) == \
-        AttentionCut("patches_to_cls", (2, 3, 4, 5))
-    assert configured("shuffle", {"group_size": 128, "permutation": "derangement"}).attention_cut(layer=2, n_layers=6) is None
+    assert configured("knockout", {"edge": "cls_to_patches", "span": "single"}).attention_cut(
+        layer=2, n_layers=6
+    ) == AttentionCut("cls_to_patches", (2,))
+    assert configured("knockout", {"edge": "patches_to_cls", "span": "after"}).attention_cut(
+        layer=2, n_layers=6
+    ) == AttentionCut("patches_to_cls", (2, 3, 4, 5))
+    assert (
+        configured("shuffle", {"group_size": 128, "permutation": "derangement"}).attention_cut(layer=2, n_layers=6)
+        is None
+    )
 
 
 def test_an_intervention_with_donors_declares_them():
@@ -102,10 +117,14 @@ def test_a_shuffle_of_another_token_moves_it_from_the_donors_hidden_state_not_fr
     for token in TOKENS:
         values = {"group_size": 128, "permutation": "derangement", "token": token, "probe_after": False}
         assert configured("shuffle", values).token == token
-        replacement = configured("shuffle", values).replacement(cls_at_layer=at_layer, cls_at_embedding=at_layer, seed=4)
+        replacement = configured("shuffle", values).replacement(
+            cls_at_layer=at_layer, cls_at_embedding=at_layer, seed=4
+        )
         assert (replacement is None) == (token != "cls")
-        assert torch.equal(configured("shuffle", values).donors(n=300, seed=4),
-                           shuffle_donors(300, group_size=128, permutation="derangement", seed=4))
+        assert torch.equal(
+            configured("shuffle", values).donors(n=300, seed=4),
+            shuffle_donors(300, group_size=128, permutation="derangement", seed=4),
+        )
     assert {configured(name, {}).token for name in INTERVENTIONS.names if name != "shuffle"} == {"cls"}
 
 

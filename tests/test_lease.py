@@ -11,22 +11,32 @@ import time
 from pathlib import Path
 
 import pytest
-
 from helpers import fill, read_only, small_disk
+
 from sweep import lease as leases
+from sweep.cell_state import cell_state
 from sweep.files import WriteFailed
 from sweep.layout import LEASE_FILE
 from sweep.lease import Lease, LeaseHeld, pid_alive, read_lease, why_free
-from sweep.cell_state import cell_state
 
 FAR_PID = 2**22 + 12345  # above any pid_max: never a live process
 
 
 def write_lease(cell: Path, **fields) -> None:
     cell.mkdir(parents=True, exist_ok=True)
-    (cell / LEASE_FILE).write_text(json.dumps({"host": socket.gethostname(), "pid": FAR_PID, "heartbeat": time.time(),
-                                               "stale_after_s": 60, "released": None, "token": "theirs",
-                                               **fields}))
+    (cell / LEASE_FILE).write_text(
+        json.dumps(
+            {
+                "host": socket.gethostname(),
+                "pid": FAR_PID,
+                "heartbeat": time.time(),
+                "stale_after_s": 60,
+                "released": None,
+                "token": "theirs",
+                **fields,
+            }
+        )
+    )
 
 
 def take(cell: Path, **settings) -> Lease:
@@ -45,9 +55,12 @@ def test_a_live_owner_keeps_its_lease_and_a_dead_one_loses_it(tmp_path, monkeypa
     with pytest.raises(LeaseHeld):
         take(tmp_path / "queued")
 
-    cases = {"gone": {}, "released": {"pid": os.getpid(), "released": time.time()},
-             "stale": {"host": "node-elsewhere", "heartbeat": time.time() - 61},
-             "left-the-queue": {"host": "node-elsewhere", "slurm_job_id": "78"}}
+    cases = {
+        "gone": {},
+        "released": {"pid": os.getpid(), "released": time.time()},
+        "stale": {"host": "node-elsewhere", "heartbeat": time.time() - 61},
+        "left-the-queue": {"host": "node-elsewhere", "slurm_job_id": "78"},
+    }
     for name, fields in cases.items():
         write_lease(tmp_path / name, **fields)
         assert why_free(read_lease(tmp_path / name)) is not None, name
@@ -57,7 +70,9 @@ def test_a_live_owner_keeps_its_lease_and_a_dead_one_loses_it(tmp_path, monkeypa
     assert "from before leases" in why_free({"host": "node-elsewhere", "pid": 1})  # would block it forever
     assert "is gone" in why_free({"host": socket.gethostname(), "pid": FAR_PID})
     assert "no longer queued" in why_free({"host": "x", "slurm_job_id": "78"})
-    assert "no heartbeat for" in why_free({"host": "x", "token": "t", "heartbeat": time.time() - 61, "stale_after_s": 60})
+    assert "no heartbeat for" in why_free(
+        {"host": "x", "token": "t", "heartbeat": time.time() - 61, "stale_after_s": 60}
+    )
 
 
 def test_taking_over_from_a_dead_owner_removes_the_temporaries_of_its_interrupted_writes(tmp_path):
@@ -186,7 +201,9 @@ else:
 def test_processes_racing_for_one_lease_give_it_to_exactly_one(tmp_path):
     write_lease(tmp_path, pid=FAR_PID)  # a dead owner: every racer sees a lease to take over
     start = time.time() + 5  # every racer has imported sweep.lease by then
-    racers = [subprocess.Popen([sys.executable, "-c", RACER, str(tmp_path), str(start)], stdout=subprocess.PIPE,
-                               text=True) for _ in range(6)]
+    racers = [
+        subprocess.Popen([sys.executable, "-c", RACER, str(tmp_path), str(start)], stdout=subprocess.PIPE, text=True)
+        for _ in range(6)
+    ]
     outputs = [racer.communicate(timeout=60)[0].strip() for racer in racers]
     assert sorted(outputs) == ["held"] * 5 + ["won"], outputs

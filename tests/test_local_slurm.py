@@ -20,11 +20,6 @@ submitit = pytest.importorskip("submitit")
 from submitit.core.utils import FailedJobError, UncompletedJobError  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from slurm_fixture import (  # noqa: E402
-    local_slurm_unavailable,
-    start_local_slurm,
-    stop_local_slurm,
-)
 
 # Jobs unpickle this module's functions/classes in a python that cannot import
 # it (tests/ is not on the job's sys.path): ship them by value.
@@ -66,7 +61,9 @@ def _wait_done(job, timeout: float) -> None:
 def _sacct_states(job_id: str) -> list[str]:
     out = subprocess.run(
         ["sacct", "-n", "-X", "-P", "-D", "-j", job_id, "-o", "State"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     return [line.split()[0] for line in out.splitlines() if line.strip()]
 
@@ -126,18 +123,16 @@ def test_job_array(executor_factory):
 
 
 def test_over_memory_request_rejected_at_submission(executor_factory):
-    node = subprocess.run(
-        ["scontrol", "show", "node", "localhost"], capture_output=True, text=True, check=True
-    ).stdout
+    node = subprocess.run(["scontrol", "show", "node", "localhost"], capture_output=True, text=True, check=True).stdout
     real_mb = int(re.search(r"RealMemory=(\d+)", node).group(1))
     ex = executor_factory(mem_gb=10 * (real_mb // 1024 + 1))
     with pytest.raises(FailedJobError) as info:
         ex.submit(add, 1, 1)
     msg = str(info.value)
     assert "sbatch: error" in msg
-    assert re.search(
-        r"Memory specification can not be satisfied|Requested node configuration is not available", msg
-    ), msg
+    assert re.search(r"Memory specification can not be satisfied|Requested node configuration is not available", msg), (
+        msg
+    )
 
 
 def test_cancelled_job_result_raises(executor_factory):

@@ -7,11 +7,15 @@ from sweep.metrics import identifiability, identifiability_exact, rank_metrics, 
 
 
 def test_ranks_count_the_classes_above_the_true_one_with_ties_broken_like_argmax():
-    logits = torch.tensor([[0.1, 0.9, 0.5, 0.2],    # true 1: best                   -> 0
-                           [0.1, 0.9, 0.5, 0.2],    # true 2: second                 -> 1
-                           [0.1, 0.9, 0.5, 0.2],    # true 0: worst                  -> 3
-                           [0.5, 0.5, 0.1, 0.1],    # true 1: tied with class 0      -> 1
-                           [0.5, 0.5, 0.1, 0.1]])   # true 0: tied, lower index wins -> 0
+    logits = torch.tensor(
+        [
+            [0.1, 0.9, 0.5, 0.2],  # true 1: best                   -> 0
+            [0.1, 0.9, 0.5, 0.2],  # true 2: second                 -> 1
+            [0.1, 0.9, 0.5, 0.2],  # true 0: worst                  -> 3
+            [0.5, 0.5, 0.1, 0.1],  # true 1: tied with class 0      -> 1
+            [0.5, 0.5, 0.1, 0.1],
+        ]
+    )  # true 0: tied, lower index wins -> 0
     ranks = true_class_ranks(logits, torch.tensor([1, 2, 0, 1, 0]))
     assert ranks.tolist() == [0, 1, 3, 1, 0]
     assert ((ranks == 0) == (logits.argmax(1) == torch.tensor([1, 2, 0, 1, 0]))).all()
@@ -69,8 +73,14 @@ def test_scores_over_many_examples_do_not_depend_on_the_thread_count():
     try:
         for count in (1, 2):
             torch.set_num_threads(count)
-            scores.append((identifiability(ranks, 1000), identifiability_exact(ranks, 1000),
-                           top_k_accuracy(ranks, 5), rank_metrics(logits, labels)))
+            scores.append(
+                (
+                    identifiability(ranks, 1000),
+                    identifiability_exact(ranks, 1000),
+                    top_k_accuracy(ranks, 5),
+                    rank_metrics(logits, labels),
+                )
+            )
     finally:
         torch.set_num_threads(before)
     assert scores[0] == scores[1]

@@ -4,12 +4,12 @@ one is exercised end to end in test_sweep.py)."""
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from functools import cache
 
 import pytest
+from helpers import compose_cell
 from omegaconf import OmegaConf
 
-from helpers import compose_cell
 from sweep.cellspec import NOT_MEASURED, cell_spec
 from sweep.errors import ConfigError
 from sweep.plan import Dimension, GroupComposer, derive_sweep_id, index_results, make_plan
@@ -17,7 +17,7 @@ from sweep.plan import Dimension, GroupComposer, derive_sweep_id, index_results,
 MODELS = {"a": 2, "b": 3}
 
 
-@lru_cache(maxsize=None)
+@cache
 def _real(intervention: str) -> str:
     return OmegaConf.to_yaml(compose_cell("model=vit", f"intervention={intervention}"))
 
@@ -40,13 +40,15 @@ def dims(**axes):
 
 
 def test_a_union_of_grids_plans_each_cell_once_and_skips_layers_a_model_lacks(tmp_path):
-    grids = [dims(model=["a", "b"], layer=[0, 3], intervention=["none", "shuffle"], seed=[0, 1]),
-             dims(model=["a", "b"], layer=[0, 3], intervention=["none"], seed=[0])]  # a subset of the first
+    grids = [
+        dims(model=["a", "b"], layer=[0, 3], intervention=["none", "shuffle"], seed=[0, 1]),
+        dims(model=["a", "b"], layer=[0, 3], intervention=["none"], seed=[0]),
+    ]  # a subset of the first
     plan = make_plan(grids, GroupComposer(compose), "s", tmp_path, [])
     # none draws no random numbers: one cell over both seeds. b: 2 layers × (1 none + 2 shuffle
     # seeds); a: layer 0 only, likewise
     assert len(plan.runnable) == 6 + 3
-    assert len(plan.skipped) == 4 + 1        # a's layer 3 in both grids (skipped points are not merged)
+    assert len(plan.skipped) == 4 + 1  # a's layer 3 in both grids (skipped points are not merged)
     assert "layer=3 is out of range for a" in plan.skipped[0].skipped
     assert len({c.spec.cell_id for c in plan.runnable}) == 9
     assert plan.merged_seedless == 3 and plan.merged_overlap == 3  # the second grid repeats 3 none cells
@@ -73,14 +75,34 @@ def test_the_sweep_id_is_stable_and_ignores_how_the_sweep_runs():
 
 def test_the_sweep_id_hashes_exactly_the_settings_of_a_cells_identity():
     base = ["model=toy_vit", "layer=1"]
-    how_it_runs = ["compute.batch_size=8", "compute.device=cpu", "cache.dir=/elsewhere", "outcomes.save=false",
-                   "wandb.project=other", "logger=none", "sweep.unit.max_cells=3", "hydra/launcher=slurm",
-                   "data.token_env=MY_TOKEN"]
-    assert {derive_sweep_id(None, "toy", [*base, extra]) for extra in how_it_runs} == {derive_sweep_id(None, "toy", base)}
-    what_it_measures = ["compute.attn_implementation=eager", "compute.flush_denormal=false", "compute.dtype=bfloat16",
-                        "toy_training.epochs=3", "data.val_per_class=5", "probe=logistic", "readout=cls", "seed=1",
-                        "intervention.group_size=64", "model.n_layers=3", "model.preprocess.std=[0.6,0.6,0.6]",
-                        "+note=a-comment"]
+    how_it_runs = [
+        "compute.batch_size=8",
+        "compute.device=cpu",
+        "cache.dir=/elsewhere",
+        "outcomes.save=false",
+        "wandb.project=other",
+        "logger=none",
+        "sweep.unit.max_cells=3",
+        "hydra/launcher=slurm",
+        "data.token_env=MY_TOKEN",
+    ]
+    assert {derive_sweep_id(None, "toy", [*base, extra]) for extra in how_it_runs} == {
+        derive_sweep_id(None, "toy", base)
+    }
+    what_it_measures = [
+        "compute.attn_implementation=eager",
+        "compute.flush_denormal=false",
+        "compute.dtype=bfloat16",
+        "toy_training.epochs=3",
+        "data.val_per_class=5",
+        "probe=logistic",
+        "readout=cls",
+        "seed=1",
+        "intervention.group_size=64",
+        "model.n_layers=3",
+        "model.preprocess.std=[0.6,0.6,0.6]",
+        "+note=a-comment",
+    ]
     ids = {derive_sweep_id(None, "toy", [*base, extra]) for extra in what_it_measures}
     assert len(ids) == len(what_it_measures) and derive_sweep_id(None, "toy", base) not in ids
     # and the cell's identity is the whole config but the declared keys (plus its record format)

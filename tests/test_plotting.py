@@ -13,8 +13,15 @@ from fake_sweep import make_sweep
 
 from sweep.aggregate import SourceError, load_local
 from sweep.intervals import outcome_interval
-from sweep.plotting import (DONOR_SERIES, MAIN_SERIES, banded_line, draw_figures, main_result, probe_after_lines,
-                            readout_series)
+from sweep.plotting import (
+    DONOR_SERIES,
+    MAIN_SERIES,
+    banded_line,
+    draw_figures,
+    main_result,
+    probe_after_lines,
+    readout_series,
+)
 from sweep.record import parse_probe_after
 
 DONORS = ["shuffle follows donor (native)", "shuffle follows donor (CLS-only)"]
@@ -39,12 +46,16 @@ def index(out):
 def test_every_figure_is_written_as_png_and_pdf(drawn):
     out, figures = drawn
     assert set(figures) == {"main_result", "identifiability", "controls", "reaccumulation", "readouts", "tokens"}
-    assert figures.pop("tokens").skipped == ("no complete shuffle cells of a token other than the CLS "
-                                             "(intervention.token) with readout=native")
-    assert figures.pop("readouts").skipped == ("no complete intervention=shuffle cells with a readout other than "
-                                               "native or cls (e.g. +experiment=readouts)")
-    assert index(out)["readouts"] == {"skipped": "no complete intervention=shuffle cells with a readout other "
-                                                 "than native or cls (e.g. +experiment=readouts)"}
+    assert figures.pop("tokens").skipped == (
+        "no complete shuffle cells of a token other than the CLS (intervention.token) with readout=native"
+    )
+    assert figures.pop("readouts").skipped == (
+        "no complete intervention=shuffle cells with a readout other than native or cls (e.g. +experiment=readouts)"
+    )
+    assert index(out)["readouts"] == {
+        "skipped": "no complete intervention=shuffle cells with a readout other "
+        "than native or cls (e.g. +experiment=readouts)"
+    }
     for name, figure in figures.items():
         assert figure.skipped is None
         assert [p.name for p in figure.paths] == [f"{name}.png", f"{name}.pdf"]
@@ -76,8 +87,7 @@ def test_identifiability_and_controls_panels(drawn):
 
 
 def test_a_sweep_of_none_cells_draws_what_it_has(tmp_path):
-    sweep = make_sweep(tmp_path, models={"tiny_a": 3}, interventions=("none",), seeds=(0,), controls=(),
-                       problems=False)
+    sweep = make_sweep(tmp_path, models={"tiny_a": 3}, interventions=("none",), seeds=(0,), controls=(), problems=False)
     out = tmp_path / "figures"
     figures = draw_figures(load_local(sweep.sweep_dir), out)
     assert figures.pop("reaccumulation").skipped == "no complete intervened cells with intervention.probe_after=true"
@@ -87,8 +97,9 @@ def test_a_sweep_of_none_cells_draws_what_it_has(tmp_path):
     main = index(out)["main_result"]
     assert all(panel["series"] == ["probe", "chance"] for panel in main["panels"])
     assert main["panels"][0]["missing"] == ["shuffle (native readout)", "shuffle (CLS-only readout)", *DONORS]
-    assert ("tiny_a: no cells for shuffle (native readout), shuffle (CLS-only readout), "
-            f"{', '.join(DONORS)}") in main["notes"]
+    assert (f"tiny_a: no cells for shuffle (native readout), shuffle (CLS-only readout), {', '.join(DONORS)}") in main[
+        "notes"
+    ]
     assert index(out)["identifiability"]["panels"][0]["series"][0] == "probe"
 
 
@@ -145,21 +156,24 @@ def test_a_band_is_the_interval_of_the_seeds_outcomes_side_by_side(table):
 def test_one_seed_of_a_seeded_series_draws_no_band_and_says_so(tmp_path):
     sweep = make_sweep(tmp_path, models={"tiny_a": 2}, seeds=(0,), controls=(), problems=False)
     figure = main_result(load_local(sweep.sweep_dir).complete, None, tmp_path)
-    assert ("tiny_a: no band for shuffle (native readout) at layer 0, 1, 2 (one seed cannot show the spread "
-            "between seeds)") in figure.notes
+    assert (
+        "tiny_a: no band for shuffle (native readout) at layer 0, 1, 2 (one seed cannot show the spread between seeds)"
+    ) in figure.notes
 
 
 def test_outcomes_of_other_images_are_refused_naming_the_cells(tmp_path):
-    sweep = make_sweep(tmp_path, models={"tiny_a": 2}, seeds=(0, 1), readouts=("native",), controls=(),
-                       problems=False)
+    sweep = make_sweep(tmp_path, models={"tiny_a": 2}, seeds=(0, 1), readouts=("native",), controls=(), problems=False)
     table = load_local(sweep.sweep_dir)
     shuffled = table.complete[(table.complete["intervention"] == "shuffle") & (table.complete["layer"] == 1)]
     path = table.outcomes.files[shuffled["cell_id"].iloc[1]]
     outcomes = pd.read_csv(path)
     outcomes["label"] = outcomes["label"].sample(frac=1, random_state=0).to_numpy()  # another image order
     outcomes.to_csv(path, index=False)
-    with pytest.raises(SourceError, match=f"outcomes of cells {shuffled['cell_id'].iloc[0]} and "
-                                          f"{shuffled['cell_id'].iloc[1]} .* list different images"):
+    with pytest.raises(
+        SourceError,
+        match=f"outcomes of cells {shuffled['cell_id'].iloc[0]} and "
+        f"{shuffled['cell_id'].iloc[1]} .* list different images",
+    ):
         banded_line(MAIN_SERIES[1].select(table.complete), MAIN_SERIES[1], table.outcomes)
 
 
@@ -174,8 +188,11 @@ def test_readouts_draws_every_readout_of_each_model_under_the_shuffle(tmp_path):
     assert [p.name for p in figures["readouts"].paths] == ["readouts.png", "readouts.pdf"]
     drawn = index(tmp_path / "figures")["readouts"]
     assert [panel["title"] for panel in drawn["panels"]] == ["tiny_a", "tiny_b"]
-    expected = [f"{series} ({readout})" for readout in ("native", "cls", "patch_mean")
-                for series in ("shuffle", "follows donor", "none")] + ["chance"]
+    expected = [
+        f"{series} ({readout})"
+        for readout in ("native", "cls", "patch_mean")
+        for series in ("shuffle", "follows donor", "none")
+    ] + ["chance"]
     assert all(panel["series"] == expected and panel["missing"] == [] for panel in drawn["panels"])
     assert "CI over permutation draws (seeds) and examples" in drawn["notes"][0]
     rows = table.complete[(table.complete["model"] == "tiny_b") & (table.complete["readout"] == "patch_mean")]
@@ -184,7 +201,8 @@ def test_readouts_draws_every_readout_of_each_model_under_the_shuffle(tmp_path):
     at_l2 = rows[(rows["intervention"] == "shuffle") & (rows["layer"] == 2)]
     assert line.mean[2] == pytest.approx(at_l2["accuracy"].mean())
     assert banded_line(donor.select(rows), donor, table.outcomes).mean[2] == pytest.approx(
-        at_l2["donor_agreement"].mean())
+        at_l2["donor_agreement"].mean()
+    )
 
 
 def test_readouts_skips_a_model_without_shuffle_cells_of_its_readouts(tmp_path):
@@ -195,8 +213,12 @@ def test_readouts_skips_a_model_without_shuffle_cells_of_its_readouts(tmp_path):
     draw_figures(only_none_a, tmp_path / "figures")
     panels = index(tmp_path / "figures")["readouts"]["panels"]
     assert [panel["title"] for panel in panels] == ["tiny_b"]
-    assert panels[0]["series"][6:] == ["shuffle (distillation)", "follows donor (distillation)",
-                                       "none (distillation)", "chance"]
+    assert panels[0]["series"][6:] == [
+        "shuffle (distillation)",
+        "follows donor (distillation)",
+        "none (distillation)",
+        "chance",
+    ]
 
 
 def test_tokens_draws_each_moved_token_beside_the_cls_shuffle_and_keeps_them_out_of_the_cls_figures(tmp_path):
@@ -205,19 +227,26 @@ def test_tokens_draws_each_moved_token_beside_the_cls_shuffle_and_keeps_them_out
     controls and the table keep the CLS shuffle apart from the patches' (`shuffle@patches`)."""
     from sweep.aggregate import accuracy_pivot
 
-    sweep = make_sweep(tmp_path, models={"tiny_a": 3}, seeds=(0, 1), controls=(), tokens=("patches",),
-                       problems=False)
+    sweep = make_sweep(tmp_path, models={"tiny_a": 3}, seeds=(0, 1), controls=(), tokens=("patches",), problems=False)
     table = load_local(sweep.sweep_dir)
     out = tmp_path / "figures"
     figures = draw_figures(table, out)
     assert figures["tokens"].skipped is None
     (panel,) = index(out)["tokens"]["panels"]
-    assert panel["series"] == ["shuffle cls: accuracy", "shuffle cls: follows donor", "shuffle patches: accuracy",
-                               "shuffle patches: follows donor", "chance"]
+    assert panel["series"] == [
+        "shuffle cls: accuracy",
+        "shuffle cls: follows donor",
+        "shuffle patches: accuracy",
+        "shuffle patches: follows donor",
+        "chance",
+    ]
     main = index(out)["main_result"]["panels"][0]
     assert main["series"] == MAIN  # no patches series, and the CLS shuffle's lines are its own:
-    cls_shuffle = table.complete[(table.complete["intervention"] == "shuffle") & (table.complete["token"] == "cls")
-                                 & (table.complete["readout"] == "native")]
+    cls_shuffle = table.complete[
+        (table.complete["intervention"] == "shuffle")
+        & (table.complete["token"] == "cls")
+        & (table.complete["readout"] == "native")
+    ]
     line = banded_line(cls_shuffle, MAIN_SERIES[1], table.outcomes)
     expected = cls_shuffle.groupby("layer")["accuracy"].mean().to_numpy()
     assert np.allclose(line.mean, expected)
@@ -226,7 +255,8 @@ def test_tokens_draws_each_moved_token_beside_the_cls_shuffle_and_keeps_them_out
     assert {"shuffle/native", "shuffle@patches/native", "shuffle@patches/cls"} <= series
     patches = table.complete[table.complete["token"] == "patches"]
     assert accuracy_pivot(table.complete).loc[("tiny_a", "shuffle@patches/native"), 3] == pytest.approx(
-        patches[(patches["readout"] == "native") & (patches["layer"] == 3)]["accuracy"].mean())
+        patches[(patches["readout"] == "native") & (patches["layer"] == 3)]["accuracy"].mean()
+    )
 
 
 def test_controls_draw_each_knockout_edge_as_its_own_line(tmp_path):
@@ -235,5 +265,11 @@ def test_controls_draw_each_knockout_edge_as_its_own_line(tmp_path):
     out = tmp_path / "figures"
     draw_figures(load_local(sweep.sweep_dir), out)
     (panel,) = index(out)["controls"]["panels"]
-    assert panel["series"] == ["none", "shuffle", "zero", "knockout@cls_to_patches+after",
-                               "knockout@patches_to_cls+after", "chance"]
+    assert panel["series"] == [
+        "none",
+        "shuffle",
+        "zero",
+        "knockout@cls_to_patches+after",
+        "knockout@patches_to_cls+after",
+        "chance",
+    ]

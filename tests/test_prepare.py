@@ -18,19 +18,19 @@ import sys
 from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf
-
 from helpers import compose_cell
 from imagenet_folder import make_imagenet_folder
+from omegaconf import OmegaConf
+
 from sweep.cellspec import cell_spec
 from sweep.errors import ConfigError
 from sweep.plan import PlannedCell
 from sweep.prepare import grid_needs
 
 FIXTURES = Path(__file__).parent / "fixtures" / "hub"
-REPO = "fixture-org/vit-tiny"   # the hub id the vit fixture is cached under
-ABSENT = "fixture-org/absent"   # a hub id the cache does not have
-N_LAYERS = 3                     # make_hub_fixtures.N_LAYERS
+REPO = "fixture-org/vit-tiny"  # the hub id the vit fixture is cached under
+ABSENT = "fixture-org/absent"  # a hub id the cache does not have
+N_LAYERS = 3  # make_hub_fixtures.N_LAYERS
 N_CLASSES, PER_CLASS = 2, 2
 
 
@@ -63,45 +63,64 @@ def offline(tmp_path):
     the vit fixture as REPO, a fresh artifact cache, W&B off. Yields (env, commit)."""
     hub = tmp_path / "hf" / "hub"
     commit = hub_cache(hub, REPO, "vit")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "HF_HUB_CACHE": str(hub),
-           "SWEEP_CACHE_DIR": str(tmp_path / "cache"), "WANDB_MODE": "disabled", "SWEEP_PROGRESS": "0"}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_HOME": str(tmp_path / "hf"),
+        "HF_HUB_CACHE": str(hub),
+        "SWEEP_CACHE_DIR": str(tmp_path / "cache"),
+        "WANDB_MODE": "disabled",
+        "SWEEP_PROGRESS": "0",
+    }
     return env, commit
 
 
 def cell_args(imagenet_folder: Path, source: str = REPO) -> list[str]:
     """A small vit cell on the local image folder, its weights from the hub id `source`."""
-    return ["model=vit", f"model.source={source}", f"model.n_layers={N_LAYERS}", "data=imagefolder",
-            f"data.root={imagenet_folder}", f"data.n_classes={N_CLASSES}", f"data.train_per_class={PER_CLASS}",
-            f"data.val_per_class={PER_CLASS}", "logger=none", "compute.device=cpu",
-            "compute.attn_implementation=eager"]
+    return [
+        "model=vit",
+        f"model.source={source}",
+        f"model.n_layers={N_LAYERS}",
+        "data=imagefolder",
+        f"data.root={imagenet_folder}",
+        f"data.n_classes={N_CLASSES}",
+        f"data.train_per_class={PER_CLASS}",
+        f"data.val_per_class={PER_CLASS}",
+        "logger=none",
+        "compute.device=cpu",
+        "compute.attn_implementation=eager",
+    ]
 
 
 def command(name: str, args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
     module = {"sweep-prepare": "sweep.prepare", "sweep-run": "sweep.run"}[name]
-    return subprocess.run([sys.executable, "-m", module, *args], env=env, cwd=cwd, capture_output=True, text=True,
-                          timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=600
+    )
 
 
 # -- what a grid needs ------------------------------------------------------------------------
 
+
 def planned(*overrides: str) -> PlannedCell:
     cfg = compose_cell(*overrides)
-    return PlannedCell(overrides=list(overrides), config=OmegaConf.to_container(cfg, resolve=True),
-                       spec=cell_spec(cfg))
+    return PlannedCell(overrides=list(overrides), config=OmegaConf.to_container(cfg, resolve=True), spec=cell_spec(cfg))
 
 
 def test_models_that_share_a_pixel_geometry_share_one_image_set():
     beit = ("model=beit", "model.preprocess.mean=[0.485,0.456,0.406]")  # other normalisation, same pixels as vit
-    cells = [planned(*model, f"layer={layer}") for model in (("model=vit",), beit, ("model=deit",))
-             for layer in (1, 2)]
+    cells = [planned(*model, f"layer={layer}") for model in (("model=vit",), beit, ("model=deit",)) for layer in (1, 2)]
     needs = grid_needs(cells)
     assert [(m.names, m.source) for m in needs.models] == [
-        (("vit",), "google/vit-base-patch16-224"), (("beit",), "microsoft/beit-base-patch16-224-pt22k-ft22k"),
-        (("deit",), "facebook/deit-base-distilled-patch16-224")]
+        (("vit",), "google/vit-base-patch16-224"),
+        (("beit",), "microsoft/beit-base-patch16-224-pt22k-ft22k"),
+        (("deit",), "facebook/deit-base-distilled-patch16-224"),
+    ]
     # ViT and BEiT differ only in normalisation: one decode; DeiT resizes to 256, bicubic
     assert [(i.models, i.geometry) for i in needs.images] == [
         (("vit", "beit"), "224px crop, resize 224 square, bilinear"),
-        (("deit",), "224px crop, resize 256 square, bicubic")]
+        (("deit",), "224px crop, resize 256 square, bicubic"),
+    ]
 
 
 def test_a_disabled_cache_is_refused_before_anything_is_fetched():
@@ -110,6 +129,7 @@ def test_a_disabled_cache_is_refused_before_anything_is_fetched():
 
 
 # -- the commands -----------------------------------------------------------------------------
+
 
 def test_prepare_then_the_cell_runs_offline_from_what_it_holds(offline, imagenet_folder, tmp_path):
     env, commit = offline
@@ -120,8 +140,10 @@ def test_prepare_then_the_cell_runs_offline_from_what_it_holds(offline, imagenet
     out = prepared.stdout
     assert "sweep-prepare: sweep sweep-" in out and "4 cells: 1 model, 1 image set" in out
     assert f"vit: {REPO} at revision main = commit {commit}" in out  # what revision main named
-    assert f"imagefolder, 224px crop, resize 224 square, bilinear, for vit: train {N_CLASSES * PER_CLASS} + val " \
-           f"{N_CLASSES * PER_CLASS} images" in out
+    assert (
+        f"imagefolder, 224px crop, resize 224 square, bilinear, for vit: train {N_CLASSES * PER_CLASS} + val "
+        f"{N_CLASSES * PER_CLASS} images" in out
+    )
     assert "in all" in out and "export HF_HUB_OFFLINE=1" in out
     (images,) = (tmp_path / "cache" / "images").iterdir()
     assert (images / "train.safetensors").is_file() and (images / "val.safetensors").is_file()
@@ -150,8 +172,16 @@ def test_a_model_absent_from_the_cache_fails_fast_naming_sweep_prepare(offline, 
 
 def test_hub_data_that_was_not_prepared_is_refused_offline_naming_sweep_prepare(offline, tmp_path):
     env, _ = offline
-    args = ["model=vit", f"model.source={REPO}", f"model.n_layers={N_LAYERS}", "data=imagenet",
-            f"data.n_classes={N_CLASSES}", "logger=none", "compute.device=cpu", "layer=2"]
+    args = [
+        "model=vit",
+        f"model.source={REPO}",
+        f"model.n_layers={N_LAYERS}",
+        "data=imagenet",
+        f"data.n_classes={N_CLASSES}",
+        "logger=none",
+        "compute.device=cpu",
+        "layer=2",
+    ]
     result = command("sweep-run", args, env, tmp_path)
     assert result.returncode == 2
     assert "data=imagenet streams ILSVRC/imagenet-1k from the hub, and HF_HUB_OFFLINE=1 forbids it" in result.stderr
@@ -186,8 +216,9 @@ def test_prepare_plans_the_grid_the_sweep_would_run(offline, tmp_path):
 
 
 def test_help_says_what_it_does():
-    result = subprocess.run([str(Path(sys.executable).with_name("sweep-prepare")), "--help"], capture_output=True,
-                            text=True, timeout=120)
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("sweep-prepare")), "--help"], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("sweep-prepare: on a machine with internet")
     assert "model: beit, clip, deit" in result.stdout  # Hydra's groups: the grammar of sweep-run

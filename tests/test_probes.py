@@ -24,8 +24,12 @@ def blobs(n_per_class: int, n_classes: int, dim: int, *, layers: int = 1, spread
     labels = torch.arange(n_classes).repeat_interleave(n_per_class)
     means = torch.randn(n_classes, dim, generator=classes) * 2
     scale, offset = torch.rand(dim, generator=classes) * 3 + 0.5, torch.randn(dim, generator=classes) * 5
-    x = torch.stack([(means[labels] + spread * torch.randn(len(labels), dim, generator=noise)) * scale + offset
-                     for _ in range(layers)])
+    x = torch.stack(
+        [
+            (means[labels] + spread * torch.randn(len(labels), dim, generator=noise)) * scale + offset
+            for _ in range(layers)
+        ]
+    )
     return x, labels
 
 
@@ -35,11 +39,12 @@ def accuracy(head: LinearHead, x: torch.Tensor, labels: torch.Tensor) -> float:
 
 # -- ridge --------------------------------------------------------------------------------
 
+
 def test_ridge_solves_the_normal_equations_on_plus_minus_one_targets():
     x, labels = blobs(20, 4, 6)
     (head,) = fit_probes(x, labels, 4, method="ridge", settings=RIDGE)
     X = x[0].double().numpy()
-    Y = 2 * np.eye(4)[labels.numpy()] - 1                                # +1 for the true class, -1 otherwise
+    Y = 2 * np.eye(4)[labels.numpy()] - 1  # +1 for the true class, -1 otherwise
     W = np.linalg.solve(X.T @ X + 0.5 * np.eye(6), X.T @ Y)
     np.testing.assert_allclose(head.weight.numpy(), W.T, rtol=1e-5, atol=1e-6)
     assert not head.bias.any()
@@ -51,7 +56,7 @@ def test_ridge_with_an_intercept_centres_features_and_targets():
     X = x[0].double().numpy()
     Y = 2 * np.eye(4)[labels.numpy()] - 1
     Xc, Yc = X - X.mean(0), Y - Y.mean(0)
-    W = np.linalg.solve(Xc.T @ Xc + 0.5 * np.eye(6), Xc.T @ Yc)           # the intercept is not penalised
+    W = np.linalg.solve(Xc.T @ Xc + 0.5 * np.eye(6), Xc.T @ Yc)  # the intercept is not penalised
     np.testing.assert_allclose(head.weight.numpy(), W.T, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(head.bias.numpy(), Y.mean(0) - X.mean(0) @ W, rtol=1e-5, atol=1e-5)
 
@@ -59,7 +64,7 @@ def test_ridge_with_an_intercept_centres_features_and_targets():
 @pytest.mark.parametrize("method, settings", [("ridge", {**RIDGE, "fit_intercept": True}), ("logistic", LOGISTIC)])
 def test_standardisation_is_folded_into_a_head_on_raw_features(method, settings):
     x, labels = blobs(30, 3, 5)
-    z = (x - x.mean(1, keepdim=True)) / x.std(1, correction=0, keepdim=True)   # population std, like sklearn
+    z = (x - x.mean(1, keepdim=True)) / x.std(1, correction=0, keepdim=True)  # population std, like sklearn
     (on_raw,) = fit_probes(x, labels, 3, method=method, settings={**settings, "standardize": True})
     (on_z,) = fit_probes(z, labels, 3, method=method, settings={**settings, "standardize": False})
     torch.testing.assert_close(on_raw.logits(x[0]), on_z.logits(z[0]), rtol=1e-4, atol=1e-4)
@@ -75,14 +80,16 @@ def test_ridge_separates_separable_classes():
 
 # -- logistic -----------------------------------------------------------------------------
 
+
 def test_logistic_torch_solver_matches_scikit_learn_at_the_same_C():
     x, labels = blobs(40, 4, 8, layers=2, spread=1.5)
     val_x, val_labels = blobs(40, 4, 8, layers=2, spread=1.5, draw=1)
     ours = fit_probes(x, labels, 4, method="logistic", settings=LOGISTIC)
     theirs = fit_probes(x, labels, 4, method="logistic", settings={**LOGISTIC, "solver": "sklearn"})
     for layer in range(2):
-        torch.testing.assert_close(ours[layer].logits(x[layer]).softmax(1), theirs[layer].logits(x[layer]).softmax(1),
-                                   rtol=0, atol=2e-4)
+        torch.testing.assert_close(
+            ours[layer].logits(x[layer]).softmax(1), theirs[layer].logits(x[layer]).softmax(1), rtol=0, atol=2e-4
+        )
         torch.testing.assert_close(ours[layer].weight, theirs[layer].weight, rtol=2e-3, atol=2e-3)
         assert accuracy(ours[layer], val_x[layer], val_labels) == accuracy(theirs[layer], val_x[layer], val_labels)
 
@@ -111,6 +118,7 @@ def test_logistic_needs_every_class_in_the_training_labels():
 
 # -- layers, heads, settings, determinism -------------------------------------------------
 
+
 @pytest.mark.parametrize("method, settings", [("ridge", RIDGE), ("logistic", LOGISTIC)])
 def test_a_batch_of_layers_gives_what_fitting_each_layer_alone_gives(method, settings):
     x, labels = blobs(20, 4, 6, layers=3, spread=1.5)
@@ -131,15 +139,22 @@ def test_a_head_survives_a_state_dict_round_trip():
     torch.testing.assert_close(again.logits(x), x @ head.weight.T + head.bias)
 
 
-@pytest.mark.parametrize("method, settings, message", [
-    ("lasso", RIDGE, "probe.method=lasso is invalid: it must be one of ridge, logistic"),
-    ("ridge", {"alpha": 1.0, "standardize": True}, "probe.settings.fit_intercept is not set"),
-    ("ridge", {**RIDGE, "lambda": 1.0}, "probe.settings.lambda is not a setting of probe.settings; its settings "
-                                       "are: alpha, standardize, fit_intercept"),
-    ("ridge", {**RIDGE, "alpha": 0.0}, r"probe.settings.alpha=0.0 is invalid: it must be a number > 0"),
-    ("logistic", {**LOGISTIC, "solver": "saga"}, "must be one of torch, sklearn"),
-    ("logistic", {**LOGISTIC, "C": 0.0}, "C=0.0 is invalid: it must be a number > 0"),
-])
+@pytest.mark.parametrize(
+    "method, settings, message",
+    [
+        ("lasso", RIDGE, "probe.method=lasso is invalid: it must be one of ridge, logistic"),
+        ("ridge", {"alpha": 1.0, "standardize": True}, "probe.settings.fit_intercept is not set"),
+        (
+            "ridge",
+            {**RIDGE, "lambda": 1.0},
+            "probe.settings.lambda is not a setting of probe.settings; its settings "
+            "are: alpha, standardize, fit_intercept",
+        ),
+        ("ridge", {**RIDGE, "alpha": 0.0}, r"probe.settings.alpha=0.0 is invalid: it must be a number > 0"),
+        ("logistic", {**LOGISTIC, "solver": "saga"}, "must be one of torch, sklearn"),
+        ("logistic", {**LOGISTIC, "C": 0.0}, "C=0.0 is invalid: it must be a number > 0"),
+    ],
+)
 def test_a_bad_method_or_setting_names_the_valid_choices(method, settings, message):
     x, labels = blobs(5, 2, 3)
     with pytest.raises(ValueError, match=message):
@@ -153,7 +168,6 @@ def test_fitting_twice_gives_bit_identical_heads(method, settings):
     second = fit_probes(x, labels, 4, method=method, settings=settings)
     for a, b in zip(first, second):
         assert torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias)
-
 
 
 @contextmanager
@@ -170,10 +184,13 @@ def threads(count: int):
 # 320 x 320 Gram matrix (MKL's LAPACK splits it from ~300 on; the float64 difference
 # survives the rounding to float32 in some layers, not all, hence three), and L-BFGS dots
 # over 201 x 100 weights (MKL's dot splits from ~16,000 entries).
-@pytest.mark.parametrize("method, settings, shape", [
-    ("ridge", {**RIDGE, "standardize": True, "fit_intercept": True}, (2, 50, 320)),
-    ("logistic", {**LOGISTIC, "max_iter": 30}, (4, 100, 200)),
-])
+@pytest.mark.parametrize(
+    "method, settings, shape",
+    [
+        ("ridge", {**RIDGE, "standardize": True, "fit_intercept": True}, (2, 50, 320)),
+        ("logistic", {**LOGISTIC, "max_iter": 30}, (4, 100, 200)),
+    ],
+)
 def test_heads_and_their_scores_do_not_depend_on_the_thread_count(method, settings, shape):
     x, labels = blobs(*shape, layers=3, spread=3.0)
     val_x, val_labels = blobs(*shape, layers=3, spread=3.0, draw=1)
@@ -182,7 +199,7 @@ def test_heads_and_their_scores_do_not_depend_on_the_thread_count(method, settin
         with threads(count):
             heads = fit_probes(x, labels, shape[1], method=method, settings=settings, progress=False)
             runs.append((heads, [rank_metrics(head.logits(v), val_labels) for head, v in zip(heads, val_x)]))
-            assert torch.get_num_threads() == count                 # the solver gave its threads back
+            assert torch.get_num_threads() == count  # the solver gave its threads back
     (one, one_scores), (two, two_scores) = runs
     for a, b in zip(one, two):
         assert torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias)

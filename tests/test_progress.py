@@ -15,8 +15,10 @@ def test_tqdms_own_switch_turns_the_bars_off_even_where_they_are_forced_on(monke
         assert bar.disable
 
 
-@pytest.mark.parametrize("sweep_progress, tqdm_disable, disabled", [
-    ("1", None, False), ("0", None, True), ("1", "0", False), ("1", "", False)])
+@pytest.mark.parametrize(
+    "sweep_progress, tqdm_disable, disabled",
+    [("1", None, False), ("0", None, True), ("1", "0", False), ("1", "", False)],
+)
 def test_sweep_progress_decides_when_tqdms_switch_is_off(monkeypatch, sweep_progress, tqdm_disable, disabled):
     monkeypatch.setenv("SWEEP_PROGRESS", sweep_progress)
     if tqdm_disable is None:

@@ -19,14 +19,31 @@ DEFAULT_PROBE = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "probe" / "ridg
 DEFAULT_TRAIN_PER_CLASS = OmegaConf.load(CONF_DIR / "data" / "imagenet.yaml")["train_per_class"]
 
 
-def plain_cell(model: str, readout: str, accuracy: float, *, data: str = "imagenet", n_classes: int = 1000,
-               layer: int = 12, train_per_class: int = DEFAULT_TRAIN_PER_CLASS, probe: dict | None = None) -> dict:
+def plain_cell(
+    model: str,
+    readout: str,
+    accuracy: float,
+    *,
+    data: str = "imagenet",
+    n_classes: int = 1000,
+    layer: int = 12,
+    train_per_class: int = DEFAULT_TRAIN_PER_CLASS,
+    probe: dict | None = None,
+) -> dict:
     probe = DEFAULT_PROBE if probe is None else probe
-    return {"cell_id": f"{model}{readout}{data}{layer}{train_per_class}{probe}",
-            "name": f"{model}-L{layer}-none-{readout}-s0",
-            "status": "complete", "model": model, "layer": layer, "intervention": "none", "readout": readout,
-            "seed": 0, "config": {"data": {"name": data, "train_per_class": train_per_class}, "probe": probe},
-            "metrics": {"accuracy": accuracy}, "counts": {"n_classes": n_classes}}
+    return {
+        "cell_id": f"{model}{readout}{data}{layer}{train_per_class}{probe}",
+        "name": f"{model}-L{layer}-none-{readout}-s0",
+        "status": "complete",
+        "model": model,
+        "layer": layer,
+        "intervention": "none",
+        "readout": readout,
+        "seed": 0,
+        "config": {"data": {"name": data, "train_per_class": train_per_class}, "probe": probe},
+        "metrics": {"accuracy": accuracy},
+        "counts": {"n_classes": n_classes},
+    }
 
 
 def table(*records):
@@ -105,16 +122,26 @@ def test_a_native_head_is_compared_whatever_the_training_images_and_probe():
 
 
 def test_pairs_without_a_reference_are_named_not_checked():
-    pairs = [("clip", "native"), ("dinov2_reg", "native"), ("dinov2", "cls"), ("dinov2", "patch_mean"),
-             ("deit", "distillation"), ("beit", "cls")]
+    pairs = [
+        ("clip", "native"),
+        ("dinov2_reg", "native"),
+        ("dinov2", "cls"),
+        ("dinov2", "patch_mean"),
+        ("deit", "distillation"),
+        ("beit", "cls"),
+    ]
     lines = reference_warnings(table(*[plain_cell(model, readout, 0.1) for model, readout in pairs]))
-    assert sorted(lines) == sorted(f"note: {model} (readout={readout}) has no reference accuracy on ImageNet-1k "
-                                   f"(docs/reference.md): its 1 plain cells are not checked"
-                                   for model, readout in pairs)
+    assert sorted(lines) == sorted(
+        f"note: {model} (readout={readout}) has no reference accuracy on ImageNet-1k "
+        f"(docs/reference.md): its 1 plain cells are not checked"
+        for model, readout in pairs
+    )
 
 
 def test_other_data_are_not_compared():
-    cells = [plain_cell("vit", "native", 0.1, data="digits", n_classes=10),
-             plain_cell("vit", "native", 0.1, data="imagefolder", n_classes=100)]
+    cells = [
+        plain_cell("vit", "native", 0.1, data="digits", n_classes=10),
+        plain_cell("vit", "native", 0.1, data="imagefolder", n_classes=100),
+    ]
     assert reference_warnings(table(*cells)) == []
     assert len(reference_warnings(table(plain_cell("vit", "native", 0.1, data="imagefolder")))) == 1

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from helpers import compose_cell
 from omegaconf import OmegaConf
 
-from helpers import compose_cell
 from sweep.adapters import ADAPTERS
 from sweep.cellspec import cell_spec
 from sweep.conf_path import CONF_DIR
@@ -79,13 +79,13 @@ def test_an_intervention_added_as_one_class_is_checked_measured_and_documented(s
     with pytest.raises(ConfigError, match=r"intervention.group_size is not a setting of intervention"):
         cell_spec(_cell_with({"name": "scale", "factor": 2.0, "probe_after": False, "group_size": 128}))
     cls = torch.randn(5, 4)
-    assert torch.equal(spec.settings.edit.replacement(cls_at_layer=cls,
-                                       cls_at_embedding=cls, seed=None), cls * 2)
+    assert torch.equal(spec.settings.edit.replacement(cls_at_layer=cls, cls_at_embedding=cls, seed=None), cls * 2)
     assert "| `intervention.factor (intervention.name=scale)` | a number > 0 |" in settings_table()
 
 
 def test_the_seed_is_part_of_a_cell_exactly_when_its_intervention_draws_random_numbers():
     for name, intervention in INTERVENTIONS.items():
-        cfg = OmegaConf.to_container(compose_cell("model=toy_vit", "layer=3", f"intervention={name}", "seed=7"),
-                                     resolve=True)
+        cfg = OmegaConf.to_container(
+            compose_cell("model=toy_vit", "layer=3", f"intervention={name}", "seed=7"), resolve=True
+        )
         assert cell_spec(cfg).seed == (7 if intervention.seeded else None), name

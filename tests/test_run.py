@@ -9,15 +9,20 @@ import time
 from pathlib import Path
 
 import pytest
-
 from helpers import FAST
 
 
 def sweep_run(args, env, cwd, timeout=300):
     flags = [a for a in args if a.startswith("--") or a in ("job", "hydra", "all")]  # Hydra wants flags first
     overrides = [a for a in args if a not in flags]
-    return subprocess.run([sys.executable, "-m", "sweep.run", *flags, *FAST, *overrides], env=env, cwd=cwd,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "sweep.run", *flags, *FAST, *overrides],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def no_records(folder: Path) -> bool:
@@ -25,8 +30,9 @@ def no_records(folder: Path) -> bool:
 
 
 def test_one_cell_writes_its_record_and_a_second_run_skips_it(cli_env, tmp_path):
-    first = sweep_run(["model=toy_vit", "layer=3", "intervention=shuffle", "readout=native", "seed=0"],
-                      cli_env, tmp_path)
+    first = sweep_run(
+        ["model=toy_vit", "layer=3", "intervention=shuffle", "readout=native", "seed=0"], cli_env, tmp_path
+    )
     assert first.returncode == 0, first.stderr
     (record_path,) = tmp_path.glob("runs/toy_vit/toy_vit-L03-shuffle-native-s0-*/result.json")
     record = json.loads(record_path.read_text())
@@ -41,14 +47,20 @@ def test_one_cell_writes_its_record_and_a_second_run_skips_it(cli_env, tmp_path)
     assert json.loads(record_path.read_text()) == record
 
 
-@pytest.mark.parametrize("args, message", [
-    (["model=resnet"], "Could not find 'model/resnet'"),
-    (["intervention=dropout"], "Could not find 'intervention/dropout'"),
-    (["model=toy_vit", "layer=9"], "valid layers are 0..6"),
-    (["model=clip", "~model.readouts.cls", "model.projection_readout=native", "readout=cls"], "no 'cls' readout"),
-    (["data=imagefolder", "data.root=/no/such/imagenet", "model=toy_vit"], "/no/such/imagenet/train does not exist"),
-    (["model=toy_vit", "model.hf_class=Bogus"], "model.hf_class=Bogus is invalid"),  # found as the unit starts
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["model=resnet"], "Could not find 'model/resnet'"),
+        (["intervention=dropout"], "Could not find 'intervention/dropout'"),
+        (["model=toy_vit", "layer=9"], "valid layers are 0..6"),
+        (["model=clip", "~model.readouts.cls", "model.projection_readout=native", "readout=cls"], "no 'cls' readout"),
+        (
+            ["data=imagefolder", "data.root=/no/such/imagenet", "model=toy_vit"],
+            "/no/such/imagenet/train does not exist",
+        ),
+        (["model=toy_vit", "model.hf_class=Bogus"], "model.hf_class=Bogus is invalid"),  # found as the unit starts
+    ],
+)
 def test_bad_input_is_a_clear_error_before_any_work(cli_env, tmp_path, args, message):
     """Before any work: no record, and nothing in a fresh artifact cache (no weights loaded,
     no toy trained, no image decoded)."""
@@ -78,7 +90,10 @@ def test_a_cell_folder_is_named_by_the_cell_and_a_bad_config_gets_none():
         good = compose("config", overrides=[*FAST, "model=toy_vit", "layer=3"], return_hydra_config=True)
         bad = compose("config", overrides=[*FAST, "model=toy_vit", "layer=9"], return_hydra_config=True)
     assert OmegaConf.select(good, "hydra.run.dir") == f"runs/{cell_spec(good).subdir}"
-    with pytest.raises(InterpolationResolutionError, match=r"LayerOutOfRange raised .*: layer=9 is out of range for toy_vit.*valid layers are 0\.\.6"):
+    with pytest.raises(
+        InterpolationResolutionError,
+        match=r"LayerOutOfRange raised .*: layer=9 is out of range for toy_vit.*valid layers are 0\.\.6",
+    ):
         OmegaConf.select(bad, "hydra.run.dir")
 
 
@@ -95,8 +110,15 @@ def test_a_gated_hub_dataset_without_access_says_how_to_use_local_data(cli_env, 
 def test_cfg_job_shows_every_setting(cli_env, tmp_path):
     result = sweep_run(["--cfg", "job", "model=deit", "layer=7"], cli_env, tmp_path)
     assert result.returncode == 0
-    for key in ("hf_class: DeiTForImageClassificationWithTeacher", "layer: 7", "probe:",
-                "attn_implementation", "checkpoint_s", "cache:", "wandb:"):
+    for key in (
+        "hf_class: DeiTForImageClassificationWithTeacher",
+        "layer: 7",
+        "probe:",
+        "attn_implementation",
+        "checkpoint_s",
+        "cache:",
+        "wandb:",
+    ):
         assert key in result.stdout
 
 
@@ -105,8 +127,7 @@ def test_a_cell_whose_lease_was_taken_over_writes_no_record(cli_env, tmp_path):
     comes back it must not write a second record beside the new owner's."""
     env = {**cli_env, "SWEEP_TEST_PAUSE": "toy_vit-L06=20"}
     command = [sys.executable, "-m", "sweep.run", *FAST, "model=toy_vit", "layer=6"]
-    cell = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    cell = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 240
     while "SWEEP_TEST_PAUSE: holding" not in _log_text(tmp_path):
         assert cell.poll() is None and time.time() < deadline
@@ -131,8 +152,14 @@ def test_ctrl_c_is_one_line_and_exit_130(cli_env, tmp_path):
     import signal
 
     command = [sys.executable, "-m", "sweep.run", "-m", "model=toy_vit", "layer=3", "sweep.name=interrupted", *FAST]
-    process = subprocess.Popen(command, env={**cli_env, "SWEEP_TEST_PAUSE": "toy_vit=120"}, cwd=tmp_path,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        command,
+        env={**cli_env, "SWEEP_TEST_PAUSE": "toy_vit=120"},
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     lease = tmp_path / "multirun" / "interrupted"
     deadline = time.monotonic() + 240
     while not list(lease.glob("*/*/started.json")) and process.poll() is None and time.monotonic() < deadline:

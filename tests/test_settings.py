@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from helpers import compose_cell, read_only
+
 from sweep.cellspec import cell_spec
 from sweep.errors import ConfigError
 from sweep.rules import Integer, OneOf, Real, Url
@@ -38,8 +38,11 @@ BATTERY: list[tuple[list[str], dict[str, str], str]] = [
     (["logger=wandb", "wandb.mode=bogus"], {}, "wandb.mode=bogus is invalid"),
     (["logger=wandb", "wandb.init_timeout_s=0"], {}, "wandb.init_timeout_s=0 is invalid"),
     (["logger=wandb"], {"WANDB_MODE": "bogus"}, "WANDB_MODE (environment)=bogus is invalid"),
-    (["logger=wandb", "wandb.base_url=notaurl"], {}, "wandb.base_url=notaurl is invalid: it must be an http or "
-                                                     "https URL"),
+    (
+        ["logger=wandb", "wandb.base_url=notaurl"],
+        {},
+        "wandb.base_url=notaurl is invalid: it must be an http or https URL",
+    ),
     (["+model.load_kwargs.trust_remote_code=true"], {}, "model.load_kwargs.trust_remote_code=True is invalid"),
     (["compute.dtype=float8"], {}, "compute.dtype=float8 is invalid"),
     (["compute.batch_size=0"], {}, "compute.batch_size=0 is invalid"),
@@ -67,8 +70,11 @@ BATTERY: list[tuple[list[str], dict[str, str], str]] = [
     (["data.val_per_class=0"], {}, "data.val_per_class=0 is invalid"),
     (["data.train_per_class=0"], {}, "data.train_per_class=0 is invalid"),
     (["data.n_classes=11"], {}, "data.n_classes=11 is invalid"),
-    (["data=imagefolder", "data.root=.", "data.n_classes=1001"], {},
-     "data.n_classes=1001 is invalid: it must be an integer >= 2 and <= 1000"),
+    (
+        ["data=imagefolder", "data.root=.", "data.n_classes=1001"],
+        {},
+        "data.n_classes=1001 is invalid: it must be an integer >= 2 and <= 1000",
+    ),
     (["data.seed=-1"], {}, "data.seed=-1 is invalid"),
     (["cache.dir=''"], {}, "cache.dir='' is invalid"),
     ([], {"SWEEP_CACHE_DIR": ""}, "cache.dir='' is invalid"),
@@ -87,18 +93,28 @@ BATTERY: list[tuple[list[str], dict[str, str], str]] = [
     (["+sweep.result_from=[elsewhere]"], {}, "sweep.result_from is not a setting of sweep; its settings are: name"),
     (["+model.revison=v2"], {}, "model.revison is not a setting of model"),
     (["data.train_per_class=150"], {}, "data.train_per_class=150 and data.val_per_class=70 ask for 220 images of each"),
-    (["toy_training.data.train_per_class=120"], {},
-     "toy_training.data.train_per_class=120 and toy_training.data.val_per_class=70 ask for 190 images"),
+    (
+        ["toy_training.data.train_per_class=120"],
+        {},
+        "toy_training.data.train_per_class=120 and toy_training.data.val_per_class=70 ask for 190 images",
+    ),
 ]
 IDS = [" ".join(args) + "".join(f" {k}={v!r}" for k, v in env.items()) for args, env, _ in BATTERY]
 
 
-def run_bad_input(mode: str, args: list[str], env: dict[str, str], tmp_path: Path) -> tuple[subprocess.CompletedProcess,
-                                                                                         float]:
+def run_bad_input(
+    mode: str, args: list[str], env: dict[str, str], tmp_path: Path
+) -> tuple[subprocess.CompletedProcess, float]:
     """One case as a user meets it: `sweep-run` of one cell, or a sweep's dry-run plan."""
     cache = tmp_path / "cache"
-    environment = {**os.environ, "SWEEP_CACHE_DIR": str(cache), "WANDB_MODE": "offline", "SWEEP_PROGRESS": "0",
-                   "HOME": str(tmp_path), **env}
+    environment = {
+        **os.environ,
+        "SWEEP_CACHE_DIR": str(cache),
+        "WANDB_MODE": "offline",
+        "SWEEP_PROGRESS": "0",
+        "HOME": str(tmp_path),
+        **env,
+    }
     base = ["model=toy_vit", "logger=none"] if not any(a.startswith("logger=") for a in args) else ["model=toy_vit"]
     command = [sys.executable, "-m", "sweep.run", *base, *args]
     if mode == "plan":
@@ -128,8 +144,17 @@ def test_bad_input_fails_before_any_work_with_a_clear_message(mode, args, env, m
 
 
 def test_a_grid_with_one_bad_point_launches_nothing(cli_env, tmp_path):
-    command = [sys.executable, "-m", "sweep.run", "-m", "model=toy_vit", "logger=none", "layer=3",
-               "intervention=shuffle", "intervention.group_size=64,1"]
+    command = [
+        sys.executable,
+        "-m",
+        "sweep.run",
+        "-m",
+        "model=toy_vit",
+        "logger=none",
+        "layer=3",
+        "intervention=shuffle",
+        "intervention.group_size=64,1",
+    ]
     result = subprocess.run(command, env=cli_env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
     assert "intervention.group_size=1 is invalid" in result.stderr
@@ -155,10 +180,22 @@ def test_a_cache_dir_that_cannot_be_written_is_a_configuration_error(mode, kind,
         message = f"cache.dir={cache} is invalid: it must be a folder this process can create and write"
     work = tmp_path / "work"
     work.mkdir()
-    env = {**os.environ, "SWEEP_CACHE_DIR": str(cache), "WANDB_MODE": "offline", "SWEEP_PROGRESS": "0",
-           "HOME": str(tmp_path)}
-    command = [sys.executable, "-m", "sweep.run", *(["-m"] if mode == "sweep" else []), "model=toy_vit", "layer=3",
-               "logger=none"]
+    env = {
+        **os.environ,
+        "SWEEP_CACHE_DIR": str(cache),
+        "WANDB_MODE": "offline",
+        "SWEEP_PROGRESS": "0",
+        "HOME": str(tmp_path),
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "sweep.run",
+        *(["-m"] if mode == "sweep" else []),
+        "model=toy_vit",
+        "layer=3",
+        "logger=none",
+    ]
     with contextlib.ExitStack() as stack:
         if kind == "read-only":
             stack.enter_context(read_only(tmp_path / "read-only"))
@@ -236,13 +273,18 @@ def test_an_image_folder_that_cannot_give_its_subset_is_refused_before_anything_
     """A zero-byte image among those the subset reads: found by the plan (or sweep-run's check)
     from the listing and the files' headers, before the toy trains; nothing is left behind."""
     from imagenet_folder import make_imagenet_folder
+
     from sweep.data import imagenet_wnids
 
     data = make_imagenet_folder(tmp_path.parent / f"{tmp_path.name}-data", n_classes=2, per_class=2)
     for image in (data / "val" / imagenet_wnids()[1]).iterdir():
         image.write_bytes(b"")
-    result, _ = run_bad_input(mode, ["data=imagefolder", f"data.root={data}", "data.n_classes=2",
-                                     "data.train_per_class=2", "data.val_per_class=2"], {}, tmp_path)
+    result, _ = run_bad_input(
+        mode,
+        ["data=imagefolder", f"data.root={data}", "data.n_classes=2", "data.train_per_class=2", "data.val_per_class=2"],
+        {},
+        tmp_path,
+    )
     assert result.returncode == 2, result.stdout + result.stderr
     assert f"{data / 'val' / imagenet_wnids()[1]}/" in result.stderr and "it is empty (0 bytes)" in result.stderr
     assert "Traceback" not in result.stdout + result.stderr

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 
+from test_cell_state import folder  # a cell folder with a record and/or a lease
+
 from sweep.cell_state import cell_state
 from sweep.status import main
-from test_cell_state import folder  # a cell folder with a record and/or a lease
 
 
 def test_sweep_status_counts_and_lists(tmp_path, capsys):
@@ -36,9 +37,17 @@ def test_cells_taken_from_another_sweep_count_as_done(tmp_path, capsys):
     elsewhere = folder(tmp_path / "old", "a", {"cell_id": "1", "status": "complete"})
     sweep_dir = tmp_path / "new"
     sweep_dir.mkdir()
-    (sweep_dir / "plan.json").write_text(json.dumps({"sweep_id": "new", "cells": [
-        {"name": "a", "cell_id": "1", "subdir": "m/a", "record_dir": str(elsewhere)},
-        {"name": "b", "cell_id": "2", "subdir": "m/b"}]}))
+    (sweep_dir / "plan.json").write_text(
+        json.dumps(
+            {
+                "sweep_id": "new",
+                "cells": [
+                    {"name": "a", "cell_id": "1", "subdir": "m/a", "record_dir": str(elsewhere)},
+                    {"name": "b", "cell_id": "2", "subdir": "m/b"},
+                ],
+            }
+        )
+    )
     try:
         main([str(sweep_dir)])
     except SystemExit:
@@ -47,10 +56,12 @@ def test_cells_taken_from_another_sweep_count_as_done(tmp_path, capsys):
 
 
 def test_a_bad_command_line_says_what_is_valid(tmp_path, capsys):
-    for argv, message in (([str(tmp_path), "cells=maybe"], "cells=maybe is invalid: it must be true or false"),
-                          ([str(tmp_path), "--cells"], "settings are key=value (cells)"),
-                          ([], "which sweep? give its folder"),
-                          ([str(tmp_path / "nowhere")], "is not a folder; sweeps live in multirun/<sweep id>")):
+    for argv, message in (
+        ([str(tmp_path), "cells=maybe"], "cells=maybe is invalid: it must be true or false"),
+        ([str(tmp_path), "--cells"], "settings are key=value (cells)"),
+        ([], "which sweep? give its folder"),
+        ([str(tmp_path / "nowhere")], "is not a folder; sweeps live in multirun/<sweep id>"),
+    ):
         try:
             main(argv)
         except SystemExit as exit_:
@@ -63,16 +74,27 @@ def test_every_record_in_the_folder_counts_not_only_the_latest_launchs_plan(tmp_
     """Two launches into one sweep folder, two cells each: plan.json names the second's."""
     for name, cell_id in (("a", "1"), ("b", "2"), ("c", "3"), ("d", "4")):
         folder(tmp_path, name, {"cell_id": cell_id, "status": "complete"})
-    (tmp_path / "plan.json").write_text(json.dumps({"sweep_id": "s", "cells": [
-        {"name": "c", "cell_id": "3", "subdir": "m/c"}, {"name": "d", "cell_id": "4", "subdir": "m/d"}]}))
+    (tmp_path / "plan.json").write_text(
+        json.dumps(
+            {
+                "sweep_id": "s",
+                "cells": [
+                    {"name": "c", "cell_id": "3", "subdir": "m/c"},
+                    {"name": "d", "cell_id": "4", "subdir": "m/d"},
+                ],
+            }
+        )
+    )
     try:
         main([str(tmp_path)])
     except SystemExit as exit_:
         assert exit_.code == 0
     out = capsys.readouterr().out
     assert "4 cells: 4 done" in out, out
-    assert f"compared to the latest launch's plan ({tmp_path / 'plan.json'}: 2 cells), and 2 more cell folders " \
-           "from earlier launches" in out, out
+    assert (
+        f"compared to the latest launch's plan ({tmp_path / 'plan.json'}: 2 cells), and 2 more cell folders "
+        "from earlier launches" in out
+    ), out
 
 
 def test_a_long_error_is_shortened_at_a_word_not_mid_word(tmp_path, capsys):

@@ -10,10 +10,10 @@ import subprocess
 import time
 
 import pytest
-
 from helpers import compose_cell, fill, read_only, small_disk
-from sweep.cellspec import cell_spec
 from sweeps import GRID, checkpointed_rows, fresh, multirun, records
+
+from sweep.cellspec import cell_spec
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +44,11 @@ def test_relaunching_a_finished_sweep_runs_nothing(finished_sweep, cli_env):
     assert again.returncode == 0
     assert "10 cells, 10 already done, 0 to run" in again.stdout
     assert records(sweep_dir) == before
-    forced = multirun([*GRID, "sweep.name=reference", "logger=none", "sweep.force=true", "sweep.dry_run=true"],
-                      cli_env, sweep_dir.parent.parent)
+    forced = multirun(
+        [*GRID, "sweep.name=reference", "logger=none", "sweep.force=true", "sweep.dry_run=true"],
+        cli_env,
+        sweep_dir.parent.parent,
+    )
     assert "10 cells, 0 already done, 10 to run" in forced.stdout  # sweep.force=true recomputes done cells
 
 
@@ -71,8 +74,14 @@ def test_a_cell_killed_mid_run_leaves_no_record_and_a_relaunch_runs_only_it(fini
     are done, that one has no record (and shows as killed), and the re-launch runs it alone."""
     args = [*GRID, "sweep.name=crashy", "logger=none"]
     victim = "toy_clip-L04-shuffle"  # the last cell of the last unit the local launcher runs
-    sweep = multirun(args, {**cli_env, "SWEEP_TEST_PAUSE": f"{victim}=120"}, tmp_path, background=True,
-                     stdout=open(tmp_path / "out.log", "w"), stderr=open(tmp_path / "err.log", "w"))
+    sweep = multirun(
+        args,
+        {**cli_env, "SWEEP_TEST_PAUSE": f"{victim}=120"},
+        tmp_path,
+        background=True,
+        stdout=open(tmp_path / "out.log", "w"),
+        stderr=open(tmp_path / "err.log", "w"),
+    )
     sweep_dir = tmp_path / "multirun" / "crashy"
     deadline = time.time() + 300
     # A unit takes every cell's lease (started.json) when it starts: wait for the victim's own hold.
@@ -97,8 +106,10 @@ def test_a_cell_killed_mid_run_leaves_no_record_and_a_relaunch_runs_only_it(fini
 def multirun_status(sweep_dir, env):
     import subprocess
     import sys
-    return subprocess.run([sys.executable, "-m", "sweep.status", str(sweep_dir)], env=env, capture_output=True,
-                          text=True).stdout
+
+    return subprocess.run(
+        [sys.executable, "-m", "sweep.status", str(sweep_dir)], env=env, capture_output=True, text=True
+    ).stdout
 
 
 def test_a_disk_that_fills_up_mid_sweep_ends_it_with_one_line_and_lets_every_lease_go(cli_env, tmp_path):
@@ -113,8 +124,14 @@ def test_a_disk_that_fills_up_mid_sweep_ends_it_with_one_line_and_lets_every_lea
     args = ["model=toy_vit", "layer=3,4", "intervention=none,shuffle", "sweep.name=full", "logger=none"]
     out, err = tmp_path / "out.log", tmp_path / "err.log"
     with small_disk(root, "8m"):
-        sweep = multirun(args, {**cli_env, "SWEEP_TEST_PAUSE": f"{victim}=30"}, tmp_path, background=True,
-                         stdout=open(out, "w"), stderr=open(err, "w"))
+        sweep = multirun(
+            args,
+            {**cli_env, "SWEEP_TEST_PAUSE": f"{victim}=30"},
+            tmp_path,
+            background=True,
+            stdout=open(out, "w"),
+            stderr=open(err, "w"),
+        )
         deadline = time.time() + 600
         while f"SWEEP_TEST_PAUSE: holding {victim}" not in out.read_text():
             assert sweep.poll() is None and time.time() < deadline, err.read_text()
@@ -124,8 +141,9 @@ def test_a_disk_that_fills_up_mid_sweep_ends_it_with_one_line_and_lets_every_lea
         output = out.read_text() + err.read_text()
         sweep_dir = root / "full"
         assert sweep.returncode == 1, output
-        assert re.search(rf"could not write multirun/full/toy_vit/{victim}\S+/result\.json: No space left on device",
-                         output), output
+        assert re.search(
+            rf"could not write multirun/full/toy_vit/{victim}\S+/result\.json: No space left on device", output
+        ), output
         assert "RUNNING" not in output and "Traceback" not in output, output
         assert [record["name"] for record in records(sweep_dir).values()] == ["toy_vit-L03-none-native"]
         for lease in sweep_dir.rglob("started.json"):
@@ -147,8 +165,9 @@ def test_a_read_only_sweep_folder_is_relaunched_without_a_write_or_refused_in_on
         spec = cell_spec(compose_cell("model=toy_vit", f"layer={layer}", "intervention=none"))
         folders.append(sweep_dir / spec.subdir)
         folders[-1].mkdir(parents=True)
-        (folders[-1] / "result.json").write_text(json.dumps({"cell_id": spec.cell_id, "name": spec.name,
-                                                             "status": "complete"}))
+        (folders[-1] / "result.json").write_text(
+            json.dumps({"cell_id": spec.cell_id, "name": spec.name, "status": "complete"})
+        )
     first = multirun(args, cli_env, tmp_path)  # writes plan.json
     assert first.returncode == 0 and "2 cells, 2 already done, 0 to run" in first.stdout, first.stderr
     with read_only(sweep_dir):
@@ -161,18 +180,24 @@ def test_a_read_only_sweep_folder_is_relaunched_without_a_write_or_refused_in_on
         pending = multirun(args, cli_env, tmp_path)
     assert pending.returncode == 1, pending.stdout + pending.stderr
     assert pending.stderr.strip().splitlines() == [
-        f"error: could not write {sweep_dir}/multirun.yaml: Read-only file system"], pending.stderr
+        f"error: could not write {sweep_dir}/multirun.yaml: Read-only file system"
+    ], pending.stderr
 
 
 def test_a_failing_cell_does_not_stop_the_others_and_is_reported(cli_env, tmp_path):
     # the real ViT needs the hub, which this machine cannot reach: its cells fail, the toy's run
     env = {**cli_env, "HF_HUB_OFFLINE": "1"}
-    result = multirun(["model=toy_vit,vit", "layer=5,6", "intervention=none", "sweep.name=failing", "logger=none"],
-                      env, tmp_path)
+    result = multirun(
+        ["model=toy_vit,vit", "layer=5,6", "intervention=none", "sweep.name=failing", "logger=none"], env, tmp_path
+    )
     assert result.returncode == 1
     assert "4 cells: 2 done, 2 failed" in result.stdout
-    assert "FAILED  vit-L05-none-native: ModelUnavailable: model vit (google/vit-base-patch16-224 at revision main) " \
-           "is not in the Hugging Face cache" in result.stdout and "sweep-prepare" in result.stdout
+    assert (
+        "FAILED  vit-L05-none-native: ModelUnavailable: model vit (google/vit-base-patch16-224 at revision main) "
+        "is not in the Hugging Face cache"
+        in result.stdout
+        and "sweep-prepare" in result.stdout
+    )
     assert "model.source=DIR" in result.stdout
 
 
@@ -183,9 +208,23 @@ def test_a_unit_whose_batch_raised_takes_its_error_and_leaves_later_units_their_
     Each cell is reported with its own unit's error, none with the other's."""
     env = {**cli_env, "HF_HUB_OFFLINE": "1", "SWEEP_TEST_PAUSE": "toy_vit-L06=600"}  # held until killed
     log = tmp_path / "sweep.log"
-    sweep = multirun(["model=toy_vit,vit", "layer=6", "intervention=none", "readout=native", "sweep.name=killed",
-                      "logger=none", "hydra/launcher=submitit_local", "hydra.sweeper.max_batch_size=1"],
-                     env, tmp_path, background=True, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    sweep = multirun(
+        [
+            "model=toy_vit,vit",
+            "layer=6",
+            "intervention=none",
+            "readout=native",
+            "sweep.name=killed",
+            "logger=none",
+            "hydra/launcher=submitit_local",
+            "hydra.sweeper.max_batch_size=1",
+        ],
+        env,
+        tmp_path,
+        background=True,
+        stdout=open(log, "w"),
+        stderr=subprocess.STDOUT,
+    )
     deadline = time.time() + 300
     while not (leases := list(tmp_path.glob("multirun/killed/toy_vit/*/started.json"))):
         assert sweep.poll() is None and time.time() < deadline, log.read_text()
@@ -195,15 +234,20 @@ def test_a_unit_whose_batch_raised_takes_its_error_and_leaves_later_units_their_
     output = log.read_text()
     assert "2 cells: 2 failed" in output
     assert "FAILED  toy_vit-L06-none-native: UncompletedJobError: Job " in output  # submitit: no result
-    assert "FAILED  vit-L06-none-native: ModelUnavailable: model vit (google/vit-base-patch16-224 at revision main) " \
-           "is not in the Hugging Face cache" in output
+    assert (
+        "FAILED  vit-L06-none-native: ModelUnavailable: model vit (google/vit-base-patch16-224 at revision main) "
+        "is not in the Hugging Face cache" in output
+    )
 
 
-@pytest.mark.parametrize("args, message", [
-    (["+experiment=nope"], "Could not find 'experiment/nope'"),
-    (["+experiment=toy", "hydra/launcher=nope"], "Could not find 'hydra/launcher/nope'"),
-    (["model=toy_vit,toy_clip", "layer=range(20,22)"], "no cell of this sweep can run"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["+experiment=nope"], "Could not find 'experiment/nope'"),
+        (["+experiment=toy", "hydra/launcher=nope"], "Could not find 'hydra/launcher/nope'"),
+        (["model=toy_vit,toy_clip", "layer=range(20,22)"], "no cell of this sweep can run"),
+    ],
+)
 def test_bad_sweeps_are_refused_with_a_clear_error(cli_env, tmp_path, args, message):
     result = multirun([*args, "sweep.dry_run=true"], cli_env, tmp_path)
     assert result.returncode != 0
@@ -212,8 +256,9 @@ def test_bad_sweeps_are_refused_with_a_clear_error(cli_env, tmp_path, args, mess
 
 def test_asking_for_slurm_where_there_is_none_says_so(cli_env, tmp_path):
     env = {**cli_env, "PATH": os.path.dirname(os.__file__)}  # a PATH without sbatch
-    result = multirun(["model=toy_vit", "layer=1", "hydra/launcher=slurm", "sweep.name=noslurm", "logger=none"],
-                      env, tmp_path)
+    result = multirun(
+        ["model=toy_vit", "layer=1", "hydra/launcher=slurm", "sweep.name=noslurm", "logger=none"], env, tmp_path
+    )
     assert result.returncode == 2
     assert "`sbatch` is not on this machine's PATH" in result.stderr
 
@@ -222,19 +267,30 @@ MEASURED = re.compile(r"\[sweep\.run\]\[INFO\] - (\S+): accuracy=", flags=re.M) 
 
 
 def test_two_launches_of_one_sweep_at_once_measure_every_cell_exactly_once(cli_env, tmp_path):
-    args = ["model=toy_vit", "layer=3,4,5,6", "intervention=none,shuffle", "readout=native", "seed=0",
-            "sweep.name=twice", "logger=none"]
+    args = [
+        "model=toy_vit",
+        "layer=3,4,5,6",
+        "intervention=none,shuffle",
+        "readout=native",
+        "seed=0",
+        "sweep.name=twice",
+        "logger=none",
+    ]
     logs = [tmp_path / f"launch{i}.log" for i in (1, 2)]
-    launches = [multirun(args, cli_env, tmp_path, background=True, stdout=open(log, "w"), stderr=subprocess.STDOUT)
-                for log in logs]
+    launches = [
+        multirun(args, cli_env, tmp_path, background=True, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+        for log in logs
+    ]
     codes = [launch.wait(timeout=900) for launch in launches]
     outputs = [log.read_text() for log in logs]
     assert codes == [0, 0], "\n\n".join(outputs)
     measured = [name for output in outputs for name in MEASURED.findall(output)]
     done = records(tmp_path / "multirun" / "twice")
-    print(f"two concurrent launches: {len(done)} cells, {len(measured)} measurements, "
-          f"{len(measured) - len(set(measured))} duplicates; per launch "
-          f"{[len(MEASURED.findall(o)) for o in outputs]}")
+    print(
+        f"two concurrent launches: {len(done)} cells, {len(measured)} measurements, "
+        f"{len(measured) - len(set(measured))} duplicates; per launch "
+        f"{[len(MEASURED.findall(o)) for o in outputs]}"
+    )
     assert len(done) == 8 and all(r["status"] == "complete" for r in done.values())
     assert sorted(measured) == sorted(r["name"] for r in done.values())  # each cell measured once, by one launch
 
@@ -248,7 +304,8 @@ def test_cells_taken_from_results_from_are_done_in_status_and_in_the_table(cli_e
     taken = "sweep.results_from=[multirun/first]"
     second = multirun([*base, "layer=5,6", "sweep.name=second", taken], cli_env, tmp_path)
     assert "2 cells, 1 already done, 1 to run" in second.stdout and "2 cells: 2 done" in multirun_status(
-        tmp_path / "multirun" / "second", cli_env)
+        tmp_path / "multirun" / "second", cli_env
+    )
     nothing_left = multirun([*base, "layer=6", "sweep.name=third", taken], cli_env, tmp_path)
     assert "1 cells, 1 already done, 0 to run" in nothing_left.stdout
     assert "1 cells: 1 done" in multirun_status(tmp_path / "multirun" / "third", cli_env)
@@ -259,8 +316,17 @@ def test_cells_taken_from_results_from_are_done_in_status_and_in_the_table(cli_e
 
 # A unit of 18 cells (6 read cached features, 12 run the shared-suffix pass), checkpointing
 # after every validation batch so that a kill lands between checkpoints.
-UNIT_GRID = ["model=toy_vit", "layer=0,2,4", "intervention=none,shuffle", "readout=native,cls", "seed=0,1",
-             "logger=wandb", "wandb.mode=offline", "sweep.unit.checkpoint_s=0", "compute.batch_size=32"]
+UNIT_GRID = [
+    "model=toy_vit",
+    "layer=0,2,4",
+    "intervention=none,shuffle",
+    "readout=native,cls",
+    "seed=0,1",
+    "logger=wandb",
+    "wandb.mode=offline",
+    "sweep.unit.checkpoint_s=0",
+    "compute.batch_size=32",
+]
 RESUMED = re.compile(r"resuming (\d+) cells at validation example (\d+) of (\d+)")
 
 
@@ -284,8 +350,15 @@ def test_a_unit_killed_at_random_points_resumes_at_its_checkpoints_and_ends_as_i
         log = tmp_path / f"launch{attempt}.log"
         rows_before = checkpointed_rows(sweep_dir)
         launched = time.time()
-        sweep = multirun(command, cli_env, tmp_path, background=True, stdout=open(log, "w"),
-                         stderr=subprocess.STDOUT, start_new_session=True)
+        sweep = multirun(
+            command,
+            cli_env,
+            tmp_path,
+            background=True,
+            stdout=open(log, "w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         # Where each kill lands: an event of the unit's life, then a seeded-random delay.
         if len(kills) == 0:  # mid-pass: once all 12 intervened cells have a checkpoint
             trigger, count, delay = "progress.safetensors", 12, rng.uniform(0, 1.0)
@@ -307,8 +380,10 @@ def test_a_unit_killed_at_random_points_resumes_at_its_checkpoints_and_ends_as_i
         found = RESUMED.search(outputs[-1])
         # where every pending cell has a checkpoint, a launch that gets to the pass resumes there
         if rows_before and min(rows_before.values()) > 0 and (found or code == 0):
-            assert found and (int(found[1]), int(found[2])) == (len(rows_before), min(rows_before.values())), \
-                (rows_before, outputs[-1])
+            assert found and (int(found[1]), int(found[2])) == (len(rows_before), min(rows_before.values())), (
+                rows_before,
+                outputs[-1],
+            )
             resumed_at.append(int(found[2]))
         if code == 0:
             break
@@ -323,8 +398,9 @@ def test_a_unit_killed_at_random_points_resumes_at_its_checkpoints_and_ends_as_i
     assert len(results) == 18  # one record per cell, none duplicated
     for path in results:
         cell = path.parent
-        assert (cell / "outcomes.csv").read_text() == (calm_dir / cell.relative_to(sweep_dir) / "outcomes.csv"
-                                                       ).read_text(), cell.name
+        assert (cell / "outcomes.csv").read_text() == (
+            calm_dir / cell.relative_to(sweep_dir) / "outcomes.csv"
+        ).read_text(), cell.name
         assert len(list(cell.glob("wandb/offline-run-*"))) == 1, cell.name  # one W&B run per cell
     resumed = [json.loads(p.read_text())["compute"].get("resumed_rows", 0) for p in results]
     assert max(resumed) > 0  # some cell's record was finished from a checkpoint, not from the start

@@ -16,15 +16,15 @@ import time
 from pathlib import Path
 
 import pytest
-
 from helpers import FAST, compose_cell
-from sweep.cellspec import cell_spec
-from sweep.record import AXES
-from sweep.errors import ConfigError
-from sweep.settings import Wandb
-from sweep.tracking import WandbTracker, check_mode, choose_mode, run_id, tracker
 from sweeps import multirun
 from wandb_files import OfflineRun
+
+from sweep.cellspec import cell_spec
+from sweep.errors import ConfigError
+from sweep.record import AXES
+from sweep.settings import Wandb
+from sweep.tracking import WandbTracker, check_mode, choose_mode, run_id, tracker
 
 SECRETS = {"WANDB_API_KEY": "local-0123456789abcdef0123456789abcdef01234567", "HF_TOKEN": "hf_SeCrEt0123456789"}
 
@@ -32,10 +32,26 @@ SECRETS = {"WANDB_API_KEY": "local-0123456789abcdef0123456789abcdef01234567", "H
 @pytest.fixture(scope="module")
 def wandb_sweep(tmp_path_factory, cache_dir):
     cwd = tmp_path_factory.mktemp("wandb")
-    env = {**os.environ, "SWEEP_CACHE_DIR": str(cache_dir), "WANDB_MODE": "offline", **SECRETS,
-           "HOME": str(cwd)}  # no ~/.netrc: nothing to find a key in but the environment
-    result = multirun(["model=toy_vit", "layer=5,6", "intervention=none,shuffle", "sweep.name=tracked",
-                       "logger=wandb", "wandb.project=cls-tokens", f"+note=token:{SECRETS['HF_TOKEN']}"], env, cwd)
+    env = {
+        **os.environ,
+        "SWEEP_CACHE_DIR": str(cache_dir),
+        "WANDB_MODE": "offline",
+        **SECRETS,
+        "HOME": str(cwd),
+    }  # no ~/.netrc: nothing to find a key in but the environment
+    result = multirun(
+        [
+            "model=toy_vit",
+            "layer=5,6",
+            "intervention=none,shuffle",
+            "sweep.name=tracked",
+            "logger=wandb",
+            "wandb.project=cls-tokens",
+            f"+note=token:{SECRETS['HF_TOKEN']}",
+        ],
+        env,
+        cwd,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     for name, secret in SECRETS.items():  # the sweep prints its plan, with the command line
         assert secret not in result.stdout + result.stderr, f"{name} leaked into the sweep's output"
@@ -51,9 +67,14 @@ def test_every_cell_writes_one_offline_wandb_run_in_its_own_folder(wandb_sweep):
         (log,) = cell.glob("wandb/offline-run-*/run-*.wandb")  # exactly one run, inside the cell's folder
         assert log.name == f"run-{run_id('tracked', record['cell_id'])}.wandb"
         raw = log.read_bytes()  # protobuf keeps strings and JSON values verbatim
-        for expected in ("tracked", record["name"], record["intervention"], "cls-tokens",   # group, name, job type
-                         "attn_implementation",                                            # the resolved config
-                         f"{record['metrics']['accuracy']}"):                              # the summary
+        for expected in (
+            "tracked",
+            record["name"],
+            record["intervention"],
+            "cls-tokens",  # group, name, job type
+            "attn_implementation",  # the resolved config
+            f"{record['metrics']['accuracy']}",
+        ):  # the summary
             assert expected.encode() in raw, expected
         # the packages the record pins ride in the config; wandb's own requirements.txt (a
         # scan of every installed package, most of a cell's bookkeeping time) is not written
@@ -78,9 +99,17 @@ def test_no_secret_reaches_any_file_the_sweep_writes(wandb_sweep):
 
 def wandb_settings(**values):
     """The `wandb:` settings (as the cell's config has them) with some values changed."""
-    node = {"project": "p", "entity": None, "mode": "online", "base_url": "https://api.wandb.ai",
-            "reachability_timeout_s": 1.0, "init_timeout_s": 30.0, "finish_timeout_s": 60.0, "tags": (),
-            "log_outcomes": False}
+    node = {
+        "project": "p",
+        "entity": None,
+        "mode": "online",
+        "base_url": "https://api.wandb.ai",
+        "reachability_timeout_s": 1.0,
+        "init_timeout_s": 30.0,
+        "finish_timeout_s": 60.0,
+        "tags": (),
+        "log_outcomes": False,
+    }
     return Wandb(**{**node, **values})
 
 
@@ -97,15 +126,15 @@ def test_wandb_mode_from_the_environment_wins_over_the_config(monkeypatch):
     assert choose_mode(wandb_settings(mode="online", base_url="x")) == ("disabled", None)
 
 
-
-
 def test_after_online_failed_later_cells_of_the_process_go_straight_offline(monkeypatch):
     import sweep.tracking
 
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.setattr(sweep.tracking, "_online_failed", "W&B failed earlier in this process (...)")
     assert choose_mode(wandb_settings(mode="online", base_url="x")) == (
-        "offline", "W&B failed earlier in this process (...)")
+        "offline",
+        "W&B failed earlier in this process (...)",
+    )
 
 
 def test_wandb_mode_must_be_online_offline_or_disabled(monkeypatch):
@@ -131,6 +160,7 @@ def test_a_bogus_wandb_mode_stops_the_cell_before_any_work(cli_env, tmp_path):
 
 class FailingRun:
     """A W&B run whose every call fails, as when wandb's service process has died."""
+
     settings = type("Settings", (), {"sync_dir": "/cell/wandb/run-x"})()
 
     @property
@@ -152,8 +182,7 @@ def test_errors_while_logging_or_finishing_become_one_offline_message(caplog, tm
     assert "wandb sync /cell/wandb/run-x" in message
 
 
-def test_an_online_run_failing_mid_run_sends_the_processs_later_cells_straight_offline(caplog, monkeypatch,
-                                                                                       tmp_path):
+def test_an_online_run_failing_mid_run_sends_the_processs_later_cells_straight_offline(caplog, monkeypatch, tmp_path):
     import sweep.tracking
 
     monkeypatch.setattr(sweep.tracking, "_online_failed", None)
@@ -241,9 +270,16 @@ class StandInServer:
             return 200, b'{"data": {"model": null}}'  # a new run
         if self.mode.startswith("uploads-") and b"UpsertBucket" in body:
             name = json.loads(body)["variables"]["name"]
-            bucket = {"id": "UnVuOjE=", "name": name, "displayName": name, "historyLineCount": 0,
-                      "eventsLineCount": 0, "config": "{}", "summaryMetrics": "{}",
-                      "project": {"id": "UHJvajox", "name": "sweep", "entity": {"id": "RW50OjE=", "name": "e"}}}
+            bucket = {
+                "id": "UnVuOjE=",
+                "name": name,
+                "displayName": name,
+                "historyLineCount": 0,
+                "eventsLineCount": 0,
+                "config": "{}",
+                "summaryMetrics": "{}",
+                "project": {"id": "UHJvajox", "name": "sweep", "entity": {"id": "RW50OjE=", "name": "e"}},
+            }
             return 200, json.dumps({"data": {"upsertBucket": {"inserted": True, "bucket": bucket}}}).encode()
         if self.mode == "uploads-hang":
             return None, b""
@@ -251,7 +287,7 @@ class StandInServer:
             return 429, b'{"errors": [{"message": "rate limit exceeded"}]}'
         return 200, b'{"data": {}}'
 
-    def __enter__(self) -> "StandInServer":
+    def __enter__(self) -> StandInServer:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -297,8 +333,15 @@ def test_a_wandb_failure_costs_the_cell_nothing_but_its_dashboard(mode, cli_env,
     env.update(WANDB_API_KEY=key, HF_TOKEN=SECRETS["HF_TOKEN"], HOME=str(tmp_path))
     with StandInServer(mode) as server:
         started = time.perf_counter()
-        result = sweep_run(env, tmp_path, "wandb.mode=online", f"wandb.base_url={server.url}",
-                           "wandb.init_timeout_s=5", "wandb.finish_timeout_s=5", f"+note={SECRETS['HF_TOKEN']}")
+        result = sweep_run(
+            env,
+            tmp_path,
+            "wandb.mode=online",
+            f"wandb.base_url={server.url}",
+            "wandb.init_timeout_s=5",
+            "wandb.finish_timeout_s=5",
+            f"+note={SECRETS['HF_TOKEN']}",
+        )
         seconds = time.perf_counter() - started
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
@@ -320,8 +363,9 @@ def test_a_wandb_failure_costs_the_cell_nothing_but_its_dashboard(mode, cli_env,
 def test_a_killed_attempt_and_its_rerun_leave_one_run_folder(cli_env, tmp_path):
     env = {**cli_env, "HOME": str(tmp_path)}  # offline: each attempt writes its own offline-run folder
     with open(tmp_path / "attempt.log", "w") as log:
-        attempt = sweep_run({**env, "SWEEP_TEST_PAUSE": "toy_vit-L06=120"}, tmp_path, stdout=log,
-                            stderr=subprocess.STDOUT)
+        attempt = sweep_run(
+            {**env, "SWEEP_TEST_PAUSE": "toy_vit-L06=120"}, tmp_path, stdout=log, stderr=subprocess.STDOUT
+        )
         deadline = time.time() + 120
         while "SWEEP_TEST_PAUSE: holding" not in (tmp_path / "attempt.log").read_text():
             assert attempt.poll() is None and time.time() < deadline, (tmp_path / "attempt.log").read_text()
@@ -347,9 +391,21 @@ def test_a_rate_limit_mid_run_costs_a_units_other_cells_no_wait(cli_env, tmp_pat
     env = {k: v for k, v in cli_env.items() if k != "WANDB_MODE"}
     env.update(WANDB_API_KEY=SECRETS["WANDB_API_KEY"], HOME=str(tmp_path))
     with StandInServer("uploads-429") as server:
-        result = multirun(["model=toy_vit", "layer=5,6", "intervention=none", "sweep.name=limited", "logger=wandb",
-                           "wandb.mode=online", f"wandb.base_url={server.url}", "wandb.init_timeout_s=5",
-                           "wandb.finish_timeout_s=5"], env, tmp_path)
+        result = multirun(
+            [
+                "model=toy_vit",
+                "layer=5,6",
+                "intervention=none",
+                "sweep.name=limited",
+                "logger=wandb",
+                "wandb.mode=online",
+                f"wandb.base_url={server.url}",
+                "wandb.init_timeout_s=5",
+                "wandb.finish_timeout_s=5",
+            ],
+            env,
+            tmp_path,
+        )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     sweep_dir = tmp_path / "multirun" / "limited"

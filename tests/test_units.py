@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 
-from omegaconf import OmegaConf
-
 from helpers import compose_cell
+from omegaconf import OmegaConf
+from test_plan import compose, dims
+
 from sweep.cellspec import cell_spec
 from sweep.plan import GroupComposer, make_plan
 from sweep.settings import UnitSize
 from sweep.units import cell_config, cost_per_image, make_units, preparation_units, read_unit, write_unit
-from test_plan import compose, dims
 
 UNLIMITED = UnitSize(max_cells=None, max_cost=None, checkpoint_s=300)
 

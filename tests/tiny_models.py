@@ -7,8 +7,15 @@ import transformers
 
 from sweep.adapters import Adapter, make_adapter
 
-SIZE = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64,
-            image_size=32, patch_size=8, num_channels=3)
+SIZE = dict(
+    hidden_size=32,
+    num_hidden_layers=3,
+    num_attention_heads=2,
+    intermediate_size=64,
+    image_size=32,
+    patch_size=8,
+    num_channels=3,
+)
 N_CLASSES = 7
 
 
@@ -19,16 +26,23 @@ def tiny_config(kind: str) -> transformers.PretrainedConfig:
         return transformers.DeiTConfig(**SIZE, num_labels=N_CLASSES)
     if kind == "beit":
         # BeitConfig() has no position embeddings unless asked for; the real BEiT uses relative bias.
-        return transformers.BeitConfig(**SIZE, num_labels=N_CLASSES, use_mean_pooling=True,
-                                       use_absolute_position_embeddings=True, use_relative_position_bias=True)
+        return transformers.BeitConfig(
+            **SIZE,
+            num_labels=N_CLASSES,
+            use_mean_pooling=True,
+            use_absolute_position_embeddings=True,
+            use_relative_position_bias=True,
+        )
     if kind == "dinov2":
         return transformers.Dinov2Config(**SIZE, num_labels=N_CLASSES)
     if kind == "dinov2_reg":
         return transformers.Dinov2WithRegistersConfig(**SIZE, num_labels=N_CLASSES, num_register_tokens=3)
     if kind == "clip":
-        return transformers.CLIPConfig(vision_config=SIZE, num_labels=N_CLASSES,
-                                       text_config=dict(hidden_size=16, num_hidden_layers=1,
-                                                        num_attention_heads=2, intermediate_size=32))
+        return transformers.CLIPConfig(
+            vision_config=SIZE,
+            num_labels=N_CLASSES,
+            text_config=dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32),
+        )
     raise ValueError(kind)
 
 

@@ -32,11 +32,11 @@ def read_records(path: Path) -> list[Any]:
         if left < HEADER:  # a block's tail too short for a chunk header is padding
             pos += left
             continue
-        _, length, kind = struct.unpack("<IHB", data[pos:pos + HEADER])
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + HEADER])
         if kind == 0:  # zero padding up to the block's end
             pos += left
             continue
-        chunk = data[pos + HEADER:pos + HEADER + length]
+        chunk = data[pos + HEADER : pos + HEADER + length]
         pos += HEADER + length
         if kind == FULL:
             chunks.append(chunk)
@@ -81,7 +81,7 @@ class OfflineRun:
     summary: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def read(cls, folder: Path) -> "OfflineRun":
+    def read(cls, folder: Path) -> OfflineRun:
         (log,) = folder.glob("run-*.wandb")
         run = cls(folder)
         for record in read_records(log):
@@ -114,5 +114,8 @@ class OfflineRun:
 
 def offline_runs(root: Path) -> list[OfflineRun]:
     """Every run folder under `root` (not the `latest-run` links)."""
-    return [OfflineRun.read(log.parent) for log in sorted(root.rglob("run-*.wandb"))
-            if not any(part.startswith("latest-run") for part in log.parts)]
+    return [
+        OfflineRun.read(log.parent)
+        for log in sorted(root.rglob("run-*.wandb"))
+        if not any(part.startswith("latest-run") for part in log.parts)
+    ]

@@ -74,8 +74,12 @@ class Adapter(ABC):
     supported_tokens: tuple[str, ...] = ("cls", "patches")
     cls_index: int = 0
 
-    def __init__(self, model: nn.Module, readouts: Mapping[str, Any] | None = None,
-                 tensors: Mapping[str, torch.Tensor] | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        readouts: Mapping[str, Any] | None = None,
+        tensors: Mapping[str, torch.Tensor] | None = None,
+    ) -> None:
         """`readouts`: the model config's `readouts` (their settings); `tensors`: what
         `checkpoint_tensors` asked for, read from the checkpoint by the loader."""
         self.model = model.eval()
@@ -90,15 +94,20 @@ class Adapter(ABC):
         valid = ("head", *cls.readout_options)
         for name, settings in readouts.items():
             if name not in cls.supported_readouts:
-                raise ConfigError(f"model.readouts.{name} is not a readout of {cls.__name__}; it supports "
-                                  f"{', '.join(cls.supported_readouts)}")
+                raise ConfigError(
+                    f"model.readouts.{name} is not a readout of {cls.__name__}; it supports "
+                    f"{', '.join(cls.supported_readouts)}"
+                )
             if not isinstance(settings, Mapping):
-                raise ConfigError(f"model.readouts.{name} must be a group of settings ({{head: native|fitted}}), "
-                                  f"not {settings!r}")
+                raise ConfigError(
+                    f"model.readouts.{name} must be a group of settings ({{head: native|fitted}}), not {settings!r}"
+                )
             for key in settings:
                 if key not in valid:
-                    raise ConfigError(f"model.readouts.{name}.{key} is not a setting of {cls.__name__}; "
-                                      f"valid settings: {', '.join(valid)}")
+                    raise ConfigError(
+                        f"model.readouts.{name}.{key} is not a setting of {cls.__name__}; "
+                        f"valid settings: {', '.join(valid)}"
+                    )
             OneOf(*HEADS).check(f"model.readouts.{name}.head", settings.get("head"))
 
     @classmethod
@@ -124,8 +133,11 @@ class Adapter(ABC):
 
     @property
     def hidden_size(self) -> int:
-        return int(self.model.config.hidden_size if hasattr(self.model.config, "hidden_size")
-                   else self.model.config.vision_config.hidden_size)
+        return int(
+            self.model.config.hidden_size
+            if hasattr(self.model.config, "hidden_size")
+            else self.model.config.vision_config.hidden_size
+        )
 
     def module_producing(self, layer: int) -> nn.Module:
         return self.stem if layer == 0 else self.blocks[layer - 1]
@@ -139,8 +151,10 @@ class Adapter(ABC):
     def token_slots(self, token: str) -> slice:
         """Where `token` sits in a hidden state (the positions a shuffle of it moves)."""
         if token not in self.supported_tokens:
-            raise TokenUnavailable(f"{type(self).__name__} has no '{token}' token; intervention.token can be "
-                                   f"{', '.join(self.supported_tokens)}")
+            raise TokenUnavailable(
+                f"{type(self).__name__} has no '{token}' token; intervention.token can be "
+                f"{', '.join(self.supported_tokens)}"
+            )
         if token == "cls":
             return slice(self.cls_index, self.cls_index + 1)
         if token == "patches":
@@ -189,8 +203,8 @@ class Adapter(ABC):
     def check_readout(self, readout: str) -> None:
         if readout not in self.supported_readouts:
             raise ReadoutUnavailable(
-                f"{type(self).__name__} has no '{readout}' readout; it supports "
-                f"{', '.join(self.supported_readouts)}")
+                f"{type(self).__name__} has no '{readout}' readout; it supports {', '.join(self.supported_readouts)}"
+            )
 
     def head(self, readout: str) -> HeadFn:
         """The head of `readout`. A head fitted here was fitted on flattened features, so it
@@ -264,6 +278,7 @@ class Adapter(ABC):
         The hook is prepended so that HF's own recording of ``hidden_states`` (also
         forward hooks) sees the edited tensor.
         """
+
         def hook(_module: nn.Module, _args: object, output: torch.Tensor) -> torch.Tensor:
             return self.with_cls(output, edit(output[:, self.cls_index]))
 
@@ -303,8 +318,6 @@ def _full_precision(tensor: torch.Tensor) -> torch.autocast:
     import torch
 
     return torch.autocast(tensor.device.type, enabled=False)
-
-
 
 
 #: model.adapter -> the class that knows that architecture
@@ -389,8 +402,8 @@ class DeiTAdapter(ViTAdapter):
             return self.model.distillation_classifier
 
         def cls_and_distillation(features: torch.Tensor) -> torch.Tensor:
-            return (self.model.cls_classifier(features[:, 0])
-                    + self.model.distillation_classifier(features[:, 1])) / 2
+            return (self.model.cls_classifier(features[:, 0]) + self.model.distillation_classifier(features[:, 1])) / 2
+
         return cls_and_distillation
 
     def projection_features(self, cls: torch.Tensor) -> torch.Tensor:
@@ -407,8 +420,12 @@ class BeitAdapter(ViTAdapter):
     the same norm. Blocks need the input's resolution for their relative position bias,
     and, where the checkpoint shares one bias table across layers, that bias as their mask."""
 
-    def __init__(self, model: nn.Module, readouts: Mapping[str, Any] | None = None,
-                 tensors: Mapping[str, torch.Tensor] | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        readouts: Mapping[str, Any] | None = None,
+        tensors: Mapping[str, torch.Tensor] | None = None,
+    ) -> None:
         super().__init__(model, readouts, tensors)
         self._resolution: tuple[int, int] | None = None  # of the last pixels embedded
 
@@ -424,8 +441,12 @@ class BeitAdapter(ViTAdapter):
         """What `BeitModel.forward` passes each layer: the pixels' resolution, and the shared
         relative position bias (if any) as the attention mask."""
         resolution = self._resolution_of(hidden)
-        return self.blocks[index](hidden, attention_mask=self._shared_bias(resolution, hidden),
-                                  interpolate_pos_encoding=False, resolution=resolution)
+        return self.blocks[index](
+            hidden,
+            attention_mask=self._shared_bias(resolution, hidden),
+            interpolate_pos_encoding=False,
+            resolution=resolution,
+        )
 
     def _shared_bias(self, resolution: tuple[int, int], hidden: torch.Tensor) -> torch.Tensor | None:
         shared = getattr(self._base, "shared_position_bias", None)
@@ -440,12 +461,17 @@ class BeitAdapter(ViTAdapter):
         patch grid fits the token count (a cell resuming from cached hidden states has
         embedded an image of the same crop), else the square grid the tokens form."""
         patch, n_patches = int(self.model.config.patch_size), hidden.shape[1] - 1
-        if self._resolution is not None and (self._resolution[0] // patch) * (self._resolution[1] // patch) == n_patches:
+        if (
+            self._resolution is not None
+            and (self._resolution[0] // patch) * (self._resolution[1] // patch) == n_patches
+        ):
             return self._resolution
         side = math.isqrt(n_patches)
         if side * side != n_patches:
-            raise SweepError(f"BEiT hidden states with {n_patches} patch tokens do not form a square grid; "
-                             "embed the pixels first so that their resolution is known")
+            raise SweepError(
+                f"BEiT hidden states with {n_patches} patch tokens do not form a square grid; "
+                "embed the pixels first so that their resolution is known"
+            )
         return side * patch, side * patch
 
     def _cls_norm(self, cls: torch.Tensor) -> torch.Tensor:
@@ -490,7 +516,7 @@ class Dinov2Adapter(ViTAdapter):
         return self._base.encoder.layer
 
     def _patch_mean(self, normed: torch.Tensor) -> torch.Tensor:
-        return normed[:, self.first_patch:].mean(dim=1)
+        return normed[:, self.first_patch :].mean(dim=1)
 
     def readout_features(self, last_hidden: torch.Tensor, readout: str) -> torch.Tensor:
         import torch
@@ -511,12 +537,13 @@ class Dinov2Adapter(ViTAdapter):
         import torch
 
         with _full_precision(cls):  # native: the patch mean (the second half) is unchanged
-            return torch.cat([self._base.layernorm(cls.float()), unmodified[:, self.hidden_size:]], dim=1)
+            return torch.cat([self._base.layernorm(cls.float()), unmodified[:, self.hidden_size :]], dim=1)
 
     def native_head(self, readout: str) -> HeadFn:
         if readout in ("cls", "patch_mean"):
-            raise ReadoutUnavailable(f"DINOv2 has no native head for the {readout} readout alone: "
-                                     f"set readouts.{readout}.head: fitted")
+            raise ReadoutUnavailable(
+                f"DINOv2 has no native head for the {readout} readout alone: set readouts.{readout}.head: fitted"
+            )
         return self.model.classifier
 
 
@@ -528,13 +555,19 @@ class Dinov2WithRegistersAdapter(Dinov2Adapter):
 
     supported_tokens = ("cls", "registers", "patches")
 
-    def __init__(self, model: nn.Module, readouts: Mapping[str, Any] | None = None,
-                 tensors: Mapping[str, torch.Tensor] | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        readouts: Mapping[str, Any] | None = None,
+        tensors: Mapping[str, torch.Tensor] | None = None,
+    ) -> None:
         super().__init__(model, readouts, tensors)
         self.n_registers = int(getattr(model.config, "num_register_tokens", 0))
         if self.n_registers < 1:
-            raise TokenUnavailable(f"the dinov2_reg adapter needs register tokens, but this "
-                                   f"{type(model).__name__}'s config has num_register_tokens={self.n_registers}")
+            raise TokenUnavailable(
+                f"the dinov2_reg adapter needs register tokens, but this "
+                f"{type(model).__name__}'s config has num_register_tokens={self.n_registers}"
+            )
 
     @property
     def _base(self) -> nn.Module:
@@ -560,8 +593,12 @@ class ClipAdapter(Adapter):
     readout_options = ("visual_projection",)
     _PROJECTION = "visual_projection.weight"
 
-    def __init__(self, model: nn.Module, readouts: Mapping[str, Any] | None = None,
-                 tensors: Mapping[str, torch.Tensor] | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        readouts: Mapping[str, Any] | None = None,
+        tensors: Mapping[str, torch.Tensor] | None = None,
+    ) -> None:
         import torch
         from torch import nn
 
@@ -572,7 +609,8 @@ class ClipAdapter(Adapter):
             if weight is None:
                 raise ReadoutUnavailable(
                     f"readouts.cls.visual_projection is true but no '{self._PROJECTION}' was read from the "
-                    "checkpoint (CLIPForImageClassification has none; it comes from a CLIPModel checkpoint)")
+                    "checkpoint (CLIPForImageClassification has none; it comes from a CLIPModel checkpoint)"
+                )
             param = next(model.parameters())
             self._projection = nn.Linear(weight.shape[1], weight.shape[0], bias=False).to(param.device, param.dtype)
             with torch.no_grad():
@@ -637,6 +675,10 @@ class ClipAdapter(Adapter):
         return self._cls_embedding(cls)
 
 
-def make_adapter(kind: str, model: nn.Module, readouts: Mapping[str, Any] | None = None,
-                 tensors: Mapping[str, torch.Tensor] | None = None) -> Adapter:
+def make_adapter(
+    kind: str,
+    model: nn.Module,
+    readouts: Mapping[str, Any] | None = None,
+    tensors: Mapping[str, torch.Tensor] | None = None,
+) -> Adapter:
     return ADAPTERS[kind](model, readouts, tensors)

@@ -28,8 +28,8 @@ from sweep.files import atomic_write_bytes, atomic_write_text
 from sweep.intervals import LEVEL, summary_interval
 from sweep.interventions import INTERVENTIONS, intervention_label
 from sweep.layout import OUTCOMES_FILE, RESULT_FILE, SweepPaths
-from sweep.record import AXES, COLUMNS, DTYPES, record_row, scalar
 from sweep.plan import UnreadablePlan, read_plan_file, record_folder
+from sweep.record import AXES, COLUMNS, DTYPES, record_row, scalar
 from sweep.status import log_files
 
 SORT_KEYS = ["model", "intervention", "token", "readout", "seed", "layer", "cell_id"]
@@ -139,9 +139,14 @@ def load_local(sweep_dir: Path) -> SweepTable:
     if sweep_id is None:
         ids = frame["sweep_id"].dropna().unique()
         sweep_id = str(ids[0]) if len(ids) == 1 else sweep_dir.name
-    return SweepTable(sweep_id=sweep_id, source=str(sweep_dir), frame=frame,
-                      failed=_problems(failed, ("name", "error", "folder")),
-                      missing=_problems(missing, ("name", "folder")), outcomes=Outcomes(outcome_files))
+    return SweepTable(
+        sweep_id=sweep_id,
+        source=str(sweep_dir),
+        frame=frame,
+        failed=_problems(failed, ("name", "error", "folder")),
+        missing=_problems(missing, ("name", "folder")),
+        outcomes=Outcomes(outcome_files),
+    )
 
 
 def _read_plan(sweep_dir: Path) -> dict[str, Any] | None:
@@ -151,8 +156,9 @@ def _read_plan(sweep_dir: Path) -> dict[str, Any] | None:
         raise SourceError(str(error)) from error
 
 
-def _missing_local(sweep_dir: Path, plan: Mapping[str, Any] | None, recorded: set[str], *,
-                   reported: set[Path]) -> list[dict[str, str]]:
+def _missing_local(
+    sweep_dir: Path, plan: Mapping[str, Any] | None, recorded: set[str], *, reported: set[Path]
+) -> list[dict[str, str]]:
     """Planned cells without a record, then started cells the plan does not know (a
     sweep launched before plan.json existed). `reported`: folders already listed as failed."""
     missing, seen = [], set(reported)
@@ -192,23 +198,31 @@ def one_configuration(rows: Sequence[Mapping[str, Any]], settings: Sequence[Mapp
         points: dict[tuple, set[str]] = {}
         for i in members:
             points.setdefault(tuple(rows[i][k] for k in AXES), set()).add(rows[i]["cell_id"])
-        differing = sorted({k for i in members for k in settings[i]
-                            if len({repr(settings[j].get(k)) for j in members}) > 1})
+        differing = sorted(
+            {k for i in members for k in settings[i] if len({repr(settings[j].get(k)) for j in members}) > 1}
+        )
         if differing:
-            problems.append(f"{'/'.join(map(str, key))}: " + "; ".join(
-                _variants(k, [(settings[i].get(k), _folder_name(rows[i])) for i in members]) for k in differing))
+            problems.append(
+                f"{'/'.join(map(str, key))}: "
+                + "; ".join(
+                    _variants(k, [(settings[i].get(k), _folder_name(rows[i])) for i in members]) for k in differing
+                )
+            )
         elif any(len(ids) > 1 for ids in points.values()):
             point, ids = next((p, ids) for p, ids in points.items() if len(ids) > 1)
-            problems.append(f"{'/'.join(map(str, key))}: {len(ids)} cells at {dict(zip(AXES, point))} "
-                            f"(cell_ids {', '.join(sorted(ids))}) differ in settings the records do not show "
-                            f"(records of record format 4 or older hold only part of their identity)")
+            problems.append(
+                f"{'/'.join(map(str, key))}: {len(ids)} cells at {dict(zip(AXES, point))} "
+                f"(cell_ids {', '.join(sorted(ids))}) differ in settings the records do not show "
+                f"(records of record format 4 or older hold only part of their identity)"
+            )
     if problems:
         raise SourceError(
             f"{where} holds records of different configurations that the table would average together:\n  "
             + "\n  ".join(problems)
             + f"\nsettings that are not grid axes ({', '.join(AXES)}) must agree within a "
-              "series. Move the records of the configuration you do not want out of the folder, or give each "
-              "configuration its own sweep.name.")
+            "series. Move the records of the configuration you do not want out of the folder, or give each "
+            "configuration its own sweep.name."
+        )
 
 
 def compared_settings(identity: Mapping[str, Any]) -> dict[str, Any]:
@@ -222,8 +236,11 @@ def _variants(key: str, values: Sequence[tuple[Any, str]]) -> str:
     by_value: dict[str, list[str]] = {}
     for value, name in values:
         by_value.setdefault(repr(value), []).append(name)
-    shown = [f"{value} ({len(names)} cell{'s' * (len(names) > 1)}: {', '.join(sorted(names)[:SHOWN_CELLS])}"
-             f"{', ...' if len(names) > SHOWN_CELLS else ''})" for value, names in by_value.items()]
+    shown = [
+        f"{value} ({len(names)} cell{'s' * (len(names) > 1)}: {', '.join(sorted(names)[:SHOWN_CELLS])}"
+        f"{', ...' if len(names) > SHOWN_CELLS else ''})"
+        for value, names in by_value.items()
+    ]
     return f"{key} = " + " | ".join(shown)
 
 
@@ -255,8 +272,9 @@ def load_wandb(runs: Iterable[Any], sweep_id: str) -> SweepTable:
         where = _run_path(run)
         if summary.get("cell_id") is None:
             if run.state in ("failed", "crashed", "killed"):
-                failed.append({"name": run.name, "error": f"W&B run {run.state} without logging a record",
-                               "folder": where})
+                failed.append(
+                    {"name": run.name, "error": f"W&B run {run.state} without logging a record", "folder": where}
+                )
             else:
                 missing.append({"name": run.name, "folder": where})
             continue
@@ -266,9 +284,14 @@ def load_wandb(runs: Iterable[Any], sweep_id: str) -> SweepTable:
         if row["status"] == "failed":
             failed.append({"name": row["name"], "error": row["error"], "folder": where})
     one_configuration(rows, compared, f"W&B group {sweep_id}")
-    return SweepTable(sweep_id=sweep_id, source="wandb", frame=_frame(rows),
-                      failed=_problems(failed, ("name", "error", "folder")),
-                      missing=_problems(missing, ("name", "folder")), outcomes=None)
+    return SweepTable(
+        sweep_id=sweep_id,
+        source="wandb",
+        frame=_frame(rows),
+        failed=_problems(failed, ("name", "error", "folder")),
+        missing=_problems(missing, ("name", "folder")),
+        outcomes=None,
+    )
 
 
 def _run_identity(run: Any) -> Mapping[str, Any]:
@@ -332,15 +355,21 @@ def summary_text(table: SweepTable) -> str:
     series with the half-width of its 95% interval, compact enough for a 100-column terminal."""
     frame = table.frame
     n_complete = int((frame["status"] == "complete").sum())
-    lines = [f"sweep {table.sweep_id} ({table.source}): {len(frame)} cells with a record — {n_complete} complete, "
-             f"{len(table.failed)} failed; {len(table.missing)} missing"]
+    lines = [
+        f"sweep {table.sweep_id} ({table.source}): {len(frame)} cells with a record — {n_complete} complete, "
+        f"{len(table.failed)} failed; {len(table.missing)} missing"
+    ]
     pivot = accuracy_pivot(table.complete)
     if not pivot.empty:
-        lines += ["", "accuracy in % by layer, mean over seeds (probe: the layer-L CLS probe of the none cells)",
-                  *_format_pivot(pivot, _percent),
-                  "", f"± in points: half-width of that mean's {LEVEL:.0%} interval over permutation draws and "
-                      f"examples", "(docs/science.md, Error bars; ?: one seed of a seeded series, no interval)",
-                  *_format_pivot(interval_pivot(table.complete), _points)]
+        lines += [
+            "",
+            "accuracy in % by layer, mean over seeds (probe: the layer-L CLS probe of the none cells)",
+            *_format_pivot(pivot, _percent),
+            "",
+            f"± in points: half-width of that mean's {LEVEL:.0%} interval over permutation draws and examples",
+            "(docs/science.md, Error bars; ?: one seed of a seeded series, no interval)",
+            *_format_pivot(interval_pivot(table.complete), _points),
+        ]
     return "\n".join(lines)
 
 
@@ -351,8 +380,9 @@ def _long(complete: pd.DataFrame) -> pd.DataFrame:
     cells' probe accuracy."""
     columns = ["model", "series", "layer", "seed", "cell_id", "n_val", "value"]
     labels = series_labels(complete)
-    shown = complete.assign(series=[f"{label}/{readout}" for label, readout in zip(labels, complete["readout"])],
-                            value=complete["accuracy"])
+    shown = complete.assign(
+        series=[f"{label}/{readout}" for label, readout in zip(labels, complete["readout"])], value=complete["accuracy"]
+    )
     probe = complete[(complete["intervention"] == "none") & complete["probe_accuracy"].notna()]
     probe = probe.drop_duplicates(["model", "layer", "seed"])  # the probe does not depend on the readout
     probe = probe.assign(series="probe", value=probe["probe_accuracy"])
@@ -430,10 +460,12 @@ def _format_pivot(pivot: pd.DataFrame, cell: Callable[[float], str]) -> list[str
     layers = [column for column in pivot.columns if column != "cells"]
     model_width = max(5, *(len(model) for model, _ in pivot.index))
     series_width = max(6, *(len(series) for _, series in pivot.index))
-    head = f"{'model':<{model_width}}  {'series':<{series_width}}  cells " + "".join(f"{f'L{l}':>4}" for l in layers)
+    head = f"{'model':<{model_width}}  {'series':<{series_width}}  cells " + "".join(
+        f"{f'L{layer}':>4}" for layer in layers
+    )
     lines = [head]
     for (model, series), values in pivot.iterrows():
-        cells = "".join(cell(values[l]) for l in layers)
+        cells = "".join(cell(values[layer]) for layer in layers)
         lines.append(f"{model:<{model_width}}  {series:<{series_width}}  {int(values['cells']):>5} {cells}")
     return lines
 

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import json
 import time
-from functools import partial
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,15 +30,23 @@ from safetensors.torch import load_file, save_file
 
 from sweep.cache import ArtifactCache, content_key
 from sweep.cellspec import NOT_MEASURED, CellSpec, without
-from sweep.data import (DECODER_VERSION, SAMPLER_VERSION, SPLITS, batches, load_split, normalise, pixel_settings,
-                        preprocess_split)
+from sweep.data import (
+    DECODER_VERSION,
+    SAMPLER_VERSION,
+    SPLITS,
+    batches,
+    load_split,
+    normalise,
+    pixel_settings,
+    preprocess_split,
+)
 from sweep.linear_heads import LinearHead
 from sweep.metrics import rank_metrics
 from sweep.models import LoadedModel, check_classes, load_model
 from sweep.probes import fit_probes
 from sweep.progress import progress_bar
-from sweep.settings import Compute
 from sweep.rules import plain
+from sweep.settings import Compute
 from sweep.toy import train_toy
 
 #: file in the cache's root remembering weight-file hashes (local model folders' identity)
@@ -95,7 +103,7 @@ class Features:
     """The unmodified model's view of the data."""
 
     key: str
-    cls: dict[str, torch.Tensor]               # split -> (N + 1, n, D)
+    cls: dict[str, torch.Tensor]  # split -> (N + 1, n, D)
     readout: dict[str, dict[str, torch.Tensor]]  # split -> readout -> (n, ...)
     labels: dict[str, torch.Tensor]
 
@@ -120,12 +128,17 @@ def images_spec(data: Mapping[str, Any], preprocess: Mapping[str, Any]) -> dict[
     """What the images artifact is keyed by: the data subset (its measured settings) and what
     changes its pixels (`pixel_settings`), not the normalisation, so models of one pixel
     geometry share a decode."""
-    return {"data": without(plain(data), NOT_MEASURED, "data."), "preprocess": pixel_settings(plain(preprocess)),
-            "decoder": DECODER_VERSION, "sampler": SAMPLER_VERSION}
+    return {
+        "data": without(plain(data), NOT_MEASURED, "data."),
+        "preprocess": pixel_settings(plain(preprocess)),
+        "decoder": DECODER_VERSION,
+        "sampler": SAMPLER_VERSION,
+    }
 
 
-def cached_images(cache: ArtifactCache, data: Mapping[str, Any], preprocess: Mapping[str, Any]
-                  ) -> tuple[str, dict[str, Split]]:
+def cached_images(
+    cache: ArtifactCache, data: Mapping[str, Any], preprocess: Mapping[str, Any]
+) -> tuple[str, dict[str, Split]]:
     """The data subset decoded at this pixel geometry (computed once, under the cache's lock):
     its key and its splits. Needs no model, so `sweep-prepare` builds it on a login node."""
     spec = images_spec(data, preprocess)
@@ -139,10 +152,13 @@ def cached_images(cache: ArtifactCache, data: Mapping[str, Any], preprocess: Map
             seconds[split] = time.perf_counter() - started
         _write_seconds(out, seconds)
 
-    folder = cache.get_or_compute("images", spec, compute, lazy=("*.safetensors",),
-                                  description=f"{data['name']} images")
-    splits = {split: Split(folder / f"{split}.safetensors", partial(cache.verified, folder, f"{split}.safetensors"))
-              for split in SPLITS}
+    folder = cache.get_or_compute(
+        "images", spec, compute, lazy=("*.safetensors",), description=f"{data['name']} images"
+    )
+    splits = {
+        split: Split(folder / f"{split}.safetensors", partial(cache.verified, folder, f"{split}.safetensors"))
+        for split in SPLITS
+    }
     return content_key("images", spec), splits
 
 
@@ -192,8 +208,15 @@ class Artifacts:
     def device(self) -> torch.device:
         return self.runtime.device
 
-    def _get(self, kind: str, spec: Mapping[str, Any], compute: Callable[[Path], None], *, name: str | None = None,
-             **options: Any) -> Path:
+    def _get(
+        self,
+        kind: str,
+        spec: Mapping[str, Any],
+        compute: Callable[[Path], None],
+        *,
+        name: str | None = None,
+        **options: Any,
+    ) -> Path:
         folder = self.cache.get_or_compute(kind, spec, compute, **options)
         self.keys[name or kind] = content_key(kind, spec)
         return folder
@@ -219,17 +242,24 @@ class Artifacts:
         toy_key = None
         if model.is_toy:
             weights, toy_key = self._toy_weights()
-        loaded = load_model(model, weights, device=self.device,
-                            attn_implementation=self.settings.compute.attn_implementation,
-                            hash_memo=self.cache.root / FILE_HASHES)
+        loaded = load_model(
+            model,
+            weights,
+            device=self.device,
+            attn_implementation=self.settings.compute.attn_implementation,
+            hash_memo=self.cache.root / FILE_HASHES,
+        )
         return toy_key or loaded.revision, loaded
 
     def _toy_weights(self) -> tuple[Path, str]:
         training = self.settings.toy_training
         assert training is not None, "a toy's cell has toy_training settings"
         images_key, splits = self.images(training.data.values, name="toy_images")
-        spec = {"model": without(self.identity["model"], TOY_UNREAD), "training": self.identity["toy_training"],
-                "images": images_key}
+        spec = {
+            "model": without(self.identity["model"], TOY_UNREAD),
+            "training": self.identity["toy_training"],
+            "images": images_key,
+        }
 
         def compute(out: Path) -> None:
             train = splits["train"]
@@ -243,9 +273,12 @@ class Artifacts:
         readouts = sorted(self.model_settings.readouts)
         model = without(self.identity["model"], FEATURES_UNREAD)
         model["readouts"] = {r: without(settings, ("head",)) for r, settings in model["readouts"].items()}
-        spec = {"model": model, "weights": weights, "images": images_key,
-                "compute": {**self.identity["compute"], "batch_size": self.runtime.batch_size,
-                            "device": self.device.type}}
+        spec = {
+            "model": model,
+            "weights": weights,
+            "images": images_key,
+            "compute": {**self.identity["compute"], "batch_size": self.runtime.batch_size, "device": self.device.type},
+        }
 
         def compute(out: Path) -> None:
             seconds = {}
@@ -290,8 +323,14 @@ class Artifacts:
 
         def compute(out: Path) -> None:
             train = features.readout["train"][readout]
-            (head,) = fit_probes(train.flatten(1), features.labels["train"], n_classes,
-                                 method=probe.choice, settings=probe.values, device=self.device.type)
+            (head,) = fit_probes(
+                train.flatten(1),
+                features.labels["train"],
+                n_classes,
+                method=probe.choice,
+                settings=probe.values,
+                device=self.device.type,
+            )
             save_file(head.state_dict(), out / "head.safetensors")
 
         folder = self._get("head", spec, compute, name=f"head.{readout}", description=f"{readout} head")
@@ -304,19 +343,34 @@ class Artifacts:
         spec = {"features": features.key, "probe": self.identity["probe"], "n_classes": n_classes}
 
         def compute(out: Path) -> None:
-            heads = fit_probes(features.cls["train"], features.labels["train"], n_classes,
-                               method=probe.choice, settings=probe.values, device=self.device.type)
+            heads = fit_probes(
+                features.cls["train"],
+                features.labels["train"],
+                n_classes,
+                method=probe.choice,
+                settings=probe.values,
+                device=self.device.type,
+            )
             val_cls, labels = features.cls["val"], features.labels["val"]
-            scores = [{**rank_metrics(head.logits(val_cls[layer]), labels, "probe_"),
-                       **rank_metrics(heads[-1].logits(val_cls[layer]), labels, "last_probe_")}
-                      for layer, head in enumerate(heads)]
-            save_file({f"{layer}.{k}": v for layer, head in enumerate(heads) for k, v in head.state_dict().items()},
-                      out / "probes.safetensors")
+            scores = [
+                {
+                    **rank_metrics(head.logits(val_cls[layer]), labels, "probe_"),
+                    **rank_metrics(heads[-1].logits(val_cls[layer]), labels, "last_probe_"),
+                }
+                for layer, head in enumerate(heads)
+            ]
+            save_file(
+                {f"{layer}.{k}": v for layer, head in enumerate(heads) for k, v in head.state_dict().items()},
+                out / "probes.safetensors",
+            )
             (out / "scores.json").write_text(json.dumps(scores, indent=1))
 
         folder = self._get("probes", spec, compute, description="per-layer CLS probes")
         tensors = load_file(folder / "probes.safetensors")
-        heads = [LinearHead.from_state_dict({k.split(".", 1)[1]: v for k, v in tensors.items()
-                                             if k.split(".", 1)[0] == str(layer)})
-                 for layer in range(features.cls["train"].shape[0])]
+        heads = [
+            LinearHead.from_state_dict(
+                {k.split(".", 1)[1]: v for k, v in tensors.items() if k.split(".", 1)[0] == str(layer)}
+            )
+            for layer in range(features.cls["train"].shape[0])
+        ]
         return heads, _read_json(folder / "scores.json")

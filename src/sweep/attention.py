@@ -48,15 +48,21 @@ class _Knockout:
             return None
         mask = torch.zeros(n_queries, n_keys, dtype=like.dtype, device=like.device)
         if self.edge == "patches_to_cls":
-            mask[self.cls_index] = float("-inf")     # the CLS query's row ...
+            mask[self.cls_index] = float("-inf")  # the CLS query's row ...
         else:  # cls_to_patches
             mask[:, self.cls_index] = float("-inf")  # the CLS key's column ...
-        mask[self.cls_index, self.cls_index] = 0.0   # ... but for the CLS reading itself
+        mask[self.cls_index, self.cls_index] = 0.0  # ... but for the CLS reading itself
         return mask[None, None]
 
 
-def knockout_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                       attention_mask: torch.Tensor | None, **kwargs: Any) -> tuple[torch.Tensor, Any]:
+def knockout_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, Any]:
     """transformers' attention-function signature: the wrapped implementation, with the
     knockout's mask added to the block's own (BEiT's relative position bias; none elsewhere).
     With no edge the block's mask goes through untouched, so the output is bit for bit the
@@ -94,8 +100,10 @@ def cut_attention(modules: Iterable[nn.Module], edge: str | None, cls_index: int
         for module in modules:
             inner = module.config._attn_implementation
             if inner not in KNOCKOUT_INNER:
-                raise SweepError(f"attention knockout wraps {', '.join(KNOCKOUT_INNER)}; {type(module).__name__} "
-                                 f"runs config._attn_implementation={inner!r}")
+                raise SweepError(
+                    f"attention knockout wraps {', '.join(KNOCKOUT_INNER)}; {type(module).__name__} "
+                    f"runs config._attn_implementation={inner!r}"
+                )
             own = copy.copy(module.config)  # a leaf config (no sub-configs): the copy shares nothing it sets
             own._attn_implementation = KNOCKOUT_ATTENTION
             module.__dict__[_KNOCKOUT_STATE] = _Knockout(edge, inner, cls_index, module.config)

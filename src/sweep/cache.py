@@ -67,7 +67,6 @@ _UNCACHED_PREFIX = "_uncached"
 TRASH_PREFIX = "_trash"
 
 
-
 # --------------------------------------------------------------------------- keys
 
 
@@ -111,9 +110,7 @@ def _canonical_json(obj: Any) -> str:
 
 def _check_kind(kind: str) -> None:
     if not isinstance(kind, str) or not KIND_PATTERN.match(kind):
-        raise ValueError(
-            f"artifact kind {kind!r} must be letters, digits, '_' or '-', starting with a letter or digit"
-        )
+        raise ValueError(f"artifact kind {kind!r} must be letters, digits, '_' or '-', starting with a letter or digit")
     if kind in _RESERVED_KINDS:
         raise ValueError(f"artifact kind {kind!r} is reserved for the cache's own directories")
 
@@ -477,6 +474,7 @@ class ArtifactCache:
         os.rename(path, trash)
         remove_tree(trash)
 
+
 # --------------------------------------------------------------------------- file helpers
 
 
@@ -517,8 +515,3 @@ def _touch(marker: Path) -> None:
         marker.touch()
     except OSError as exc:
         logger.debug("could not touch %s: %s", marker, exc)
-
-
-
-
-

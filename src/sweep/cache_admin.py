@@ -76,6 +76,7 @@ def info(cache: ArtifactCache) -> CacheInfo:
         tmp_bytes=sum(tree_size(p) for p in tmp_dirs),
     )
 
+
 def plan_prune(
     cache: ArtifactCache,
     *,
@@ -118,6 +119,7 @@ def plan_prune(
     plan += _plan_tmp(cache, now, stale_tmp_days)
     return plan
 
+
 def _plan_tmp(cache: ArtifactCache, now: float, stale_tmp_days: float) -> list[PruneItem]:
     if not cache.tmp_root.is_dir():
         return []
@@ -138,6 +140,7 @@ def _plan_tmp(cache: ArtifactCache, now: float, stale_tmp_days: float) -> list[P
         size = tree_size(path)
         items.append(PruneItem(path=path, bytes=size, last_used=newest, reason=reason, kind=kind, key=key))
     return items
+
 
 def apply_prune(cache: ArtifactCache, plan: Sequence[PruneItem]) -> list[Path]:
     """Remove what plan_prune chose, skipping anything in use since: an entry or
@@ -173,6 +176,7 @@ def apply_prune(cache: ArtifactCache, plan: Sequence[PruneItem]) -> list[Path]:
         finally:
             lock.release()
     return removed
+
 
 def prune(
     cache: ArtifactCache,

@@ -51,24 +51,31 @@ def _dir_setting() -> Setting:
     return Setting(Optional(Text()), None, DIR_HELP)
 
 
-INFO = Command(prog="sweep-cache info", summary="Entries and sizes per artifact kind.",
-               settings={"cache.dir": _dir_setting()})
+INFO = Command(
+    prog="sweep-cache info", summary="Entries and sizes per artifact kind.", settings={"cache.dir": _dir_setting()}
+)
 PRUNE = Command(
     prog="sweep-cache prune",
     summary="Remove entries unused for a while and/or the least recently used ones until the cache fits a size. "
-            "Entries being computed are skipped. Stale temporary directories (left by killed runs) are removed too; "
-            "without older_than_days or max_size_gb, only they are.",
+    "Entries being computed are skipped. Stale temporary directories (left by killed runs) are removed too; "
+    "without older_than_days or max_size_gb, only they are.",
     settings={
         "cache.dir": _dir_setting(),
         "older_than_days": Setting(Optional(Real(0)), None, "remove entries unused for more than this many days"),
-        "max_size_gb": Setting(Optional(Real(0)), None, "then remove least recently used entries until at most "
-                                                        "this many GB (1e9 bytes) remain"),
+        "max_size_gb": Setting(
+            Optional(Real(0)),
+            None,
+            "then remove least recently used entries until at most this many GB (1e9 bytes) remain",
+        ),
         "stale_tmp_days": Setting(Real(0), 1.0, "remove temporary directories untouched for more than this many days"),
         "dry_run": Setting(Flag(), False, "only print what would be removed"),
-    })
+    },
+)
 COMMANDS = {"info": INFO, "prune": PRUNE}
-USAGE = ("usage: sweep-cache info [key=value ...]\n       sweep-cache prune [key=value ...]\n\n"
-         "Inspect and prune the sweep artifact cache; `sweep-cache <command> --help` lists a command's settings.")
+USAGE = (
+    "usage: sweep-cache info [key=value ...]\n       sweep-cache prune [key=value ...]\n\n"
+    "Inspect and prune the sweep artifact cache; `sweep-cache <command> --help` lists a command's settings."
+)
 
 
 def _print_info(cache: ArtifactCache) -> None:
@@ -97,8 +104,12 @@ def _describe(item: PruneItem) -> str:
 
 def _prune(cache: ArtifactCache, settings: dict) -> None:
     dry_run = settings["dry_run"]
-    plan = plan_prune(cache, older_than_days=settings["older_than_days"], max_size_gb=settings["max_size_gb"],
-                      stale_tmp_days=settings["stale_tmp_days"])
+    plan = plan_prune(
+        cache,
+        older_than_days=settings["older_than_days"],
+        max_size_gb=settings["max_size_gb"],
+        stale_tmp_days=settings["stale_tmp_days"],
+    )
     if dry_run:
         chosen, verb = plan, "would remove"
     else:

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from sweep.artifacts import pick_device
 from sweep.cache import ArtifactCache
 from sweep.cellspec import CellSpec
-from sweep.artifacts import pick_device
 from sweep.engine import CellResult, measure_unit
 
 __all__ = ["CellResult", "measure", "pick_device"]

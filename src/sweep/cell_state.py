@@ -32,7 +32,7 @@ class CellState:
     state: str
     record: dict[str, Any] | None  # this cell's record, if it has one
     lease: dict[str, Any] | None
-    live: bool = False             # a live owner holds the lease (also beside a complete record)
+    live: bool = False  # a live owner holds the lease (also beside a complete record)
 
     @property
     def owner(self) -> str | None:

@@ -36,8 +36,18 @@ IDENTITY_FORMAT = 5
 #: checks the declaration: a change of one of these keys leaves the cell's numbers bit for
 #: bit as they were (compute.device and compute.batch_size are in the key of every artifact
 #: they feed, where float rounding could differ), and a change of any other changes the id.
-NOT_MEASURED = ("hydra", "logger", "wandb", "sweep", "cache", "outcomes", "compute.device", "compute.batch_size",
-                "data.token_env", "toy_training.data.token_env")
+NOT_MEASURED = (
+    "hydra",
+    "logger",
+    "wandb",
+    "sweep",
+    "cache",
+    "outcomes",
+    "compute.device",
+    "compute.batch_size",
+    "data.token_env",
+    "toy_training.data.token_env",
+)
 #: the grid's axes inside an identity: the table compares everything else within a series
 GRID_KEYS = ("layer", "seed")
 
@@ -73,8 +83,17 @@ def measured_config(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     return config
 
 
-__all__ = ["MODEL_KEYS", "NOT_MEASURED", "CellSpec", "LayerOutOfRange", "NotApplicable", "cell_spec", "is_scientific",
-           "measured_config", "resolve_layer"]
+__all__ = [
+    "MODEL_KEYS",
+    "NOT_MEASURED",
+    "CellSpec",
+    "LayerOutOfRange",
+    "NotApplicable",
+    "cell_spec",
+    "is_scientific",
+    "measured_config",
+    "resolve_layer",
+]
 
 
 class NotApplicable(ConfigError):
@@ -91,7 +110,8 @@ def resolve_layer(layer: int, n_layers: int, model_name: str = "the model") -> i
     if not -(n_layers + 1) <= layer <= n_layers:
         raise LayerOutOfRange(
             f"layer={layer} is out of range for {model_name}, which has {n_layers} blocks: valid layers are "
-            f"0..{n_layers} (0 = embedding output, {n_layers} = last block), or -{n_layers + 1}..-1 from the end")
+            f"0..{n_layers} (0 = embedding output, {n_layers} = last block), or -{n_layers + 1}..-1 from the end"
+        )
     return layer % (n_layers + 1)
 
 
@@ -131,7 +151,7 @@ class CellSpec:
 #: checkpoint's own code must never run on the machines that load it.
 LOADER_ARGUMENTS = {
     "trust_remote_code": "left out: models always load with trust_remote_code=False, so no code shipped with a "
-                         "checkpoint runs; choose a built-in class with model.hf_class",
+    "checkpoint runs; choose a built-in class with model.hf_class",
     "revision": "left out; set model.revision instead",
     "attn_implementation": "left out; set compute.attn_implementation instead",
     "output_loading_info": "left out: the loader asks for it to check what loaded",
@@ -147,8 +167,6 @@ def _check_load_kwargs(load_kwargs: Any) -> None:
     for key, why in LOADER_ARGUMENTS.items():
         if key in load_kwargs:
             raise invalid(f"model.load_kwargs.{key}", load_kwargs[key], why)
-
-
 
 
 def _model(node: Any) -> dict[str, Any]:
@@ -171,21 +189,36 @@ def _model(node: Any) -> dict[str, Any]:
     ADAPTERS[model["adapter"]].check_readouts(model["readouts"])
     _check_load_kwargs(model.get("load_kwargs"))
     if model["projection_readout"] not in model["readouts"]:
-        raise ConfigError(f"model.projection_readout={model['projection_readout']} is invalid: it must be one of "
-                          f"the model's readouts ({', '.join(model['readouts'])})")
+        raise ConfigError(
+            f"model.projection_readout={model['projection_readout']} is invalid: it must be one of "
+            f"the model's readouts ({', '.join(model['readouts'])})"
+        )
     return model
 
 
-def identity(cfg: DictConfig | Mapping[str, Any], settings: CellSettings, *, model: Mapping[str, Any], readout: str,
-             layer: int, seed: int | None) -> dict[str, Any]:
+def identity(
+    cfg: DictConfig | Mapping[str, Any],
+    settings: CellSettings,
+    *,
+    model: Mapping[str, Any],
+    readout: str,
+    layer: int,
+    seed: int | None,
+) -> dict[str, Any]:
     """What a cell's id hashes: its whole resolved config, each checked group in its checked
     form (`1` and `1.0` are one value), the layer resolved (-1 is N), the seed only where
     the intervention draws random numbers, and without NOT_MEASURED (`measured_config`)."""
     config = {key: cfg[key] for key in cfg}
-    config.update(model=dict(model), readout=readout, layer=layer, seed=seed,
-                  data=dict(settings.data.values), intervention=dict(settings.intervention.values),
-                  probe={"method": settings.probe.choice, "settings": dict(settings.probe.values)},
-                  compute=dict(vars(settings.compute)))
+    config.update(
+        model=dict(model),
+        readout=readout,
+        layer=layer,
+        seed=seed,
+        data=dict(settings.data.values),
+        intervention=dict(settings.intervention.values),
+        probe={"method": settings.probe.choice, "settings": dict(settings.probe.values)},
+        compute=dict(vars(settings.compute)),
+    )
     if settings.toy_training is not None:
         config["toy_training"] = {**vars(settings.toy_training), "data": dict(settings.toy_training.data.values)}
     return {"format": IDENTITY_FORMAT, **measured_config(config)}
@@ -209,22 +242,38 @@ def cell_spec(cfg: DictConfig | Mapping[str, Any]) -> CellSpec:
         raise LayerOutOfRange(
             f"layer={cfg['layer']} is L = {n_layers}, the last hidden state of {model_name}: intervention="
             f"{intervention.name} acts in the blocks after layer L and there is none; valid layers are "
-            f"0..{n_layers - 1}, or -{n_layers + 1}..-2 from the end")
+            f"0..{n_layers - 1}, or -{n_layers + 1}..-2 from the end"
+        )
     token = intervention.token if "token" in intervention.settings else None
     supported_tokens = ADAPTERS[model["adapter"]].supported_tokens
     if token is not None and token not in supported_tokens:
-        raise NotApplicable(f"model {model_name} has no '{token}' token for intervention.token (it has: "
-                            f"{', '.join(supported_tokens)})")
+        raise NotApplicable(
+            f"model {model_name} has no '{token}' token for intervention.token (it has: {', '.join(supported_tokens)})"
+        )
     readout = checked("readout", plain(cfg["readout"]), {"name": Rule()})["name"]
     readouts = model["readouts"]
     if readout not in readouts:
         raise NotApplicable(
             f"model {model_name} has no '{readout}' readout (it has: {', '.join(readouts)}); "
-            + (f"its model config (model/{model_name}.yaml) declares no readout of the CLS token alone; "
-               "use readout=native" if readout == "cls" else "choose one of those"))
+            + (
+                f"its model config (model/{model_name}.yaml) declares no readout of the CLS token alone; "
+                "use readout=native"
+                if readout == "cls"
+                else "choose one of those"
+            )
+        )
     check_data_folders(settings.data.values)
     if settings.toy_training is not None:  # the toy learns digits first: a subset it lacks fails now, not then
         check_data_folders(settings.toy_training.data.values, "toy_training.data")
     science = identity(cfg, settings, model=model, readout=readout, layer=layer, seed=seed)
-    return CellSpec(model=model_name, layer=layer, n_layers=n_layers, intervention=intervention.name,
-                    readout=readout, seed=seed, science=science, settings=settings, token=token)
+    return CellSpec(
+        model=model_name,
+        layer=layer,
+        n_layers=n_layers,
+        intervention=intervention.name,
+        readout=readout,
+        seed=seed,
+        science=science,
+        settings=settings,
+        token=token,
+    )

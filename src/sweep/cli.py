@@ -67,8 +67,9 @@ class Command:
                 words.append(token)
                 continue
             if key not in self.settings:
-                raise UsageError(f"{key} is not a setting of {self.prog}; its settings are: "
-                                 f"{', '.join(self.settings) or 'none'}")
+                raise UsageError(
+                    f"{key} is not a setting of {self.prog}; its settings are: {', '.join(self.settings) or 'none'}"
+                )
             if key in given:
                 raise UsageError(f"{key} is given twice")
             try:
@@ -76,8 +77,10 @@ class Command:
             except ConfigError as error:
                 raise UsageError(str(error)) from None
         if len(words) > len(self.words):
-            raise UsageError(f"{self.prog} takes at most {len(self.words)} positional word(s) "
-                             f"({', '.join(n for n, _ in self.words) or 'none'}), got: {' '.join(words)}")
+            raise UsageError(
+                f"{self.prog} takes at most {len(self.words)} positional word(s) "
+                f"({', '.join(n for n, _ in self.words) or 'none'}), got: {' '.join(words)}"
+            )
         return words, {key: given.get(key, setting.default) for key, setting in self.settings.items()}
 
 
@@ -92,8 +95,9 @@ def value_of(text: str, key: str = "key") -> Any:
         override = OverridesParser.create().parse_override(f"{key}={text}")
     except HydraException as error:
         message = " ".join(str(error).split())
-        raise ConfigError(f"{key}={text} cannot be read as a value ({message}); as text, quote it: "
-                          f"{key}='{text}'") from None
+        raise ConfigError(
+            f"{key}={text} cannot be read as a value ({message}); as text, quote it: {key}='{text}'"
+        ) from None
     if override.is_sweep_override():
         raise ConfigError(f"{key}={text} is several values; give one")
     return override.value()

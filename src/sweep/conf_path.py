@@ -37,7 +37,7 @@ def check_not_shadowed(sources: Sequence[Mapping[str, Any]]) -> None:
     names = [source["provider"] for source in sources]
     if MAIN_PROVIDER not in names:
         return
-    for source in sources[names.index(MAIN_PROVIDER) + 1:]:
+    for source in sources[names.index(MAIN_PROVIDER) + 1 :]:
         root = Path(str(source["path"]))
         if source["schema"] != "file" or not root.is_dir():
             continue
@@ -52,4 +52,5 @@ def check_not_shadowed(sources: Sequence[Mapping[str, Any]]) -> None:
                     "hydra.searchpath come after the shipped configs, so Hydra would use the shipped one). "
                     f"Give yours a new name, e.g. {name.with_stem(mine).as_posix()}, and pick it with {pick}; "
                     f"to change a few of the shipped settings, start it with `defaults: [{name.stem}]` "
-                    "(docs/sweeps.md, Your own configs)")
+                    "(docs/sweeps.md, Your own configs)"
+                )

@@ -92,11 +92,15 @@ def summary_content(table: SweepTable, figures: Mapping[str, FigureResult] | Non
             data[FIGURE_KEY.format(name=name)] = wandb.Image(str(png), caption="; ".join(figure.notes))
     for model, lines in accuracy_lines(table.complete).items():
         data[LINE_KEY.format(model=model)] = wandb.plot.line_series(
-            xs=[line.layers.tolist() for line in lines], ys=[line.mean.tolist() for line in lines],
-            keys=[line.label for line in lines], title=f"{model}: accuracy vs layer (mean over seeds)",
-            xname="layer")
-    data.update({"cells/complete": len(table.complete), "cells/failed": len(table.failed),
-                 "cells/missing": len(table.missing)})
+            xs=[line.layers.tolist() for line in lines],
+            ys=[line.mean.tolist() for line in lines],
+            keys=[line.label for line in lines],
+            title=f"{model}: accuracy vs layer (mean over seeds)",
+            xname="layer",
+        )
+    data.update(
+        {"cells/complete": len(table.complete), "cells/failed": len(table.failed), "cells/missing": len(table.missing)}
+    )
     return data
 
 
@@ -105,21 +109,30 @@ def _json_frame(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.astype(object).where(frame.notna(), None)
 
 
-def log_summary_run(table: SweepTable, figures: Mapping[str, FigureResult] | None, settings: Wandb,
-                    out_dir: Path) -> Path | None:
+def log_summary_run(
+    table: SweepTable, figures: Mapping[str, FigureResult] | None, settings: Wandb, out_dir: Path
+) -> Path | None:
     """The sweep's summary run, in `out_dir/wandb/`; returns its local folder (None: no run
     could start, and a message said why). Never raises for a W&B failure."""
     from sweep.record import versions
 
     sweep_id = str(table.sweep_id)
-    init = dict(group=sweep_id, job_type=JOB_TYPE, name=f"summary-{sweep_id}", id=summary_run_id(sweep_id),
-                tags=[JOB_TYPE, *settings.tags],
-                config={"sweep_id": sweep_id, "source": table.source, "versions": versions()})
-    hint = (f"The sweep's summary run is in {out_dir / 'wandb'}; upload it later with "
-            f"`wandb sync {out_dir / 'wandb'}/offline-run-*`.")
-    with wandb_run(settings, init, run_dir=out_dir, side_dir=out_dir / ".wandb-cache",
-                   offline_hint=hint) as track:
-        track.guarded("logging the sweep's summary to W&B", lambda run: log_replacing(run, summary_content(table, figures)))
+    init = dict(
+        group=sweep_id,
+        job_type=JOB_TYPE,
+        name=f"summary-{sweep_id}",
+        id=summary_run_id(sweep_id),
+        tags=[JOB_TYPE, *settings.tags],
+        config={"sweep_id": sweep_id, "source": table.source, "versions": versions()},
+    )
+    hint = (
+        f"The sweep's summary run is in {out_dir / 'wandb'}; upload it later with "
+        f"`wandb sync {out_dir / 'wandb'}/offline-run-*`."
+    )
+    with wandb_run(settings, init, run_dir=out_dir, side_dir=out_dir / ".wandb-cache", offline_hint=hint) as track:
+        track.guarded(
+            "logging the sweep's summary to W&B", lambda run: log_replacing(run, summary_content(table, figures))
+        )
     return Path(track.run.settings.sync_dir) if track.run is not None else None
 
 

@@ -57,8 +57,9 @@ def imagenet_wnids() -> list[str]:
     return text.split()
 
 
-def balanced_subset(labels: Iterable[int], per_class: int, n_classes: int, seed: int,
-                    exclude: set[int] = frozenset()) -> list[int]:
+def balanced_subset(
+    labels: Iterable[int], per_class: int, n_classes: int, seed: int, exclude: set[int] = frozenset()
+) -> list[int]:
     """Indices of `per_class` examples of each class, drawn with `seed`, in a seeded order."""
     labels = np.asarray(list(labels))
     pools = [[i for i in np.flatnonzero(labels == cls) if i not in exclude] for cls in range(n_classes)]
@@ -66,7 +67,8 @@ def balanced_subset(labels: Iterable[int], per_class: int, n_classes: int, seed:
         if len(pool) < per_class:
             raise DataUnavailable(
                 f"class {cls} has only {len(pool)} images available, {per_class} per class were asked; "
-                "lower data.train_per_class / data.val_per_class")
+                "lower data.train_per_class / data.val_per_class"
+            )
     return _draw(pools, per_class, seed)
 
 
@@ -79,6 +81,7 @@ def _draw(pools: Sequence[Sequence[int]], per_class: int, seed: int) -> list[int
 
 
 # -- sources ------------------------------------------------------------------------
+
 
 def load_split(data: Mapping[str, Any], split: str) -> LabelledImages:
     """Read one split of the configured source (`data.source`)."""
@@ -97,10 +100,14 @@ def _digits(data: Mapping[str, Any], split: str) -> LabelledImages:
     pixels = (bunch.images * (255.0 / 16.0)).round().astype(np.uint8)
     n_classes = int(data["n_classes"])
     train = balanced_subset(bunch.target, int(data["train_per_class"]), n_classes, int(data["seed"]))
-    indices = train if split == "train" else balanced_subset(
-        bunch.target, int(data["val_per_class"]), n_classes, int(data["seed"]) + 1, exclude=set(train))
-    return LabelledImages([Image.fromarray(pixels[i]) for i in indices],
-                          [int(bunch.target[i]) for i in indices])
+    indices = (
+        train
+        if split == "train"
+        else balanced_subset(
+            bunch.target, int(data["val_per_class"]), n_classes, int(data["seed"]) + 1, exclude=set(train)
+        )
+    )
+    return LabelledImages([Image.fromarray(pixels[i]) for i in indices], [int(bunch.target[i]) for i in indices])
 
 
 def _imagefolder(data: Mapping[str, Any], split: str) -> LabelledImages:
@@ -123,8 +130,10 @@ def _sampled_files(data: Mapping[str, Any], split: str) -> tuple[list[Path], lis
     per_class, n_classes = int(data[f"{split}_per_class"]), int(data["n_classes"])
     _check_class_folders(folder)
     if n_classes > len(imagenet_wnids()):
-        raise DataUnavailable(f"data.n_classes={n_classes} is more than the {len(imagenet_wnids())} classes of "
-                              "ImageNet-1k, which the class folders are named by")
+        raise DataUnavailable(
+            f"data.n_classes={n_classes} is more than the {len(imagenet_wnids())} classes of "
+            "ImageNet-1k, which the class folders are named by"
+        )
     wnids = imagenet_wnids()[:n_classes]
     names = [_class_files(folder, cls, wnid, per_class, split) for cls, wnid in enumerate(wnids)]
     # One pool of positions in the concatenated listing per class, so `_draw` samples it as
@@ -144,7 +153,8 @@ def _check_split_folders(data: Mapping[str, Any]) -> None:
         if not folder.is_dir():
             raise DataUnavailable(
                 f"data folder {folder} does not exist; set data.root to a folder in ImageNet layout "
-                f"({data['train_dir']}/<wnid>/*.JPEG and {data['val_dir']}/<wnid>/*.JPEG)")
+                f"({data['train_dir']}/<wnid>/*.JPEG and {data['val_dir']}/<wnid>/*.JPEG)"
+            )
 
 
 #: images of each class in scikit-learn's bundled digits (a test keeps it equal to load_digits):
@@ -173,7 +183,8 @@ def _check_data(items: tuple[tuple[str, Any], ...], key: str) -> None:
             raise DataUnavailable(
                 f"{key}.train_per_class={train} and {key}.val_per_class={val} ask for {train + val} images of each "
                 f"class, and sklearn digits has {DIGITS_PER_CLASS[fewest]} of class {fewest} (the fewest of its "
-                f"first {n_classes}): lower them to add up to at most {DIGITS_PER_CLASS[fewest]}")
+                f"first {n_classes}): lower them to add up to at most {DIGITS_PER_CLASS[fewest]}"
+            )
     elif data["source"] == "imagefolder":
         for split in SPLITS:
             for path in _sampled_files(data, split)[0]:
@@ -188,8 +199,9 @@ def _check_header(path: Path) -> None:
     except (OSError, SyntaxError, ValueError) as error:
         size = path.stat().st_size if path.exists() else 0
         what = "it is empty (0 bytes)" if size == 0 else f"it is not an image PIL reads ({type(error).__name__})"
-        raise DataUnavailable(f"{path} is one of the images the subset reads, and {what}; remove or replace it "
-                              "(or change data.seed)") from None
+        raise DataUnavailable(
+            f"{path} is one of the images the subset reads, and {what}; remove or replace it (or change data.seed)"
+        ) from None
 
 
 @cache
@@ -207,8 +219,11 @@ def _image_names(folder: Path) -> list[str]:
     only: the file type comes from the directory entry, with no stat per file."""
     extensions = image_extensions()
     with os.scandir(folder) as entries:
-        return sorted(entry.name for entry in entries if entry.name.lower().endswith(extensions)
-                      and not entry.name.startswith(".") and entry.is_file())
+        return sorted(
+            entry.name
+            for entry in entries
+            if entry.name.lower().endswith(extensions) and not entry.name.startswith(".") and entry.is_file()
+        )
 
 
 def _check_class_folders(folder: Path) -> None:
@@ -218,8 +233,10 @@ def _check_class_folders(folder: Path) -> None:
     with os.scandir(folder) as entries:
         unknown = sorted(entry.name for entry in entries if entry.is_dir() and entry.name not in standard)
     if unknown:
-        raise DataUnavailable(f"{folder} has folders that are not ImageNet-1k synsets: {unknown[:5]}; "
-                              "each class folder must be named by its wnid (e.g. n01440764)")
+        raise DataUnavailable(
+            f"{folder} has folders that are not ImageNet-1k synsets: {unknown[:5]}; "
+            "each class folder must be named by its wnid (e.g. n01440764)"
+        )
 
 
 def _class_files(folder: Path, cls: int, wnid: str, per_class: int, split: str) -> list[str]:
@@ -229,16 +246,22 @@ def _class_files(folder: Path, cls: int, wnid: str, per_class: int, split: str) 
     class_folder = folder / wnid
     if not class_folder.is_dir():
         flat = _image_names(folder)
-        hint = (f"; {folder} holds {len(flat)} images directly, the flat ILSVRC2012 validation layout? "
-                f"Sort them into wnid folders: python -m sweep.data sort-val {folder} <labels> <new folder>"
-                if flat else "")
+        hint = (
+            f"; {folder} holds {len(flat)} images directly, the flat ILSVRC2012 validation layout? "
+            f"Sort them into wnid folders: python -m sweep.data sort-val {folder} <labels> <new folder>"
+            if flat
+            else ""
+        )
         raise DataUnavailable(
             f"class {cls} has only 0 images: {class_folder} does not exist; each of the first data.n_classes "
-            f"classes of the standard order needs its folder (lower data.n_classes){hint}")
+            f"classes of the standard order needs its folder (lower data.n_classes){hint}"
+        )
     names = _image_names(class_folder)
     if len(names) < per_class:
-        raise DataUnavailable(f"class {cls} has only {len(names)} images in {class_folder}, {per_class} per class "
-                              f"were asked; lower data.{split}_per_class")
+        raise DataUnavailable(
+            f"class {cls} has only {len(names)} images in {class_folder}, {per_class} per class "
+            f"were asked; lower data.{split}_per_class"
+        )
     return names
 
 
@@ -254,12 +277,14 @@ def _decoded(path: Path) -> Image.Image:
         image = Image.open(path)
         image.load()
     except (OSError, SyntaxError, ValueError) as error:  # PIL's errors for a damaged file
-        raise CorruptImage(f"could not decode {path} ({type(error).__name__}: {error}); remove or replace it "
-                           "(or change data.seed)") from error
+        raise CorruptImage(
+            f"could not decode {path} ({type(error).__name__}: {error}); remove or replace it (or change data.seed)"
+        ) from error
     return image
 
 
 # -- the official flat validation folder ----------------------------------------------
+
 
 def sort_flat_val(flat: Path, labels: Path, out: Path) -> int:
     """Link each image of the official flat ILSVRC2012 validation folder
@@ -295,8 +320,10 @@ def _val_labels(labels: Path, names: list[str]) -> dict[str, str]:
     else:
         wnids = text.split()
         if len(wnids) != len(names):
-            raise DataUnavailable(f"{labels} has {len(wnids)} labels for {len(names)} images; it must have "
-                                  "one wnid a line, for the images in sorted order")
+            raise DataUnavailable(
+                f"{labels} has {len(wnids)} labels for {len(names)} images; it must have "
+                "one wnid a line, for the images in sorted order"
+            )
         wnid_of = dict(zip(names, wnids))
     standard = set(imagenet_wnids())
     for name, wnid in wnid_of.items():
@@ -304,7 +331,8 @@ def _val_labels(labels: Path, names: list[str]) -> dict[str, str]:
             raise DataUnavailable(
                 f"{labels} gives {wnid!r} for {name}, not an ImageNet-1k wnid; give one wnid a line (e.g. "
                 "n01751748) or Kaggle's LOC_val_solution.csv (the devkit's ILSVRC2012_validation_ground_truth.txt "
-                "numbers the classes in the devkit's own order, not by wnid)")
+                "numbers the classes in the devkit's own order, not by wnid)"
+            )
     return wnid_of
 
 
@@ -314,8 +342,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     sort_val = commands.add_parser("sort-val", help="link the flat ILSVRC2012 validation images into wnid folders")
     sort_val.add_argument("flat", type=Path, help="the folder of ILSVRC2012_val_*.JPEG")
-    sort_val.add_argument("labels", type=Path,
-                          help="LOC_val_solution.csv (Kaggle), or a text file with one wnid a line in file order")
+    sort_val.add_argument(
+        "labels", type=Path, help="LOC_val_solution.csv (Kaggle), or a text file with one wnid a line in file order"
+    )
     sort_val.add_argument("out", type=Path, help="a new folder: it becomes <root>/<data.val_dir>")
     args = parser.parse_args(argv)
     try:
@@ -329,7 +358,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _hub(data: Mapping[str, Any], split: str) -> LabelledImages:
     import datasets
-
     from huggingface_hub import constants
 
     hub_split = str(data[f"{split}_split"])
@@ -340,7 +368,8 @@ def _hub(data: Mapping[str, Any], split: str) -> LabelledImages:
             "overrides on a machine with internet (a login node) that shares cache.dir (the dataset is gated: "
             f"accept its terms on the hub and export {data['token_env']}=<token> there), then run again "
             "(docs/sweeps.md, 'A cluster without internet'); or use local data: data=imagefolder "
-            "data.root=/path/to/imagenet (train/<wnid>/*.JPEG, val/<wnid>/*.JPEG)")
+            "data.root=/path/to/imagenet (train/<wnid>/*.JPEG, val/<wnid>/*.JPEG)"
+        )
     token = os.environ.get(str(data["token_env"])) or None
     try:
         stream = datasets.load_dataset(str(data["hub_id"]), split=hub_split, streaming=True, token=token)
@@ -369,8 +398,9 @@ def _stream_balanced(stream: Iterable[Mapping[str, Any]], data: Mapping[str, Any
             labels.append(label)
             if len(labels) == per_class * n_classes:
                 return LabelledImages(images, labels)
-    raise DataUnavailable(f"the stream ended with {len(labels)} of {per_class * n_classes} images; "
-                          "lower the per-class counts")
+    raise DataUnavailable(
+        f"the stream ended with {len(labels)} of {per_class * n_classes} images; lower the per-class counts"
+    )
 
 
 # -- preprocessing --------------------------------------------------------------------
@@ -387,8 +417,11 @@ def pixel_settings(preprocess: Mapping[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in preprocess.items() if key not in NORMALISATION_KEYS}
 
 
-_RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
-             "nearest": Image.Resampling.NEAREST}
+_RESAMPLE = {
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "nearest": Image.Resampling.NEAREST,
+}
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

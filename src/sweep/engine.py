@@ -124,6 +124,7 @@ def _probe_after(spec: CellSpec) -> bool:
 
 # -- per-cell progress -------------------------------------------------------------------
 
+
 @dataclass
 class CellProgress:
     """What one intervened cell has measured so far: per validation example, the true
@@ -136,9 +137,9 @@ class CellProgress:
     rank: torch.Tensor = field(init=False)
     predicted: torch.Tensor = field(init=False)
     probe_predicted: torch.Tensor = field(init=False)  # (len(probe_layers), n)
-    rows: int = 0                      # examples measured, a prefix of the validation order
+    rows: int = 0  # examples measured, a prefix of the validation order
     n_classes: int = 0
-    resumed_rows: int = 0              # of which read back from a checkpoint
+    resumed_rows: int = 0  # of which read back from a checkpoint
     bad: list[int] = field(default_factory=list)  # rows whose logits were not finite
 
     def __post_init__(self) -> None:
@@ -146,8 +147,9 @@ class CellProgress:
         self.predicted = torch.full((self.n,), -1, dtype=torch.long)
         self.probe_predicted = torch.full((len(self.probe_layers), self.n), -1, dtype=torch.long)
 
-    def add(self, part: slice, logits: torch.Tensor, labels: torch.Tensor,
-            probe_predicted: torch.Tensor | None = None) -> None:
+    def add(
+        self, part: slice, logits: torch.Tensor, labels: torch.Tensor, probe_predicted: torch.Tensor | None = None
+    ) -> None:
         if part.start < self.rows:  # measured before a resume: the same numbers again
             return
         if self.probe_layers:
@@ -164,11 +166,15 @@ class CellProgress:
         self.rows = part.stop
 
     def save(self, path: Path, meta: Mapping[str, str]) -> None:
-        tensors = {"rank": self.rank[:self.rows].clone(), "predicted": self.predicted[:self.rows].clone(),
-                   "probe_predicted": self.probe_predicted[:, :self.rows].clone(),
-                   "bad": torch.tensor(self.bad, dtype=torch.long)}
-        atomic_write_bytes(path, save(tensors, metadata={**meta, "rows": str(self.rows),
-                                                         "n_classes": str(self.n_classes)}))
+        tensors = {
+            "rank": self.rank[: self.rows].clone(),
+            "predicted": self.predicted[: self.rows].clone(),
+            "probe_predicted": self.probe_predicted[:, : self.rows].clone(),
+            "bad": torch.tensor(self.bad, dtype=torch.long),
+        }
+        atomic_write_bytes(
+            path, save(tensors, metadata={**meta, "rows": str(self.rows), "n_classes": str(self.n_classes)})
+        )
 
     def load(self, path: Path, meta: Mapping[str, str]) -> None:
         """Resume from `path` when it was written for this very cell and pass; else start over."""
@@ -184,8 +190,12 @@ class CellProgress:
                 self.n_classes = int(saved["n_classes"])
         except Exception as error:  # a torn or foreign file: safetensors raises several kinds
             if path.exists():
-                logger.warning("ignoring the progress file %s (%s); measuring %s from the start", path,
-                               type(error).__name__, self.spec.name)
+                logger.warning(
+                    "ignoring the progress file %s (%s); measuring %s from the start",
+                    path,
+                    type(error).__name__,
+                    self.spec.name,
+                )
             return
         self.rows = self.resumed_rows = rows
 
@@ -217,6 +227,7 @@ class Checkpoints:
 
 # -- the unit -------------------------------------------------------------------------
 
+
 @dataclass
 class _Branch:
     layer: int
@@ -225,9 +236,9 @@ class _Branch:
     donors: torch.Tensor | None = None  # each example's donor, for interventions that have them
     probe_layers: list[int] = field(default_factory=list)  # later layers probed (probe_after)
     block_calls: int = 0
-    cut: AttentionCut | None = None   # attention edges cut in the blocks after `layer`
-    token: str | None = None          # moved from the donors' hidden states (reads_donor_states); None: not
-    donor_key: str | None = None      # which donor stream it reads (with `token`)
+    cut: AttentionCut | None = None  # attention edges cut in the blocks after `layer`
+    token: str | None = None  # moved from the donors' hidden states (reads_donor_states); None: not
+    donor_key: str | None = None  # which donor stream it reads (with `token`)
 
     @property
     def from_features(self) -> bool:
@@ -238,8 +249,14 @@ class _Branch:
     def n_layers(self) -> int:
         return self.cells[0].spec.n_layers
 
-    def output(self, prepared: _Prepared, hidden: torch.Tensor, part: slice, device: torch.device,
-               donor_hidden: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def output(
+        self,
+        prepared: _Prepared,
+        hidden: torch.Tensor,
+        part: slice,
+        device: torch.device,
+        donor_hidden: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Hidden state N of this branch from the unmodified hidden state `layer` of batch
         `part`: its CLS replaced, or its token taken from `donor_hidden` (the donors' hidden
         state `layer`), its blocks run with its attention cut (each where the intervention has
@@ -257,8 +274,13 @@ class _Branch:
     def readouts(self) -> list[str]:
         return sorted({c.spec.readout for c in self.cells})
 
-    def add(self, part: slice, labels: torch.Tensor, logits_of: Callable[[str], torch.Tensor],
-            probe_predicted: torch.Tensor | None = None) -> None:
+    def add(
+        self,
+        part: slice,
+        labels: torch.Tensor,
+        logits_of: Callable[[str], torch.Tensor],
+        probe_predicted: torch.Tensor | None = None,
+    ) -> None:
         """Every readout a cell of the branch asks for, computed once on the branch's output."""
         for readout in self.readouts:
             logits = logits_of(readout).cpu()
@@ -267,8 +289,9 @@ class _Branch:
                     cell.add(part, logits, labels, probe_predicted if cell.probe_layers else None)
 
 
-def measure_unit(specs: Sequence[CellSpec], cache: ArtifactCache, emit: Emit, *,
-                 checkpoints: Checkpoints | None = None) -> dict[str, Any]:
+def measure_unit(
+    specs: Sequence[CellSpec], cache: ArtifactCache, emit: Emit, *, checkpoints: Checkpoints | None = None
+) -> dict[str, Any]:
     """Measure `specs` (cells of one unit: equal but for layer, intervention, readout and
     seed) and `emit` each as soon as it is measured. Returns the unit's compute summary."""
     ledger = ComputeLedger()
@@ -291,9 +314,13 @@ def measure_unit(specs: Sequence[CellSpec], cache: ArtifactCache, emit: Emit, *,
         _emit_guarded(timed_emit, spec, lambda spec=spec: _none_result(spec, prepared, layer_readouts, shares))
     if others:
         _measure_branches(others, prepared, timed_emit, checkpoints, shares)
-    return {"block_calls": ledger.total, "block_calls_by_purpose": dict(ledger.block_calls),
-            "prepare_s": prepared.seconds, "measure_s": time.perf_counter() - started - emit_s,
-            "bookkeeping_s": emit_s}  # records, outcomes and W&B runs, written as each cell is measured
+    return {
+        "block_calls": ledger.total,
+        "block_calls_by_purpose": dict(ledger.block_calls),
+        "prepare_s": prepared.seconds,
+        "measure_s": time.perf_counter() - started - emit_s,
+        "bookkeeping_s": emit_s,
+    }  # records, outcomes and W&B runs, written as each cell is measured
 
 
 def _emit_guarded(emit: Emit, spec: CellSpec, result: Callable[[], CellResult]) -> None:
@@ -327,23 +354,38 @@ class _Shares:
         return share
 
 
-def _result(spec: CellSpec, prepared: _Prepared, metrics: dict[str, float],
-            outcomes: dict[str, torch.Tensor], compute: dict[str, Any], n_classes: int) -> CellResult:
+def _result(
+    spec: CellSpec,
+    prepared: _Prepared,
+    metrics: dict[str, float],
+    outcomes: dict[str, torch.Tensor],
+    compute: dict[str, Any],
+    n_classes: int,
+) -> CellResult:
     features, device = prepared.features, prepared.artifacts.device
     return CellResult(
-        metrics=metrics, outcomes=outcomes,
-        counts={"n_train": len(features.labels["train"]), "n_val": len(features.labels["val"]),
-                "n_classes": n_classes},
-        compute={**compute, "device": device.type, "dtype": prepared.runtime.dtype,
-                 "batch_size": prepared.runtime.batch_size, "cpu_threads": torch.get_num_threads()},
+        metrics=metrics,
+        outcomes=outcomes,
+        counts={"n_train": len(features.labels["train"]), "n_val": len(features.labels["val"]), "n_classes": n_classes},
+        compute={
+            **compute,
+            "device": device.type,
+            "dtype": prepared.runtime.dtype,
+            "batch_size": prepared.runtime.batch_size,
+            "cpu_threads": torch.get_num_threads(),
+        },
         timings={"prepare_s": prepared.seconds},
         model_revision=prepared.loaded.revision,
-        artifacts=dict(prepared.artifacts.keys))
+        artifacts=dict(prepared.artifacts.keys),
+    )
 
 
-def _none_result(spec: CellSpec, prepared: _Prepared,
-                 layer_readouts: dict[int, tuple[dict[str, float], dict[str, torch.Tensor]]],
-                 shares: _Shares) -> CellResult:
+def _none_result(
+    spec: CellSpec,
+    prepared: _Prepared,
+    layer_readouts: dict[int, tuple[dict[str, float], dict[str, torch.Tensor]]],
+    shares: _Shares,
+) -> CellResult:
     started = time.perf_counter()
     labels = prepared.features.labels["val"]
     logits = unmodified_logits(prepared, spec.readout)
@@ -358,8 +400,9 @@ def _none_result(spec: CellSpec, prepared: _Prepared,
     if _probe_after(spec):  # the unmodified CLS: the probes' own validation scores
         assert prepared.probes is not None
         scores = prepared.probes[1]
-        metrics["probe_after"] = {str(later): scores[later]["probe_accuracy"]
-                                  for later in range(spec.layer + 1, spec.n_layers + 1)}
+        metrics["probe_after"] = {
+            str(later): scores[later]["probe_accuracy"] for later in range(spec.layer + 1, spec.n_layers + 1)
+        }
     result = _result(spec, prepared, metrics, outcomes, {"block_calls": shares.of(None)}, logits.shape[1])
     result.timings["measure_s"] = time.perf_counter() - started
     return result
@@ -371,14 +414,17 @@ def unmodified_logits(prepared: _Prepared, readout: str) -> torch.Tensor:
     adapter, features, device = prepared.loaded.adapter, prepared.features, prepared.artifacts.device
     stored = features.readout["val"][readout]
     with torch.inference_mode(), prepared.runtime.autocast():
-        logits = torch.cat([adapter.apply_head(readout, stored[part].to(device)).cpu()
-                            for part in prepared.runtime.batches(len(stored))])
+        logits = torch.cat(
+            [
+                adapter.apply_head(readout, stored[part].to(device)).cpu()
+                for part in prepared.runtime.batches(len(stored))
+            ]
+        )
     require_finite(logits, f"the {readout} readout of the unmodified model")
     return logits
 
 
-def _layer_readouts(spec: CellSpec, prepared: _Prepared
-                    ) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+def _layer_readouts(spec: CellSpec, prepared: _Prepared) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
     """What layer L's CLS already says: the probe, the last layer's probe, and the
     class-embedding projection through the final norm and head."""
     adapter, features, device = prepared.loaded.adapter, prepared.features, prepared.artifacts.device
@@ -387,12 +433,19 @@ def _layer_readouts(spec: CellSpec, prepared: _Prepared
     heads, scores = prepared.probes
     readout = prepared.settings.model.projection_readout
     with torch.inference_mode():
-        projected = torch.cat([adapter.projection_logits(cls[part].to(device), readout).cpu()
-                               for part in prepared.runtime.batches(len(labels))])
+        projected = torch.cat(
+            [
+                adapter.projection_logits(cls[part].to(device), readout).cpu()
+                for part in prepared.runtime.batches(len(labels))
+            ]
+        )
     require_finite(projected, f"layer {spec.layer}'s class-embedding projection")
     probe_logits = heads[spec.layer].logits(cls)
-    outcomes = {"projection_predicted": projected.argmax(1), "projection_rank": true_class_ranks(projected, labels),
-                "probe_predicted": probe_logits.argmax(1)}
+    outcomes = {
+        "projection_predicted": projected.argmax(1),
+        "projection_rank": true_class_ranks(projected, labels),
+        "probe_predicted": probe_logits.argmax(1),
+    }
     layer_scores = scores[spec.layer]
     projection = rank_metrics(projected, labels, "projection_")
     metrics = {
@@ -406,8 +459,9 @@ def _layer_readouts(spec: CellSpec, prepared: _Prepared
     return metrics, outcomes
 
 
-def _measure_branches(specs: Sequence[CellSpec], prepared: _Prepared, emit: Emit,
-                      checkpoints: Checkpoints | None, shares: _Shares) -> None:
+def _measure_branches(
+    specs: Sequence[CellSpec], prepared: _Prepared, emit: Emit, checkpoints: Checkpoints | None, shares: _Shares
+) -> None:
     started = time.perf_counter()
     features = prepared.features
     labels = features.labels["val"]
@@ -417,8 +471,9 @@ def _measure_branches(specs: Sequence[CellSpec], prepared: _Prepared, emit: Emit
         key = branch_key(spec)
         edit = spec.settings.edit
         if key not in branches:
-            replacement = edit.replacement(cls_at_layer=features.cls["val"][spec.layer],
-                                           cls_at_embedding=features.cls["val"][0], seed=spec.seed)
+            replacement = edit.replacement(
+                cls_at_layer=features.cls["val"][spec.layer], cls_at_embedding=features.cls["val"][0], seed=spec.seed
+            )
             cut = edit.attention_cut(layer=spec.layer, n_layers=spec.n_layers)
             donors = edit.donors(n=n, seed=spec.seed)
             probe_layers = list(range(spec.layer + 1, spec.n_layers + 1)) if _probe_after(spec) else []
@@ -426,14 +481,27 @@ def _measure_branches(specs: Sequence[CellSpec], prepared: _Prepared, emit: Emit
             if token is not None:
                 prepared.loaded.adapter.token_slots(token)  # a model without it fails here, before the pass
             # on the host: moved one batch at a time
-            branches[key] = _Branch(spec.layer, replacement, [], donors, probe_layers, cut=cut, token=token,
-                                    donor_key=donor_key(spec) if token is not None else None)
+            branches[key] = _Branch(
+                spec.layer,
+                replacement,
+                [],
+                donors,
+                probe_layers,
+                cut=cut,
+                token=token,
+                donor_key=donor_key(spec) if token is not None else None,
+            )
         branches[key].cells.append(CellProgress(spec, n, branches[key].probe_layers))
     cells = [c for b in branches.values() for c in b.cells]
 
     def meta(spec: CellSpec) -> dict[str, str]:
-        return {"format": PROGRESS_FORMAT, "cell_id": spec.cell_id, "features": features.key, "n": str(n),
-                "batch_size": str(batch_size)}
+        return {
+            "format": PROGRESS_FORMAT,
+            "cell_id": spec.cell_id,
+            "features": features.key,
+            "n": str(n),
+            "batch_size": str(batch_size),
+        }
 
     if checkpoints is not None:
         for cell in cells:
@@ -454,8 +522,13 @@ def _measure_branches(specs: Sequence[CellSpec], prepared: _Prepared, emit: Emit
     unmodified: dict[str, torch.Tensor] = {}  # readout -> predictions, for the donor metrics
     for branch in branches.values():
         for cell in branch.cells:
-            _emit_guarded(emit, cell.spec, lambda cell=cell, branch=branch: _branch_result(
-                cell, branch, prepared, shares.of(branch), measured_s, len(cells), unmodified))
+            _emit_guarded(
+                emit,
+                cell.spec,
+                lambda cell=cell, branch=branch: _branch_result(
+                    cell, branch, prepared, shares.of(branch), measured_s, len(cells), unmodified
+                ),
+            )
 
 
 class _DonorStreams:
@@ -476,8 +549,10 @@ class _DonorStreams:
     def start(self, prepared: _Prepared, part: slice) -> None:
         adapter, artifacts = prepared.loaded.adapter, prepared.artifacts
         assert prepared.val_images is not None
-        self.hidden = {key: adapter.embed(artifacts.pixels(prepared.val_images[donors[part]]))
-                       for key, donors in self.donors.items()}
+        self.hidden = {
+            key: adapter.embed(artifacts.pixels(prepared.val_images[donors[part]]))
+            for key, donors in self.donors.items()
+        }
 
     def advance(self, prepared: _Prepared, layer: int, rows: int) -> None:
         """Every stream that a branch at `layer` or deeper reads, to hidden state `layer`."""
@@ -490,17 +565,26 @@ class _DonorStreams:
         return None if branch.donor_key is None else self.hidden[branch.donor_key]
 
 
-def _pass(prepared: _Prepared, by_layer: dict[int, list[_Branch]], cells: list[CellProgress],
-          labels: torch.Tensor, start: int, checkpoints: Checkpoints | None,
-          meta: Callable[[CellSpec], Mapping[str, str]]) -> None:
+def _pass(
+    prepared: _Prepared,
+    by_layer: dict[int, list[_Branch]],
+    cells: list[CellProgress],
+    labels: torch.Tensor,
+    start: int,
+    checkpoints: Checkpoints | None,
+    meta: Callable[[CellSpec], Mapping[str, str]],
+) -> None:
     """The unit's one pass over the validation batches from `start` (see the module docstring)."""
     adapter, features, artifacts = prepared.loaded.adapter, prepared.features, prepared.artifacts
     n = len(labels)
     branches = [b for at_layer in by_layer.values() for b in at_layer]
     deepest = max((b.layer for b in branches if not b.from_features), default=None)  # of the prefix to run
     streams = _DonorStreams(branches)
-    bar = progress_bar(total=n - start, desc=f"unit {prepared.settings.model.name}: {len(cells)} cells, "
-                       f"{len(branches)} branches", unit="img")
+    bar = progress_bar(
+        total=n - start,
+        desc=f"unit {prepared.settings.model.name}: {len(cells)} cells, {len(branches)} branches",
+        unit="img",
+    )
     with torch.inference_mode(), prepared.runtime.autocast():
         for part in prepared.runtime.batches(n):
             if part.stop <= start:
@@ -517,26 +601,38 @@ def _pass(prepared: _Prepared, by_layer: dict[int, list[_Branch]], cells: list[C
                     for branch in by_layer.get(layer, ()):
                         if branch.from_features:
                             continue
-                        branched, probe_predicted = branch.output(prepared, hidden, part, artifacts.device,
-                                                                  streams.at(branch))
+                        branched, probe_predicted = branch.output(
+                            prepared, hidden, part, artifacts.device, streams.at(branch)
+                        )
                         branch.block_calls += (branch.n_layers - layer) * rows
                         artifacts.ledger.add("branch", (branch.n_layers - layer) * rows)
-                        branch.add(part, labels[part], lambda readout: adapter.logits(branched, readout),
-                                   probe_predicted)
+                        branch.add(
+                            part,
+                            labels[part],
+                            lambda readout, branched=branched: adapter.logits(branched, readout),
+                            probe_predicted,
+                        )
             for branch in branches:  # at L = N: the cached features, the CLS replaced
                 if branch.from_features:
-                    branch.add(part, labels[part], lambda readout, branch=branch: adapter.apply_head(
-                        readout, adapter.features_with_cls(
-                            features.readout["val"][readout][part].to(artifacts.device),
-                            branch.replacement[part].to(artifacts.device), readout)))
+                    branch.add(
+                        part,
+                        labels[part],
+                        lambda readout, branch=branch, part=part: adapter.apply_head(
+                            readout,
+                            adapter.features_with_cls(
+                                features.readout["val"][readout][part].to(artifacts.device),
+                                branch.replacement[part].to(artifacts.device),
+                                readout,
+                            ),
+                        ),
+                    )
             bar.update(rows)
             if checkpoints is not None and part.stop < n and checkpoints.due():
                 checkpoints.save(cells, meta)
     bar.close()
 
 
-def _run_suffix(prepared: _Prepared, branch: _Branch, hidden: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _run_suffix(prepared: _Prepared, branch: _Branch, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Blocks L + 1..N on the edited hidden state, one at a time (as `run_blocks` does);
     with probe_after, the cached layer-L' probe's prediction on the CLS of each block output
     L' > L, shape (N - L, rows). No extra block runs."""
@@ -552,17 +648,28 @@ def _run_suffix(prepared: _Prepared, branch: _Branch, hidden: torch.Tensor
     return hidden, torch.stack(predicted) if predicted else None
 
 
-def _branch_result(cell: CellProgress, branch: _Branch, prepared: _Prepared, share: float,
-                   measured_s: float, n_cells: int, unmodified: dict[str, torch.Tensor]) -> CellResult:
+def _branch_result(
+    cell: CellProgress,
+    branch: _Branch,
+    prepared: _Prepared,
+    share: float,
+    measured_s: float,
+    n_cells: int,
+    unmodified: dict[str, torch.Tensor],
+) -> CellResult:
     spec, labels = cell.spec, prepared.features.labels["val"]
     if cell.bad:
         raise NonFiniteLogits(
             f"the {spec.readout} readout after intervention={spec.intervention} at layer {spec.layer}: "
             f"{len(cell.bad)} of {cell.n} rows of logits are not finite (NaN or inf; first bad row "
-            f"{min(cell.bad)}); no score is recorded")
+            f"{min(cell.bad)}); no score is recorded"
+        )
     n_classes = cell.n_classes
-    metrics = {"accuracy": top_k_accuracy(cell.rank, 1), "top5": top_k_accuracy(cell.rank, min(5, n_classes)),
-               "chance": 1.0 / n_classes}
+    metrics = {
+        "accuracy": top_k_accuracy(cell.rank, 1),
+        "top5": top_k_accuracy(cell.rank, min(5, n_classes)),
+        "chance": 1.0 / n_classes,
+    }
     outcomes = {"label": labels, "predicted": cell.predicted, "rank": cell.rank}
     if branch.donors is not None:
         if spec.readout not in unmodified:
@@ -571,22 +678,27 @@ def _branch_result(cell: CellProgress, branch: _Branch, prepared: _Prepared, sha
         metrics.update(donor_metrics)
         outcomes.update(donor_outcomes)
     if _probe_after(spec):  # at L = N no later layer: empty
-        metrics["probe_after"] = {str(later): float((cell.probe_predicted[i] == labels).double().mean())
-                                  for i, later in enumerate(cell.probe_layers)}
-    result = _result(spec, prepared, metrics, outcomes,
-                     {"block_calls": share, "resumed_rows": cell.resumed_rows}, n_classes)
+        metrics["probe_after"] = {
+            str(later): float((cell.probe_predicted[i] == labels).double().mean())
+            for i, later in enumerate(cell.probe_layers)
+        }
+    result = _result(
+        spec, prepared, metrics, outcomes, {"block_calls": share, "resumed_rows": cell.resumed_rows}, n_classes
+    )
     result.timings["measure_s"] = measured_s / n_cells
     return result
 
 
-
-def _donor_metrics(predicted: torch.Tensor, labels: torch.Tensor, donors: torch.Tensor,
-                   unmodified_predicted: torch.Tensor) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+def _donor_metrics(
+    predicted: torch.Tensor, labels: torch.Tensor, donors: torch.Tensor, unmodified_predicted: torch.Tensor
+) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
     """How much of the intervened output follows the donor: its label (donor_accuracy) and
     its own unmodified prediction with the same readout (donor_agreement). A shuffle that
     only destroys the CLS scores chance on both; one whose output reads the donor's CLS
     approaches the donor's accuracy and 1."""
     donor_predicted = unmodified_predicted[donors]
-    metrics = {"donor_accuracy": float((predicted == labels[donors]).double().mean()),
-               "donor_agreement": float((predicted == donor_predicted).double().mean())}
+    metrics = {
+        "donor_accuracy": float((predicted == labels[donors]).double().mean()),
+        "donor_agreement": float((predicted == donor_predicted).double().mean()),
+    }
     return metrics, {"donor": donors, "donor_predicted": donor_predicted}

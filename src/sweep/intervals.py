@@ -60,7 +60,7 @@ class Interval:
     low: float
     high: float
     seeds: int
-    seed_variance: float     # of the mean, at p = mean: s2_seeds / S (0 for a seedless cell, NaN for one seed)
+    seed_variance: float  # of the mean, at p = mean: s2_seeds / S (0 for a seedless cell, NaN for one seed)
     example_variance: float  # of the mean, at p = mean: s2_images / n (0 at a mean of 0 or 1)
     df: float
 
@@ -69,8 +69,7 @@ class Interval:
         return (self.high - self.low) / 2
 
 
-def outcome_interval(outcomes: Sequence[np.ndarray] | np.ndarray, *, seeded: bool,
-                     level: float = LEVEL) -> Interval:
+def outcome_interval(outcomes: Sequence[np.ndarray] | np.ndarray, *, seeded: bool, level: float = LEVEL) -> Interval:
     """The interval of the mean accuracy over seeds from per-example outcomes (0/1, or any
     per-example score in [0, 1]): one row per seed, the same examples in the same order in
     every row (as every cell of a sweep scores the same validation images). `seeded`: the
@@ -79,21 +78,28 @@ def outcome_interval(outcomes: Sequence[np.ndarray] | np.ndarray, *, seeded: boo
     if matrix.ndim != 2 or matrix.shape[1] == 0:
         raise ValueError(f"outcomes must be seeds x examples with at least one example, not shape {matrix.shape}")
     if not ((matrix >= 0) & (matrix <= 1)).all():
-        raise ValueError(f"outcomes must be scores in [0, 1] (0/1 for correct), not {matrix.min():g} to "
-                         f"{matrix.max():g}")
+        raise ValueError(
+            f"outcomes must be scores in [0, 1] (0/1 for correct), not {matrix.min():g} to {matrix.max():g}"
+        )
     seeds, examples = matrix.shape
     per_seed, per_example, mean = matrix.mean(axis=1), matrix.mean(axis=0), float(matrix.mean())
     spread = mean * (1 - mean)  # p(1 - p) at the mean: what a binomial part is scaled by
     if seeds == 1:  # the examples' variance, as a share of p(1 - p): 1 for 0/1 outcomes (Wilson)
         binary = bool(np.isin(matrix, (0.0, 1.0)).all())
         share = 1.0 if binary or spread == 0 else float(per_example.var()) / spread
-        return _combine(mean, 1, _Part(0.0, 0.0, 0), _Part(0.0, share / examples, math.inf if binary else examples - 1),
-                        seeded=seeded, level=level)
+        return _combine(
+            mean,
+            1,
+            _Part(0.0, 0.0, 0),
+            _Part(0.0, share / examples, math.inf if binary else examples - 1),
+            seeded=seeded,
+            level=level,
+        )
     # the per-seed accuracies show the seeds' spread and the example noise that differs
     # between seeds; what every seed shares is the images' own spread: the spread of the
     # per-example means less the seed-by-image interaction's share (two-way ANOVA)
     residual = matrix - per_seed[:, None] - per_example[None, :] + mean
-    interaction = float((residual ** 2).sum()) / ((seeds - 1) * max(examples - 1, 1))
+    interaction = float((residual**2).sum()) / ((seeds - 1) * max(examples - 1, 1))
     seed_part = _Part(float(per_seed.var(ddof=1)) / seeds, 0.0, seeds - 1)
     noise = interaction / (examples * seeds)
     if seed_part.variance(mean) < noise:  # seeds that agree by chance: their examples' noise, well known, is the floor
@@ -101,12 +107,19 @@ def outcome_interval(outcomes: Sequence[np.ndarray] | np.ndarray, *, seeded: boo
     if spread == 0:  # every outcome equal: the images' part is at most p(1 - p) / n, and p is not known
         return _combine(mean, seeds, seed_part, _Part(0.0, 1 / examples, math.inf), seeded=seeded, level=level)
     shared = float(per_example.var(ddof=1)) - interaction / seeds if examples > 1 else 0.0
-    return _combine(mean, seeds, seed_part, _Part(0.0, max(shared, 0.0) / spread / examples, examples - 1),
-                    seeded=seeded, level=level)
+    return _combine(
+        mean,
+        seeds,
+        seed_part,
+        _Part(0.0, max(shared, 0.0) / spread / examples, examples - 1),
+        seeded=seeded,
+        level=level,
+    )
 
 
-def summary_interval(accuracies: Sequence[float] | np.ndarray, n_examples: int, *, seeded: bool,
-                     level: float = LEVEL) -> Interval:
+def summary_interval(
+    accuracies: Sequence[float] | np.ndarray, n_examples: int, *, seeded: bool, level: float = LEVEL
+) -> Interval:
     """The same interval from the per-seed accuracies alone (a W&B summary, the results
     table): the example part is bounded by the binomial p(1 - p) / n, which is never below
     what the images share across seeds (`outcome_interval`'s example part on the same
@@ -118,8 +131,14 @@ def summary_interval(accuracies: Sequence[float] | np.ndarray, n_examples: int, 
         raise ValueError("no seed to average over")
     mean = float(accuracies.mean())
     seed_variance = float(accuracies.var(ddof=1)) / len(accuracies) if len(accuracies) > 1 else 0.0
-    return _combine(mean, len(accuracies), _Part(seed_variance, 0.0, len(accuracies) - 1),
-                    _Part(0.0, 1 / n_examples, math.inf), seeded=seeded, level=level)
+    return _combine(
+        mean,
+        len(accuracies),
+        _Part(seed_variance, 0.0, len(accuracies) - 1),
+        _Part(0.0, 1 / n_examples, math.inf),
+        seeded=seeded,
+        level=level,
+    )
 
 
 @dataclass(frozen=True)
@@ -135,8 +154,7 @@ class _Part:
         return self.fixed + self.binomial * p * (1 - p)
 
 
-def _combine(mean: float, seeds: int, seed_part: _Part, example_part: _Part, *, seeded: bool,
-             level: float) -> Interval:
+def _combine(mean: float, seeds: int, seed_part: _Part, example_part: _Part, *, seeded: bool, level: float) -> Interval:
     """Solve (mean - p)^2 <= q^2 (a + b p (1 - p)) for p, the parts added up; q is the
     t quantile on their Welch-Satterthwaite degrees of freedom at the mean."""
     if not seeded and seeds > 1:
@@ -147,13 +165,14 @@ def _combine(mean: float, seeds: int, seed_part: _Part, example_part: _Part, *, 
     at_mean = [(part.variance(mean), part.df) for part in parts]
     total = sum(v for v, _ in at_mean)
     if total > 0:  # Welch-Satterthwaite (a binomial form, df inf, adds nothing to the denominator)
-        denominator = sum(v ** 2 / d for v, d in at_mean if v > 0)
-        df = total ** 2 / denominator if denominator > 0 else math.inf
+        denominator = sum(v**2 / d for v, d in at_mean if v > 0)
+        df = total**2 / denominator if denominator > 0 else math.inf
     else:  # 0 or every example right: only the binomial parts, which vanish at the mean, remain
         df = min((part.df for part in parts if part.binomial > 0), default=math.inf)
     q = float(ndtri(0.5 + level / 2) if math.isinf(df) else stdtrit(df, 0.5 + level / 2))
-    a, b = (sum(part.fixed for part in parts) * q ** 2, sum(part.binomial for part in parts) * q ** 2)
+    a, b = (sum(part.fixed for part in parts) * q**2, sum(part.binomial for part in parts) * q**2)
     centre, root = mean + b / 2, math.sqrt(b * mean * (1 - mean) + b * b / 4 + a * (1 + b))
     low, high = (max((centre - root) / (1 + b), 0.0), min((centre + root) / (1 + b), 1.0))
-    return Interval(mean, min(low, mean), max(high, mean), seeds, seed_part.variance(mean),
-                    example_part.variance(mean), float(df))
+    return Interval(
+        mean, min(low, mean), max(high, mean), seeds, seed_part.variance(mean), example_part.variance(mean), float(df)
+    )

@@ -58,6 +58,7 @@ class AttentionCut:
     edge: str | None
     blocks: tuple[int, ...]
 
+
 #: settings of every intervention: `probe_after` also scores the later layers' probes on the
 #: intervened CLS (re-accumulation; docs/results.md)
 COMMON_SETTINGS: Mapping[str, Rule] = {"probe_after": Flag()}
@@ -89,8 +90,9 @@ class Intervention:
     def __init__(self, name: str, values: Mapping[str, Any]) -> None:
         self.name, self.values = name, MappingProxyType(dict(values))
 
-    def replacement(self, *, cls_at_layer: torch.Tensor, cls_at_embedding: torch.Tensor,
-                    seed: int | None) -> torch.Tensor | None:
+    def replacement(
+        self, *, cls_at_layer: torch.Tensor, cls_at_embedding: torch.Tensor, seed: int | None
+    ) -> torch.Tensor | None:
         raise NotImplementedError
 
     def attention_cut(self, *, layer: int, n_layers: int) -> AttentionCut | None:
@@ -113,8 +115,11 @@ class Intervention:
     def variant(self) -> str | None:
         """The values of its labelled settings that are named, joined by "+" (`patches`,
         `patches_to_cls+after`), or None: what tells its series apart in one table."""
-        named = [str(self.values[key]) for key, unnamed in self.labelled.items()
-                 if key in self.values and self.values[key] != unnamed]
+        named = [
+            str(self.values[key])
+            for key, unnamed in self.labelled.items()
+            if key in self.values and self.values[key] != unnamed
+        ]
         return "+".join(named) or None
 
     @property
@@ -158,8 +163,9 @@ class Shuffle(Intervention):
         return str(self.values["token"])
 
     def donors(self, *, n, seed):
-        return shuffle_donors(n, group_size=int(self.values["group_size"]),
-                              permutation=str(self.values["permutation"]), seed=seed)
+        return shuffle_donors(
+            n, group_size=int(self.values["group_size"]), permutation=str(self.values["permutation"]), seed=seed
+        )
 
 
 @INTERVENTIONS.register("zero")

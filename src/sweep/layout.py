@@ -105,8 +105,10 @@ class SweepPaths:
         inner = sorted({p.parents[2] for p in folder.glob(f"*/*/*/{RESULT_FILE}")})
         if inner:
             return f"{folder} holds several sweeps; give one of: {', '.join(str(p) for p in inner[:5])}"
-        return (f"{folder} has no cell records (<model>/<cell>/{RESULT_FILE}) and no {PLAN_FILE}; sweeps live in "
-                "multirun/<sweep id>")
+        return (
+            f"{folder} has no cell records (<model>/<cell>/{RESULT_FILE}) and no {PLAN_FILE}; sweeps live in "
+            "multirun/<sweep id>"
+        )
 
 
 def records_under(folder: Path) -> list[Path]:

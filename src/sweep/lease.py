@@ -48,7 +48,7 @@ from sweep.layout import LEASE_FILE
 
 LOCK_FILE = f".{LEASE_FILE}.lock"
 LOCK_TIMEOUT_S = 60.0  # the lock is held for one read and one write
-SQUEUE_TTL_S = 5.0      # one squeue call answers for every lease read within this time
+SQUEUE_TTL_S = 5.0  # one squeue call answers for every lease read within this time
 
 log = logging.getLogger("sweep.lease")
 
@@ -99,8 +99,9 @@ def queued_slurm_jobs() -> frozenset[str] | None:
     if time.monotonic() - asked < SQUEUE_TTL_S:
         return jobs
     try:
-        out = subprocess.run(["squeue", "--noheader", "--all", "--format=%A"], capture_output=True, text=True,
-                             timeout=30)
+        out = subprocess.run(
+            ["squeue", "--noheader", "--all", "--format=%A"], capture_output=True, text=True, timeout=30
+        )
         jobs = frozenset(out.stdout.split()) if out.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         jobs = None
@@ -161,16 +162,18 @@ class Lease:
         self.cell_dir = Path(cell_dir)
         self.content = content
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, args=(heartbeat_s,), daemon=True,
-                                        name=f"lease-heartbeat {self.cell_dir.name}")
+        self._thread = threading.Thread(
+            target=self._beat, args=(heartbeat_s,), daemon=True, name=f"lease-heartbeat {self.cell_dir.name}"
+        )
         self._thread.start()
 
     @classmethod
     def acquire(cls, cell_dir: Path, *, stale_after_s: float, heartbeat_s: float) -> Lease:
         """Take the cell's lease, or raise LeaseHeld when a live owner has it."""
         if not 0 < heartbeat_s < stale_after_s:
-            raise ValueError(f"sweep.lease needs 0 < heartbeat_s < stale_after_s, got {heartbeat_s} and "
-                             f"{stale_after_s}")
+            raise ValueError(
+                f"sweep.lease needs 0 < heartbeat_s < stale_after_s, got {heartbeat_s} and {stale_after_s}"
+            )
         cell_dir = Path(cell_dir)
         try:
             return cls._take(cell_dir, stale_after_s, heartbeat_s)
@@ -192,13 +195,19 @@ class Lease:
                 if not why.startswith("no heartbeat"):  # its owner is gone for sure, not only silent
                     _remove_temporaries(cell_dir)
             now = time.time()
-            content = {"host": socket.gethostname(), "pid": os.getpid(),
-                       "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
-                       "slurm_array_job_id": os.environ.get("SLURM_ARRAY_JOB_ID"),
-                       "slurm_array_task_id": os.environ.get("SLURM_ARRAY_TASK_ID"),
-                       "slurm_restart_count": os.environ.get("SLURM_RESTART_COUNT"),
-                       "token": secrets.token_hex(8), "started": now, "heartbeat": now,
-                       "stale_after_s": float(stale_after_s), "released": None}
+            content = {
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+                "slurm_array_job_id": os.environ.get("SLURM_ARRAY_JOB_ID"),
+                "slurm_array_task_id": os.environ.get("SLURM_ARRAY_TASK_ID"),
+                "slurm_restart_count": os.environ.get("SLURM_RESTART_COUNT"),
+                "token": secrets.token_hex(8),
+                "started": now,
+                "heartbeat": now,
+                "stale_after_s": float(stale_after_s),
+                "released": None,
+            }
             atomic_write_json(cell_dir / LEASE_FILE, content)
         return cls(cell_dir, content, heartbeat_s)
 

@@ -70,30 +70,50 @@ class LinearHead:
         return cls(d["weight"].float(), d["bias"].float())
 
 
-def ridge_heads(stacked: torch.Tensor, labels: torch.Tensor, n_classes: int, *, alpha: float, standardize: bool,
-                fit_intercept: bool, progress: bool) -> list[LinearHead]:
+def ridge_heads(
+    stacked: torch.Tensor,
+    labels: torch.Tensor,
+    n_classes: int,
+    *,
+    alpha: float,
+    standardize: bool,
+    fit_intercept: bool,
+    progress: bool,
+) -> list[LinearHead]:
     """Closed-form ridge, one layer of `stacked` (n_layers, n, D) at a time."""
     bar = _bar(progress, total=stacked.shape[0], desc="ridge probes", unit="layer")
     heads = []
     for layer in stacked:
-        heads.append(_ridge(layer, labels, n_classes, alpha=alpha, standardize=standardize,
-                            fit_intercept=fit_intercept))
+        heads.append(
+            _ridge(layer, labels, n_classes, alpha=alpha, standardize=standardize, fit_intercept=fit_intercept)
+        )
         bar.update()
     bar.close()
     return heads
 
 
-def logistic_heads(stacked: torch.Tensor, labels: torch.Tensor, n_classes: int, *, solver: str, C: float,
-                   max_iter: int, tol: float, standardize: bool, progress: bool) -> list[LinearHead]:
+def logistic_heads(
+    stacked: torch.Tensor,
+    labels: torch.Tensor,
+    n_classes: int,
+    *,
+    solver: str,
+    C: float,
+    max_iter: int,
+    tol: float,
+    standardize: bool,
+    progress: bool,
+) -> list[LinearHead]:
     """Multinomial logistic regression on every layer of `stacked` (n_layers, n, D):
     batched L-BFGS in torch, or sklearn's lbfgs one layer at a time (the reference)."""
     missing = torch.bincount(labels, minlength=n_classes) == 0
     if missing.any():
-        raise ValueError(f"logistic probes need every class in the training labels (an absent class's bias "
-                         f"has no finite optimum); missing: {missing.nonzero().flatten().tolist()[:10]}")
+        raise ValueError(
+            f"logistic probes need every class in the training labels (an absent class's bias "
+            f"has no finite optimum); missing: {missing.nonzero().flatten().tolist()[:10]}"
+        )
     fit = _logistic_torch if solver == "torch" else _logistic_sklearn
-    return fit(stacked, labels, n_classes, C=C, max_iter=max_iter, tol=tol, standardize=standardize,
-               progress=progress)
+    return fit(stacked, labels, n_classes, C=C, max_iter=max_iter, tol=tol, standardize=standardize, progress=progress)
 
 
 @contextmanager
@@ -146,8 +166,10 @@ def _fold(weight: torch.Tensor, bias: torch.Tensor, shift: torch.Tensor, scale: 
 
 # -- ridge ---------------------------------------------------------------------------------
 
-def _ridge(x: torch.Tensor, labels: torch.Tensor, n_classes: int, *, alpha: float, standardize: bool,
-           fit_intercept: bool) -> LinearHead:
+
+def _ridge(
+    x: torch.Tensor, labels: torch.Tensor, n_classes: int, *, alpha: float, standardize: bool, fit_intercept: bool
+) -> LinearHead:
     """Closed-form ridge on ±1 one-hot targets for one layer: (ZᵀZ + αI) W = ZᵀY.
 
     Float64 throughout: ZᵀZ of real features is badly conditioned and float32 would cost
@@ -162,11 +184,11 @@ def _ridge(x: torch.Tensor, labels: torch.Tensor, n_classes: int, *, alpha: floa
     z = (x.double() - shift) / scale
     # Y = 2·onehot − 1, so ZᵀY = 2·(per-class sums of Z) − (column sums of Z); never build Y.
     class_sums = torch.zeros(n_classes, z.shape[1], dtype=z.dtype, device=z.device).index_add_(0, labels, z)
-    zty = 2 * class_sums.T - z.sum(dim=0, keepdim=True).T                      # (D, C)
+    zty = 2 * class_sums.T - z.sum(dim=0, keepdim=True).T  # (D, C)
     gram = z.T @ z
     gram.diagonal().add_(alpha)
-    with one_thread():                                                         # LAPACK: see one_thread
-        weight = torch.cholesky_solve(zty, torch.linalg.cholesky(gram)).T      # (C, D)
+    with one_thread():  # LAPACK: see one_thread
+        weight = torch.cholesky_solve(zty, torch.linalg.cholesky(gram)).T  # (C, D)
     counts = torch.bincount(labels, minlength=n_classes).to(z.dtype)
     # With centred Z the intercept is mean(Y) − mean(Z)·W = mean(Y) per class: 2·count/n − 1.
     bias = 2 * counts / n - 1 if fit_intercept else torch.zeros_like(counts)
@@ -175,8 +197,18 @@ def _ridge(x: torch.Tensor, labels: torch.Tensor, n_classes: int, *, alpha: floa
 
 # -- logistic ------------------------------------------------------------------------------
 
-def _logistic_sklearn(x: torch.Tensor, labels: torch.Tensor, n_classes: int, *, C: float, max_iter: int,
-                      tol: float, standardize: bool, progress: bool) -> list[LinearHead]:
+
+def _logistic_sklearn(
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    n_classes: int,
+    *,
+    C: float,
+    max_iter: int,
+    tol: float,
+    standardize: bool,
+    progress: bool,
+) -> list[LinearHead]:
     """scikit-learn's LogisticRegression (lbfgs, multinomial), one layer at a time: the
     reference the torch solver is checked against. With exactly 2 classes sklearn fits
     the binary model (one weight vector); it becomes the head [0, w]."""
@@ -189,7 +221,7 @@ def _logistic_sklearn(x: torch.Tensor, labels: torch.Tensor, n_classes: int, *, 
     for layer in x:
         shift, scale = _moments(layer, centre=True, standardize=standardize)
         z = ((layer.double() - shift) / scale).cpu().numpy()
-        with threadpool_limits(1):                     # numpy's BLAS, as `one_thread` does torch's
+        with threadpool_limits(1):  # numpy's BLAS, as `one_thread` does torch's
             model = LogisticRegression(C=C, max_iter=max_iter, tol=tol, solver="lbfgs").fit(z, y)
         weight, bias = torch.from_numpy(model.coef_), torch.from_numpy(model.intercept_)
         if n_classes == 2:
@@ -202,8 +234,17 @@ def _logistic_sklearn(x: torch.Tensor, labels: torch.Tensor, n_classes: int, *, 
     return heads
 
 
-def _logistic_torch(x: torch.Tensor, labels: torch.Tensor, n_classes: int, *, C: float, max_iter: int,
-                    tol: float, standardize: bool, progress: bool) -> list[LinearHead]:
+def _logistic_torch(
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    n_classes: int,
+    *,
+    C: float,
+    max_iter: int,
+    tol: float,
+    standardize: bool,
+    progress: bool,
+) -> list[LinearHead]:
     """Multinomial logistic regression with sklearn's objective, every layer at once.
 
     Objective per layer (sklearn's, divided by C·n): mean cross-entropy + ‖W‖² / (2·C·n),
@@ -242,29 +283,43 @@ def _logistic_torch(x: torch.Tensor, labels: torch.Tensor, n_classes: int, *, C:
         shift, scale = _moments(layer, centre=True, standardize=standardize)
         z = ((layer.double() - shift) / scale).float()
         covariance = (z.T @ z).double() / n + WHITENING_DAMPING * lam * n_classes * eye
-        with one_thread():                                                     # LAPACK: see one_thread
+        with one_thread():  # LAPACK: see one_thread
             chol = torch.linalg.cholesky(covariance)
-            inverse = torch.linalg.solve_triangular(chol, eye, upper=False)   # L⁻¹ = Pᵀ
+            inverse = torch.linalg.solve_triangular(chol, eye, upper=False)  # L⁻¹ = Pᵀ
         f[:, :dim] = z @ inverse.T.float()
         q[:dim, :dim] = lam * inverse @ inverse.T
-        g[:dim, :dim] = chol                                                   # ∇_W = P⁻ᵀ ∇_V = L ∇_V
+        g[:dim, :dim] = chol  # ∇_W = P⁻ᵀ ∇_V = L ∇_V
         folds.append((inverse.T, shift, scale))
         del z
-    theta, converged, iterations = _lbfgs(features, labels, n_classes, penalty, to_w, max_iter=max_iter, tol=tol,
-                                          progress=progress)
+    theta, converged, iterations = _lbfgs(
+        features, labels, n_classes, penalty, to_w, max_iter=max_iter, tol=tol, progress=progress
+    )
     logger.info("logistic probes (torch): L-BFGS iterations per layer %s", iterations.tolist())
     if not converged.all():
-        logger.warning("logistic probes (torch): layers %s stopped before converging to tol=%g: max_iter=%d reached, "
-                       "or float32 precision exhausted", (~converged).nonzero().flatten().tolist(), tol, max_iter)
+        logger.warning(
+            "logistic probes (torch): layers %s stopped before converging to tol=%g: max_iter=%d reached, "
+            "or float32 precision exhausted",
+            (~converged).nonzero().flatten().tolist(),
+            tol,
+            max_iter,
+        )
     heads = []
     for (whiten, shift, scale), t in zip(folds, theta.double()):
         heads.append(_fold((whiten @ t[:-1]).T, t[-1], shift, scale))
     return heads
 
 
-def _lbfgs(features: torch.Tensor, labels: torch.Tensor, n_classes: int, penalty: torch.Tensor,
-           to_w: torch.Tensor, *, max_iter: int, tol: float,
-           progress: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _lbfgs(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    n_classes: int,
+    penalty: torch.Tensor,
+    to_w: torch.Tensor,
+    *,
+    max_iter: int,
+    tol: float,
+    progress: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """L-BFGS on many independent problems of one shape, one per layer:
     minimise mean_i CE(F θ)_i + ½ θᵀQθ, with F (n, D1) features, θ (D1, K), Q (D1, D1).
 
@@ -288,21 +343,28 @@ def _lbfgs(features: torch.Tensor, labels: torch.Tensor, n_classes: int, penalty
     # Everything per layer lives batch-first in one dict, so dropping finished layers is one indexing.
     # ½θᵀQθ is carried along as a float64 sum of the line searches' own increments: recomputing it
     # as a float32 dot over ~10⁶ entries would be off by more than the decrease of a late step.
-    batch = {"layer": torch.arange(n_layers, device=device), "features": features, "penalty": penalty,
-             "to_w": to_w, "index": labels.view(1, n, 1).expand(n_layers, n, 1),
-             "theta": torch.zeros_like(theta_out), "q_theta": torch.zeros_like(theta_out),
-             "half_theta_q_theta": torch.zeros(n_layers, dtype=torch.float64, device=device),
-             "logits": features.new_zeros(n_layers, n, n_classes),
-             "stalled": torch.zeros(n_layers, dtype=torch.bool, device=device)}
-    history: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []       # (s, y, 1/sᵀy) per pair
+    batch = {
+        "layer": torch.arange(n_layers, device=device),
+        "features": features,
+        "penalty": penalty,
+        "to_w": to_w,
+        "index": labels.view(1, n, 1).expand(n_layers, n, 1),
+        "theta": torch.zeros_like(theta_out),
+        "q_theta": torch.zeros_like(theta_out),
+        "half_theta_q_theta": torch.zeros(n_layers, dtype=torch.float64, device=device),
+        "logits": features.new_zeros(n_layers, n, n_classes),
+        "stalled": torch.zeros(n_layers, dtype=torch.bool, device=device),
+    }
+    history: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (s, y, 1/sᵀy) per pair
     buffers = _Buffers(batch["logits"])
     batch["loss"] = _softmax_cross_entropy(batch["logits"], batch["index"], buffers.probs)
-    batch["decrease"] = torch.zeros_like(batch["loss"])                     # of the last step; none yet
+    batch["decrease"] = torch.zeros_like(batch["loss"])  # of the last step; none yet
     batch["grad"] = _gradient(batch, buffers.probs)
     bar = _bar(progress, total=max_iter, desc="logistic probes (torch L-BFGS)", unit="it")
     for step in range(max_iter + 1):
-        finished = ((torch.bmm(batch["to_w"], batch["grad"]).abs().amax(dim=(1, 2)) <= tol)
-                    & (batch["decrease"] <= tol * batch["loss"].abs().clamp_min(1)))
+        finished = (torch.bmm(batch["to_w"], batch["grad"]).abs().amax(dim=(1, 2)) <= tol) & (
+            batch["decrease"] <= tol * batch["loss"].abs().clamp_min(1)
+        )
         leaving = finished | batch["stalled"] | (step == max_iter)
         if leaving.any():
             rows = batch["layer"][leaving]
@@ -316,17 +378,27 @@ def _lbfgs(features: torch.Tensor, labels: torch.Tensor, n_classes: int, penalty
         direction = _two_loop(batch["grad"], history)
         q_direction = torch.bmm(batch["penalty"], direction)
         torch.bmm(batch["features"], direction, out=buffers.along)
-        quadratic = (batch["half_theta_q_theta"], _dot(direction, batch["q_theta"]).double(),
-                     _dot(direction, q_direction).double())
-        t, loss = _line_search(batch["logits"], buffers, batch["index"], batch["loss"],
-                               _dot(batch["grad"], direction).double(), quadratic, newton_start=not history)
+        quadratic = (
+            batch["half_theta_q_theta"],
+            _dot(direction, batch["q_theta"]).double(),
+            _dot(direction, q_direction).double(),
+        )
+        t, loss = _line_search(
+            batch["logits"],
+            buffers,
+            batch["index"],
+            batch["loss"],
+            _dot(batch["grad"], direction).double(),
+            quadratic,
+            newton_start=not history,
+        )
         batch["loss"], batch["decrease"] = loss, batch["loss"] - loss
         batch["half_theta_q_theta"] = quadratic[0] + t * quadratic[1] + 0.5 * t * t * quadratic[2]
         t = t.float().view(-1, 1, 1)
         s = direction * t
         batch["theta"] = batch["theta"] + s
         batch["q_theta"] = batch["q_theta"] + q_direction * t
-        batch["logits"], buffers.trial = buffers.trial, batch["logits"]      # accepted logits; old ones are scratch
+        batch["logits"], buffers.trial = buffers.trial, batch["logits"]  # accepted logits; old ones are scratch
         grad = _gradient(batch, buffers.probs)
         y = grad - batch["grad"]
         sy = _dot(s, y)
@@ -385,7 +457,7 @@ def _two_loop(grad: torch.Tensor, history: list[tuple[torch.Tensor, torch.Tensor
         alpha = rho * _dot(s, q)
         q.addcmul_(y, alpha.view(-1, 1, 1), value=-1)
         alphas.append(alpha)
-    if history:                                        # H₀ = γI with γ = sᵀy / yᵀy of the newest pair
+    if history:  # H₀ = γI with γ = sᵀy / yᵀy of the newest pair
         s, y, rho = history[-1]
         sy, yy = _dot(s, y), _dot(y, y)
         q.mul_(torch.where((sy > 0) & (yy > 0), sy / yy, torch.ones_like(sy)).view(-1, 1, 1))
@@ -395,9 +467,16 @@ def _two_loop(grad: torch.Tensor, history: list[tuple[torch.Tensor, torch.Tensor
     return q.neg_()
 
 
-def _line_search(logits: torch.Tensor, buffers: _Buffers, index: torch.Tensor, loss0: torch.Tensor,
-                 slope0: torch.Tensor, quadratic: tuple[torch.Tensor, torch.Tensor, torch.Tensor], *,
-                 newton_start: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _line_search(
+    logits: torch.Tensor,
+    buffers: _Buffers,
+    index: torch.Tensor,
+    loss0: torch.Tensor,
+    slope0: torch.Tensor,
+    quadratic: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    *,
+    newton_start: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """A step t per layer (float64, a float32 value) satisfying the strong Wolfe conditions
     along the direction whose logit change is `buffers.along` (B); returns t and φ(t), and
     leaves the logits and the softmax at t in the buffers.
@@ -414,7 +493,7 @@ def _line_search(logits: torch.Tensor, buffers: _Buffers, index: torch.Tensor, l
     def evaluate(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         torch.addcmul(logits, along, t.float().view(-1, 1, 1), out=trial)
         value = _softmax_cross_entropy(trial, index, probs) + q0 + t * q1 + 0.5 * t * t * q2
-        expected_along = torch.mul(probs, along, out=work).sum(dim=-1)      # E_p[B] per example
+        expected_along = torch.mul(probs, along, out=work).sum(dim=-1)  # E_p[B] per example
         return value, _layer_mean(expected_along - along_true) + q1 + t * q2, expected_along
 
     def curvature(expected_along: torch.Tensor) -> torch.Tensor:
@@ -423,7 +502,7 @@ def _line_search(logits: torch.Tensor, buffers: _Buffers, index: torch.Tensor, l
         return _layer_mean(second - expected_along.square()).add(q2).clamp_min(1e-300)
 
     def representable(t: torch.Tensor) -> torch.Tensor:
-        return t.float().double()                      # the step the float32 logits actually take
+        return t.float().double()  # the step the float32 logits actually take
 
     descent = slope0 < 0
     accepted = ~descent
@@ -449,9 +528,9 @@ def _line_search(logits: torch.Tensor, buffers: _Buffers, index: torch.Tensor, l
         newton = t - slope / curvature(expected)
         fallback = torch.where(high.isinf(), 2 * t, 0.5 * (low + high))
         proposal = representable(torch.where((newton > low) & (newton < high), newton, fallback))
-        exhausted = ~accepted & ((proposal <= low) | (proposal >= high))   # nothing left between them in float32
+        exhausted = ~accepted & ((proposal <= low) | (proposal >= high))  # nothing left between them in float32
         t = torch.where(accepted, t, torch.where(exhausted, low, proposal))
-        accepted |= exhausted                          # evaluated at `low` on the next pass
+        accepted |= exhausted  # evaluated at `low` on the next pass
     t = torch.where(accepted, t, low)
     value, _, _ = evaluate(t)
     return t, value

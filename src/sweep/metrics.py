@@ -17,8 +17,10 @@ class NonFiniteLogits(ValueError):
 def require_finite(logits: torch.Tensor, what: str) -> None:
     bad = ~torch.isfinite(logits).all(dim=1)
     if bool(bad.any()):
-        raise NonFiniteLogits(f"{what}: {int(bad.sum())} of {len(logits)} rows of logits are not finite "
-                              f"(NaN or inf; first bad row {int(bad.nonzero()[0])}); no score is recorded")
+        raise NonFiniteLogits(
+            f"{what}: {int(bad.sum())} of {len(logits)} rows of logits are not finite "
+            f"(NaN or inf; first bad row {int(bad.nonzero()[0])}); no score is recorded"
+        )
 
 
 def true_class_ranks(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -33,7 +35,7 @@ def true_class_ranks(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
 
 
 def top_k_accuracy(ranks: torch.Tensor, k: int) -> float:
-    return float((ranks < k).double().mean())       # a float sum of 0s and 1s is exact in any order
+    return float((ranks < k).double().mean())  # a float sum of 0s and 1s is exact in any order
 
 
 def _mean_rank_share(ranks: torch.Tensor, denominator: int) -> float:

@@ -42,12 +42,18 @@ logger = logging.getLogger(__name__)
 #: files that make up a local model's identity (configuration and weights)
 IDENTITY_PATTERNS = ("config.json", "*.safetensors", "*.bin")
 #: weight files searched, in this order, for tensors the HF class does not load
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                "pytorch_model.bin.index.json")
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
 #: what `sweep-prepare` fetches of a hub model: its configuration and one format of its
 #: weights (sharded or not), safetensors where the repository has them, else torch's
-HUB_FILES = (("config.json", "model.safetensors", "model.safetensors.index.json", "model-*-of-*.safetensors"),
-             ("config.json", "pytorch_model.bin", "pytorch_model.bin.index.json", "pytorch_model-*-of-*.bin"))
+HUB_FILES = (
+    ("config.json", "model.safetensors", "model.safetensors.index.json", "model-*-of-*.safetensors"),
+    ("config.json", "pytorch_model.bin", "pytorch_model.bin.index.json", "pytorch_model-*-of-*.bin"),
+)
 _SNAPSHOT = re.compile(r"/snapshots/([0-9a-f]{40})(/|$)")
 _LISTED = 8  # keys named in a refusal before "and N more"
 
@@ -72,8 +78,9 @@ def transformers_class(key: str, name: Any) -> type:
     try:
         return getattr(transformers, str(name))
     except AttributeError:
-        raise ConfigError(f"{key}={name} is invalid: transformers {transformers.__version__} has no class "
-                          "of that name") from None
+        raise ConfigError(
+            f"{key}={name} is invalid: transformers {transformers.__version__} has no class of that name"
+        ) from None
 
 
 def hf_class(model: Model) -> type:
@@ -88,8 +95,9 @@ def check_classes(model: Model) -> None:
         transformers_class("model.toy.config_class", model.toy["config_class"])
 
 
-def load_model(model: Model, weights: str | Path, *, device: torch.device,
-               attn_implementation: str, hash_memo: Path | None = None) -> LoadedModel:
+def load_model(
+    model: Model, weights: str | Path, *, device: torch.device, attn_implementation: str, hash_memo: Path | None = None
+) -> LoadedModel:
     """Load `weights` (hub id or folder) as `model.hf_class`, check that everything but the
     head came from the checkpoint, and wrap it in its adapter. `hash_memo`: where file
     hashes of local folders are remembered (see `model_revision`)."""
@@ -103,30 +111,41 @@ def load_model(model: Model, weights: str | Path, *, device: torch.device,
     revision = model.revision
     require_offline_copy(model, weights)
     try:
-        loaded, info = cls.from_pretrained(str(weights), revision=revision, trust_remote_code=False,
-                                          attn_implementation=attn_implementation, output_loading_info=True,
-                                          **kwargs)
+        loaded, info = cls.from_pretrained(
+            str(weights),
+            revision=revision,
+            trust_remote_code=False,
+            attn_implementation=attn_implementation,
+            output_loading_info=True,
+            **kwargs,
+        )
     except OSError as error:
         raise ModelUnavailable(
             f"could not load {model.name} from '{weights}' ({brief(error, 120)}). "
             "Without hub access, fetch it on a machine with internet with `sweep-prepare` and the same overrides "
             "(into the Hugging Face cache this machine reads), or download it elsewhere "
-            "(`hf download <id> --local-dir DIR`) and set model.source=DIR") from error
+            "(`hf download <id> --local-dir DIR`) and set model.source=DIR"
+        ) from error
     except torch.OutOfMemoryError:
         raise
     except RuntimeError as error:  # transformers 5 raises for weights it failed to convert or copy
         raise IncompleteCheckpoint(
             f"{model.name} from '{weights}' did not load: {brief(error, 300)} "
-            "(transformers' LOAD REPORT above names the keys)") from error
+            "(transformers' LOAD REPORT above names the keys)"
+        ) from error
     check_loading_info(info, allowed_heads(kind, readouts), where=f"{model.name} from '{weights}'")
-    tensors = {name: checkpoint_tensor(weights, revision, name, why=f"{model.name} ({why})")
-               for name, why in kind.checkpoint_tensors(readouts).items()}
+    tensors = {
+        name: checkpoint_tensor(weights, revision, name, why=f"{model.name} ({why})")
+        for name, why in kind.checkpoint_tensors(readouts).items()
+    }
     loaded = loaded.to(device).eval()
     adapter = kind(loaded, readouts=readouts, tensors=tensors)
     expected = model.n_layers
     if adapter.n_layers != expected:
-        raise ValueError(f"{model.name} has {adapter.n_layers} blocks but its model config "
-                         f"(model/{model.name}.yaml) says n_layers: {expected}; fix the YAML")
+        raise ValueError(
+            f"{model.name} has {adapter.n_layers} blocks but its model config "
+            f"(model/{model.name}.yaml) says n_layers: {expected}; fix the YAML"
+        )
     return LoadedModel(adapter, model_revision(weights, revision, hash_memo))
 
 
@@ -162,7 +181,8 @@ def require_offline_copy(model: Model, weights: str | Path) -> None:
             f"({hub_constants.HF_HUB_CACHE}), and HF_HUB_OFFLINE=1 forbids downloading it. Run `sweep-prepare` with "
             "this sweep's overrides on a machine with internet (a login node) that shares this cache (the same "
             "HF_HOME or HF_HUB_CACHE), then run again (docs/sweeps.md, 'A cluster without internet'); or download "
-            "it (`hf download <id> --local-dir DIR`) and set model.source=DIR")
+            "it (`hf download <id> --local-dir DIR`) and set model.source=DIR"
+        )
 
 
 # -- what loaded ---------------------------------------------------------------------------
@@ -183,22 +203,26 @@ def check_loading_info(info: Mapping[str, Any], heads: Iterable[str], *, where: 
         return key.split(".", 1)[0] not in heads
 
     missing = sorted(k for k in info.get("missing_keys") or () if outside_heads(k))
-    mismatched = sorted(_describe_mismatch(item) for item in info.get("mismatched_keys") or ()
-                        if outside_heads(_mismatch_key(item)))
+    mismatched = sorted(
+        _describe_mismatch(item) for item in info.get("mismatched_keys") or () if outside_heads(_mismatch_key(item))
+    )
     errors = [str(e) for e in info.get("error_msgs") or ()]
     unexpected = sorted(info.get("unexpected_keys") or ())
     if unexpected:
         logger.info("%s: %d checkpoint keys unused (%s)", where, len(unexpected), _listing(unexpected))
-    problems = [f"missing from the checkpoint: {_listing(missing)}" if missing else "",
-                f"another shape in the checkpoint: {_listing(mismatched)}" if mismatched else "",
-                f"errors: {_listing(errors)}" if errors else ""]
+    problems = [
+        f"missing from the checkpoint: {_listing(missing)}" if missing else "",
+        f"another shape in the checkpoint: {_listing(mismatched)}" if mismatched else "",
+        f"errors: {_listing(errors)}" if errors else "",
+    ]
     problems = [p for p in problems if p]
     if problems:
         may = f"only the head ({', '.join(heads)}) may be" if heads else "no weight may be (its heads are native)"
         raise IncompleteCheckpoint(
             f"{where} did not load completely; {'; '.join(problems)}. Those weights would be random: "
             f"{may} missing or differ. Check model.source and model.hf_class, and that the checkpoint "
-            "is the architecture its model config (model/<name>.yaml) describes")
+            "is the architecture its model config (model/<name>.yaml) describes"
+        )
 
 
 def _mismatch_key(item: Any) -> str:
@@ -222,8 +246,9 @@ def checkpoint_tensor(weights: str | Path, revision: str | None, name: str, *, w
     `visual_projection.weight`, which `CLIPForImageClassification` has no place for)."""
     for filename in WEIGHT_FILES:
         try:
-            path = transformers.utils.cached_file(str(weights), filename, revision=revision,
-                                                  _raise_exceptions_for_missing_entries=False)
+            path = transformers.utils.cached_file(
+                str(weights), filename, revision=revision, _raise_exceptions_for_missing_entries=False
+            )
         except OSError:  # not in the hub cache and no hub access
             path = None
         if path is None:
@@ -238,8 +263,8 @@ def checkpoint_tensor(weights: str | Path, revision: str | None, name: str, *, w
             break
         return tensor
     raise ModelUnavailable(
-        f"{why} needs '{name}' from the checkpoint, but '{weights}' has no such tensor in "
-        f"{' or '.join(WEIGHT_FILES)}")
+        f"{why} needs '{name}' from the checkpoint, but '{weights}' has no such tensor in {' or '.join(WEIGHT_FILES)}"
+    )
 
 
 def _read_tensor(path: Path, name: str) -> torch.Tensor | None:

@@ -17,16 +17,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sweep.cellspec import CellSpec, NotApplicable, cell_spec, is_scientific
 from sweep.cell_state import read_state
+from sweep.cellspec import CellSpec, NotApplicable, cell_spec, is_scientific
 from sweep.errors import ConfigError, SweepError
-from sweep.interventions import INTERVENTIONS
 from sweep.files import atomic_write_json
+from sweep.interventions import INTERVENTIONS
 from sweep.layout import SweepPaths, records_under
 from sweep.record import read_record
 
 SHOWN_RUNNING = 10  # cells running elsewhere listed by name in the plan
-
 
 
 @dataclass(frozen=True)
@@ -44,9 +43,9 @@ class PlannedCell:
     overrides: list[str]
     config: dict[str, Any] = field(default_factory=dict)  # the composed config, resolved (sweep.units groups by it)
     spec: CellSpec | None = None
-    skipped: str | None = None      # why it cannot run (layer the model lacks, readout it lacks)
-    done_at: Path | None = None     # folder of a complete record
-    running: str | None = None      # who holds its lease (another launch, a SLURM job): not launched
+    skipped: str | None = None  # why it cannot run (layer the model lacks, readout it lacks)
+    done_at: Path | None = None  # folder of a complete record
+    running: str | None = None  # who holds its lease (another launch, a SLURM job): not launched
 
 
 @dataclass
@@ -129,12 +128,16 @@ def index_results(folders: Iterable[str | Path]) -> dict[str, Path]:
             if not record or record.get("status") != "complete":
                 continue
             cell_id = str(record["cell_id"])
-            if cell_id in found and found[cell_id][1] != record and \
-                    found[cell_id][0].resolve() != path.parent.resolve():
+            if (
+                cell_id in found
+                and found[cell_id][1] != record
+                and found[cell_id][0].resolve() != path.parent.resolve()
+            ):
                 raise ConfigError(
                     f"sweep.results_from holds two different records of cell {record.get('name', cell_id)} "
                     f"({cell_id}): {found[cell_id][0]} and {path.parent}; keep one (remove the other's folder from "
-                    "sweep.results_from, or its record)")
+                    "sweep.results_from, or its record)"
+                )
             found.setdefault(cell_id, (path.parent, record))
     return {cell_id: folder for cell_id, (folder, _) in found.items()}
 
@@ -165,10 +168,11 @@ class GroupComposer:
             cfg[_group_node(choice)] = node
         return cfg
 
-    def _variant(self, position: int, choice: str, base_groups: tuple[str, ...],
-                 base: dict[str, Any]) -> dict[str, Any] | None:
+    def _variant(
+        self, position: int, choice: str, base_groups: tuple[str, ...], base: dict[str, Any]
+    ) -> dict[str, Any] | None:
         if (position, choice) not in self._variants:
-            groups = base_groups[:position] + (choice,) + base_groups[position + 1:]
+            groups = base_groups[:position] + (choice,) + base_groups[position + 1 :]
             variant, key = self._compose(groups), _group_node(choice)
             contained = all(variant.get(k) == base.get(k) for k in set(variant) | set(base) if k != key)
             self._variants[(position, choice)] = variant.get(key) if contained else None
@@ -187,8 +191,15 @@ def _group_node(choice: str) -> str:
     return key.split("/")[-1].split(".")[0]
 
 
-def make_plan(grids: Sequence[Sequence[Dimension]], compose: Callable[[tuple[str, ...]], dict[str, Any]],
-              sweep_id: str, sweep_dir: Path, results_from: Iterable[str | Path], *, force: bool = False) -> Plan:
+def make_plan(
+    grids: Sequence[Sequence[Dimension]],
+    compose: Callable[[tuple[str, ...]], dict[str, Any]],
+    sweep_id: str,
+    sweep_dir: Path,
+    results_from: Iterable[str | Path],
+    *,
+    force: bool = False,
+) -> Plan:
     """Decide for every point of the union of `grids`: skipped (and why), done (and where),
     running (a live owner holds its lease: launching it again would measure it twice), or
     pending. A cell that two grids share is planned once. `force` (sweep.force): complete
@@ -230,8 +241,10 @@ def make_plan(grids: Sequence[Sequence[Dimension]], compose: Callable[[tuple[str
         plan.cells.append(cell)
     if plan.cells and not plan.runnable:
         reasons = Counter(c.skipped for c in plan.skipped)
-        raise SweepError("no cell of this sweep can run:\n  " + "\n  ".join(
-            f"{n} × {reason}" for reason, n in reasons.most_common(5)))
+        raise SweepError(
+            "no cell of this sweep can run:\n  "
+            + "\n  ".join(f"{n} × {reason}" for reason, n in reasons.most_common(5))
+        )
     return plan
 
 
@@ -239,14 +252,18 @@ def describe(plan: Plan, units: Sequence[Any], *, dry_run: bool) -> str:
     """The plan as a person reads it: counts, skipped reasons, per model what runs, and
     the work units (sweep.units) that will run it."""
     points = len(plan.cells) + plan.merged_seedless + plan.merged_overlap
-    lines = [f"sweep {plan.sweep_id}: {points} grid points -> {len(plan.runnable)} cells, "
-             f"{len(plan.done)} already done, "
-             + (f"{len(plan.running)} running elsewhere, " if plan.running else "")
-             + f"{len(plan.pending)} to run in {len(units)} work units  ({plan.sweep_dir})"]
+    lines = [
+        f"sweep {plan.sweep_id}: {points} grid points -> {len(plan.runnable)} cells, "
+        f"{len(plan.done)} already done, "
+        + (f"{len(plan.running)} running elsewhere, " if plan.running else "")
+        + f"{len(plan.pending)} to run in {len(units)} work units  ({plan.sweep_dir})"
+    ]
     if plan.merged_seedless:
         seedless = ", ".join(name for name, intervention in INTERVENTIONS.items() if not intervention.seeded)
-        lines.append(f"  merged {plan.merged_seedless} grid points that differ only in a seed their intervention does "
-                     f"not use ({seedless} draw no random numbers): each such cell is measured once")
+        lines.append(
+            f"  merged {plan.merged_seedless} grid points that differ only in a seed their intervention does "
+            f"not use ({seedless} draw no random numbers): each such cell is measured once"
+        )
     if plan.merged_overlap:
         lines.append(f"  merged {plan.merged_overlap} grid points that the grids of the union share")
     reasons = Counter(c.skipped for c in plan.skipped)
@@ -263,15 +280,20 @@ def describe(plan: Plan, units: Sequence[Any], *, dry_run: bool) -> str:
         per_model[unit.model]["units"] += 1
         per_model[unit.model]["cost"] += unit.cost
     if per_model:
-        lines.append(f"  {'model':<14}{'cells':>7}{'done':>7}{'to run':>8}{'units':>7}"
-                     f"{'block applications per val image':>36}")
+        lines.append(
+            f"  {'model':<14}{'cells':>7}{'done':>7}{'to run':>8}{'units':>7}{'block applications per val image':>36}"
+        )
         for model, c in per_model.items():
-            lines.append(f"  {model:<14}{c['cells']:>7}{c['done']:>7}{c['cells'] - c['done'] - c['running']:>8}"
-                         f"{c['units']:>7}{c['cost']:>36}")
-        lines.append("  (cost: each unit runs the unmodified prefix once per validation batch, up to its deepest "
-                     "intervened layer, and blocks L+1..N once per distinct layer, intervention and seed (a shuffle "
-                     "of another token than the CLS adds its donors' prefix once per seed); a model's "
-                     "unmodified pass over train+val runs once per model and data, shared through the cache)")
+            lines.append(
+                f"  {model:<14}{c['cells']:>7}{c['done']:>7}{c['cells'] - c['done'] - c['running']:>8}"
+                f"{c['units']:>7}{c['cost']:>36}"
+            )
+        lines.append(
+            "  (cost: each unit runs the unmodified prefix once per validation batch, up to its deepest "
+            "intervened layer, and blocks L+1..N once per distinct layer, intervention and seed (a shuffle "
+            "of another token than the CLS adds its donors' prefix once per seed); a model's "
+            "unmodified pass over train+val runs once per model and data, shared through the cache)"
+        )
     for cell in plan.running[:SHOWN_RUNNING]:
         lines.append(f"  running elsewhere, not launched: {cell.spec.name} ({cell.running})")
     if len(plan.running) > SHOWN_RUNNING:
@@ -321,8 +343,14 @@ def write_plan_file(plan: Plan) -> None:
     for c in plan.runnable:
         here = plan.sweep_dir / c.spec.subdir
         elsewhere = c.done_at is not None and c.done_at.resolve() != here.resolve()
-        cells.append({"name": c.spec.name, "cell_id": c.spec.cell_id, "subdir": c.spec.subdir,
-                      **({"record_dir": str(c.done_at.resolve())} if elsewhere else {})})
+        cells.append(
+            {
+                "name": c.spec.name,
+                "cell_id": c.spec.cell_id,
+                "subdir": c.spec.subdir,
+                **({"record_dir": str(c.done_at.resolve())} if elsewhere else {}),
+            }
+        )
     content, path = {"sweep_id": plan.sweep_id, "cells": cells}, SweepPaths(plan.sweep_dir).plan
     try:
         if json.loads(path.read_text()) == content:

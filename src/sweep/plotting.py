@@ -53,11 +53,11 @@ from sweep.registry import Registry
 
 FORMATS = ("png", "pdf")
 FIGURES_FILE = "figures.json"
-PANEL_SIZE = (3.4, 2.9)   # inches per panel
-MAX_COLUMNS = 5           # the study's five models fit in one row
+PANEL_SIZE = (3.4, 2.9)  # inches per panel
+MAX_COLUMNS = 5  # the study's five models fit in one row
 PNG_DPI = 150
 TITLE_CHARS_PER_INCH = 11  # at fontsize 10
-TEXT_LINE_IN = 0.2          # one line of title or legend text
+TEXT_LINE_IN = 0.2  # one line of title or legend text
 LEGEND_CHAR_IN, LEGEND_ENTRY_IN = 0.075, 0.6  # legend text width per character and handle + padding, fontsize 9
 
 PROBE, SHUFFLE_NATIVE, SHUFFLE_CLS, CHANCE = "probe", "shuffle (native readout)", "shuffle (CLS-only readout)", "chance"
@@ -84,7 +84,7 @@ class Panel:
     series: list[str]
     missing: list[str]  # expected series this model has no data for
     xlabel: str
-    ylabel: str         # only the first panel of a row shows it (shared y axis)
+    ylabel: str  # only the first panel of a row shows it (shared y axis)
 
 
 @dataclass(frozen=True)
@@ -147,8 +147,7 @@ def _probe_rows(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 MAIN_SERIES = (
-    SeriesSpec(PROBE, "C0", _probe_rows, "probe_accuracy",
-               lambda o: (o["probe_predicted"] == o["label"]).to_numpy()),
+    SeriesSpec(PROBE, "C0", _probe_rows, "probe_accuracy", lambda o: (o["probe_predicted"] == o["label"]).to_numpy()),
     SeriesSpec(SHUFFLE_NATIVE, "C1", lambda r: _shuffle_rows("native", "accuracy")(r), "accuracy", _correct),
     SeriesSpec(SHUFFLE_CLS, "C2", lambda r: _shuffle_rows("cls", "accuracy")(r), "accuracy", _correct),
 )
@@ -157,19 +156,23 @@ MAIN_SERIES = (
 def _shuffle_rows(readout: str, metric: str, token: str = CLS) -> Callable[[pd.DataFrame], pd.DataFrame]:
     """A shuffle's rows of one readout and token (a record older than the token setting, with
     no `token`, shuffled the CLS)."""
+
     def select(r: pd.DataFrame) -> pd.DataFrame:
         r = on_cls(r) if token == CLS else r[r["token"] == token]
         return r[(r["intervention"] == "shuffle") & (r["readout"] == readout) & r[metric].notna()]
+
     return select
 
 
 # Dotted, in the colour of the shuffle series they belong to: the share of outputs equal to
 # the donor image's own unmodified prediction (docs/results.md, donor_agreement).
 DONOR_SERIES = (
-    SeriesSpec(DONOR_NATIVE, "C1", _shuffle_rows("native", "donor_agreement"), "donor_agreement", _follows_donor,
-               linestyle=":"),
-    SeriesSpec(DONOR_CLS, "C2", _shuffle_rows("cls", "donor_agreement"), "donor_agreement", _follows_donor,
-               linestyle=":"),
+    SeriesSpec(
+        DONOR_NATIVE, "C1", _shuffle_rows("native", "donor_agreement"), "donor_agreement", _follows_donor, linestyle=":"
+    ),
+    SeriesSpec(
+        DONOR_CLS, "C2", _shuffle_rows("cls", "donor_agreement"), "donor_agreement", _follows_donor, linestyle=":"
+    ),
 )
 
 
@@ -192,12 +195,19 @@ def banded_line(rows: pd.DataFrame, spec: SeriesSpec, outcomes: Mapping[str, pd.
         intervals.append(interval)
         kinds.add(kind)
     band = kinds.pop() if len(kinds) == 1 else "mixed"
-    return Line(spec.label, np.array(layers), np.array([i.mean for i in intervals]),
-                np.array([i.low for i in intervals]), np.array([i.high for i in intervals]), band)
+    return Line(
+        spec.label,
+        np.array(layers),
+        np.array([i.mean for i in intervals]),
+        np.array([i.low for i in intervals]),
+        np.array([i.high for i in intervals]),
+        band,
+    )
 
 
-def layer_interval(at_layer: pd.DataFrame, spec: SeriesSpec,
-                   outcomes: Mapping[str, pd.DataFrame] | None) -> tuple[Interval, str]:
+def layer_interval(
+    at_layer: pd.DataFrame, spec: SeriesSpec, outcomes: Mapping[str, pd.DataFrame] | None
+) -> tuple[Interval, str]:
     """One point's interval, and what its example part was read from ("outcomes" or
     "records"). Rows without a seed are a seedless cell (one measurement)."""
     seeded = bool(at_layer["seed"].notna().any())
@@ -206,13 +216,13 @@ def layer_interval(at_layer: pd.DataFrame, spec: SeriesSpec,
         return outcome_interval(per_seed, seeded=seeded), "outcomes"
     n_val = at_layer["n_val"].dropna()
     if n_val.empty:
-        raise SourceError(f"cells {', '.join(at_layer['cell_id'])} record no n_val, needed for the "
-                          f"{spec.label!r} band")
+        raise SourceError(f"cells {', '.join(at_layer['cell_id'])} record no n_val, needed for the {spec.label!r} band")
     return summary_interval(at_layer[spec.metric].to_numpy(dtype=float), int(n_val.min()), seeded=seeded), "records"
 
 
-def _seed_outcomes(at_layer: pd.DataFrame, spec: SeriesSpec,
-                   outcomes: Mapping[str, pd.DataFrame] | None) -> np.ndarray | None:
+def _seed_outcomes(
+    at_layer: pd.DataFrame, spec: SeriesSpec, outcomes: Mapping[str, pd.DataFrame] | None
+) -> np.ndarray | None:
     """Seeds x examples 0/1 outcomes, or None when any cell of this layer lacks them. Every
     cell must list the same images in the same order (the interval pairs them up)."""
     if outcomes is None or not all(cell_id in outcomes for cell_id in at_layer["cell_id"]):
@@ -223,16 +233,20 @@ def _seed_outcomes(at_layer: pd.DataFrame, spec: SeriesSpec,
         try:
             per_seed.append(spec.correct(table))
         except KeyError as error:
-            raise SourceError(f"outcomes of cell {cell_id} lack column {error}, needed for the "
-                             f"{spec.label!r} band (docs/results.md lists the columns)") from error
+            raise SourceError(
+                f"outcomes of cell {cell_id} lack column {error}, needed for the "
+                f"{spec.label!r} band (docs/results.md lists the columns)"
+            ) from error
         if "label" in table:
             labels[cell_id] = table["label"].to_numpy()
     first = next(iter(labels.items()), None)
     for cell_id, label in labels.items():
         if not np.array_equal(label, first[1]):
-            raise SourceError(f"outcomes of cells {first[0]} and {cell_id} ({spec.label!r}, one layer) list "
-                              f"different images ({len(first[1])} and {len(label)} rows, or other labels): "
-                              f"the band pairs examples across seeds")
+            raise SourceError(
+                f"outcomes of cells {first[0]} and {cell_id} ({spec.label!r}, one layer) list "
+                f"different images ({len(first[1])} and {len(label)} rows, or other labels): "
+                f"the band pairs examples across seeds"
+            )
     return np.stack(per_seed)
 
 
@@ -262,8 +276,7 @@ def draw_figures(table: SweepTable, out_dir: Path) -> dict[str, FigureResult]:
 
 
 @FIGURES.register("main_result")
-def main_result(complete: pd.DataFrame, outcomes: Mapping[str, pd.DataFrame] | None,
-                out_dir: Path) -> FigureResult:
+def main_result(complete: pd.DataFrame, outcomes: Mapping[str, pd.DataFrame] | None, out_dir: Path) -> FigureResult:
     """Decodable (probe) vs used (accuracy after the CLS shuffle), per layer and model."""
     name = "main_result"
     relevant = complete[complete["intervention"].isin(["none", "shuffle"])]
@@ -278,11 +291,18 @@ def main_result(complete: pd.DataFrame, outcomes: Mapping[str, pd.DataFrame] | N
         for spec, line in banded.draw(ax, rows, MAIN_SERIES + DONOR_SERIES, missing):
             unbanded = line.layers[np.isnan(line.low)]
             if len(unbanded):
-                banded.notes.append(f"{model}: no band for {spec.label} at layer {', '.join(map(str, unbanded))} "
-                                    f"(one seed cannot show the spread between seeds)")
+                banded.notes.append(
+                    f"{model}: no band for {spec.label} at layer {', '.join(map(str, unbanded))} "
+                    f"(one seed cannot show the spread between seeds)"
+                )
         banded.close_panel(ax, model, rows, missing, ylabel="accuracy")
-    return banded.finish(fig, axes, name, "Label information in CLS: decodable vs used (dotted: output = the "
-                                          "donor's own prediction).", out_dir)
+    return banded.finish(
+        fig,
+        axes,
+        name,
+        "Label information in CLS: decodable vs used (dotted: output = the donor's own prediction).",
+        out_dir,
+    )
 
 
 class _Banded:
@@ -296,8 +316,9 @@ class _Banded:
         self.notes: list[str] = []
         self.bands: set[str | None] = set()
 
-    def draw(self, ax: Any, rows: pd.DataFrame, specs: Sequence[SeriesSpec],
-             missing: list[str] | None = None) -> list[tuple[SeriesSpec, Line]]:
+    def draw(
+        self, ax: Any, rows: pd.DataFrame, specs: Sequence[SeriesSpec], missing: list[str] | None = None
+    ) -> list[tuple[SeriesSpec, Line]]:
         """Each spec's banded line where `rows` have it; the others' labels go to `missing`."""
         drawn = []
         for spec in specs:
@@ -336,19 +357,22 @@ def _band_text(kinds: set[str]) -> str:
 
 
 @FIGURES.register("identifiability")
-def identifiability(complete: pd.DataFrame, outcomes: Mapping[str, pd.DataFrame] | None, out_dir: Path
-                    ) -> FigureResult:
+def identifiability(complete: pd.DataFrame, outcomes: Mapping[str, pd.DataFrame] | None, out_dir: Path) -> FigureResult:
     """The class-embedding view (Vilas et al. 2023): what layer L's CLS says through the
     model's own final norm and head, beside the per-layer and last-layer probes."""
     name = "identifiability"
-    none = complete[(complete["intervention"] == "none")
-                    & complete[["probe_accuracy", "projection_accuracy", "identifiability"]].notna().any(axis=1)]
+    none = complete[
+        (complete["intervention"] == "none")
+        & complete[["probe_accuracy", "projection_accuracy", "identifiability"]].notna().any(axis=1)
+    ]
     if none.empty:
         return _skipped(name, "no complete intervention=none cells (they carry the probe and projection metrics)")
-    series = ((PROBE, "probe_accuracy", {"color": "C0"}),
-              (LAST_PROBE, "last_probe_accuracy", {"color": "C0", "linestyle": ":"}),
-              (PROJECTION, "projection_accuracy", {"color": "C3"}),
-              (IDENTIFIABILITY, "identifiability", {"color": "C4", "linestyle": "--"}))
+    series = (
+        (PROBE, "probe_accuracy", {"color": "C0"}),
+        (LAST_PROBE, "last_probe_accuracy", {"color": "C0", "linestyle": ":"}),
+        (PROJECTION, "projection_accuracy", {"color": "C3"}),
+        (IDENTIFIABILITY, "identifiability", {"color": "C4", "linestyle": "--"}),
+    )
     models = list(dict.fromkeys(none["model"]))
     fig, axes = _panels(len(models))
     panels, notes = [], []
@@ -370,8 +394,7 @@ def identifiability(complete: pd.DataFrame, outcomes: Mapping[str, pd.DataFrame]
 
 
 @FIGURES.register("controls")
-def controls(complete: pd.DataFrame, outcomes: Mapping[str, pd.DataFrame] | None, out_dir: Path
-             ) -> FigureResult:
+def controls(complete: pd.DataFrame, outcomes: Mapping[str, pd.DataFrame] | None, out_dir: Path) -> FigureResult:
     """Every intervention side by side (native readout): the other ways to destroy what
     CLS carries should bracket the shuffle."""
     name = "controls"
@@ -405,8 +428,7 @@ def controls(complete: pd.DataFrame, outcomes: Mapping[str, pd.DataFrame] | None
 
 
 @FIGURES.register("reaccumulation")
-def reaccumulation(complete: pd.DataFrame, outcomes: Mapping[str, pd.DataFrame] | None, out_dir: Path
-                   ) -> FigureResult:
+def reaccumulation(complete: pd.DataFrame, outcomes: Mapping[str, pd.DataFrame] | None, out_dir: Path) -> FigureResult:
     """Is the label information re-accumulated after an intervention at L? One panel per
     (model, intervention) with probe_after cells: per intervened layer L, the layer-L'
     probe's accuracy on the intervened CLS at each L' > L (mean over seeds; readouts share
@@ -435,16 +457,27 @@ def reaccumulation(complete: pd.DataFrame, outcomes: Mapping[str, pd.DataFrame] 
         panels.append(_panel(ax, missing))
         if missing:
             notes.append(f"{model}: no intervention=none cells for the unmodified probe curve")
-    _suptitle(fig, "Re-accumulation: layer-L' probes on the CLS after an intervention at L (one line per L, "
-                   "mean over seeds), beside the unmodified probes")
+    _suptitle(
+        fig,
+        "Re-accumulation: layer-L' probes on the CLS after an intervention at L (one line per L, "
+        "mean over seeds), beside the unmodified probes",
+    )
     return _finish(fig, axes, name, panels, notes, out_dir)
 
 
 def shuffle_pair(labels: tuple[str, str], color: str, readout: str, token: str = CLS) -> tuple[SeriesSpec, SeriesSpec]:
     """A shuffle's accuracy (solid) and donor_agreement (dotted), one readout and token."""
-    return (SeriesSpec(labels[0], color, _shuffle_rows(readout, "accuracy", token), "accuracy", _correct),
-            SeriesSpec(labels[1], color, _shuffle_rows(readout, "donor_agreement", token), "donor_agreement",
-                       _follows_donor, linestyle=":"))
+    return (
+        SeriesSpec(labels[0], color, _shuffle_rows(readout, "accuracy", token), "accuracy", _correct),
+        SeriesSpec(
+            labels[1],
+            color,
+            _shuffle_rows(readout, "donor_agreement", token),
+            "donor_agreement",
+            _follows_donor,
+            linestyle=":",
+        ),
+    )
 
 
 def readout_series(readout: str, color: str) -> tuple[SeriesSpec, SeriesSpec]:
@@ -462,10 +495,12 @@ def readouts(complete: pd.DataFrame, outcomes: Mapping[str, pd.DataFrame] | None
     shuffled = on_cls(complete[complete["intervention"] == "shuffle"])
     extra = sorted(set(shuffled["readout"]) - set(MAIN_READOUTS))
     if not extra:
-        return _skipped(name, "no complete intervention=shuffle cells with a readout other than "
-                              f"{' or '.join(MAIN_READOUTS)} (e.g. +experiment=readouts)")
-    order = [r for r in READOUT_COLORS if r in set(shuffled["readout"])] + \
-        [r for r in extra if r not in READOUT_COLORS]
+        return _skipped(
+            name,
+            "no complete intervention=shuffle cells with a readout other than "
+            f"{' or '.join(MAIN_READOUTS)} (e.g. +experiment=readouts)",
+        )
+    order = [r for r in READOUT_COLORS if r in set(shuffled["readout"])] + [r for r in extra if r not in READOUT_COLORS]
     spare = iter(SPARE_COLORS * len(order))
     colors = {r: READOUT_COLORS.get(r) or next(spare) for r in order}
     models = list(dict.fromkeys(shuffled["model"]))
@@ -479,13 +514,18 @@ def readouts(complete: pd.DataFrame, outcomes: Mapping[str, pd.DataFrame] | None
             none = rows[(rows["intervention"] == "none") & (rows["readout"] == readout)]
             line = mean_line(none, "accuracy", f"none ({readout})")
             if len(line.layers):
-                ax.plot(line.layers, line.mean, color=colors[readout], linestyle="--", linewidth=0.8,
-                        label=line.label)
+                ax.plot(line.layers, line.mean, color=colors[readout], linestyle="--", linewidth=0.8, label=line.label)
             else:
                 missing.append(line.label)
         banded.close_panel(ax, model, rows, missing, ylabel="accuracy")
-    return banded.finish(fig, axes, name, "Readouts under the CLS shuffle: accuracy (solid), output = the donor's "
-                                          "own prediction (dotted), unmodified accuracy (thin dashed).", out_dir)
+    return banded.finish(
+        fig,
+        axes,
+        name,
+        "Readouts under the CLS shuffle: accuracy (solid), output = the donor's "
+        "own prediction (dotted), unmodified accuracy (thin dashed).",
+        out_dir,
+    )
 
 
 TOKEN_COLORS = {"cls": "C1", "distillation": "C4", "registers": "C5", "patches": "C9"}
@@ -503,8 +543,11 @@ def tokens(complete: pd.DataFrame, outcomes: Mapping[str, pd.DataFrame] | None, 
     shuffles = complete[(complete["intervention"] == "shuffle") & (complete["readout"] == TOKEN_READOUT)]
     moved = shuffles[shuffles["token"].notna() & (shuffles["token"] != CLS)]
     if moved.empty:
-        return _skipped(name, f"no complete shuffle cells of a token other than the CLS (intervention.token) "
-                              f"with readout={TOKEN_READOUT}")
+        return _skipped(
+            name,
+            f"no complete shuffle cells of a token other than the CLS (intervention.token) "
+            f"with readout={TOKEN_READOUT}",
+        )
     models = list(dict.fromkeys(moved["model"]))
     fig, axes = _panels(len(models))
     banded = _Banded(outcomes)
@@ -512,14 +555,21 @@ def tokens(complete: pd.DataFrame, outcomes: Mapping[str, pd.DataFrame] | None, 
         rows = complete[complete["model"] == model]
         banded.draw(ax, rows, [spec for token in TOKENS for spec in token_series(token)])
         banded.close_panel(ax, model, rows, [], ylabel=f"accuracy / follows donor ({TOKEN_READOUT} readout)")
-    return banded.finish(fig, axes, name, f"Shuffling one token at layer L, {TOKEN_READOUT} readout: accuracy "
-                                          "(solid) and output = the donor's own prediction (dotted).", out_dir)
+    return banded.finish(
+        fig,
+        axes,
+        name,
+        f"Shuffling one token at layer L, {TOKEN_READOUT} readout: accuracy "
+        "(solid) and output = the donor's own prediction (dotted).",
+        out_dir,
+    )
 
 
 def token_series(token: str) -> tuple[SeriesSpec, SeriesSpec]:
     """The shuffle of `token` with the native readout."""
-    return shuffle_pair((f"shuffle {token}: accuracy", f"shuffle {token}: follows donor"), TOKEN_COLORS[token],
-                        TOKEN_READOUT, token)
+    return shuffle_pair(
+        (f"shuffle {token}: accuracy", f"shuffle {token}: follows donor"), TOKEN_COLORS[token], TOKEN_READOUT, token
+    )
 
 
 def probe_after_lines(rows: pd.DataFrame, intervention: str) -> dict[int, Line]:
@@ -531,8 +581,9 @@ def probe_after_lines(rows: pd.DataFrame, intervention: str) -> dict[int, Line]:
         if vectors.empty or vectors.columns.empty:  # L = N: no later layer
             continue
         means = vectors.mean().sort_index()
-        lines[int(layer)] = Line(f"{intervention} at L={int(layer)}", means.index.to_numpy(dtype=int),
-                                 means.to_numpy(dtype=float))
+        lines[int(layer)] = Line(
+            f"{intervention} at L={int(layer)}", means.index.to_numpy(dtype=int), means.to_numpy(dtype=float)
+        )
     return lines
 
 
@@ -604,12 +655,12 @@ def _style(ax: Any, model: str, rows: pd.DataFrame, *, ylabel: str) -> None:
 def _panel(ax: Any, missing: list[str]) -> Panel:
     """The panel as drawn: series labels are read back from the Axes, not from our intent."""
     _, labels = ax.get_legend_handles_labels()
-    return Panel(title=ax.get_title(), series=labels, missing=missing, xlabel=ax.get_xlabel(),
-                 ylabel=ax.get_ylabel())
+    return Panel(title=ax.get_title(), series=labels, missing=missing, xlabel=ax.get_xlabel(), ylabel=ax.get_ylabel())
 
 
-def _finish(fig: Figure, axes: list[Any], name: str, panels: list[Panel], notes: list[str],
-            out_dir: Path) -> FigureResult:
+def _finish(
+    fig: Figure, axes: list[Any], name: str, panels: list[Panel], notes: list[str], out_dir: Path
+) -> FigureResult:
     """One legend for the whole figure (every label once, in first-drawn order), then save."""
     handles: dict[str, Any] = {}
     for ax in axes:
@@ -617,8 +668,9 @@ def _finish(fig: Figure, axes: list[Any], name: str, panels: list[Panel], notes:
             handles.setdefault(label, handle)
     columns = _legend_columns(list(handles), fig.get_figwidth())
     _grow(fig, (math.ceil(len(handles) / columns) - 1) * TEXT_LINE_IN)  # legend rows beyond the first
-    fig.legend(list(handles.values()), list(handles), loc="outside lower center", frameon=False, fontsize=9,
-               ncol=columns)
+    fig.legend(
+        list(handles.values()), list(handles), loc="outside lower center", frameon=False, fontsize=9, ncol=columns
+    )
     paths = _save(fig, out_dir, name)
     return FigureResult(name=name, paths=paths, skipped=None, panels=panels, notes=notes)
 

@@ -33,17 +33,19 @@ from sweep.errors import ConfigError, SweepError, first_line
 from sweep.redaction import redact
 from sweep.settings import Cache
 
-HELP_HEADER = ("sweep-prepare: on a machine with internet (a login node), fetch every model of a sweep's grid into "
-               "the Hugging Face cache and build its data subsets' images in cache.dir, so that its cells run with "
-               "HF_HUB_OFFLINE=1. It takes the overrides of `sweep-run -m` (e.g. sweep-prepare +experiment="
-               "main_result data=imagenet) and prints what it holds; sweep.dry_run=true lists it without fetching.")
+HELP_HEADER = (
+    "sweep-prepare: on a machine with internet (a login node), fetch every model of a sweep's grid into "
+    "the Hugging Face cache and build its data subsets' images in cache.dir, so that its cells run with "
+    "HF_HUB_OFFLINE=1. It takes the overrides of `sweep-run -m` (e.g. sweep-prepare +experiment="
+    "main_result data=imagenet) and prints what it holds; sweep.dry_run=true lists it without fetching."
+)
 
 
 @dataclass(frozen=True)
 class ModelNeed:
     """One model of the grid, by where its weights come from."""
 
-    names: tuple[str, ...]   # the model config names that load it
+    names: tuple[str, ...]  # the model config names that load it
     source: str
     revision: str | None
     toy: bool
@@ -81,19 +83,24 @@ def grid_needs(cells: Iterable[Any]) -> Needs:
     for cell in cells:
         model, data, cache = cell.config["model"], cell.config["data"], cell.spec.settings.cache
         if not cache.enabled:
-            raise ConfigError("cache.enabled=false is invalid for sweep-prepare: it builds the images into cache.dir "
-                              "for the cells to read, and with the cache off they would decode them again (from the "
-                              "network, for hub data); drop cache.enabled=false")
+            raise ConfigError(
+                "cache.enabled=false is invalid for sweep-prepare: it builds the images into cache.dir "
+                "for the cells to read, and with the cache off they would decode them again (from the "
+                "network, for hub data); drop cache.enabled=false"
+            )
         names = models.setdefault((str(model["source"]), model.get("revision"), model.get("toy") is not None), [])
         image_key = json.dumps([cache.dir, data, pixel_settings(model["preprocess"])], sort_keys=True, default=str)
         for users in (names, images.setdefault(image_key, (cache, data, model["preprocess"], []))[3]):
             if model["name"] not in users:
                 users.append(model["name"])
-    return Needs([ModelNeed(tuple(names), *key) for key, names in models.items()],
-                 [ImageNeed(cache, data, preprocess, tuple(names)) for cache, data, preprocess, names in images.values()])
+    return Needs(
+        [ModelNeed(tuple(names), *key) for key, names in models.items()],
+        [ImageNeed(cache, data, preprocess, tuple(names)) for cache, data, preprocess, names in images.values()],
+    )
 
 
 # -- models -------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Held:
@@ -114,15 +121,17 @@ def fetch_model(need: ModelNeed) -> Held:
     if not is_hub_id(need.source):
         folder = Path(need.source).expanduser()
         if not folder.is_dir():
-            raise ModelUnavailable(f"model {names}: model.source={need.source} is neither a folder nor a hub id "
-                                   "(org/name)")
+            raise ModelUnavailable(
+                f"model {names}: model.source={need.source} is neither a folder nor a hub id (org/name)"
+            )
         size = files_size(folder)
         return Held(f"{names}: local folder {folder}  {human_size(size)}", size)
     snapshot = _snapshot(need)
     size, commit = files_size(snapshot), snapshot_commit(snapshot)
     named = "" if commit == need.revision else f" = commit {commit}"
-    return Held(f"{names}: {need.source} at revision {need.revision or 'main'}{named}  {human_size(size)}  "
-                f"({snapshot})", size)
+    return Held(
+        f"{names}: {need.source} at revision {need.revision or 'main'}{named}  {human_size(size)}  ({snapshot})", size
+    )
 
 
 def _snapshot(need: ModelNeed) -> Path:
@@ -144,19 +153,26 @@ def _snapshot(need: ModelNeed) -> Path:
         if constants.HF_HUB_OFFLINE:
             raise ModelUnavailable(
                 f"{where} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}), and HF_HUB_OFFLINE=1 forbids "
-                "fetching it: run sweep-prepare on a machine with internet, without HF_HUB_OFFLINE") from error
-        raise ModelUnavailable(f"{where}: the hub could not be reached and the Hugging Face cache "
-                               f"({constants.HF_HUB_CACHE}) does not have it ({_first_line(error)})") from error
+                "fetching it: run sweep-prepare on a machine with internet, without HF_HUB_OFFLINE"
+            ) from error
+        raise ModelUnavailable(
+            f"{where}: the hub could not be reached and the Hugging Face cache "
+            f"({constants.HF_HUB_CACHE}) does not have it ({_first_line(error)})"
+        ) from error
     except (HfHubHTTPError, OSError, ValueError) as error:  # not found, gated, a revision that does not exist
         raise ModelUnavailable(
             f"could not fetch {where} ({type(error).__name__}: {_first_line(error)}); check model.source and "
             "model.revision, and for a gated model accept its terms on the hub and log in (`hf auth login`) or "
-            "export HF_TOKEN") from error
-    raise ModelUnavailable(f"{where} has config.json but no weights in the Hugging Face cache ({snapshot}): "
-                           f"none of {', '.join(p for files in HUB_FILES for p in files if p != 'config.json')}")
+            "export HF_TOKEN"
+        ) from error
+    raise ModelUnavailable(
+        f"{where} has config.json but no weights in the Hugging Face cache ({snapshot}): "
+        f"none of {', '.join(p for files in HUB_FILES for p in files if p != 'config.json')}"
+    )
 
 
 # -- images -------------------------------------------------------------------------------
+
 
 def build_images(need: ImageNeed) -> Held:
     """The subset's images in cache.dir (decoded now unless they are there already)."""
@@ -167,8 +183,11 @@ def build_images(need: ImageNeed) -> Held:
     folder = images_folder(need)
     size = files_size(folder)
     counts = " + ".join(f"{split} {len(images)}" for split, images in splits.items())
-    return Held(f"{need.data['name']}, {need.geometry}, for {', '.join(need.models)}: {counts} images  "
-                f"{human_size(size)}  ({folder})", size)
+    return Held(
+        f"{need.data['name']}, {need.geometry}, for {', '.join(need.models)}: {counts} images  "
+        f"{human_size(size)}  ({folder})",
+        size,
+    )
 
 
 def files_size(folder: Path) -> int:
@@ -182,14 +201,17 @@ def _first_line(error: BaseException) -> str:
 
 # -- the report ---------------------------------------------------------------------------
 
+
 def prepare_grid(sweep_id: str, cells: Sequence[Any], *, dry_run: bool) -> None:
     """Fetch and build everything `cells` read, printing each holding as it is ready; every
     item is tried, and what could not be prepared is raised together at the end."""
     from huggingface_hub import constants
 
     needs = grid_needs(cells)
-    say(f"sweep-prepare: sweep {sweep_id}, {_count(len(cells), 'cell')}: {_count(len(needs.models), 'model')}, "
-        f"{_count(len(needs.images), 'image set')}")
+    say(
+        f"sweep-prepare: sweep {sweep_id}, {_count(len(cells), 'cell')}: {_count(len(needs.models), 'model')}, "
+        f"{_count(len(needs.images), 'image set')}"
+    )
     caches = sorted({need.cache.dir for need in needs.images})
     if dry_run:
         say(f"models, for the Hugging Face cache {constants.HF_HUB_CACHE}:")
@@ -197,15 +219,18 @@ def prepare_grid(sweep_id: str, cells: Sequence[Any], *, dry_run: bool) -> None:
             say(f"  {', '.join(model.names)}: {describe_model(model)}")
         say(f"images, for cache.dir {', '.join(caches)}:")
         for image in needs.images:
-            say(f"  {image.data['name']}, {image.geometry}, for {', '.join(image.models)}: "
-                f"{'built' if images_folder(image).is_dir() else 'to build'}")
+            say(
+                f"  {image.data['name']}, {image.geometry}, for {', '.join(image.models)}: "
+                f"{'built' if images_folder(image).is_dir() else 'to build'}"
+            )
         say("dry run: nothing fetched or built (drop sweep.dry_run=true to prepare)")
         return
     failures: list[str] = []
     totals = {}
-    for title, items, make in ((f"models, in the Hugging Face cache {constants.HF_HUB_CACHE}", needs.models,
-                                fetch_model),
-                               (f"images, in cache.dir {', '.join(caches)}", needs.images, build_images)):
+    for title, items, make in (
+        (f"models, in the Hugging Face cache {constants.HF_HUB_CACHE}", needs.models, fetch_model),
+        (f"images, in cache.dir {', '.join(caches)}", needs.images, build_images),
+    ):
         say(title + ":")
         held = 0
         for item in items:
@@ -218,20 +243,30 @@ def prepare_grid(sweep_id: str, cells: Sequence[Any], *, dry_run: bool) -> None:
             held += holding.bytes
             say(f"  {holding.line}")
         totals[title.split(",")[0]] = held
-    say("holding: " + ", ".join(f"{kind} {human_size(size)}" for kind, size in totals.items())
-        + f", {human_size(sum(totals.values()))} in all")
+    say(
+        "holding: "
+        + ", ".join(f"{kind} {human_size(size)}" for kind, size in totals.items())
+        + f", {human_size(sum(totals.values()))} in all"
+    )
     if failures:
-        raise SweepError(f"sweep-prepare could not prepare {len(failures)} of "
-                         f"{len(needs.models) + len(needs.images)} items:\n  " + "\n  ".join(failures))
+        raise SweepError(
+            f"sweep-prepare could not prepare {len(failures)} of "
+            f"{len(needs.models) + len(needs.images)} items:\n  " + "\n  ".join(failures)
+        )
     from sweep.models import is_hub_id
 
-    moving = sorted({m.revision or "main" for m in needs.models
-                     if not m.toy and is_hub_id(m.source) and not _is_commit(m.revision)})
+    moving = sorted(
+        {m.revision or "main" for m in needs.models if not m.toy and is_hub_id(m.source) and not _is_commit(m.revision)}
+    )
     if moving:
-        say(f"revision {', '.join(moving)} names a branch or tag, which can move: to keep these weights, set "
-            "model.revision to the commit shown above (in model/<name>.yaml of the config or on the command line)")
-    say("on the compute nodes: export HF_HUB_OFFLINE=1 with the same HF_HOME (or HF_HUB_CACHE) and cache.dir, then "
-        "sweep-run -m with the same overrides")
+        say(
+            f"revision {', '.join(moving)} names a branch or tag, which can move: to keep these weights, set "
+            "model.revision to the commit shown above (in model/<name>.yaml of the config or on the command line)"
+        )
+    say(
+        "on the compute nodes: export HF_HUB_OFFLINE=1 with the same HF_HOME (or HF_HUB_CACHE) and cache.dir, then "
+        "sweep-run -m with the same overrides"
+    )
 
 
 def describe_model(need: ModelNeed) -> str:
@@ -271,8 +306,12 @@ def main() -> None:
     that prepares the grid's cells instead of launching them."""
     from sweep import run
 
-    sys.argv[1:1] = ["--multirun", "hydra/sweeper=prepare", "hydra.help.app_name=sweep-prepare",
-                     f'hydra.help.header="{HELP_HEADER}"']
+    sys.argv[1:1] = [
+        "--multirun",
+        "hydra/sweeper=prepare",
+        "hydra.help.app_name=sweep-prepare",
+        f'hydra.help.header="{HELP_HEADER}"',
+    ]
     run.main()
 
 

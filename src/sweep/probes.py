@@ -29,8 +29,9 @@ class ProbeMethod:
 
     settings: ClassVar[Mapping[str, Rule]] = {}
 
-    def fit(self, stacked: torch.Tensor, labels: torch.Tensor, n_classes: int, values: Mapping[str, Any],
-            progress: bool) -> list[LinearHead]:
+    def fit(
+        self, stacked: torch.Tensor, labels: torch.Tensor, n_classes: int, values: Mapping[str, Any], progress: bool
+    ) -> list[LinearHead]:
         raise NotImplementedError
 
 
@@ -47,9 +48,15 @@ class Ridge(ProbeMethod):
     def fit(self, stacked, labels, n_classes, values, progress):
         from sweep.linear_heads import ridge_heads
 
-        return ridge_heads(stacked, labels, n_classes, alpha=float(values["alpha"]),
-                           standardize=bool(values["standardize"]), fit_intercept=bool(values["fit_intercept"]),
-                           progress=progress)
+        return ridge_heads(
+            stacked,
+            labels,
+            n_classes,
+            alpha=float(values["alpha"]),
+            standardize=bool(values["standardize"]),
+            fit_intercept=bool(values["fit_intercept"]),
+            progress=progress,
+        )
 
 
 @PROBES.register("logistic")
@@ -57,19 +64,40 @@ class Logistic(ProbeMethod):
     """Multinomial logistic regression with sklearn's objective; `solver`: the batched torch
     L-BFGS, or sklearn's own (the reference, one layer at a time)."""
 
-    settings = {"C": Real(0, low_open=True), "max_iter": Integer(1), "tol": Real(0, low_open=True),
-                "standardize": Flag(), "solver": OneOf(*SOLVERS)}
+    settings = {
+        "C": Real(0, low_open=True),
+        "max_iter": Integer(1),
+        "tol": Real(0, low_open=True),
+        "standardize": Flag(),
+        "solver": OneOf(*SOLVERS),
+    }
 
     def fit(self, stacked, labels, n_classes, values, progress):
         from sweep.linear_heads import logistic_heads
 
-        return logistic_heads(stacked, labels, n_classes, solver=str(values["solver"]), C=float(values["C"]),
-                              max_iter=int(values["max_iter"]), tol=float(values["tol"]),
-                              standardize=bool(values["standardize"]), progress=progress)
+        return logistic_heads(
+            stacked,
+            labels,
+            n_classes,
+            solver=str(values["solver"]),
+            C=float(values["C"]),
+            max_iter=int(values["max_iter"]),
+            tol=float(values["tol"]),
+            standardize=bool(values["standardize"]),
+            progress=progress,
+        )
 
 
-def fit_probes(features: torch.Tensor, labels: torch.Tensor, n_classes: int, *, method: str,
-               settings: Mapping[str, Any], device: str = "cpu", progress: bool = True) -> list[LinearHead]:
+def fit_probes(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    n_classes: int,
+    *,
+    method: str,
+    settings: Mapping[str, Any],
+    device: str = "cpu",
+    progress: bool = True,
+) -> list[LinearHead]:
     """Fit one head per layer and return them in layer order, on the CPU.
 
     features: (n_layers, n, D), or (n, D) for a single layer (still a list of one).
@@ -85,8 +113,10 @@ def fit_probes(features: torch.Tensor, labels: torch.Tensor, n_classes: int, *, 
     values = checked("probe.settings", settings, probe.settings)
     stacked = features if features.dim() == 3 else features.unsqueeze(0)
     if stacked.dim() != 3 or labels.shape != (stacked.shape[1],):
-        raise ValueError(f"features must be (n_layers, n, D) or (n, D) and labels (n,); got features "
-                         f"{tuple(features.shape)} and labels {tuple(labels.shape)}")
+        raise ValueError(
+            f"features must be (n_layers, n, D) or (n, D) and labels (n,); got features "
+            f"{tuple(features.shape)} and labels {tuple(labels.shape)}"
+        )
     labels = labels.to(device=device, dtype=torch.long)
     if labels.numel() and (labels.min() < 0 or labels.max() >= n_classes):
         raise ValueError(f"labels must lie in [0, {n_classes}); got [{int(labels.min())}, {int(labels.max())}]")

@@ -61,8 +61,9 @@ def versions() -> dict[str, str]:
 
 def _git_commit() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                             text=True, timeout=5)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -89,8 +90,11 @@ def cell_fields(spec: CellSpec, cfg: Mapping[str, Any], sweep_id: str | None) ->
 def write_outcomes(cell_dir: Path, outcomes: Mapping[str, Any]) -> None:
     columns = list(outcomes)
     rows = zip(*(outcomes[c].tolist() for c in columns))
-    text = ",".join(["example", *columns]) + "\n" + "".join(
-        ",".join(map(str, (i, *row))) + "\n" for i, row in enumerate(rows))
+    text = (
+        ",".join(["example", *columns])
+        + "\n"
+        + "".join(",".join(map(str, (i, *row))) + "\n" for i, row in enumerate(rows))
+    )
     atomic_write_text(cell_dir / OUTCOMES_FILE, text)
 
 
@@ -100,22 +104,54 @@ def write_record(cell_dir: Path, record: dict[str, Any]) -> None:
 
 # --------------------------------------------------------------------------- the table's schema
 
-METRICS = ("accuracy", "top5", "chance", "donor_accuracy", "donor_agreement", "probe_accuracy",
-           "last_probe_accuracy", "projection_accuracy", "projection_top5", "identifiability", "identifiability_exact")
+METRICS = (
+    "accuracy",
+    "top5",
+    "chance",
+    "donor_accuracy",
+    "donor_agreement",
+    "probe_accuracy",
+    "last_probe_accuracy",
+    "projection_accuracy",
+    "projection_top5",
+    "identifiability",
+    "identifiability_exact",
+)
 
 # Column -> kind. One definition for both sources: the kind fixes the pandas dtype, so a
 # column that happens to be all-missing in one source still compares equal to the other.
 COLUMN_KINDS: dict[str, str] = {
-    "cell_id": "str", "name": "str", "sweep_id": "str", "status": "str",
-    "model": "str", "layer": "int", "n_layers": "int", "intervention": "str", "token": "str", "variant": "str",
-    "readout": "str", "seed": "int",
-    "data": "str", "permutation": "str", "probe_method": "str",
-    "train_per_class": "int", "probe_settings": "str",  # what a head fitted here depends on (sweep.reference)
+    "cell_id": "str",
+    "name": "str",
+    "sweep_id": "str",
+    "status": "str",
+    "model": "str",
+    "layer": "int",
+    "n_layers": "int",
+    "intervention": "str",
+    "token": "str",
+    "variant": "str",
+    "readout": "str",
+    "seed": "int",
+    "data": "str",
+    "permutation": "str",
+    "probe_method": "str",
+    "train_per_class": "int",
+    "probe_settings": "str",  # what a head fitted here depends on (sweep.reference)
     **{metric: "float" for metric in METRICS},
     "probe_after": "str",  # JSON {layer: accuracy} (see probe_after_text)
-    "n_train": "int", "n_val": "int", "n_classes": "int",
-    "unit": "str", "block_calls": "float", "resumed_rows": "int", "device": "str", "dtype": "str", "total_s": "float",
-    "git_commit": "str", "model_revision": "str", "error": "str",
+    "n_train": "int",
+    "n_val": "int",
+    "n_classes": "int",
+    "unit": "str",
+    "block_calls": "float",
+    "resumed_rows": "int",
+    "device": "str",
+    "dtype": "str",
+    "total_s": "float",
+    "git_commit": "str",
+    "model_revision": "str",
+    "error": "str",
 }
 COLUMNS: tuple[str, ...] = tuple(COLUMN_KINDS)
 _DTYPES = {"str": "string", "int": "Int64", "float": "float64", "bool": "boolean"}
@@ -146,8 +182,22 @@ def record_row(record: Mapping[str, Any]) -> dict[str, Any]:
     compute = record.get("compute") or {}
     versions = record.get("versions") or {}
     row = {
-        **{key: record.get(key) for key in ("cell_id", "name", "sweep_id", "status", "model", "layer", "n_layers",
-                                            "intervention", "token", "readout", "seed")},
+        **{
+            key: record.get(key)
+            for key in (
+                "cell_id",
+                "name",
+                "sweep_id",
+                "status",
+                "model",
+                "layer",
+                "n_layers",
+                "intervention",
+                "token",
+                "readout",
+                "seed",
+            )
+        },
         "variant": variant(str(record["intervention"]), config.get("intervention") or {}),
         "data": (config.get("data") or {}).get("name"),
         "permutation": (config.get("intervention") or {}).get("permutation"),
@@ -179,8 +229,7 @@ def probe_after_text(probe_after: Mapping[str, float] | None) -> str | None:
     `parse_probe_after` reads the vector back."""
     if probe_after is None:
         return None
-    return json.dumps({str(layer): probe_after[layer] for layer in sorted(probe_after, key=int)},
-                      separators=(",", ":"))
+    return json.dumps({str(layer): probe_after[layer] for layer in sorted(probe_after, key=int)}, separators=(",", ":"))
 
 
 def parse_probe_after(text: str | None) -> dict[int, float]:
@@ -197,5 +246,6 @@ def scalar(column: str, value: Any) -> str | int | float | bool | None:
         value = value.item()
     if value is None or isinstance(value, (str, int, float, bool)):
         return value
-    raise TypeError(f"column {column!r} must hold a str, int, float, bool or None, not {type(value).__name__}: "
-                    f"{value!r}")
+    raise TypeError(
+        f"column {column!r} must hold a str, int, float, bool or None, not {type(value).__name__}: {value!r}"
+    )

@@ -23,8 +23,11 @@ REDACTED = "<redacted>"
 #: what a token looks like: a Hugging Face token (`hf_` and 34 letters and digits), an HTTP
 #: bearer credential, and a W&B API key (40 hex digits, also after a `local-` prefix)
 _HEX40 = re.compile(r"(?<![0-9A-Za-z])[0-9a-f]{40}(?![0-9A-Za-z])")
-TOKEN_PATTERNS = (re.compile(r"(?<![0-9A-Za-z])hf_[A-Za-z0-9]{30,}"),
-                  re.compile(r"\bBearer\s+[A-Za-z0-9._~+/=-]{8,}", re.IGNORECASE), _HEX40)
+TOKEN_PATTERNS = (
+    re.compile(r"(?<![0-9A-Za-z])hf_[A-Za-z0-9]{30,}"),
+    re.compile(r"\bBearer\s+[A-Za-z0-9._~+/=-]{8,}", re.IGNORECASE),
+    _HEX40,
+)
 #: 40 hex digits right after one of these words are a git commit (a pinned `model.revision`, a
 #: hub snapshot's folder, the record's commit), not a W&B key: they stay
 _COMMIT_BEFORE = re.compile(r"(revision|commit|sha|snapshots)\W{0,4}$", re.IGNORECASE)
@@ -36,7 +39,7 @@ def _secrets() -> list[str]:
 
 
 def _token(match: re.Match[str]) -> str:
-    if match.re is _HEX40 and _COMMIT_BEFORE.search(match.string[max(0, match.start() - 12):match.start()]):
+    if match.re is _HEX40 and _COMMIT_BEFORE.search(match.string[max(0, match.start() - 12) : match.start()]):
         return match.group(0)
     return REDACTED
 

@@ -40,29 +40,38 @@ def reference_warnings(complete: pd.DataFrame, reference: Mapping[str, Any] | No
     average out. Cells on other data are not compared."""
     reference = load_reference() if reference is None else reference
     tolerance, expected = float(reference["tolerance"]), reference["models"]
-    plain = complete[(complete["intervention"] == "none") & complete["data"].isin(IMAGENET_SOURCES)
-                     & (complete["n_classes"] == IMAGENET_CLASSES)]
+    plain = complete[
+        (complete["intervention"] == "none")
+        & complete["data"].isin(IMAGENET_SOURCES)
+        & (complete["n_classes"] == IMAGENET_CLASSES)
+    ]
     lines = []
     for (model, readout), cells in plain.groupby(["model", "readout"], sort=True):
         entry = (expected.get(model) or {}).get(readout)
         if entry is None:
-            lines.append(f"note: {model} (readout={readout}) has no reference accuracy on ImageNet-1k "
-                         f"(docs/reference.md): its {len(cells)} plain cells are not checked")
+            lines.append(
+                f"note: {model} (readout={readout}) has no reference accuracy on ImageNet-1k "
+                f"(docs/reference.md): its {len(cells)} plain cells are not checked"
+            )
             continue
         same = measured_like(cells, entry)
         others = cells[~same]
         if len(others):
             found = "; ".join(sorted({settings_text(row) for row in others.to_dict("records")}))
-            lines.append(f"note: {len(others)} plain cells of {model} (readout={readout}) are not compared with "
-                         f"its reference, measured at {settings_text(entry)}: theirs are {found}")
+            lines.append(
+                f"note: {len(others)} plain cells of {model} (readout={readout}) are not compared with "
+                f"its reference, measured at {settings_text(entry)}: theirs are {found}"
+            )
         cells = cells[same]
         value = float(entry["accuracy"])
         accuracy = float(cells["accuracy"].mean()) if len(cells) else math.nan
         if accuracy < value - tolerance:  # False without a cell to compare (NaN)
-            lines.append(f"warning: {model} (readout={readout}) scores {accuracy:.3f} without intervention on "
-                         f"ImageNet-1k, {value - accuracy:.3f} below its reference {value:.3f} "
-                         f"(tolerance {tolerance:g}, {len(cells)} cells); check its preprocessing and the weights "
-                         f"it loaded (docs/reference.md)")
+            lines.append(
+                f"warning: {model} (readout={readout}) scores {accuracy:.3f} without intervention on "
+                f"ImageNet-1k, {value - accuracy:.3f} below its reference {value:.3f} "
+                f"(tolerance {tolerance:g}, {len(cells)} cells); check its preprocessing and the weights "
+                f"it loaded (docs/reference.md)"
+            )
     return lines
 
 
@@ -73,8 +82,9 @@ def measured_like(cells: pd.DataFrame, entry: Mapping[str, Any]) -> pd.Series:
     if "train_per_class" in entry:
         same &= cells["train_per_class"] == int(entry["train_per_class"])
     if "probe" in entry:
-        same &= ((cells["probe_method"] == entry["probe"]["method"])
-                 & (cells["probe_settings"] == probe_settings_text(entry["probe"]["settings"])))
+        same &= (cells["probe_method"] == entry["probe"]["method"]) & (
+            cells["probe_settings"] == probe_settings_text(entry["probe"]["settings"])
+        )
     return same.fillna(False).astype(bool)
 
 
@@ -85,6 +95,8 @@ def settings_text(settings: Mapping[str, Any]) -> str:
         method, probe = settings["probe"]["method"], probe_settings_text(settings["probe"]["settings"])
     else:
         method, probe = settings.get("probe_method"), settings.get("probe_settings")
-    parts = [f"train_per_class={settings['train_per_class']}" if "train_per_class" in settings else None,
-             f"probe={method} {probe}" if method is not None else None]
+    parts = [
+        f"train_per_class={settings['train_per_class']}" if "train_per_class" in settings else None,
+        f"probe={method} {probe}" if method is not None else None,
+    ]
     return ", ".join(part for part in parts if part) or "any settings"

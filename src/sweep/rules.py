@@ -21,7 +21,6 @@ from sweep.errors import ConfigError
 MISSING = "???"
 
 
-
 class Rule:
     """What one key accepts. `check` returns the value as its type or raises ConfigError."""
 
@@ -53,8 +52,12 @@ class Integer(Rule):
         self.description = "an integer" + (" " + " and ".join(b for b in bounds if b) if any(bounds) else "")
 
     def accepts(self, value: Any) -> bool:
-        return (isinstance(value, int) and not isinstance(value, bool)
-                and (self.low is None or value >= self.low) and (self.high is None or value <= self.high))
+        return (
+            isinstance(value, int)
+            and not isinstance(value, bool)
+            and (self.low is None or value >= self.low)
+            and (self.high is None or value <= self.high)
+        )
 
 
 class Real(Rule):
@@ -156,8 +159,9 @@ class Device(Rule):
         return isinstance(value, str) and bool(self._pattern.match(value))
 
 
-def checked(key: str, node: Any, rules: Mapping[str, Rule], *, hints: Mapping[str, str] = MappingProxyType({})
-            ) -> dict[str, Any]:
+def checked(
+    key: str, node: Any, rules: Mapping[str, Rule], *, hints: Mapping[str, str] = MappingProxyType({})
+) -> dict[str, Any]:
     """`node` (a config group) checked against `rules`: every key present, none unknown,
     every value valid. Returns the values in their types."""
     if not isinstance(node, Mapping):
@@ -169,8 +173,10 @@ def checked(key: str, node: Any, rules: Mapping[str, Rule], *, hints: Mapping[st
     for name, rule in rules.items():
         value = node.get(name, MISSING)
         if value == MISSING:
-            raise ConfigError(f"{key}.{name} is not set" + (f": {hints[name]}" if name in hints else
-                                                            f"; it must be {rule.description}"))
+            raise ConfigError(
+                f"{key}.{name} is not set"
+                + (f": {hints[name]}" if name in hints else f"; it must be {rule.description}")
+            )
         try:
             values[name] = rule.check(f"{key}.{name}", value)
         except ConfigError as error:

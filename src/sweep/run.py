@@ -33,7 +33,8 @@ from sweep.conf_path import CONF_PACKAGE, check_not_shadowed
 from sweep.errors import ConfigError, SweepError, entered, mark_entered
 from sweep.files import WriteFailed, atomic_write_json
 from sweep.layout import OUTCOMES_FILE, PROGRESS_FILE, RESULT_FILE, UNIT_SUMMARY, UNITS_DIR
-from sweep.lease import LOCK_FILE as LEASE_LOCK_FILE, Lease, LeaseHeld
+from sweep.lease import LOCK_FILE as LEASE_LOCK_FILE
+from sweep.lease import Lease, LeaseHeld
 from sweep.redaction import redact_files, redact_logs
 from sweep.settings import SweepRun, check_cache_dir, check_device, parse_sweep
 from sweep.units import cell_config, read_unit
@@ -54,8 +55,11 @@ def _cell_resolver(what: str, *, _root_: DictConfig) -> str:
 
 
 # OmegaConf 2.4 deprecates register_new_resolver for register_resolver, 2.3's name for its legacy API
-_register_resolver = (OmegaConf.register_new_resolver if omegaconf.__version__.startswith(("2.2.", "2.3."))
-                      else OmegaConf.register_resolver)
+_register_resolver = (
+    OmegaConf.register_new_resolver
+    if omegaconf.__version__.startswith(("2.2.", "2.3."))
+    else OmegaConf.register_resolver
+)
 _register_resolver("cell", _cell_resolver, replace=True)
 
 
@@ -109,8 +113,10 @@ def job_cells(cfg: DictConfig) -> tuple[list[JobCell], str | None, bool]:
         cell_cfg = cell_config(cfg, entry)
         spec = cell_spec(cell_cfg)
         if spec.cell_id != entry["cell_id"]:
-            raise ConfigError(f"unit {unit_id}: cell {entry['name']} has id {spec.cell_id} in this job's config, "
-                              f"{entry['cell_id']} in its unit file; re-launch the sweep to plan it again")
+            raise ConfigError(
+                f"unit {unit_id}: cell {entry['name']} has id {spec.cell_id} in this job's config, "
+                f"{entry['cell_id']} in its unit file; re-launch the sweep to plan it again"
+            )
         cells.append(JobCell(spec, cell_cfg, sweep_dir / entry["subdir"]))
     return cells, str(unit_id), bool(unit["prepare"])
 
@@ -154,8 +160,16 @@ def run_cell(cfg: DictConfig) -> dict[str, Any]:
 
         ledger = ComputeLedger()
         prepared = prepare(unit, [], cache, ledger)
-        _write_unit_summary({"block_calls": ledger.total, "block_calls_by_purpose": dict(ledger.block_calls),
-                             "prepare_s": prepared.seconds}, 0, started, cache)
+        _write_unit_summary(
+            {
+                "block_calls": ledger.total,
+                "block_calls_by_purpose": dict(ledger.block_calls),
+                "prepare_s": prepared.seconds,
+            },
+            0,
+            started,
+            cache,
+        )
         log.info("unit %s: %s's artifacts are ready (%.1f s)", unit_id, unit.model, prepared.seconds)
         return {"unit": unit_id, "prepared": True}
     leased = _take_leases(todo, run, statuses)
@@ -196,8 +210,9 @@ def _take_leases(cells: list[JobCell], run: SweepRun, statuses: dict[str, Any]) 
     return leased
 
 
-def _measure(cells: list[JobCell], cache: Any, run: SweepRun, unit_id: str | None,
-             started: float, statuses: dict[str, Any]) -> None:
+def _measure(
+    cells: list[JobCell], cache: Any, run: SweepRun, unit_id: str | None, started: float, statuses: dict[str, Any]
+) -> None:
     """Measure the leased cells as one unit; write each cell's record (and W&B run) the
     moment it is measured. A failure of the unit as a whole fails every cell not yet written.
     A record that cannot be written (a full disk) is no failed measurement: its cell's lease
@@ -244,15 +259,21 @@ def _measure(cells: list[JobCell], cache: Any, run: SweepRun, unit_id: str | Non
         raise _first(unwritten)
     if unit_id is not None:
         _write_unit_summary(summary, len(cells), started, cache)
-    log.info("unit %s: %d cells in %.1f s, %s block applications", unit_id or "of one", len(cells),
-             time.perf_counter() - started, f"{summary['block_calls']:,}")
+    log.info(
+        "unit %s: %d cells in %.1f s, %s block applications",
+        unit_id or "of one",
+        len(cells),
+        time.perf_counter() - started,
+        f"{summary['block_calls']:,}",
+    )
 
 
 def _first(unwritten: list[WriteFailed]) -> WriteFailed:
     """The unit's error: its first file that could not be written, and how many more."""
     first, more = unwritten[0], len(unwritten) - 1
-    return WriteFailed(first.path, first.errno, first.reason + (f" (and {more} more of this unit's files)"
-                                                               if more else ""))
+    return WriteFailed(
+        first.path, first.errno, first.reason + (f" (and {more} more of this unit's files)" if more else "")
+    )
 
 
 def _let_go(cells: list[JobCell]) -> None:
@@ -268,13 +289,20 @@ def _let_go(cells: list[JobCell]) -> None:
 def _write_unit_summary(summary: dict[str, Any], n_cells: int, started: float, cache: Any) -> None:
     """units/<id>/summary.json, for sweep-status and the benchmarks: what the unit ran, how
     long it took, and how long it waited on another process's cache lock."""
-    atomic_write_json(Path(HydraConfig.get().runtime.output_dir) / UNIT_SUMMARY,
-                      {**summary, "cells": n_cells, "wall_s": time.perf_counter() - started,
-                       "lock_wait_s": cache.stats.lock_wait_s})
+    atomic_write_json(
+        Path(HydraConfig.get().runtime.output_dir) / UNIT_SUMMARY,
+        {**summary, "cells": n_cells, "wall_s": time.perf_counter() - started, "lock_wait_s": cache.stats.lock_wait_s},
+    )
 
 
-def _write_cell(cell: JobCell, result: Any, error: BaseException | None, unit_id: str | None, started: float,
-                trace: str | None = None) -> dict[str, Any]:
+def _write_cell(
+    cell: JobCell,
+    result: Any,
+    error: BaseException | None,
+    unit_id: str | None,
+    started: float,
+    trace: str | None = None,
+) -> dict[str, Any]:
     """The cell's record, outcomes and W&B run, written once by the lease's owner; returns the record."""
     from sweep.tracking import tracker
 
@@ -283,22 +311,36 @@ def _write_cell(cell: JobCell, result: Any, error: BaseException | None, unit_id
     if result is not None:
         if cfg.outcomes.save:
             rec.write_outcomes(cell.folder, result.outcomes)
-        record = {**base, "status": "complete", "metrics": result.metrics, "counts": result.counts,
-                  "compute": result.compute, "timings": {**result.timings, "total_s": time.perf_counter() - started},
-                  "artifacts": result.artifacts,
-                  "versions": {**rec.versions(), "model_revision": result.model_revision},
-                  "outcomes_file": OUTCOMES_FILE if cfg.outcomes.save else None}
+        record = {
+            **base,
+            "status": "complete",
+            "metrics": result.metrics,
+            "counts": result.counts,
+            "compute": result.compute,
+            "timings": {**result.timings, "total_s": time.perf_counter() - started},
+            "artifacts": result.artifacts,
+            "versions": {**rec.versions(), "model_revision": result.model_revision},
+            "outcomes_file": OUTCOMES_FILE if cfg.outcomes.save else None,
+        }
     else:
         if rec.is_complete(cell.folder, spec.cell_id):  # never overwrite a finished measurement
             lease.release()
             return rec.read_record(cell.folder)
-        record = {**base, "status": "failed", "error": f"{type(error).__name__}: {error}",
-                  "traceback": trace or "".join(traceback.format_exception(error)), "versions": rec.versions()}
+        record = {
+            **base,
+            "status": "failed",
+            "error": f"{type(error).__name__}: {error}",
+            "traceback": trace or "".join(traceback.format_exception(error)),
+            "versions": rec.versions(),
+        }
     with tracker(cfg, spec, cfg.sweep.id, cell.folder) as track:
         _pause_for_crash_tests(spec.name)
         if not lease.is_mine():  # taken over after missed heartbeats: the new owner writes it
-            log.warning("%s: another owner took this cell's lease over while it was measured here; "
-                        "this measurement is dropped so that the cell has one writer", spec.name)
+            log.warning(
+                "%s: another owner took this cell's lease over while it was measured here; "
+                "this measurement is dropped so that the cell has one writer",
+                spec.name,
+            )
             lease.release()  # stops the heartbeat; the lease itself is the new owner's
             return {**base, "status": "taken over"}
         track.log_record(record, cell.folder / OUTCOMES_FILE if result is not None and cfg.outcomes.save else None)
@@ -306,8 +348,9 @@ def _write_cell(cell: JobCell, result: Any, error: BaseException | None, unit_id
     (cell.folder / PROGRESS_FILE).unlink(missing_ok=True)
     lease.release()
     if result is not None:
-        log.info("%s: %s", spec.name, ", ".join(f"{k}={v:.4f}" for k, v in result.metrics.items()
-                                                if isinstance(v, float)))
+        log.info(
+            "%s: %s", spec.name, ", ".join(f"{k}={v:.4f}" for k, v in result.metrics.items() if isinstance(v, float))
+        )
     else:
         log.error("%s failed: %s", spec.name, record["error"])
     return record
@@ -315,8 +358,11 @@ def _write_cell(cell: JobCell, result: Any, error: BaseException | None, unit_id
 
 # Hydra 1.3 asks for version_base; 1.4 deprecates it (it behaves as 1.3 did without it) and
 # asks instead which config `_target_`s it may instantiate: the callback `check_cell`
-_HYDRA_MAIN = ({"version_base": "1.3"} if hydra.__version__.startswith("1.3.")
-               else {"execution_whitelist": ["sweep.run.CheckCell"]})
+_HYDRA_MAIN = (
+    {"version_base": "1.3"}
+    if hydra.__version__.startswith("1.3.")
+    else {"execution_whitelist": ["sweep.run.CheckCell"]}
+)
 
 
 @hydra.main(config_path=f"pkg://{CONF_PACKAGE}", config_name="config", **_HYDRA_MAIN)
@@ -338,8 +384,9 @@ def _hydra_main(cfg: DictConfig) -> dict[str, Any]:
         sys.exit(1)
     if HydraConfig.get().mode != RunMode.MULTIRUN and record.get("status") == "failed":
         folder = Path(HydraConfig.get().runtime.output_dir)
-        print(f"error: {record['name']} failed: {record['error']} (its record: {folder / RESULT_FILE})",
-              file=sys.stderr)
+        print(
+            f"error: {record['name']} failed: {record['error']} (its record: {folder / RESULT_FILE})", file=sys.stderr
+        )
         sys.exit(1)  # a sweep reads its cells' states from their records instead
     return record
 
@@ -366,8 +413,9 @@ def main() -> None:
     try:
         _hydra_main()
     except KeyboardInterrupt:
-        print("sweep-run: interrupted (Ctrl-C); re-launching the same command resumes where it stopped",
-              file=sys.stderr)
+        print(
+            "sweep-run: interrupted (Ctrl-C); re-launching the same command resumes where it stopped", file=sys.stderr
+        )
         _exit_interrupted()
     except SystemExit as exit:
         if exit.code == 1 and not entered():

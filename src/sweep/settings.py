@@ -25,8 +25,24 @@ from sweep.errors import ConfigError
 from sweep.interventions import COMMON_SETTINGS, INTERVENTIONS, Intervention, configured
 from sweep.probes import PROBES
 from sweep.registry import Registry
-from sweep.rules import (MISSING, Device, Flag, Integer, Name, OneOf, Optional, Real, Rule, Text, TextList, Url,
-                         checked, frozen, invalid, plain)
+from sweep.rules import (
+    MISSING,
+    Device,
+    Flag,
+    Integer,
+    Name,
+    OneOf,
+    Optional,
+    Real,
+    Rule,
+    Text,
+    TextList,
+    Url,
+    checked,
+    frozen,
+    invalid,
+    plain,
+)
 
 # --------------------------------------------------------------------------- the groups
 
@@ -38,18 +54,36 @@ LOGGERS = ("none", "wandb")
 WANDB_MODES = ("online", "offline", "disabled")
 WANDB_ENV_MODES = (*WANDB_MODES, "dryrun")
 
-_SUBSET = {"name": Text(), "source": Text(), "n_classes": Integer(2), "train_per_class": Integer(1),
-           "val_per_class": Integer(1), "seed": Integer(0)}
+_SUBSET = {
+    "name": Text(),
+    "source": Text(),
+    "n_classes": Integer(2),
+    "train_per_class": Integer(1),
+    "val_per_class": Integer(1),
+    "seed": Integer(0),
+}
 #: classes of ImageNet-1k, the index order of the image folder and the hub data
 #: (src/sweep/resources/imagenet1k_wnids.txt; a test keeps the two equal)
 IMAGENET_CLASSES = 1000
 #: data source -> its settings (digits has ten classes)
 DATA_SOURCES: Mapping[str, Mapping[str, Rule]] = {
     "sklearn_digits": {**_SUBSET, "n_classes": Integer(2, 10)},
-    "imagefolder": {**_SUBSET, "n_classes": Integer(2, IMAGENET_CLASSES), "root": Text(), "train_dir": Text(),
-                    "val_dir": Text()},
-    "hub": {**_SUBSET, "n_classes": Integer(2, IMAGENET_CLASSES), "hub_id": Text(), "train_split": Text(),
-            "val_split": Text(), "token_env": Text(), "shuffle_buffer": Integer(1)},
+    "imagefolder": {
+        **_SUBSET,
+        "n_classes": Integer(2, IMAGENET_CLASSES),
+        "root": Text(),
+        "train_dir": Text(),
+        "val_dir": Text(),
+    },
+    "hub": {
+        **_SUBSET,
+        "n_classes": Integer(2, IMAGENET_CLASSES),
+        "hub_id": Text(),
+        "train_split": Text(),
+        "val_split": Text(),
+        "token_env": Text(),
+        "shuffle_buffer": Integer(1),
+    },
 }
 DATA_HINTS = {"root": "data=imagefolder needs data.root=/path/to/imagenet (train/<wnid>/*.JPEG, val/<wnid>/*.JPEG)"}
 
@@ -62,9 +96,15 @@ class Compute:
     attn_implementation: str
     flush_denormal: bool
 
-    RULES = MappingProxyType({
-        "device": Device(), "dtype": OneOf(*DTYPES), "batch_size": Integer(1),
-        "attn_implementation": OneOf(*ATTENTION), "flush_denormal": Flag()})
+    RULES = MappingProxyType(
+        {
+            "device": Device(),
+            "dtype": OneOf(*DTYPES),
+            "batch_size": Integer(1),
+            "attn_implementation": OneOf(*ATTENTION),
+            "flush_denormal": Flag(),
+        }
+    )
 
 
 @dataclass(frozen=True)
@@ -88,11 +128,19 @@ class Wandb:
     tags: tuple[str, ...]
     log_outcomes: bool
 
-    RULES = MappingProxyType({
-        "project": Text(), "entity": Optional(Text()), "mode": OneOf(*WANDB_MODES), "base_url": Url(),
-        "reachability_timeout_s": Real(0, low_open=True), "init_timeout_s": Real(0, low_open=True),
-        "finish_timeout_s": Real(0, low_open=True),
-        "tags": TextList(), "log_outcomes": Flag()})
+    RULES = MappingProxyType(
+        {
+            "project": Text(),
+            "entity": Optional(Text()),
+            "mode": OneOf(*WANDB_MODES),
+            "base_url": Url(),
+            "reachability_timeout_s": Real(0, low_open=True),
+            "init_timeout_s": Real(0, low_open=True),
+            "finish_timeout_s": Real(0, low_open=True),
+            "tags": TextList(),
+            "log_outcomes": Flag(),
+        }
+    )
 
 
 @dataclass(frozen=True)
@@ -110,8 +158,16 @@ class ToyTraining:
     seed: int
     data: Mapping[str, Any]
 
-    RULES = MappingProxyType({"epochs": Integer(1), "batch_size": Integer(1), "lr": Real(0, low_open=True),
-                              "weight_decay": Real(0), "seed": Integer(0), "data": Rule()})
+    RULES = MappingProxyType(
+        {
+            "epochs": Integer(1),
+            "batch_size": Integer(1),
+            "lr": Real(0, low_open=True),
+            "weight_decay": Real(0),
+            "seed": Integer(0),
+            "data": Rule(),
+        }
+    )
 
 
 @dataclass(frozen=True)
@@ -137,11 +193,11 @@ class Model:
     hf_class: str
     n_layers: int
     readouts: Mapping[str, Mapping[str, Any]]  # readout -> {head: native | fitted, ...options}
-    projection_readout: str                    # whose head the class-embedding projection uses
-    source: str | None = None                  # hub id or local folder; `toy` for a toy
+    projection_readout: str  # whose head the class-embedding projection uses
+    source: str | None = None  # hub id or local folder; `toy` for a toy
     revision: str | None = None
     load_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    toy: Mapping[str, Any] | None = None       # a toy's HF config class and config
+    toy: Mapping[str, Any] | None = None  # a toy's HF config class and config
     preprocess: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     @classmethod
@@ -160,9 +216,12 @@ class Model:
 
 
 #: model key -> whether a model config must set it (from `Model`'s fields)
-MODEL_KEYS: Mapping[str, bool] = MappingProxyType({
-    f.name: f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-    for f in dataclasses.fields(Model)})
+MODEL_KEYS: Mapping[str, bool] = MappingProxyType(
+    {
+        f.name: f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        for f in dataclasses.fields(Model)
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -193,8 +252,15 @@ def rules_of(registry: Registry) -> dict[str, Mapping[str, Rule]]:
     return {name: entry.settings for name, entry in registry.items()}
 
 
-def parse_variant(key: str, node: Any, selector: str, table: Mapping[str, Mapping[str, Rule]], *,
-                  nested: str | None = None, hints: Mapping[str, str] = MappingProxyType({})) -> Variant:
+def parse_variant(
+    key: str,
+    node: Any,
+    selector: str,
+    table: Mapping[str, Mapping[str, Rule]],
+    *,
+    nested: str | None = None,
+    hints: Mapping[str, str] = MappingProxyType({}),
+) -> Variant:
     """`table[node[selector]]` checks the rest of the group (or its `nested` sub-group)."""
     node = plain(node)
     if not isinstance(node, Mapping):
@@ -227,9 +293,15 @@ def parse_integer(key: str, value: Any, rule: Integer) -> int:
 
 
 def parse_cache(cfg: Mapping[str, Any]) -> Cache:
-    return parse_fixed(Cache, "cache", cfg["cache"], hints={
-        "dir": "set cache.dir, or SWEEP_CACHE_DIR when it is set but empty, to a folder (on a cluster, one that "
-               "every node shares)"})
+    return parse_fixed(
+        Cache,
+        "cache",
+        cfg["cache"],
+        hints={
+            "dir": "set cache.dir, or SWEEP_CACHE_DIR when it is set but empty, to a folder (on a cluster, one that "
+            "every node shares)"
+        },
+    )
 
 
 def parse_settings(cfg: Mapping[str, Any], *, model: Model) -> CellSettings:
@@ -272,28 +344,49 @@ class UnitSize:
     and suffix among its cells. Null limits: one unit per model, data and compute settings."""
 
     max_cells: int | None
-    max_cost: int | None        # block applications per validation image (the plan's estimate)
-    checkpoint_s: float         # a killed unit loses at most this much of its pass
+    max_cost: int | None  # block applications per validation image (the plan's estimate)
+    checkpoint_s: float  # a killed unit loses at most this much of its pass
 
-    RULES = MappingProxyType({"max_cells": Optional(Integer(1)), "max_cost": Optional(Integer(1)),
-                              "checkpoint_s": Real(0), "id": Optional(Text())})
+    RULES = MappingProxyType(
+        {
+            "max_cells": Optional(Integer(1)),
+            "max_cost": Optional(Integer(1)),
+            "checkpoint_s": Real(0),
+            "id": Optional(Text()),
+        }
+    )
 
 
 #: every key of the `sweep:` group (`lease` and `unit` are checked as groups of their own):
 #: a key outside it (`+sweep.result_from=...`, a typo) is refused, not silently ignored
-SWEEP_RULES = MappingProxyType({
-    "name": Optional(Name()), "id": Optional(Name()), "root": Text(), "dry_run": Flag(), "force": Flag(),
-    "results_from": TextList(), "lease": Rule(), "unit": Rule()})
+SWEEP_RULES = MappingProxyType(
+    {
+        "name": Optional(Name()),
+        "id": Optional(Name()),
+        "root": Text(),
+        "dry_run": Flag(),
+        "force": Flag(),
+        "results_from": TextList(),
+        "lease": Rule(),
+        "unit": Rule(),
+    }
+)
 
 
 def parse_sweep(sweep: Mapping[str, Any]) -> SweepRun:
     values = checked("sweep", plain(sweep), SWEEP_RULES)
     flags = {key: values[key] for key in ("dry_run", "force")}
-    lease = checked("sweep.lease", plain(sweep["lease"]), {"heartbeat_s": Real(0, low_open=True),
-                                                           "stale_after_s": Real(0, low_open=True)})
+    lease = checked(
+        "sweep.lease",
+        plain(sweep["lease"]),
+        {"heartbeat_s": Real(0, low_open=True), "stale_after_s": Real(0, low_open=True)},
+    )
     if lease["heartbeat_s"] >= lease["stale_after_s"]:
-        raise invalid("sweep.lease.heartbeat_s", lease["heartbeat_s"],
-                      f"below sweep.lease.stale_after_s ({lease['stale_after_s']:g}): a live owner would look dead")
+        raise invalid(
+            "sweep.lease.heartbeat_s",
+            lease["heartbeat_s"],
+            f"below sweep.lease.stale_after_s ({lease['stale_after_s']:g}): a live owner would look dead",
+        )
     unit = checked("sweep.unit", plain(sweep["unit"]), UnitSize.RULES)
     unit.pop("id")  # the unit a job runs, set by the sweeper: read by sweep.run, not a choice
     return SweepRun(**flags, **lease, unit=UnitSize(**unit))
@@ -323,9 +416,13 @@ def check_cache_dir(setting: str, root: Path) -> None:
         with tempfile.TemporaryFile(dir=root):
             pass
     except OSError as error:
-        raise invalid("cache.dir", setting, f"a folder this process can create and write ({root}: "
-                                            f"{error.strerror or error}); set cache.dir or SWEEP_CACHE_DIR to one "
-                                            "(on a cluster, one that every node shares)") from None
+        raise invalid(
+            "cache.dir",
+            setting,
+            f"a folder this process can create and write ({root}: "
+            f"{error.strerror or error}); set cache.dir or SWEEP_CACHE_DIR to one "
+            "(on a cluster, one that every node shares)",
+        ) from None
 
 
 def cuda_visible() -> bool:
@@ -343,8 +440,10 @@ def check_device(compute: Compute, *, cuda_devices: int) -> None:
     index = int(compute.device.partition(":")[2] or 0)
     if index >= cuda_devices:
         found = f"it has {cuda_devices} CUDA device(s)" if cuda_devices else "CUDA is not available on this machine"
-        raise ConfigError(f"compute.device={compute.device} is invalid here: {found}; use compute.device=auto "
-                          "(the GPU where there is one) or compute.device=cpu")
+        raise ConfigError(
+            f"compute.device={compute.device} is invalid here: {found}; use compute.device=auto "
+            "(the GPU where there is one) or compute.device=cpu"
+        )
 
 
 # --------------------------------------------------------------------------- documentation
@@ -353,31 +452,58 @@ def check_device(compute: Compute, *, cuda_devices: int) -> None:
 def settings_table() -> str:
     """Every checked key and what it accepts, as the markdown table in docs/settings.md (a
     test keeps the two equal, so the documentation cannot drift from the rules)."""
-    rows: list[tuple[str, str]] = [("layer", "an integer, 0..N or -(N+1)..-1 (N = model.n_layers)"),
-                                   ("seed", Integer(0).description)]
-    fixed = (("compute", Compute.RULES), ("cache", Cache.RULES), ("wandb (logger=wandb)", Wandb.RULES),
-             ("toy_training", ToyTraining.RULES))
+    rows: list[tuple[str, str]] = [
+        ("layer", "an integer, 0..N or -(N+1)..-1 (N = model.n_layers)"),
+        ("seed", Integer(0).description),
+    ]
+    fixed = (
+        ("compute", Compute.RULES),
+        ("cache", Cache.RULES),
+        ("wandb (logger=wandb)", Wandb.RULES),
+        ("toy_training", ToyTraining.RULES),
+    )
     for group, rules in fixed:
         prefix = group.split()[0]
         rows += [(f"{prefix}.{key}", rule.description) for key, rule in rules.items() if key != "data"]
-    rows += [("logger", "one of " + ", ".join(LOGGERS)), ("outcomes.save", Flag.description),
-             ("sweep.name", SWEEP_RULES["name"].description), ("sweep.root", SWEEP_RULES["root"].description),
-             ("sweep.results_from", SWEEP_RULES["results_from"].description),
-             ("sweep.dry_run", Flag.description), ("sweep.force", Flag.description),
-             ("sweep.lease.heartbeat_s", "a number > 0, below sweep.lease.stale_after_s"),
-             ("sweep.lease.stale_after_s", "a number > 0")]
+    rows += [
+        ("logger", "one of " + ", ".join(LOGGERS)),
+        ("outcomes.save", Flag.description),
+        ("sweep.name", SWEEP_RULES["name"].description),
+        ("sweep.root", SWEEP_RULES["root"].description),
+        ("sweep.results_from", SWEEP_RULES["results_from"].description),
+        ("sweep.dry_run", Flag.description),
+        ("sweep.force", Flag.description),
+        ("sweep.lease.heartbeat_s", "a number > 0, below sweep.lease.stale_after_s"),
+        ("sweep.lease.stale_after_s", "a number > 0"),
+    ]
     rows += [(f"sweep.unit.{key}", rule.description) for key, rule in UnitSize.RULES.items() if key != "id"]
-    variants = (("intervention", "name", rules_of(INTERVENTIONS), ""),
-                ("probe", "method", rules_of(PROBES), "settings."), ("data", "source", DATA_SOURCES, ""))
+    variants = (
+        ("intervention", "name", rules_of(INTERVENTIONS), ""),
+        ("probe", "method", rules_of(PROBES), "settings."),
+        ("data", "source", DATA_SOURCES, ""),
+    )
     for group, selector, table, nested in variants:
         rows.append((f"{group}.{selector}", "one of " + ", ".join(table)))
         if group == "data":
-            rows += [(f"data.{key}", rule.description + (f" (at most 10 for sklearn_digits, {IMAGENET_CLASSES} "
-                                                          "for imagefolder and hub)" if key == "n_classes" else ""))
-                     for key, rule in _SUBSET.items() if key != "source"]
+            rows += [
+                (
+                    f"data.{key}",
+                    rule.description
+                    + (
+                        f" (at most 10 for sklearn_digits, {IMAGENET_CLASSES} for imagefolder and hub)"
+                        if key == "n_classes"
+                        else ""
+                    ),
+                )
+                for key, rule in _SUBSET.items()
+                if key != "source"
+            ]
         common = COMMON_SETTINGS if group == "intervention" else {}
         rows += [(f"{group}.{key} (every {group})", rule.description) for key, rule in common.items()]
         for choice, rules in table.items():
-            rows += [(f"{group}.{nested}{key} ({group}.{selector}={choice})", rule.description)
-                     for key, rule in rules.items() if key not in _SUBSET and key not in common]
+            rows += [
+                (f"{group}.{nested}{key} ({group}.{selector}={choice})", rule.description)
+                for key, rule in rules.items()
+                if key not in _SUBSET and key not in common
+            ]
     return "\n".join(["| key | valid values |", "|---|---|", *(f"| `{k}` | {v} |" for k, v in rows)])

@@ -20,7 +20,6 @@ from sweep.record import read_record
 from sweep.rules import Flag
 
 
-
 def log_files(cell_dir: Path) -> list[Path]:
     """The logs that tell what happened to a cell: its own folder's (a single `sweep-run`),
     else its work unit's (units/<id>/*.log in the sweep folder, named by its record)."""
@@ -54,8 +53,9 @@ class Summary:
         return "\n".join(lines)
 
 
-def summarise_cells(cells: Iterable[tuple[object, Path]], *, finished: bool = False,
-                    errors: dict[str, str] | None = None) -> Summary:
+def summarise_cells(
+    cells: Iterable[tuple[object, Path]], *, finished: bool = False, errors: dict[str, str] | None = None
+) -> Summary:
     """`cells`: (spec with .name and .cell_id, folder) pairs. `finished`: the launcher has
     returned, so a cell without a record crashed rather than still runs — unless a live
     lease says another launch runs it. `errors`: what the launcher reported per cell name
@@ -95,8 +95,11 @@ def sweep_cells(sweep_dir: Path) -> list[tuple[_Named, Path]]:
     plan = read_plan_file(sweep_dir) or {"cells": []}
     planned = [(_Named(c["name"], c["cell_id"]), record_folder(sweep_dir, c)) for c in plan["cells"]]
     known = {folder.resolve() for _, folder in planned}
-    others = [(_Named(f.name, (read_record(f) or {}).get("cell_id")), f) for f in paths.cell_folders()
-              if f.resolve() not in known]
+    others = [
+        (_Named(f.name, (read_record(f) or {}).get("cell_id")), f)
+        for f in paths.cell_folders()
+        if f.resolve() not in known
+    ]
     return planned + others
 
 
@@ -108,16 +111,18 @@ def compared_to(sweep_dir: Path, cells: list[tuple[_Named, Path]]) -> str:
         return f"no {paths.plan.name} in {sweep_dir}: counting the cell folders found there"
     planned = len(plan["cells"])
     extra = len(cells) - planned
-    return (f"compared to the latest launch's plan ({paths.plan}: {planned} cells)"
-            + (f", and {extra} more cell folders from earlier launches" if extra else ""))
+    return f"compared to the latest launch's plan ({paths.plan}: {planned} cells)" + (
+        f", and {extra} more cell folders from earlier launches" if extra else ""
+    )
 
 
 COMMAND = Command(
     prog="sweep-status",
     summary="The cells of a sweep by state (done / failed / corrupt / running / killed / pending), read from its "
-            "folder alone, and the work units it launched.",
+    "folder alone, and the work units it launched.",
     words=(("<sweep folder>", "the sweep's folder, e.g. multirun/<sweep id>"),),
-    settings={"cells": Setting(Flag(), False, "list every cell with its state")})
+    settings={"cells": Setting(Flag(), False, "list every cell with its state")},
+)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -167,13 +172,17 @@ def units_text(sweep_dir: Path) -> str:
         ended = ""
         if paths.unit_summary(unit["unit_id"]).exists():
             summary = json.loads(paths.unit_summary(unit["unit_id"]).read_text())
-            ended = (f"; ran {summary['cells']} cells in {summary['wall_s']:.0f} s, "
-                     f"{summary['block_calls']:,} block applications")
-        lines.append(f"  unit {unit['unit_id']}: {unit['model']}, {len(unit['cells'])} cells: "
-                     + ", ".join(f"{n} {state}" for state, n in sorted(states.items())) + ended
-                     + f"  (log: {folder / 'run.log'})")
+            ended = (
+                f"; ran {summary['cells']} cells in {summary['wall_s']:.0f} s, "
+                f"{summary['block_calls']:,} block applications"
+            )
+        lines.append(
+            f"  unit {unit['unit_id']}: {unit['model']}, {len(unit['cells'])} cells: "
+            + ", ".join(f"{n} {state}" for state, n in sorted(states.items()))
+            + ended
+            + f"  (log: {folder / 'run.log'})"
+        )
     return f"{len(lines)} work units launched:\n" + "\n".join(lines) if lines else ""
-
 
 
 if __name__ == "__main__":

@@ -29,8 +29,9 @@ def build_toy(model: Model, seed: int) -> torch.nn.Module:
     return hf_class(model)(config)
 
 
-def train_toy(model: Model, training: ToyTraining, images: torch.Tensor, labels: torch.Tensor,
-              out_dir: Path) -> dict[str, Any]:
+def train_toy(
+    model: Model, training: ToyTraining, images: torch.Tensor, labels: torch.Tensor, out_dir: Path
+) -> dict[str, Any]:
     """Train with cross-entropy on the model's own logits (for DeiT, the average of its
     two heads, which trains both) and `save_pretrained` into `out_dir`."""
     started = time.perf_counter()
@@ -61,7 +62,11 @@ def train_toy(model: Model, training: ToyTraining, images: torch.Tensor, labels:
     with torch.no_grad():
         train_accuracy = float((toy(pixel_values=pixels).logits.argmax(1) == labels).float().mean())
     toy.save_pretrained(out_dir)
-    log = {"train_accuracy": train_accuracy, "train_seconds": time.perf_counter() - started,
-           "epochs": epochs, "n_train": len(labels)}
+    log = {
+        "train_accuracy": train_accuracy,
+        "train_seconds": time.perf_counter() - started,
+        "epochs": epochs,
+        "n_train": len(labels),
+    }
     (out_dir / "training.json").write_text(json.dumps(log, indent=2))
     return log

@@ -191,8 +191,13 @@ class WandbTracker:
 
     def _say_offline(self, why: str) -> None:
         folder = self.run.settings.sync_dir
-        log.warning("W&B: %s's run is offline because %s. It is in %s; upload it later with `wandb sync %s`.",
-                    self.name, why, folder, folder)
+        log.warning(
+            "W&B: %s's run is offline because %s. It is in %s; upload it later with `wandb sync %s`.",
+            self.name,
+            why,
+            folder,
+            folder,
+        )
 
     def _failed(self, what: str, error: BaseException) -> None:
         """The first failure of a started run: said once. An online run's failure (a rate
@@ -261,21 +266,38 @@ def tracker(cfg: Any, spec: CellSpec, sweep_id: str | None, cell_dir: Path) -> I
     side = cell_dir.resolve().parent.parent / ".wandb" if sweep_id else cell_dir / ".wandb-cache"
     settings = tracking.wandb
     init = dict(
-        group=sweep_id or "single-cells", job_type=spec.intervention, name=spec.name,
+        group=sweep_id or "single-cells",
+        job_type=spec.intervention,
+        name=spec.name,
         id=run_id(sweep_id, spec.cell_id),
         tags=[spec.model, spec.intervention, spec.readout, f"L{spec.layer}", *settings.tags],
-        config={**cell_keys(spec), "identity": redact_tree(spec.science), "config": scrubbed_config(cfg),
-                "versions": versions()})
-    offline_hint = ("The runs are in each cell's wandb/ folder; upload them later with `wandb sync <cell "
-                    "folder>/wandb/offline-run-*` (or `wandb sync --sync-all` there).")
-    with wandb_run(settings, init, run_dir=cell_dir, side_dir=side, offline_hint=offline_hint,
-                   log_outcomes=settings.log_outcomes) as track:
+        config={
+            **cell_keys(spec),
+            "identity": redact_tree(spec.science),
+            "config": scrubbed_config(cfg),
+            "versions": versions(),
+        },
+    )
+    offline_hint = (
+        "The runs are in each cell's wandb/ folder; upload them later with `wandb sync <cell "
+        "folder>/wandb/offline-run-*` (or `wandb sync --sync-all` there)."
+    )
+    with wandb_run(
+        settings, init, run_dir=cell_dir, side_dir=side, offline_hint=offline_hint, log_outcomes=settings.log_outcomes
+    ) as track:
         yield track
 
 
 @contextmanager
-def wandb_run(settings: Wandb, init: dict[str, Any], *, run_dir: Path, side_dir: Path,
-              offline_hint: str, log_outcomes: bool = False) -> Iterator[WandbTracker]:
+def wandb_run(
+    settings: Wandb,
+    init: dict[str, Any],
+    *,
+    run_dir: Path,
+    side_dir: Path,
+    offline_hint: str,
+    log_outcomes: bool = False,
+) -> Iterator[WandbTracker]:
     """One W&B run in `run_dir` (wandb's cache and staging in `side_dir`) under the rules
     every run of the sweep follows: the mode from `choose_mode` (said once with
     `offline_hint` when it falls back), a stable id resumed on re-run with the earlier
@@ -286,22 +308,39 @@ def wandb_run(settings: Wandb, init: dict[str, Any], *, run_dir: Path, side_dir:
     mode, why = choose_mode(settings)
     if why:
         say_once(f"W&B: logging offline because {why}. {offline_hint}")
-    os.environ.update({"WANDB_DIR": str(run_dir), "WANDB_CACHE_DIR": str(side_dir / "cache"),
-                       "WANDB_DATA_DIR": str(side_dir / "data")})
+    os.environ.update(
+        {
+            "WANDB_DIR": str(run_dir),
+            "WANDB_CACHE_DIR": str(side_dir / "cache"),
+            "WANDB_DATA_DIR": str(side_dir / "data"),
+        }
+    )
     # wandb-core's own error reports go to base_url too; against a server that hangs they
     # hold the cell's exit ~10 s, and compute nodes have nowhere to send them anyway.
     os.environ.setdefault("WANDB_ERROR_REPORTING", "false")
     init = dict(
-        project=settings.project, entity=settings.entity, resume="allow", **init, dir=str(run_dir),
+        project=settings.project,
+        entity=settings.entity,
+        resume="allow",
+        **init,
+        dir=str(run_dir),
         reinit="finish_previous",
-        settings=dict(console="off", silent=True, base_url=settings.base_url,
-                      init_timeout=settings.init_timeout_s,
-                      finish_timeout=settings.finish_timeout_s, finish_timeout_raises=True,
-                      x_disable_stats=True, disable_git=True, save_code=False,
-                      # wandb's requirements.txt re-reads every installed package's metadata
-                      # (~70 ms a run, most of a cell's bookkeeping); the config's `versions`
-                      # carries what the record pins instead
-                      x_save_requirements=False))
+        settings=dict(
+            console="off",
+            silent=True,
+            base_url=settings.base_url,
+            init_timeout=settings.init_timeout_s,
+            finish_timeout=settings.finish_timeout_s,
+            finish_timeout_raises=True,
+            x_disable_stats=True,
+            disable_git=True,
+            save_code=False,
+            # wandb's requirements.txt re-reads every installed package's metadata
+            # (~70 ms a run, most of a cell's bookkeeping); the config's `versions`
+            # carries what the record pins instead
+            x_save_requirements=False,
+        ),
+    )
     track = WandbTracker(init["name"], run_dir, log_outcomes)
     track.start(mode, init)
     failed = True

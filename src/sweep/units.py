@@ -73,8 +73,7 @@ def cost_per_image(specs: Iterable[CellSpec]) -> int:
     for spec in branches.values():
         if reads_donor_states(spec):
             donor_prefixes[donor_key(spec)] = max(spec.layer, donor_prefixes.get(donor_key(spec), 0))
-    return (max(starts, default=0) + sum(s.n_layers - s.layer for s in branches.values())
-            + sum(donor_prefixes.values()))
+    return max(starts, default=0) + sum(s.n_layers - s.layer for s in branches.values()) + sum(donor_prefixes.values())
 
 
 @dataclass(frozen=True)
@@ -109,8 +108,10 @@ class Unit:
     def describe(self) -> str:
         if self.prepare:
             return f"{self.unit_id}: prepare {self.model}'s artifacts (features, heads, probes) for its other units"
-        return (f"{self.unit_id}: {self.model}, {len(self.cells)} cells, "
-                f"{self.cost} block applications per validation image")
+        return (
+            f"{self.unit_id}: {self.model}, {len(self.cells)} cells, "
+            f"{self.cost} block applications per validation image"
+        )
 
 
 def make_units(cells: Sequence[Any], size: UnitSize) -> list[Unit]:
@@ -146,22 +147,42 @@ def preparation_units(units: Sequence[Unit]) -> list[Unit]:
     by_group: dict[str, list[Unit]] = {}
     for unit in units:
         by_group.setdefault(unit_key(unit.cells[0].config), []).append(unit)
-    return [Unit(tuple(c for u in group for c in u.cells), prepare=True)
-            for group in by_group.values() if len(group) > 1]
+    return [
+        Unit(tuple(c for u in group for c in u.cells), prepare=True) for group in by_group.values() if len(group) > 1
+    ]
 
 
 # -- the unit file -------------------------------------------------------------------
 
+
 def write_unit(sweep_dir: Path, unit: Unit) -> Path:
     """units/<id>/unit.json: every cell's name, id, folder, overrides and measured nodes."""
-    cells = [] if unit.prepare else [
-        {"name": c.spec.name, "cell_id": c.spec.cell_id, "subdir": c.spec.subdir,
-         "overrides": [redact(o) for o in c.overrides],  # for people reading it: the job has its own
-         "measured": {k: c.config[k] for k in MEASURED}} for c in unit.cells]
+    cells = (
+        []
+        if unit.prepare
+        else [
+            {
+                "name": c.spec.name,
+                "cell_id": c.spec.cell_id,
+                "subdir": c.spec.subdir,
+                "overrides": [redact(o) for o in c.overrides],  # for people reading it: the job has its own
+                "measured": {k: c.config[k] for k in MEASURED},
+            }
+            for c in unit.cells
+        ]
+    )
     path = SweepPaths(sweep_dir).unit_file(unit.unit_id)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(path, {"unit_id": unit.unit_id, "model": unit.model, "prepare": unit.prepare,
-                             "cost_per_image": unit.cost, "cells": cells})
+    atomic_write_json(
+        path,
+        {
+            "unit_id": unit.unit_id,
+            "model": unit.model,
+            "prepare": unit.prepare,
+            "cost_per_image": unit.cost,
+            "cells": cells,
+        },
+    )
     return path
 
 
@@ -170,8 +191,10 @@ def read_unit(sweep_dir: Path, unit_id: str) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError) as error:
-        raise ConfigError(f"sweep.unit.id={unit_id} names no readable unit file ({path}: {error}); units are "
-                          "written by the cell sweeper, so launch the sweep with -m instead") from None
+        raise ConfigError(
+            f"sweep.unit.id={unit_id} names no readable unit file ({path}: {error}); units are "
+            "written by the cell sweeper, so launch the sweep with -m instead"
+        ) from None
 
 
 def read_units(sweep_dir: Path) -> list[dict[str, Any]]:

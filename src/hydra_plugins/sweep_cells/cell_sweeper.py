@@ -16,13 +16,13 @@ import sys
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.plugins import Plugins
-from hydra.plugins.sweeper import Sweeper
 from hydra.core.utils import JobStatus
+from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, RunMode, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
@@ -30,9 +30,9 @@ from sweep.cell_state import stale_progress
 from sweep.conf_path import check_not_shadowed
 from sweep.errors import SweepError, first_line, mark_entered
 from sweep.files import WriteFailed
+from sweep.plan import Dimension, GroupComposer, Plan, derive_sweep_id, describe, make_plan, write_plan_file
 from sweep.redaction import redact, redact_file, redact_logs
 from sweep.settings import check_cache_dir, check_device, cuda_visible, parse_sweep
-from sweep.plan import Dimension, GroupComposer, Plan, describe, derive_sweep_id, make_plan, write_plan_file
 from sweep.status import summarise_cells
 from sweep.units import Unit, make_units, preparation_units, write_unit
 
@@ -42,29 +42,33 @@ log = logging.getLogger(__name__)
 @dataclass
 class CellSweeperConf:
     _target_: str = "hydra_plugins.sweep_cells.cell_sweeper.CellSweeper"
-    max_batch_size: Optional[int] = None
-    params: Optional[Dict[str, str]] = None
+    max_batch_size: int | None = None
+    params: dict[str, str] | None = None
     # A union of grids: each entry's axes are laid over `params` (command-line overrides
     # still win), e.g. seeds for the shuffle but one seed for deterministic controls.
-    grids: Optional[List[Dict[str, str]]] = None
+    grids: list[dict[str, str]] | None = None
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="cells", node=CellSweeperConf, provider="sweep")
 
 
 class CellSweeper(Sweeper):
-    def __init__(self, max_batch_size: Optional[int] = None, params: Optional[Dict[str, str]] = None,
-                 grids: Optional[List[Dict[str, str]]] = None) -> None:
+    def __init__(
+        self,
+        max_batch_size: int | None = None,
+        params: dict[str, str] | None = None,
+        grids: list[dict[str, str]] | None = None,
+    ) -> None:
         super().__init__()
         self.max_batch_size = max_batch_size
         self.params = dict(params or {})
         self.grids = [dict(g) for g in grids] if grids else [{}]
-        self.config: Optional[DictConfig] = None
+        self.config: DictConfig | None = None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.hydra_context, self.task_function, self.config = hydra_context, task_function, config
 
-    def sweep(self, arguments: List[str]) -> Any:
+    def sweep(self, arguments: list[str]) -> Any:
         mark_entered()
         redact_logs()
         try:
@@ -77,7 +81,7 @@ class CellSweeper(Sweeper):
             sys.exit(1)
 
     # -- the grid ---------------------------------------------------------------------
-    def _dimensions(self, grid: Dict[str, str], arguments: List[str]) -> List[Dimension]:
+    def _dimensions(self, grid: dict[str, str], arguments: list[str]) -> list[Dimension]:
         loader = self.hydra_context.config_loader
         parser = OverridesParser.create(config_loader=loader)
         by_key: dict[str, Dimension] = {}
@@ -93,28 +97,32 @@ class CellSweeper(Sweeper):
             by_key[key.lstrip("+~")] = Dimension(key, is_group, strings, values)  # later ones win
         return list(by_key.values())
 
-    def _compose(self, groups: tuple) -> Dict[str, Any]:
+    def _compose(self, groups: tuple) -> dict[str, Any]:
         """The resolved config (without Hydra's node) for one set of group choices."""
         cfg = self.hydra_context.config_loader.load_configuration(
             config_name=self.config.hydra.job.config_name,
-            overrides=list(self.config.hydra.overrides.hydra) + list(groups), run_mode=RunMode.RUN)
+            overrides=list(self.config.hydra.overrides.hydra) + list(groups),
+            run_mode=RunMode.RUN,
+        )
         with open_dict(cfg):
             del cfg["hydra"]
         return OmegaConf.to_container(cfg, resolve=True)
 
-    def _plan(self, arguments: List[str], *, force: bool) -> Plan:
+    def _plan(self, arguments: list[str], *, force: bool) -> Plan:
         grids = [self._dimensions(grid, arguments) for grid in self.grids]
         experiment = self.config.hydra.runtime.choices.get("experiment")
-        sweep_id = derive_sweep_id(self.config.sweep.name, experiment,
-                                   [s for dims in grids for d in dims for s in d.strings])
+        sweep_id = derive_sweep_id(
+            self.config.sweep.name, experiment, [s for dims in grids for d in dims for s in d.strings]
+        )
         with read_write(self.config), open_dict(self.config):
             self.config.sweep.id = sweep_id
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
-        return make_plan(grids, GroupComposer(self._compose), sweep_id, sweep_dir, list(self.config.sweep.results_from),
-                         force=force)
+        return make_plan(
+            grids, GroupComposer(self._compose), sweep_id, sweep_dir, list(self.config.sweep.results_from), force=force
+        )
 
     # -- running it -------------------------------------------------------------------
-    def _sweep(self, arguments: List[str]) -> Any:
+    def _sweep(self, arguments: list[str]) -> Any:
         check_not_shadowed(list(self.config.hydra.runtime.config_sources))
         run = parse_sweep(self.config.sweep)
         plan = self._plan(arguments, force=run.force)
@@ -130,22 +138,24 @@ class CellSweeper(Sweeper):
         OmegaConf.save(self.config, plan.sweep_dir / "multirun.yaml")
         redact_file(plan.sweep_dir / "multirun.yaml")  # it keeps the command line verbatim
         launcher = Plugins.instance().instantiate_launcher(
-            hydra_context=self.hydra_context, task_function=self.task_function, config=self.config)
+            hydra_context=self.hydra_context, task_function=self.task_function, config=self.config
+        )
         units = make_units(plan.pending, run.unit)
-        errors: Dict[str, str] = {}
+        errors: dict[str, str] = {}
         preparing = preparation_units(units)
         if preparing:  # split models: their artifacts first, so no unit waits on another's lock
             self._launch(launcher, plan, preparing, errors)
         returns = self._launch(launcher, plan, units, errors)
-        summary = summarise_cells([(c.spec, plan.sweep_dir / c.spec.subdir) for c in plan.pending if c.spec],
-                                  finished=True, errors=errors)
+        summary = summarise_cells(
+            [(c.spec, plan.sweep_dir / c.spec.subdir) for c in plan.pending if c.spec], finished=True, errors=errors
+        )
         print(summary.text(), flush=True)
         _summary_run(plan, self.config)
         if summary.failed or summary.missing or summary.corrupt:  # cells running elsewhere are not this launch's
             sys.exit(1)
         return returns
 
-    def _launch(self, launcher: Any, plan: Plan, units: List[Unit], errors: Dict[str, str]) -> List[Any]:
+    def _launch(self, launcher: Any, plan: Plan, units: list[Unit], errors: dict[str, str]) -> list[Any]:
         """One Hydra job per unit, in batches of `max_batch_size`. Returns one entry per unit, in
         the order of `units`: its JobReturn, or the launcher's error where its batch's `launch`
         raised, so that a batch that raised shifts no later unit's return onto another unit.
@@ -154,12 +164,13 @@ class CellSweeper(Sweeper):
         for unit in units:
             write_unit(plan.sweep_dir, unit)
         size = self.max_batch_size or len(units)
-        returns: List[Any] = []
+        returns: list[Any] = []
         for start in range(0, len(units), size):
-            batch = units[start:start + size]
+            batch = units[start : start + size]
             try:
-                launched: List[Any] = list(launcher.launch([u.overrides(plan.sweep_id) for u in batch],
-                                                           initial_job_idx=start))
+                launched: list[Any] = list(
+                    launcher.launch([u.overrides(plan.sweep_id) for u in batch], initial_job_idx=start)
+                )
             except Exception as error:  # a launcher failure (e.g. a job killed) must not hide the rest
                 if _is_submission_error(error):
                     raise SweepError(f"the launcher could not submit the units: {error}") from error
@@ -167,8 +178,11 @@ class CellSweeper(Sweeper):
                 launched = [error] * len(batch)
             for unit, outcome in zip(batch, launched, strict=True):  # a launcher returns one per job, in order
                 returns.append(outcome)
-                failure = outcome if isinstance(outcome, Exception) else (
-                    outcome._return_value if outcome.status == JobStatus.FAILED else None)
+                failure = (
+                    outcome
+                    if isinstance(outcome, Exception)
+                    else (outcome._return_value if outcome.status == JobStatus.FAILED else None)
+                )
                 if failure is not None:
                     for cell in unit.cells:
                         errors[cell.spec.name] = _first_line(failure)
@@ -189,7 +203,8 @@ class CellSweeper(Sweeper):
             raise SweepError(
                 "hydra/launcher=slurm submits to SLURM, but `sbatch` is not on this machine's PATH. Run where SLURM "
                 "is installed, start the local test cluster (launchers/local-slurm/start.sh), or run locally with "
-                "hydra/launcher=basic or hydra/launcher=submitit_local")
+                "hydra/launcher=basic or hydra/launcher=submitit_local"
+            )
 
 
 def _summary_run(plan: Plan, config: DictConfig) -> None:
@@ -205,8 +220,12 @@ def _summary_run(plan: Plan, config: DictConfig) -> None:
     except Exception as error:
         code = f"{type(error).__name__}: {error}"
     if code != 0:
-        log.warning("the sweep's aggregation for W&B did not complete (%s); the records are unaffected. Run "
-                    "`sweep-aggregate %s wandb.log=true` to retry.", code, plan.sweep_dir)
+        log.warning(
+            "the sweep's aggregation for W&B did not complete (%s); the records are unaffected. Run "
+            "`sweep-aggregate %s wandb.log=true` to retry.",
+            code,
+            plan.sweep_dir,
+        )
 
 
 def _first_line(error: object) -> str:
@@ -223,8 +242,10 @@ def _is_submission_error(error: BaseException) -> bool:
 
     if isinstance(error, submitit.core.utils.FailedSubmissionError):
         return True
-    submitting = {method.__code__ for method in (submitit.Executor.submit, submitit.Executor.map_array,
-                                                 submitit.Executor.submit_array)}
+    submitting = {
+        method.__code__
+        for method in (submitit.Executor.submit, submitit.Executor.map_array, submitit.Executor.submit_array)
+    }
     return any(frame.f_code in submitting for frame, _ in traceback.walk_tb(error.__traceback__))
 
 

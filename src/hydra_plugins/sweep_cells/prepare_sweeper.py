@@ -8,7 +8,7 @@ is launched and no sweep folder is written.
 
 # No `from __future__ import annotations`: see cell_sweeper.py (Hydra and dataclasses).
 from dataclasses import dataclass
-from typing import Any, List
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 
@@ -25,7 +25,7 @@ ConfigStore.instance().store(group="hydra/sweeper", name="prepare", node=Prepare
 
 
 class PrepareSweeper(CellSweeper):
-    def _sweep(self, arguments: List[str]) -> Any:
+    def _sweep(self, arguments: list[str]) -> Any:
         from sweep.prepare import prepare_grid
 
         run = parse_sweep(self.config.sweep)
