@@ -13,6 +13,8 @@ from sweep.cell import measure
 from sweep.cellspec import cell_spec
 from sweep.errors import ConfigError
 
+pytestmark = pytest.mark.slow  # trains the toys and measures cells
+
 
 def run(cache, *overrides):
     """Measure the cell the overrides name, with `cache` (an ArtifactCache or its folder)."""

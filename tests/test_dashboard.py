@@ -21,6 +21,8 @@ from sweep.dashboard import accuracy_lines, log_replacing, summary_run_id, summa
 from sweep.errors import ConfigError
 from sweep.record import COLUMNS
 
+pytestmark = pytest.mark.slow  # runs a sweep that logs its summary run
+
 FIGURES = ("main_result", "identifiability", "controls")
 SERIES = ["probe", "shuffle (native readout)", "shuffle (CLS-only readout)", "chance"]
 

@@ -14,6 +14,8 @@ from sweep.cellspec import cell_spec
 from sweep.engine import Checkpoints, measure_unit
 from sweep.units import cost_per_image
 
+pytestmark = pytest.mark.slow  # trains the toys and measures units
+
 PROBE_AFTER = "intervention.probe_after=true"
 GRID = [
     (layer, intervention, readout, seed, *extra)

@@ -27,6 +27,8 @@ from sweep.linear_heads import LinearHead
 from sweep.models import IncompleteCheckpoint, LoadedModel, ModelUnavailable, folder_digest, load_model
 from sweep.settings import Model
 
+pytestmark = pytest.mark.slow  # loads hub-format checkpoints and measures cells on them
+
 FIXTURES = Path(__file__).parent / "fixtures" / "hub"
 N_LAYERS = 3  # make_hub_fixtures.N_LAYERS
 #: fixture folder -> the model config it is a small copy of

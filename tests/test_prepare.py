@@ -27,6 +27,8 @@ from sweep.errors import ConfigError
 from sweep.plan import PlannedCell
 from sweep.prepare import grid_needs
 
+pytestmark = pytest.mark.slow  # runs sweep-prepare and sweep-run in subprocesses
+
 FIXTURES = Path(__file__).parent / "fixtures" / "hub"
 REPO = "fixture-org/vit-tiny"  # the hub id the vit fixture is cached under
 ABSENT = "fixture-org/absent"  # a hub id the cache does not have

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from helpers import FAST
 
+pytestmark = pytest.mark.slow  # runs sweep-run in subprocesses
+
 
 def sweep_run(args, env, cwd, timeout=300):
     flags = [a for a in args if a.startswith("--") or a in ("job", "hydra", "all")]  # Hydra wants flags first

@@ -15,6 +15,8 @@ from sweeps import GRID, checkpointed_rows, fresh, multirun, records
 
 from sweep.cellspec import cell_spec
 
+pytestmark = pytest.mark.slow  # real multiruns (sweeper, launchers, kills, full disks)
+
 
 @pytest.fixture(scope="module")
 def finished_sweep(tmp_path_factory, cache_dir):

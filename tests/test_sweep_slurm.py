@@ -15,7 +15,7 @@ from sweeps import checkpointed_rows, multirun, records
 
 from sweep.cell_state import cell_state
 
-pytestmark = pytest.mark.slurm
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 GRID = ["model=toy_vit", "layer=4,5,6", "intervention=none,shuffle", "readout=native", "seed=0", "logger=none"]
 
 

@@ -26,6 +26,8 @@ from sweep.record import AXES
 from sweep.settings import Wandb
 from sweep.tracking import WandbTracker, check_mode, choose_mode, run_id, tracker
 
+pytestmark = pytest.mark.slow  # real W&B runs in offline mode and stand-in servers
+
 SECRETS = {"WANDB_API_KEY": "local-0123456789abcdef0123456789abcdef01234567", "HF_TOKEN": "hf_SeCrEt0123456789"}
 
 
