@@ -206,5 +206,7 @@ def test_a_sweep_with_logger_wandb_ends_with_its_summary_run(cache_dir, tmp_path
     (run,) = [r for r in runs if r.run.job_type == "aggregate"]  # one summary run in the group ...
     assert len(runs) == 9 and {r.run.run_group for r in runs} == {"ends"}  # ... beside the 8 cells' runs
     assert run.run.run_id == summary_run_id("ends") and len(run.table("results")["data"]) == 8
+    # where its hint says (`wandb sync <sweep>/wandb/offline-run-*`), though the cells' W&B cache is in the sweep too
+    assert run.folder.parent == sweep_dir / "wandb"
     assert list(charts(run)) == ["accuracy_vs_layer/toy_vit"]
     assert {f"figures/{name}" for name in FIGURES} <= set(run.summary)

@@ -438,6 +438,6 @@ def test_wandbs_cache_is_in_the_sweeps_own_folder_wherever_hydra_puts_it(monkeyp
     cell_dir.mkdir(parents=True)
     with tracker(cfg, spec, "mine", cell_dir):
         cache, data = os.environ["WANDB_CACHE_DIR"], os.environ["WANDB_DATA_DIR"]
-    assert Path(cache) == sweep_dir.resolve() / ".wandb" / "cache"
-    assert Path(data) == sweep_dir.resolve() / ".wandb" / "data"
+    assert Path(cache) == sweep_dir.resolve() / ".wandb-cache" / "cache"
+    assert Path(data) == sweep_dir.resolve() / ".wandb-cache" / "data"
     assert not (tmp_path / "multirun").exists()

@@ -34,7 +34,7 @@ from sweep.aggregate import SweepTable
 from sweep.conf_path import CONF_DIR
 from sweep.plotting import CHANCE, MAIN_SERIES, FigureResult, Line, chance_level, mean_line
 from sweep.settings import Wandb, parse_fixed
-from sweep.tracking import check_mode, run_id, wandb_run
+from sweep.tracking import WANDB_CACHE, check_mode, run_id, wandb_run
 
 JOB_TYPE = "aggregate"
 RESULTS_KEY = "results"
@@ -129,7 +129,7 @@ def log_summary_run(
         f"The sweep's summary run is in {out_dir / 'wandb'}; upload it later with "
         f"`wandb sync {out_dir / 'wandb'}/offline-run-*`."
     )
-    with wandb_run(settings, init, run_dir=out_dir, side_dir=out_dir / ".wandb-cache", offline_hint=hint) as track:
+    with wandb_run(settings, init, run_dir=out_dir, side_dir=out_dir / WANDB_CACHE, offline_hint=hint) as track:
         track.guarded(
             "logging the sweep's summary to W&B", lambda run: log_replacing(run, summary_content(table, figures))
         )

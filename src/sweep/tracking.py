@@ -58,6 +58,10 @@ def check_mode(value: Any, key: str = "wandb.mode") -> str:
     return OneOf(*WANDB_MODES).check(key, value)
 
 
+#: wandb's cache and staging folder, beside the runs it serves (never `.wandb`: see `wandb_run`)
+WANDB_CACHE = ".wandb-cache"
+
+
 def run_id(sweep_id: str | None, cell_id: str) -> str:
     """Stable per (sweep, cell): a requeued cell resumes its run instead of adding one."""
     return hashlib.sha256(f"{sweep_id}/{cell_id}".encode()).hexdigest()[:20]
@@ -263,7 +267,8 @@ def tracker(cfg: Any, spec: CellSpec, sweep_id: str | None, cell_dir: Path) -> I
         return
     # wandb's cache and staging: shared by a sweep's cells, in the sweep's own folder (a cell's
     # folder is <sweep folder>/<model>/<cell>, sweep.layout), wherever hydra.sweep.dir puts it
-    side = cell_dir.resolve().parent.parent / ".wandb" if sweep_id else cell_dir / ".wandb-cache"
+    # (not `.wandb`, where wandb would put the sweep's summary run, whose run folder is the sweep's)
+    side = cell_dir.resolve().parent.parent / WANDB_CACHE if sweep_id else cell_dir / WANDB_CACHE
     settings = tracking.wandb
     init = dict(
         group=sweep_id or "single-cells",
